@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# Installs (when missing) and manages the services image-builder needs on one Debian/Ubuntu host:
+# RabbitMQ with the management plugin, an OCI registry on 127.0.0.1:5000, podman/buildah/skopeo,
+# and a locally seeded base image so builds work without pulling from the internet.
+#
+#   scripts/services.sh up       install what is missing, start everything (idempotent)
+#   scripts/services.sh down     stop RabbitMQ and the registry
+#   scripts/services.sh status   say what runs
+#
+# Must run as root (it installs packages and starts system services without systemd).
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+state_dir=${IMAGE_BUILDER_STATE_DIR:-$here/.run}
+registry_addr=${REGISTRY_ADDR:-127.0.0.1:5000}
+registry_dir=$state_dir/registry
+base_image=localhost/busybox:latest
+packages=(podman buildah skopeo docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev)
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    log "must run as root (installs packages and starts services)"
+    exit 1
+  fi
+}
+
+install_missing() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    log "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+rabbit_running() { rabbitmqctl -q status >/dev/null 2>&1; }
+
+start_rabbitmq() {
+  if ! rabbit_running; then
+    log "starting RabbitMQ"
+    # The Debian package may have started it through its init script; -detached is for bare hosts.
+    rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+  rabbitmqctl wait --timeout 90 "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid" >/dev/null
+  if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
+    rabbitmq-plugins enable rabbitmq_management >/dev/null
+  fi
+  for _ in $(seq 1 60); do
+    curl -sf -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null && return 0
+    sleep 1
+  done
+  log "RabbitMQ management API did not come up on :15672"
+  return 1
+}
+
+registry_running() { curl -sf "http://$registry_addr/v2/" >/dev/null 2>&1; }
+
+start_registry() {
+  registry_running && return 0
+  mkdir -p "$registry_dir/data"
+  # Our own config: the packaged one demands htpasswd auth.
+  cat >"$registry_dir/config.yml" <<EOF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $registry_dir/data
+  delete:
+    enabled: true
+http:
+  addr: $registry_addr
+EOF
+  log "starting registry on $registry_addr"
+  nohup docker-registry serve "$registry_dir/config.yml" >"$registry_dir/registry.log" 2>&1 &
+  echo $! >"$registry_dir/pid"
+  for _ in $(seq 1 50); do
+    registry_running && return 0
+    sleep 0.2
+  done
+  log "registry did not start; see $registry_dir/registry.log"
+  return 1
+}
+
+# A busybox root filesystem imported as an image: builds need a base and no registry is reachable.
+seed_base_image() {
+  podman image exists "$base_image" && return 0
+  log "seeding $base_image from busybox-static"
+  local root
+  root=$(mktemp -d)
+  mkdir -p "$root/bin" "$root/tmp" "$root/etc"
+  cp /bin/busybox "$root/bin/busybox"
+  for cmd in sh ls cat echo mkdir rm cp mv touch grep sed wc head tail env sleep true false test; do
+    ln -sf busybox "$root/bin/$cmd"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+  tar -C "$root" -c . | podman import -q --change 'CMD ["/bin/sh"]' - "$base_image" >/dev/null
+  rm -rf "$root"
+}
+
+up() {
+  need_root
+  install_missing
+  start_rabbitmq
+  start_registry
+  seed_base_image
+  status
+}
+
+down() {
+  if [ -f "$registry_dir/pid" ]; then
+    kill "$(cat "$registry_dir/pid")" 2>/dev/null || true
+    rm -f "$registry_dir/pid"
+  fi
+  pkill -f "docker-registry serve $registry_dir" 2>/dev/null || true
+  if command -v rabbitmqctl >/dev/null && rabbit_running; then
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+  fi
+  log "stopped"
+}
+
+status() {
+  local ok=0
+  if command -v rabbitmqctl >/dev/null && rabbit_running; then
+    log "rabbitmq: running (amqp://127.0.0.1:5672, management http://127.0.0.1:15672 guest/guest)"
+  else
+    log "rabbitmq: stopped"; ok=1
+  fi
+  if registry_running; then log "registry: running (http://$registry_addr)"; else log "registry: stopped"; ok=1; fi
+  if command -v podman >/dev/null && podman image exists "$base_image"; then
+    log "base image: $base_image present"
+  else
+    log "base image: missing"; ok=1
+  fi
+  return $ok
+}
+
+case "${1:-}" in
+  up) up ;;
+  down) down ;;
+  status) status ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,175 @@
+//! Layered settings: config/default.toml < config/<env>.toml < IMAGE_BUILDER__SECTION__KEY env vars.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::SecretString;
+use serde::Deserialize;
+
+/// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub log: LogSettings,
+    pub amqp: AmqpSettings,
+    pub retry: RetrySettings,
+    pub request: RequestSettings,
+    pub connectors: BTreeMap<String, ConnectorSettings>,
+    pub build: BuildSettings,
+    pub registry: RegistrySettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct AmqpSettings {
+    /// May hold broker credentials: never logged.
+    pub url: SecretString,
+    pub prefix: String,
+    pub prefetch: u16,
+    pub delivery_limit: u32,
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RetrySettings {
+    pub max_attempts: u32,
+    pub delays_ms: Vec<u64>,
+    pub retry_user_faults: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RequestSettings {
+    pub max_body_bytes: usize,
+    pub allowed_schemes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ConnectorSettings {
+    /// Empty means "no base": only full URLs are accepted for this connector.
+    pub base_url: String,
+    /// User name sent with the request's token (GitHub ignores it, GitLab wants "oauth2").
+    pub username: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BuildSettings {
+    pub podman: String,
+    pub isolation: String,
+    pub timeout_secs: u64,
+    pub log_tail_lines: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegistrySettings {
+    pub host: String,
+    pub insecure: bool,
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl Settings {
+    /// Loads settings from `config_dir` for environment `env` plus process env overrides.
+    pub fn load(config_dir: &Path, env: &str) -> anyhow::Result<Self> {
+        let base = config_dir.join("default.toml");
+        anyhow::ensure!(
+            base.is_file(),
+            "failed to find {} (run from the project directory or set IMAGE_BUILDER_CONFIG_DIR)",
+            base.display()
+        );
+        let settings = config::Config::builder()
+            .add_source(config::File::from(base))
+            .add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(false))
+            .add_source(
+                config::Environment::with_prefix("IMAGE_BUILDER")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .list_separator(",")
+                    .with_list_parse_key("retry.delays_ms")
+                    .with_list_parse_key("request.allowed_schemes")
+                    .try_parsing(true),
+            )
+            .build()
+            .context("failed to read configuration")?
+            .try_deserialize::<Settings>()
+            .context("failed to parse configuration")?;
+        settings.check()?;
+        Ok(settings)
+    }
+
+    /// Loads from IMAGE_BUILDER_CONFIG_DIR (default `config`) and IMAGE_BUILDER_ENV (default `local`).
+    pub fn from_env() -> anyhow::Result<Self> {
+        let dir = std::env::var_os("IMAGE_BUILDER_CONFIG_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("config"));
+        let env = std::env::var("IMAGE_BUILDER_ENV").unwrap_or_else(|_| "local".into());
+        Self::load(&dir, &env)
+    }
+
+    fn check(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.amqp.prefetch > 0, "amqp.prefetch must be at least 1");
+        anyhow::ensure!(
+            self.retry.max_attempts > 0,
+            "retry.max_attempts must be at least 1"
+        );
+        anyhow::ensure!(
+            !self.retry.delays_ms.is_empty(),
+            "retry.delays_ms needs at least one tier"
+        );
+        anyhow::ensure!(
+            !self.amqp.prefix.is_empty(),
+            "amqp.prefix must not be empty"
+        );
+        Ok(())
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("git-cache")
+    }
+
+    pub fn work_dir(&self) -> PathBuf {
+        self.data_dir.join("work")
+    }
+
+    pub fn build_timeout(&self) -> Duration {
+        Duration::from_secs(self.build.timeout_secs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn project_config_loads_for_local_env() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load(&dir, "local").expect("config loads");
+        assert!(
+            settings.registry.insecure,
+            "local env marks the registry insecure"
+        );
+        assert!(settings.connectors.contains_key("github"));
+        assert_eq!(settings.retry.max_attempts, 5);
+    }
+
+    #[test]
+    fn debug_output_hides_secrets() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load(&dir, "local").expect("config loads");
+        let shown = format!("{settings:?}");
+        assert!(!shown.contains("guest:guest"), "broker URL leaked: {shown}");
+    }
+}

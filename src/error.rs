@@ -1,0 +1,122 @@
+//! The pipeline's one error type and its single classification into faults.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::request::Rejection;
+
+/// Who has to act on a failure, which decides retry or not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fault {
+    /// The request itself is invalid: never retried.
+    Rejected,
+    /// The repository, ref, credentials or build recipe is wrong: the user must change something.
+    User,
+    /// Our side or a dependency failed: worth retrying later.
+    Service,
+    /// Someone asked for the build to stop.
+    Cancelled,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error("invalid request: {0}")]
+    Rejected(#[from] Rejection),
+    #[error("repository not found: {0}")]
+    RepoNotFound(String),
+    #[error("ref not found: {0}")]
+    RefNotFound(String),
+    #[error("git host refused the credentials: {0}")]
+    AuthRefused(String),
+    #[error("failed to reach the git host: {0}")]
+    GitUnavailable(String),
+    #[error("no way to build: {0}")]
+    NoRecipe(String),
+    #[error("build step failed: {0}")]
+    StepFailed(String),
+    #[error("failed to push the image: {0}")]
+    PushFailed(String),
+    #[error("build engine failed: {0}")]
+    Engine(String),
+    #[error("build timed out after {0:?}")]
+    TimedOut(Duration),
+    #[error("build cancelled")]
+    Cancelled,
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl BuildError {
+    /// The single place that decides whose fault an error is.
+    pub fn classify(&self) -> Fault {
+        match self {
+            Self::Rejected(_) => Fault::Rejected,
+            Self::RepoNotFound(_)
+            | Self::RefNotFound(_)
+            | Self::AuthRefused(_)
+            | Self::NoRecipe(_)
+            | Self::StepFailed(_) => Fault::User,
+            Self::GitUnavailable(_)
+            | Self::PushFailed(_)
+            | Self::Engine(_)
+            | Self::TimedOut(_)
+            | Self::Internal(_) => Fault::Service,
+            Self::Cancelled => Fault::Cancelled,
+        }
+    }
+
+    /// A short stable name for metrics and logs.
+    pub fn metric_label(&self) -> &'static str {
+        match self {
+            Self::Rejected(_) => "rejected",
+            Self::RepoNotFound(_) => "repo_not_found",
+            Self::RefNotFound(_) => "ref_not_found",
+            Self::AuthRefused(_) => "auth_refused",
+            Self::GitUnavailable(_) => "git_unavailable",
+            Self::NoRecipe(_) => "no_recipe",
+            Self::StepFailed(_) => "step_failed",
+            Self::PushFailed(_) => "push_failed",
+            Self::Engine(_) => "engine",
+            Self::TimedOut(_) => "timed_out",
+            Self::Cancelled => "cancelled",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    /// The whole cause chain on one line, for events and logs (callers redact it).
+    pub fn chain(&self) -> String {
+        match self {
+            Self::Internal(e) => format!("{e:#}"),
+            other => other.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        assert_eq!(
+            BuildError::Rejected(Rejection::new("ref", "bad")).classify(),
+            Fault::Rejected
+        );
+        assert_eq!(BuildError::RefNotFound("x".into()).classify(), Fault::User);
+        assert_eq!(BuildError::StepFailed("x".into()).classify(), Fault::User);
+        assert_eq!(
+            BuildError::PushFailed("x".into()).classify(),
+            Fault::Service
+        );
+        assert_eq!(
+            BuildError::TimedOut(Duration::from_secs(1)).classify(),
+            Fault::Service
+        );
+        assert_eq!(
+            BuildError::Internal(anyhow::anyhow!("disk full")).classify(),
+            Fault::Service
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! Notification bodies published on the events exchange; the routing key is the event name.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Fault;
+
+/// Identifies a build in every event.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BuildRef {
+    pub build_id: String,
+    pub request_id: String,
+    pub user_id: Option<String>,
+    pub repo: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildStarted {
+    #[serde(flatten)]
+    pub build: BuildRef,
+    pub attempt: u32,
+    pub host: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildRetrying {
+    #[serde(flatten)]
+    pub build: BuildRef,
+    pub attempt: u32,
+    pub next_attempt: u32,
+    pub delay_ms: u64,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ImageUpdated {
+    #[serde(flatten)]
+    pub build: BuildRef,
+    pub commit: String,
+    /// registry/namespace/name, without a tag.
+    pub image: String,
+    pub tags: Vec<String>,
+    pub digest: String,
+    pub platforms: Vec<String>,
+    /// The image already existed for this commit and configuration; nothing was built.
+    pub cached: bool,
+    pub duration_ms: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub finished_at: time::OffsetDateTime,
+}
+
+/// Body of `build.failed` and `build.rejected`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildFailed {
+    #[serde(flatten)]
+    pub build: BuildRef,
+    pub attempts: u32,
+    pub fault: Fault,
+    pub reason: String,
+    /// For rejections: the request field at fault.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    pub log_tail: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "event")]
+pub enum Event {
+    #[serde(rename = "build.started")]
+    Started(BuildStarted),
+    #[serde(rename = "build.retrying")]
+    Retrying(BuildRetrying),
+    #[serde(rename = "image.updated")]
+    ImageUpdated(ImageUpdated),
+    #[serde(rename = "build.failed")]
+    Failed(BuildFailed),
+    #[serde(rename = "build.rejected")]
+    Rejected(BuildFailed),
+}
+
+impl Event {
+    pub fn routing_key(&self) -> &'static str {
+        match self {
+            Self::Started(_) => "build.started",
+            Self::Retrying(_) => "build.retrying",
+            Self::ImageUpdated(_) => "image.updated",
+            Self::Failed(_) => "build.failed",
+            Self::Rejected(_) => "build.rejected",
+        }
+    }
+
+    pub fn build(&self) -> &BuildRef {
+        match self {
+            Self::Started(e) => &e.build,
+            Self::Retrying(e) => &e.build,
+            Self::ImageUpdated(e) => &e.build,
+            Self::Failed(e) | Self::Rejected(e) => &e.build,
+        }
+    }
+
+    /// Whether this event ends the build (no more events for it will follow).
+    pub fn is_terminal(&self) -> bool {
+        matches!(
+            self,
+            Self::ImageUpdated(_) | Self::Failed(_) | Self::Rejected(_)
+        )
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        // Serialising plain structs of strings and numbers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_json_carries_its_name_and_flat_fields() {
+        let event = Event::Rejected(BuildFailed {
+            build: BuildRef {
+                build_id: "b".into(),
+                request_id: "r".into(),
+                user_id: None,
+                repo: Some("a/b".into()),
+                git_ref: None,
+            },
+            attempts: 1,
+            fault: Fault::Rejected,
+            reason: "`ref` must not start with '-'".into(),
+            field: Some("ref".into()),
+            log_tail: vec![],
+        });
+        let value: serde_json::Value = serde_json::from_slice(&event.to_json()).expect("json");
+        assert_eq!(value["event"], "build.rejected");
+        assert_eq!(value["field"], "ref");
+        assert_eq!(value["fault"], "rejected");
+        assert_eq!(value["repo"], "a/b");
+        let back: Event = serde_json::from_value(value).expect("round trip");
+        assert_eq!(back.routing_key(), "build.rejected");
+    }
+}

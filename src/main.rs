@@ -1,0 +1,172 @@
+//! Thin binary: parse flags, load config, wire the library, report how it ended.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use image_builder::config::Settings;
+use image_builder::events::Event;
+use serde_json::{Map, Value};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "image-builder",
+    version,
+    about = "Queue-driven container image builder"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Consume build requests until SIGTERM/SIGINT.
+    Worker,
+    /// Declare the RabbitMQ topology and exit.
+    Setup,
+    /// Publish a build request; with --wait, print its outcome event.
+    Submit(SubmitArgs),
+}
+
+#[derive(Args)]
+struct SubmitArgs {
+    /// A JSON request file; flags below override its fields.
+    #[arg(long)]
+    file: Option<PathBuf>,
+    #[arg(long)]
+    repo: Option<String>,
+    #[arg(long = "ref")]
+    git_ref: Option<String>,
+    #[arg(long)]
+    user_id: Option<String>,
+    #[arg(long)]
+    connector: Option<String>,
+    #[arg(long)]
+    context: Option<String>,
+    #[arg(long)]
+    dockerfile: Option<String>,
+    /// Name of an environment variable holding the token (tokens never go on the command line).
+    #[arg(long)]
+    token_env: Option<String>,
+    /// Wait for the outcome and print it; exit 1 unless the image was pushed.
+    #[arg(long)]
+    wait: bool,
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env() {
+        Ok(settings) => settings,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    image_builder::telemetry::init(settings.log.format, &settings.log.level);
+    match run(cli.command, settings).await {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Worker => {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            image_builder::worker::run(settings, shutdown).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Setup => {
+            let conn =
+                image_builder::amqp::connect(&settings.amqp.url, "image-builder setup").await?;
+            let channel = conn.create_channel().await?;
+            let topology = image_builder::amqp::Topology::from_settings(&settings);
+            topology
+                .declare(&channel)
+                .await
+                .context("failed to declare the topology")?;
+            println!(
+                "declared exchange {} and queue {}",
+                topology.exchange, topology.build_queue
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit(args) => submit(args, settings).await,
+    }
+}
+
+async fn submit(args: SubmitArgs, settings: Settings) -> anyhow::Result<ExitCode> {
+    let mut body = match &args.file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            match serde_json::from_str::<Value>(&text)
+                .with_context(|| format!("failed to parse {}", path.display()))?
+            {
+                Value::Object(map) => map,
+                _ => anyhow::bail!("{} must hold a JSON object", path.display()),
+            }
+        }
+        None => Map::new(),
+    };
+    for (key, value) in [
+        ("repo", &args.repo),
+        ("ref", &args.git_ref),
+        ("user_id", &args.user_id),
+        ("connector", &args.connector),
+        ("context", &args.context),
+        ("dockerfile", &args.dockerfile),
+    ] {
+        if let Some(value) = value {
+            body.insert(key.into(), Value::String(value.clone()));
+        }
+    }
+    if let Some(var) = &args.token_env {
+        let token =
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
+        body.insert("token".into(), Value::String(token));
+    }
+    let wait = args.wait.then(|| Duration::from_secs(args.timeout_secs));
+    let (id, outcome) = image_builder::submit::submit(&settings, body, wait, |event| {
+        eprintln!("{}: {}", event.routing_key(), event.build().build_id);
+    })
+    .await?;
+    let Some(event) = outcome else {
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    println!("{}", serde_json::to_string_pretty(&event)?);
+    Ok(match event {
+        Event::ImageUpdated(_) => ExitCode::SUCCESS,
+        _ => ExitCode::FAILURE,
+    })
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("failed to install signal handlers");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight builds");
+    shutdown.cancel();
+}

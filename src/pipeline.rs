@@ -1,0 +1,134 @@
+//! One build, start to finish: source -> plan -> build -> push -> the `image.updated` body.
+//! Plain code over the `SourceFetcher` and `ImageEngine` traits; it never touches AMQP.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::build_log::BuildLog;
+use crate::config::Settings;
+use crate::engine::ImageEngine;
+use crate::error::BuildError;
+use crate::events::{BuildRef, ImageUpdated};
+use crate::plan::{self, PlanInput};
+use crate::request::BuildRequest;
+use crate::source::{self, SourceFetcher};
+
+/// External clients, built once at start and shared by every build.
+#[derive(Clone)]
+pub struct Environment {
+    pub settings: Arc<Settings>,
+    pub source: Arc<dyn SourceFetcher>,
+    pub engine: Arc<dyn ImageEngine>,
+    /// This replica's name, reported in events.
+    pub host: String,
+}
+
+/// Per-build context handed to every stage.
+pub struct BuildCtx {
+    pub log: BuildLog,
+    pub cancel: CancellationToken,
+    pub deadline: Instant,
+    /// Private to this build and removed with it (auth file, digest file).
+    pub scratch_dir: PathBuf,
+}
+
+impl BuildCtx {
+    /// Time left before the build's timeout (never zero, so a command fails by timing out).
+    pub fn remaining(&self) -> Duration {
+        self.deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1))
+    }
+}
+
+/// A request on its way through the worker: identity that survives retries, and the attempt.
+pub struct Job {
+    pub request: BuildRequest,
+    pub build_id: String,
+    pub attempt: u32,
+}
+
+impl Job {
+    /// The identifiers every event carries; `git_ref` is the requested ref until resolved.
+    pub fn build_ref(&self, resolved_ref: Option<&str>) -> BuildRef {
+        let req = &self.request;
+        BuildRef {
+            build_id: self.build_id.clone(),
+            request_id: req.id.as_str().to_owned(),
+            user_id: Some(req.user_id.as_str().to_owned()),
+            repo: Some(req.repo.display()),
+            git_ref: resolved_ref
+                .map(str::to_owned)
+                .or_else(|| req.git_ref.as_ref().map(|r| r.as_str().to_owned())),
+        }
+    }
+}
+
+/// Runs one build. The work dir (checkout and scratch files) is removed whatever happens.
+pub async fn run(
+    env: &Environment,
+    job: &Job,
+    log: &BuildLog,
+    cancel: &CancellationToken,
+) -> Result<ImageUpdated, BuildError> {
+    let started = Instant::now();
+    let settings = &env.settings;
+    let spec = source::source_spec(&job.request, &settings.connectors)?;
+    let work_root = settings.work_dir();
+    tokio::fs::create_dir_all(&work_root)
+        .await
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to create the work dir: {e}")))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!("build-{}-", job.build_id))
+        .tempdir_in(&work_root)
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to create the work dir: {e}")))?;
+    let scratch_dir = work.path().join("scratch");
+    std::fs::create_dir(&scratch_dir).map_err(|e| {
+        BuildError::Internal(anyhow::anyhow!("failed to create the scratch dir: {e}"))
+    })?;
+    let ctx = BuildCtx {
+        log: log.clone(),
+        cancel: cancel.clone(),
+        deadline: started + settings.build_timeout(),
+        scratch_dir,
+    };
+
+    let checkout_dir = work.path().join("src");
+    let checkout = tokio::select! {
+        result = env.source.checkout(&spec, &checkout_dir, &ctx) => result?,
+        _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout())),
+    };
+    let build_spec = plan::plan(
+        &job.request,
+        &PlanInput {
+            checkout: &checkout,
+            checkout_dir: &checkout_dir,
+            registry: &settings.registry.host,
+            source_url: spec.remote.as_str(),
+            build_id: &job.build_id,
+            created: time::OffsetDateTime::now_utc(),
+        },
+    )?;
+    env.engine.build(&build_spec, &ctx).await?;
+    let digest = env.engine.push(&build_spec, &ctx).await?;
+    log.push(&format!("pushed {}@{digest}", build_spec.image));
+
+    Ok(ImageUpdated {
+        build: job.build_ref(Some(&checkout.ref_name)),
+        commit: checkout.commit,
+        image: build_spec.image,
+        tags: build_spec.tags,
+        digest,
+        platforms: build_spec
+            .platforms
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect(),
+        cached: false,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        finished_at: time::OffsetDateTime::now_utc(),
+    })
+}

@@ -1,0 +1,252 @@
+//! From a validated request and its checkout to exactly what the engine builds: paths inside the
+//! checkout (symlinks resolved and fenced in), the image name, tags and labels.
+
+use std::path::{Path, PathBuf};
+
+use crate::error::BuildError;
+use crate::request::{BuildArgs, BuildRequest, BuilderKind, ImageName, Platform, Tag};
+use crate::source::Checkout;
+
+/// Everything an engine needs for one build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    pub context_dir: PathBuf,
+    pub dockerfile: PathBuf,
+    /// registry/namespace/name, without a tag.
+    pub image: String,
+    pub tags: Vec<String>,
+    /// Applied in order; the builder's own labels come last so a request cannot forge them.
+    pub labels: Vec<(String, String)>,
+    pub build_args: BuildArgs,
+    pub platforms: Vec<Platform>,
+}
+
+/// Facts about the build that are not in the request.
+pub struct PlanInput<'a> {
+    pub checkout: &'a Checkout,
+    pub checkout_dir: &'a Path,
+    pub registry: &'a str,
+    pub source_url: &'a str,
+    pub build_id: &'a str,
+    pub created: time::OffsetDateTime,
+}
+
+const SHORT_SHA: usize = 12;
+
+pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, BuildError> {
+    let root = input.checkout_dir.canonicalize().map_err(|e| {
+        BuildError::Internal(anyhow::anyhow!("failed to resolve the checkout: {e}"))
+    })?;
+    let context_dir = inside(&root, &root.join(req.context.as_str()), "context")?;
+    if !context_dir.is_dir() {
+        return Err(BuildError::NoRecipe(format!(
+            "context '{}' is not a directory in the repository",
+            req.context.as_str()
+        )));
+    }
+    let dockerfile = find_dockerfile(req, &root, &context_dir)?;
+    let name = match &req.image {
+        Some(name) => name.clone(),
+        None => ImageName::from_repo_name(req.repo.name()).ok_or_else(|| {
+            BuildError::NoRecipe(
+                "cannot derive an image name from the repository; set `image`".into(),
+            )
+        })?,
+    };
+    let image = format!(
+        "{}/{}/{}",
+        input.registry,
+        req.user_id.as_str(),
+        name.as_str()
+    );
+    Ok(BuildSpec {
+        context_dir,
+        dockerfile,
+        image,
+        tags: tags(req, input.checkout),
+        labels: labels(req, input),
+        build_args: req.build_args.clone(),
+        platforms: req.platforms.clone(),
+    })
+}
+
+/// Resolves symlinks and refuses anything that ends up outside the checkout.
+fn inside(root: &Path, path: &Path, field: &str) -> Result<PathBuf, BuildError> {
+    let resolved = path.canonicalize().map_err(|_| {
+        BuildError::NoRecipe(format!(
+            "{field} '{}' does not exist in the repository",
+            rel(root, path)
+        ))
+    })?;
+    if !resolved.starts_with(root) {
+        return Err(BuildError::NoRecipe(format!(
+            "{field} '{}' points outside the repository",
+            rel(root, path)
+        )));
+    }
+    Ok(resolved)
+}
+
+fn rel(root: &Path, path: &Path) -> String {
+    path.strip_prefix(root)
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
+fn find_dockerfile(req: &BuildRequest, root: &Path, context: &Path) -> Result<PathBuf, BuildError> {
+    if let Some(path) = &req.dockerfile {
+        let file = inside(root, &context.join(path.as_str()), "dockerfile")?;
+        if !file.is_file() {
+            return Err(BuildError::NoRecipe(format!(
+                "dockerfile '{}' is not a file",
+                path.as_str()
+            )));
+        }
+        return Ok(file);
+    }
+    if req.builder != BuilderKind::Nixpacks {
+        for candidate in ["Dockerfile", "Containerfile"] {
+            let path = context.join(candidate);
+            if path.is_file() {
+                return inside(root, &path, "dockerfile");
+            }
+        }
+    }
+    Err(BuildError::NoRecipe(format!(
+        "no Dockerfile or Containerfile in context '{}' (nixpacks builds are not available on this worker yet)",
+        req.context.as_str()
+    )))
+}
+
+/// Short commit, the sanitised ref, `latest` on the default branch, then the request's own tags.
+fn tags(req: &BuildRequest, checkout: &Checkout) -> Vec<String> {
+    let mut tags = vec![checkout.commit.chars().take(SHORT_SHA).collect::<String>()];
+    if let Some(tag) = Tag::sanitized(&checkout.ref_name) {
+        tags.push(tag.as_str().to_owned());
+    }
+    if checkout.is_default_branch {
+        tags.push("latest".into());
+    }
+    tags.extend(req.tags.iter().map(|t| t.as_str().to_owned()));
+    let mut seen = std::collections::HashSet::new();
+    tags.retain(|t| seen.insert(t.clone()));
+    tags
+}
+
+fn labels(req: &BuildRequest, input: &PlanInput<'_>) -> Vec<(String, String)> {
+    let created = input
+        .created
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let mut labels: Vec<(String, String)> = req
+        .labels
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.extend([
+        (
+            "org.opencontainers.image.source".into(),
+            input.source_url.to_owned(),
+        ),
+        (
+            "org.opencontainers.image.revision".into(),
+            input.checkout.commit.clone(),
+        ),
+        ("org.opencontainers.image.created".into(), created),
+        (
+            "org.opencontainers.image.ref.name".into(),
+            input.checkout.ref_name.clone(),
+        ),
+        (
+            "io.image-builder.build-id".into(),
+            input.build_id.to_owned(),
+        ),
+        (
+            "io.image-builder.request-id".into(),
+            req.id.as_str().to_owned(),
+        ),
+        (
+            "io.image-builder.user-id".into(),
+            req.user_id.as_str().to_owned(),
+        ),
+    ]);
+    labels
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request::RequestPolicy;
+
+    fn request(extra: &str) -> BuildRequest {
+        let body = format!(r#"{{"repo":"acme/My_App","user_id":"u1"{extra}}}"#);
+        let policy = RequestPolicy {
+            max_body_bytes: 4096,
+            allowed_schemes: vec!["https".into()],
+        };
+        BuildRequest::parse(body.as_bytes(), &policy, None).expect("valid request")
+    }
+
+    fn checkout(default: bool) -> Checkout {
+        Checkout {
+            commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            ref_name: "feature/login".into(),
+            is_default_branch: default,
+        }
+    }
+
+    fn plan_in(dir: &Path, req: &BuildRequest, co: &Checkout) -> Result<BuildSpec, BuildError> {
+        plan(
+            req,
+            &PlanInput {
+                checkout: co,
+                checkout_dir: dir,
+                registry: "reg:5000",
+                source_url: "https://github.com/acme/My_App.git",
+                build_id: "b1",
+                created: time::OffsetDateTime::UNIX_EPOCH,
+            },
+        )
+    }
+
+    #[test]
+    fn names_tags_and_labels() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
+        let req = request(
+            r#","tags":["stable"],"labels":{"org.opencontainers.image.revision":"forged"}"#,
+        );
+        let spec = plan_in(dir.path(), &req, &checkout(true)).expect("plan");
+        assert_eq!(spec.image, "reg:5000/u1/my-app");
+        assert_eq!(
+            spec.tags,
+            vec!["0123456789ab", "feature-login", "latest", "stable"]
+        );
+        let revision: Vec<_> = spec
+            .labels
+            .iter()
+            .filter(|(k, _)| k == "org.opencontainers.image.revision")
+            .collect();
+        assert_eq!(
+            revision.last().map(|(_, v)| v.as_str()),
+            Some("0123456789abcdef0123456789abcdef01234567")
+        );
+    }
+
+    #[test]
+    fn symlinked_context_cannot_leave_the_checkout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::os::unix::fs::symlink("/etc", dir.path().join("escape")).expect("symlink");
+        let req = request(r#","context":"escape""#);
+        let err = plan_in(dir.path(), &req, &checkout(false)).expect_err("refused");
+        assert!(err.to_string().contains("outside the repository"), "{err}");
+    }
+
+    #[test]
+    fn missing_dockerfile_is_a_user_fault() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let err = plan_in(dir.path(), &request(""), &checkout(false)).expect_err("no recipe");
+        assert_eq!(err.classify(), crate::error::Fault::User);
+    }
+}

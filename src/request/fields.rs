@@ -1,0 +1,113 @@
+//! Typed extraction of fields from a JSON object, so every type error names its field.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Map, Value};
+
+use super::Rejection;
+
+pub(super) struct Fields {
+    map: Map<String, Value>,
+}
+
+impl Fields {
+    pub(super) fn new(map: Map<String, Value>) -> Self {
+        Self { map }
+    }
+
+    /// Removes a field; JSON `null` counts as absent.
+    fn take(&mut self, name: &str) -> Option<Value> {
+        self.map.remove(name).filter(|v| !v.is_null())
+    }
+
+    pub(super) fn string(&mut self, name: &str) -> Result<Option<String>, Rejection> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(other) => Err(wrong_type(name, "a string", &other)),
+        }
+    }
+
+    /// A string field with an alias (`user_id` / `userID`); both present must agree.
+    pub(super) fn string_aliased(
+        &mut self,
+        name: &str,
+        alias: &str,
+    ) -> Result<Option<String>, Rejection> {
+        let main = self.string(name)?;
+        let other = self.string(alias)?;
+        match (main, other) {
+            (Some(a), Some(b)) if a != b => Err(Rejection::new(
+                name,
+                format!("conflicts with its alias `{alias}`"),
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    pub(super) fn string_list(&mut self, name: &str, max: usize) -> Result<Vec<String>, Rejection> {
+        let Some(value) = self.take(name) else {
+            return Ok(Vec::new());
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(name, "an array of strings", &value));
+        };
+        if items.len() > max {
+            return Err(Rejection::new(name, format!("has more than {max} entries")));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Value::String(s) => Ok(s),
+                other => Err(wrong_type(&format!("{name}[{i}]"), "a string", &other)),
+            })
+            .collect()
+    }
+
+    pub(super) fn string_map(
+        &mut self,
+        name: &str,
+        max: usize,
+    ) -> Result<BTreeMap<String, String>, Rejection> {
+        let Some(value) = self.take(name) else {
+            return Ok(BTreeMap::new());
+        };
+        let Value::Object(entries) = value else {
+            return Err(wrong_type(name, "an object of strings", &value));
+        };
+        if entries.len() > max {
+            return Err(Rejection::new(name, format!("has more than {max} entries")));
+        }
+        entries
+            .into_iter()
+            .map(|(k, v)| match v {
+                Value::String(s) => Ok((k, s)),
+                other => Err(wrong_type(&format!("{name}.{k}"), "a string", &other)),
+            })
+            .collect()
+    }
+
+    /// Fails on the first field nobody asked for: a typo must not silently change a build.
+    pub(super) fn finish(self) -> Result<(), Rejection> {
+        match self.map.keys().next() {
+            None => Ok(()),
+            Some(key) => Err(Rejection::new(
+                &super::types::truncate(key, 64),
+                "is not a known field",
+            )),
+        }
+    }
+}
+
+fn wrong_type(name: &str, expected: &str, got: &Value) -> Rejection {
+    let kind = match got {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    };
+    Rejection::new(name, format!("must be {expected}, got {kind}"))
+}

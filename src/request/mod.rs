@@ -1,0 +1,314 @@
+//! Wire JSON -> `BuildRequest`, through one constructor that names the field and reason of any
+//! refusal. Nothing downstream handles unvalidated input.
+
+mod fields;
+mod repo;
+pub mod types;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use secrecy::SecretString;
+use serde::Serialize;
+use serde_json::Value;
+
+pub use repo::{Connector, RepoSpec};
+pub use types::{GitRef, ImageName, Platform, RelPath, RequestId, Tag, UserId};
+
+use fields::Fields;
+use types::truncate;
+
+/// What the validator needs from config.
+#[derive(Debug, Clone)]
+pub struct RequestPolicy {
+    pub max_body_bytes: usize,
+    pub allowed_schemes: Vec<String>,
+}
+
+/// A request refused before any work: which field, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rejection {
+    pub field: String,
+    pub reason: String,
+}
+
+impl Rejection {
+    pub fn new(field: &str, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.to_owned(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "`{}` {}", self.field, self.reason)
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BuilderKind {
+    Auto,
+    Dockerfile,
+    Nixpacks,
+}
+
+/// Build arguments. Values may be secrets: Debug shows only the keys.
+#[derive(Clone, Default)]
+pub struct BuildArgs(BTreeMap<String, String>);
+
+impl BuildArgs {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &str> {
+        self.0.values().map(String::as_str)
+    }
+}
+
+impl fmt::Debug for BuildArgs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+/// A validated build request.
+#[derive(Debug, Clone)]
+pub struct BuildRequest {
+    pub id: RequestId,
+    pub repo: RepoSpec,
+    pub connector: Connector,
+    pub git_ref: Option<GitRef>,
+    pub token: Option<SecretString>,
+    pub user_id: UserId,
+    pub context: RelPath,
+    pub dockerfile: Option<RelPath>,
+    pub builder: BuilderKind,
+    pub build_args: BuildArgs,
+    pub platforms: Vec<Platform>,
+    pub image: Option<ImageName>,
+    pub tags: Vec<Tag>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Best-effort identifiers of a request, for the `build.rejected` event of one that failed to parse.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RequestSummary {
+    pub request_id: Option<String>,
+    pub user_id: Option<String>,
+    pub repo: Option<String>,
+    #[serde(rename = "ref")]
+    pub git_ref: Option<String>,
+}
+
+impl RequestSummary {
+    /// Reads what it can from a body that may be invalid; never fails, quotes at most 200 chars.
+    pub fn sniff(body: &[u8]) -> Self {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
+            return Self::default();
+        };
+        let get = |k: &str| {
+            map.get(k)
+                .and_then(Value::as_str)
+                .map(|s| truncate(&s.replace(|c: char| c.is_control(), "?"), 200))
+        };
+        Self {
+            request_id: get("id"),
+            user_id: get("user_id").or_else(|| get("userID")),
+            repo: get("repo"),
+            git_ref: get("ref"),
+        }
+    }
+}
+
+const MAX_LIST: usize = 16;
+const MAX_MAP: usize = 64;
+
+impl BuildRequest {
+    /// The one way to make a `BuildRequest`. `fallback_id` names a request without an `id` (the
+    /// worker passes the id it generated on first receipt, so retries keep it).
+    pub fn parse(
+        body: &[u8],
+        policy: &RequestPolicy,
+        fallback_id: Option<RequestId>,
+    ) -> Result<Self, Rejection> {
+        if body.len() > policy.max_body_bytes {
+            return Err(Rejection::new(
+                "body",
+                format!(
+                    "is {} bytes; the limit is {}",
+                    body.len(),
+                    policy.max_body_bytes
+                ),
+            ));
+        }
+        let value: Value = serde_json::from_slice(body)
+            .map_err(|e| Rejection::new("body", format!("is not valid JSON: {e}")))?;
+        let Value::Object(map) = value else {
+            return Err(Rejection::new("body", "must be a JSON object"));
+        };
+        let mut f = Fields::new(map);
+
+        let id = match f.string("id")? {
+            Some(raw) => RequestId::parse(&raw).map_err(|r| Rejection::new("id", r))?,
+            None => fallback_id.unwrap_or_else(RequestId::generate),
+        };
+        check_type(f.string("type")?)?;
+        let connector = match f.string("connector")? {
+            Some(raw) => Connector::parse(&raw).map_err(|r| Rejection::new("connector", r))?,
+            None => Connector::Github,
+        };
+        let repo_raw = f
+            .string("repo")?
+            .ok_or_else(|| Rejection::new("repo", "is required"))?;
+        let repo = RepoSpec::parse(&repo_raw, connector, &policy.allowed_schemes)
+            .map_err(|r| Rejection::new("repo", r))?;
+        let git_ref = parse_opt(f.string("ref")?, "ref", GitRef::parse)?;
+        let token = f.string("token")?.map(SecretString::from);
+        let user_raw = f
+            .string_aliased("user_id", "userID")?
+            .ok_or_else(|| Rejection::new("user_id", "is required"))?;
+        let user_id = UserId::parse(&user_raw).map_err(|r| Rejection::new("user_id", r))?;
+        let context = parse_opt(f.string("context")?, "context", RelPath::parse)?
+            .unwrap_or_else(RelPath::root);
+        let dockerfile = parse_opt(f.string("dockerfile")?, "dockerfile", RelPath::parse)?;
+        let builder = match f.string("builder")?.as_deref() {
+            None | Some("auto") => BuilderKind::Auto,
+            Some("dockerfile") => BuilderKind::Dockerfile,
+            Some("nixpacks") => BuilderKind::Nixpacks,
+            Some(other) => {
+                return Err(Rejection::new(
+                    "builder",
+                    format!(
+                        "unknown builder {:?}; expected auto, dockerfile or nixpacks",
+                        truncate(other, 40)
+                    ),
+                ));
+            }
+        };
+        let build_args = parse_build_args(f.string_map("build_args", MAX_MAP)?)?;
+        let platforms = parse_list(
+            f.string_list("platforms", MAX_LIST)?,
+            "platforms",
+            Platform::parse,
+        )?;
+        let image = parse_opt(f.string("image")?, "image", ImageName::parse)?;
+        let tags = parse_list(f.string_list("tags", MAX_LIST)?, "tags", Tag::parse)?;
+        let labels = parse_labels(f.string_map("labels", MAX_MAP)?)?;
+        f.finish()?;
+
+        Ok(Self {
+            id,
+            repo,
+            connector,
+            git_ref,
+            token,
+            user_id,
+            context,
+            dockerfile,
+            builder,
+            build_args,
+            platforms,
+            image,
+            tags,
+            labels,
+        })
+    }
+}
+
+/// The seed format's `type`: "repo" builds the branch head; tags and releases are not yet built
+/// from this field (use `ref`).
+fn check_type(kind: Option<String>) -> Result<(), Rejection> {
+    match kind.as_deref() {
+        None | Some("repo") => Ok(()),
+        Some("tag") | Some("release") => Err(Rejection::new(
+            "type",
+            "tag and release builds are not supported through `type` yet; send the tag in `ref`",
+        )),
+        Some(other) => Err(Rejection::new(
+            "type",
+            format!("unknown type {:?}; expected \"repo\"", truncate(other, 40)),
+        )),
+    }
+}
+
+fn parse_opt<T>(
+    raw: Option<String>,
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, Rejection> {
+    raw.map(|r| parse(&r).map_err(|reason| Rejection::new(field, reason)))
+        .transpose()
+}
+
+fn parse_list<T>(
+    raw: Vec<String>,
+    field: &str,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<Vec<T>, Rejection> {
+    raw.iter()
+        .enumerate()
+        .map(|(i, r)| parse(r).map_err(|reason| Rejection::new(&format!("{field}[{i}]"), reason)))
+        .collect()
+}
+
+fn parse_build_args(raw: BTreeMap<String, String>) -> Result<BuildArgs, Rejection> {
+    for (key, value) in &raw {
+        let mut chars = key.chars();
+        let ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && key.len() <= 128;
+        if !ok {
+            return Err(Rejection::new(
+                &format!("build_args.{}", truncate(key, 64)),
+                "key must match [A-Za-z_][A-Za-z0-9_]*",
+            ));
+        }
+        if value.contains('\0') || value.len() > 8192 {
+            // The value is never quoted back: it may be a secret.
+            return Err(Rejection::new(
+                &format!("build_args.{key}"),
+                "value must not contain NUL and must be at most 8192 bytes",
+            ));
+        }
+    }
+    Ok(BuildArgs(raw))
+}
+
+fn parse_labels(raw: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, Rejection> {
+    for (key, value) in &raw {
+        let key_ok = !key.is_empty()
+            && key.len() <= 128
+            && !key.starts_with('-')
+            && key
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if !key_ok {
+            return Err(Rejection::new(
+                &format!("labels.{}", truncate(key, 64)),
+                "key must be 1 to 128 of letters, digits, '.', '_', '-', '/'",
+            ));
+        }
+        if value.chars().any(char::is_control) || value.len() > 1024 {
+            return Err(Rejection::new(
+                &format!("labels.{key}"),
+                "value must be at most 1024 characters without control characters",
+            ));
+        }
+    }
+    Ok(raw)
+}
+
+#[cfg(test)]
+mod tests;

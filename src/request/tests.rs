@@ -1,0 +1,156 @@
+use secrecy::ExposeSecret;
+
+use super::*;
+
+fn policy() -> RequestPolicy {
+    RequestPolicy {
+        max_body_bytes: 4096,
+        allowed_schemes: vec!["https".into()],
+    }
+}
+
+fn parse(body: &str) -> Result<BuildRequest, Rejection> {
+    BuildRequest::parse(body.as_bytes(), &policy(), None)
+}
+
+fn rejected_field(body: &str) -> String {
+    match parse(body) {
+        Ok(req) => panic!("accepted {body}: {req:?}"),
+        Err(r) => r.field,
+    }
+}
+
+#[test]
+fn seed_readme_example_is_accepted_verbatim() {
+    let req = parse(
+        r#"{"token": "gho_xxx", "userID": "18008", "type": "repo", "connector": "github", "repo": "vano2903/testing"}"#,
+    )
+    .expect("seed example parses");
+    assert_eq!(req.user_id.as_str(), "18008");
+    assert_eq!(req.connector, Connector::Github);
+    assert_eq!(req.repo, RepoSpec::Path("vano2903/testing".into()));
+    assert_eq!(req.git_ref, None);
+    assert_eq!(
+        req.token.as_ref().map(|t| t.expose_secret().to_owned()),
+        Some("gho_xxx".into())
+    );
+    assert_eq!(req.context.as_str(), ".");
+    assert_eq!(req.builder, BuilderKind::Auto);
+}
+
+#[test]
+fn debug_never_shows_token_or_build_arg_values() {
+    let req = parse(
+        r#"{"token":"gho_topsecret","user_id":"u1","repo":"a/b","build_args":{"PASS":"hunter22"}}"#,
+    )
+    .expect("parses");
+    let shown = format!("{req:?}");
+    assert!(!shown.contains("gho_topsecret"), "{shown}");
+    assert!(!shown.contains("hunter22"), "{shown}");
+    assert!(shown.contains("PASS"));
+}
+
+#[test]
+fn fallback_id_is_used_only_without_an_id() {
+    let fallback = RequestId::parse("kept-id").expect("valid");
+    let req = BuildRequest::parse(
+        br#"{"user_id":"u","repo":"a/b"}"#,
+        &policy(),
+        Some(fallback),
+    )
+    .expect("parses");
+    assert_eq!(req.id.as_str(), "kept-id");
+    let fallback = RequestId::parse("kept-id").expect("valid");
+    let req = BuildRequest::parse(
+        br#"{"id":"own","user_id":"u","repo":"a/b"}"#,
+        &policy(),
+        Some(fallback),
+    )
+    .expect("parses");
+    assert_eq!(req.id.as_str(), "own");
+}
+
+#[test]
+fn each_bad_field_is_named() {
+    let cases = [
+        ("not json", "body"),
+        ("[1,2]", "body"),
+        (r#"{"user_id":"u"}"#, "repo"),
+        (r#"{"repo":"a/b"}"#, "user_id"),
+        (r#"{"repo":5,"user_id":"u"}"#, "repo"),
+        (
+            r#"{"repo":"a/b","user_id":"u","connector":"svn"}"#,
+            "connector",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","ref":"--upload-pack=x"}"#,
+            "ref",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","context":"../../etc"}"#,
+            "context",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","dockerfile":"/etc/passwd"}"#,
+            "dockerfile",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","platforms":["linux/x"]}"#,
+            "platforms[0]",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","platforms":"linux/amd64"}"#,
+            "platforms",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","tags":["ok","-bad"]}"#,
+            "tags[1]",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","build_args":{"1X":"v"}}"#,
+            "build_args.1X",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","build_args":{"X":1}}"#,
+            "build_args.X",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","labels":{"k":"a\nb"}}"#,
+            "labels.k",
+        ),
+        (r#"{"repo":"a/b","user_id":"u","image":"UP"}"#, "image"),
+        (
+            r#"{"repo":"a/b","user_id":"u","builder":"make"}"#,
+            "builder",
+        ),
+        (r#"{"repo":"a/b","user_id":"u","type":"tag"}"#, "type"),
+        (r#"{"repo":"a/b","user_id":"u","userID":"v"}"#, "user_id"),
+        (r#"{"repo":"a/b","user_id":"u","colour":"red"}"#, "colour"),
+        (r#"{"repo":"a/b","user_id":"u","id":"has space"}"#, "id"),
+        (
+            r#"{"repo":"file:///etc","user_id":"u","connector":"git"}"#,
+            "repo",
+        ),
+    ];
+    for (body, field) in cases {
+        assert_eq!(rejected_field(body), field, "body {body}");
+    }
+}
+
+#[test]
+fn oversize_body_is_refused_before_parsing() {
+    let body = format!(
+        r#"{{"repo":"a/b","user_id":"u","labels":{{"k":"{}"}}}}"#,
+        "x".repeat(5000)
+    );
+    assert_eq!(rejected_field(&body), "body");
+}
+
+#[test]
+fn summary_sniffs_what_it_can() {
+    let s = RequestSummary::sniff(br#"{"id":"r1","userID":"u","repo":"a/b","ref":"bad\nref"}"#);
+    assert_eq!(s.request_id.as_deref(), Some("r1"));
+    assert_eq!(s.user_id.as_deref(), Some("u"));
+    assert_eq!(s.git_ref.as_deref(), Some("bad?ref"));
+    assert!(RequestSummary::sniff(b"garbage").repo.is_none());
+}

@@ -1,0 +1,277 @@
+//! git2 adapter: one bare mirror per remote in the cache dir, fetched incrementally under a file
+//! lock (safe across builds and replicas sharing the dir), then one commit checked out.
+
+use std::cell::Cell;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use async_trait::async_trait;
+use git2::{
+    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune, Oid,
+    RemoteCallbacks, Repository, build::CheckoutBuilder,
+};
+use secrecy::ExposeSecret;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use super::{Checkout, SourceFetcher, SourceSpec};
+use crate::error::BuildError;
+use crate::pipeline::BuildCtx;
+use crate::request::GitRef;
+
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+pub struct GitMirrors {
+    cache_dir: PathBuf,
+}
+
+impl GitMirrors {
+    pub fn new(cache_dir: PathBuf) -> Self {
+        Self { cache_dir }
+    }
+
+    /// Mirror directory: a hash of the URL (unique) plus the repo name (readable).
+    fn mirror_path(&self, spec: &SourceSpec) -> PathBuf {
+        let hash = hex::encode(Sha256::digest(spec.remote.as_str().as_bytes()));
+        let name: String = spec
+            .remote
+            .path()
+            .trim_matches('/')
+            .rsplit('/')
+            .next()
+            .unwrap_or("repo")
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+            .take(40)
+            .collect();
+        self.cache_dir.join(format!("{}-{name}.git", &hash[..16]))
+    }
+}
+
+#[async_trait]
+impl SourceFetcher for GitMirrors {
+    async fn checkout(
+        &self,
+        spec: &SourceSpec,
+        dest: &Path,
+        ctx: &BuildCtx,
+    ) -> Result<Checkout, BuildError> {
+        let mirror = self.mirror_path(spec);
+        let spec = spec.clone();
+        let dest = dest.to_owned();
+        let log = ctx.log.clone();
+        let cancel = ctx.cancel.clone();
+        log.push(&format!("fetching {}", spec.remote));
+        let checkout =
+            tokio::task::spawn_blocking(move || fetch_and_checkout(&mirror, &spec, &dest, &cancel))
+                .await
+                .map_err(|e| BuildError::Internal(anyhow::anyhow!("git task failed: {e}")))??;
+        ctx.log.push(&format!(
+            "checked out {} ({})",
+            checkout.commit, checkout.ref_name
+        ));
+        Ok(checkout)
+    }
+}
+
+fn fetch_and_checkout(
+    mirror: &Path,
+    spec: &SourceSpec,
+    dest: &Path,
+    cancel: &CancellationToken,
+) -> Result<Checkout, BuildError> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| {
+        BuildError::Internal(anyhow::anyhow!("failed to {what}: {e}"))
+    };
+    if let Some(parent) = mirror.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| internal("create the git cache dir", &e))?;
+    }
+    let lock = File::create(mirror.with_extension("lock"))
+        .map_err(|e| internal("create the mirror lock", &e))?;
+    lock.lock().map_err(|e| internal("lock the mirror", &e))?;
+
+    let repo = match Repository::open_bare(mirror) {
+        Ok(repo) => repo,
+        Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
+    };
+    let default_branch = fetch(&repo, spec, cancel)?;
+    let (oid, ref_name, is_default_branch) =
+        resolve(&repo, spec.git_ref.as_ref(), default_branch.as_deref())?;
+    let commit = repo
+        .find_commit(oid)
+        .map_err(|e| internal("read the commit", &e))?;
+    let tree = commit.tree().map_err(|e| internal("read the tree", &e))?;
+    std::fs::create_dir_all(dest).map_err(|e| internal("create the work dir", &e))?;
+    let mut opts = CheckoutBuilder::new();
+    opts.target_dir(dest).force().recreate_missing(true);
+    repo.checkout_tree(tree.as_object(), Some(&mut opts))
+        .map_err(|e| internal("check out the commit", &e))?;
+    Ok(Checkout {
+        commit: oid.to_string(),
+        ref_name,
+        is_default_branch,
+    })
+}
+
+/// What the credential callback saw, to tell "no token" from "token refused" afterwards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthSeen {
+    NotAsked,
+    Asked,
+    NoToken,
+    Refused,
+}
+
+/// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
+fn fetch(
+    repo: &Repository,
+    spec: &SourceSpec,
+    cancel: &CancellationToken,
+) -> Result<Option<String>, BuildError> {
+    let mut remote = repo
+        .remote_anonymous(spec.remote.as_str())
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
+    let seen = Rc::new(Cell::new(AuthSeen::NotAsked));
+    let mut callbacks = RemoteCallbacks::new();
+    let seen_cb = seen.clone();
+    let token = spec.token.clone();
+    let username = spec.username.clone();
+    callbacks.credentials(move |_url, _user_from_url, allowed| {
+        if seen_cb.get() == AuthSeen::Asked {
+            // libgit2 asks again when the first answer was refused: do not loop.
+            seen_cb.set(AuthSeen::Refused);
+            return Err(git2::Error::from_str("the git host refused the token"));
+        }
+        let Some(token) = token.as_ref() else {
+            seen_cb.set(AuthSeen::NoToken);
+            return Err(git2::Error::from_str(
+                "the git host asks for credentials and the request has no token",
+            ));
+        };
+        if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+            seen_cb.set(AuthSeen::Refused);
+            return Err(git2::Error::from_str(
+                "the git host wants a credential type other than a token",
+            ));
+        }
+        seen_cb.set(AuthSeen::Asked);
+        Cred::userpass_plaintext(&username, token.expose_secret())
+    });
+    let cancel_cb = cancel.clone();
+    callbacks.transfer_progress(move |_| !cancel_cb.is_cancelled());
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks)
+        .prune(FetchPrune::On)
+        .download_tags(AutotagOption::All)
+        .update_fetchhead(false);
+    if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+        return Err(fetch_error(&err, seen.get(), cancel, spec));
+    }
+    // Available after the fetch has disconnected.
+    let default = remote
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(str::to_owned));
+    if let Some(branch) = &default {
+        let _ = repo.set_head(branch);
+    }
+    Ok(default)
+}
+
+/// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
+fn fetch_error(
+    err: &git2::Error,
+    seen: AuthSeen,
+    cancel: &CancellationToken,
+    spec: &SourceSpec,
+) -> BuildError {
+    let url = &spec.remote;
+    let msg = err.message().to_ascii_lowercase();
+    if cancel.is_cancelled() {
+        return BuildError::Cancelled;
+    }
+    match seen {
+        AuthSeen::NoToken => {
+            return BuildError::AuthRefused(format!(
+                "{url} needs credentials and the request has no token"
+            ));
+        }
+        AuthSeen::Refused => {
+            return BuildError::AuthRefused(format!("{url} refused the token"));
+        }
+        AuthSeen::NotAsked | AuthSeen::Asked => {}
+    }
+    if err.code() == ErrorCode::Auth || msg.contains("401") || msg.contains("403") {
+        return BuildError::AuthRefused(format!("{url}: {}", err.message()));
+    }
+    if msg.contains("404")
+        || msg.contains("not found")
+        || msg.contains("not exported")
+        || msg.contains("does not appear to be a git repository")
+    {
+        return BuildError::RepoNotFound(format!("{url}: {}", err.message()));
+    }
+    match err.class() {
+        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
+            BuildError::GitUnavailable(format!("{url}: {}", err.message()))
+        }
+        _ => BuildError::Internal(anyhow::anyhow!("failed to fetch {url}: {}", err.message())),
+    }
+}
+
+/// Finds the commit for a ref: the default branch when absent, then SHA, branch, tag.
+fn resolve(
+    repo: &Repository,
+    git_ref: Option<&GitRef>,
+    default_branch: Option<&str>,
+) -> Result<(Oid, String, bool), BuildError> {
+    let not_found = |what: &str| BuildError::RefNotFound(what.to_owned());
+    let Some(git_ref) = git_ref else {
+        let branch = default_branch
+            .ok_or_else(|| not_found("the repository has no default branch (is it empty?)"))?;
+        let oid = peel(repo, branch).ok_or_else(|| not_found(branch))?;
+        let name = branch.strip_prefix("refs/heads/").unwrap_or(branch);
+        return Ok((oid, name.to_owned(), true));
+    };
+    let raw = git_ref.as_str();
+    if git_ref.is_full_sha() {
+        let oid = Oid::from_str(raw).map_err(|_| not_found(raw))?;
+        repo.find_commit(oid)
+            .map_err(|_| not_found(&format!("commit {raw} is not in the repository")))?;
+        return Ok((oid, raw.to_owned(), false));
+    }
+    let candidates = [
+        format!("refs/heads/{raw}"),
+        format!("refs/tags/{raw}"),
+        raw.to_owned(),
+    ];
+    for candidate in candidates.iter().filter(|c| c.starts_with("refs/")) {
+        if let Some(oid) = peel(repo, candidate) {
+            let name = candidate
+                .strip_prefix("refs/heads/")
+                .or_else(|| candidate.strip_prefix("refs/tags/"))
+                .unwrap_or(candidate);
+            let is_default = default_branch == Some(candidate.as_str());
+            return Ok((oid, name.to_owned(), is_default));
+        }
+    }
+    Err(not_found(&format!("no branch or tag named {raw}")))
+}
+
+fn peel(repo: &Repository, refname: &str) -> Option<Oid> {
+    let reference = repo.find_reference(refname).ok()?;
+    reference.peel_to_commit().ok().map(|c| c.id())
+}
+
+#[allow(unsafe_code)]
+pub(super) fn configure_timeouts() {
+    // SAFETY: libgit2 global options; called once at start, before any git2 work on other threads.
+    let result = unsafe {
+        git2::opts::set_server_connect_timeout_in_milliseconds(15_000)
+            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(120_000))
+    };
+    if let Err(e) = result {
+        tracing::warn!("failed to set git network timeouts: {e}");
+    }
+}

@@ -1,0 +1,90 @@
+//! Getting the source of a build: which remote (from the request and connector config), and a
+//! checkout of exactly the requested commit.
+
+mod git;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+use url::Url;
+
+pub use git::GitMirrors;
+
+use crate::config::ConnectorSettings;
+use crate::error::BuildError;
+use crate::pipeline::BuildCtx;
+use crate::request::{BuildRequest, GitRef, Rejection, RepoSpec};
+
+/// What to fetch. `remote` never carries credentials; the token goes through git2 callbacks.
+#[derive(Clone)]
+pub struct SourceSpec {
+    pub remote: Url,
+    pub username: String,
+    pub token: Option<SecretString>,
+    pub git_ref: Option<GitRef>,
+}
+
+/// The commit that was checked out and how it was named.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    pub commit: String,
+    /// Branch or tag name (or the SHA itself when a SHA was requested).
+    pub ref_name: String,
+    pub is_default_branch: bool,
+}
+
+#[async_trait]
+pub trait SourceFetcher: Send + Sync {
+    /// Fetches `spec.remote` and writes the requested commit's tree into `dest` (which must not exist).
+    async fn checkout(
+        &self,
+        spec: &SourceSpec,
+        dest: &Path,
+        ctx: &BuildCtx,
+    ) -> Result<Checkout, BuildError>;
+}
+
+/// Turns the request's repo + connector into a fetchable URL and credential user name.
+pub fn source_spec(
+    req: &BuildRequest,
+    connectors: &BTreeMap<String, ConnectorSettings>,
+) -> Result<SourceSpec, BuildError> {
+    let name = req.connector.as_str();
+    let connector = connectors.get(name).ok_or_else(|| {
+        Rejection::new(
+            "connector",
+            format!("connector {name} is not configured here"),
+        )
+    })?;
+    let remote = match &req.repo {
+        RepoSpec::Url(url) => url.clone(),
+        RepoSpec::Path(path) => {
+            let base = connector.base_url.trim_end_matches('/');
+            if base.is_empty() {
+                return Err(Rejection::new(
+                    "repo",
+                    format!("connector {name} has no base URL configured; send a full URL"),
+                )
+                .into());
+            }
+            Url::parse(&format!("{base}/{path}.git")).map_err(|e| {
+                BuildError::Internal(anyhow::anyhow!(
+                    "failed to build a URL from connectors.{name}.base_url: {e}"
+                ))
+            })?
+        }
+    };
+    Ok(SourceSpec {
+        remote,
+        username: connector.username.clone(),
+        token: req.token.clone(),
+        git_ref: req.git_ref.clone(),
+    })
+}
+
+/// Bounds how long libgit2 waits on a silent git host, process-wide. Called once at start.
+pub fn configure_git_timeouts() {
+    git::configure_timeouts();
+}

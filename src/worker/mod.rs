@@ -1,0 +1,167 @@
+//! The worker daemon: connect (and reconnect) to the broker, declare the topology, consume build
+//! requests with prefetch = build slots, and drain in-flight builds on shutdown.
+
+mod handler;
+mod policy;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use policy::{Disposition, decide};
+
+use crate::amqp::{self, Publisher, Topology};
+use crate::config::Settings;
+use crate::engine::Podman;
+use crate::pipeline::Environment;
+use crate::source::GitMirrors;
+
+/// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
+/// the grace period, stops (and requeues) the rest, and returns.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+    crate::source::configure_git_timeouts();
+    let settings = Arc::new(settings);
+    let env = Arc::new(Environment {
+        source: Arc::new(GitMirrors::new(settings.cache_dir())),
+        engine: Arc::new(Podman::new(&settings.build, &settings.registry)),
+        host: host_name(),
+        settings: settings.clone(),
+    });
+    let topology = Arc::new(Topology::from_settings(&settings));
+    let tracker = TaskTracker::new();
+    let hard_stop = CancellationToken::new();
+
+    while !shutdown.is_cancelled() {
+        let session = tokio::select! {
+            session = connect_with_backoff(&settings, &topology) => session,
+            _ = shutdown.cancelled() => break,
+        };
+        let session = match session {
+            Ok(session) => session,
+            Err(e) => {
+                tracing::error!("gave up connecting to the broker: {e:#}");
+                continue;
+            }
+        };
+        match consume(session, &env, &tracker, &shutdown, &hard_stop).await {
+            Ok(()) => break,
+            Err(e) => tracing::warn!("lost the broker, reconnecting: {e:#}"),
+        }
+    }
+
+    drain(&tracker, &settings, &hard_stop).await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Waits for in-flight builds; past the grace period, stops them (their requests are requeued).
+async fn drain(tracker: &TaskTracker, settings: &Settings, hard_stop: &CancellationToken) {
+    tracker.close();
+    let grace = Duration::from_secs(settings.amqp.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(
+            in_flight = tracker.len(),
+            "grace period over: stopping the remaining builds"
+        );
+        hard_stop.cancel();
+        tracker.wait().await;
+    }
+}
+
+struct Session {
+    connection: lapin::Connection,
+    publisher: Publisher,
+    consumer: lapin::Consumer,
+    channel: lapin::Channel,
+}
+
+async fn connect_with_backoff(
+    settings: &Settings,
+    topology: &Arc<Topology>,
+) -> anyhow::Result<Session> {
+    let attempt = || async {
+        let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        channel
+            .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+            .await?;
+        let publisher = Publisher::open(&connection, topology.clone()).await?;
+        let consumer = channel
+            .basic_consume(
+                topology.build_queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        tracing::info!(queue = %topology.build_queue, slots = settings.amqp.prefetch, "consuming");
+        anyhow::Ok(Session {
+            connection,
+            publisher,
+            consumer,
+            channel,
+        })
+    };
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times();
+    // Retries until connected; the caller's select on shutdown ends the wait.
+    attempt
+        .retry(backoff)
+        .notify(|e: &anyhow::Error, wait| {
+            tracing::warn!("broker not ready, retrying in {wait:?}: {e:#}")
+        })
+        .await
+}
+
+/// Consumes until shutdown (Ok) or until the connection is lost (Err).
+async fn consume(
+    mut session: Session,
+    env: &Arc<Environment>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    loop {
+        let next = tokio::select! {
+            next = session.consumer.next() => next,
+            _ = shutdown.cancelled() => {
+                let tag = session.consumer.tag();
+                if let Err(e) = session.channel.basic_cancel(tag, BasicCancelOptions::default()).await {
+                    tracing::warn!("failed to cancel the consumer: {e}");
+                }
+                // Keep the connection open while builds finish: they still ack on it.
+                drain(tracker, &env.settings, hard_stop).await;
+                let _ = session.connection.close(200, "worker shutting down".into()).await;
+                return Ok(());
+            }
+        };
+        match next {
+            Some(Ok(delivery)) => {
+                tracker.spawn(handler::handle(
+                    env.clone(),
+                    session.publisher.clone(),
+                    delivery,
+                    hard_stop.clone(),
+                ));
+            }
+            Some(Err(e)) => anyhow::bail!("consumer failed: {e}"),
+            None => anyhow::bail!("the broker closed the consumer"),
+        }
+    }
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
