@@ -1,0 +1,3 @@
+#!/bin/sh
+cat /etc/motd
+echo "hello from the image-builder demo"

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The main job on one machine: services up, worker built and started in the background, and a
+# demo build of examples/hello-world (served by `git daemon`) submitted and waited for.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+run_dir=$here/.run
+git_root=$run_dir/git
+git_port=${DEMO_GIT_PORT:-9418}
+bin=$here/target/release/image-builder
+
+log() { printf '[demo] %s\n' "$*" >&2; }
+
+scripts/services.sh up
+scripts/toolchain.sh
+log "building image-builder (release)"
+cargo build --release --quiet
+
+# The example as a git repository with a deterministic commit, served over git://.
+log "publishing examples/hello-world as git://127.0.0.1:$git_port/hello-world.git"
+rm -rf "$git_root/hello-world.git" "$run_dir/hello-src"
+mkdir -p "$git_root"
+cp -r examples/hello-world "$run_dir/hello-src"
+(
+  cd "$run_dir/hello-src"
+  export GIT_AUTHOR_NAME=demo GIT_AUTHOR_EMAIL=demo@example.invalid GIT_COMMITTER_NAME=demo \
+    GIT_COMMITTER_EMAIL=demo@example.invalid GIT_AUTHOR_DATE=2026-01-01T00:00:00Z \
+    GIT_COMMITTER_DATE=2026-01-01T00:00:00Z
+  git init -q -b main . && git add -A && git commit -qm "hello-world demo"
+  git clone -q --bare . "$git_root/hello-world.git"
+)
+rm -rf "$run_dir/hello-src"
+if ! pgrep -f "git-daemon.*--base-path=$git_root" >/dev/null; then
+  git daemon --reuseaddr --export-all --base-path="$git_root" --listen=127.0.0.1 --port="$git_port" \
+    --detach --pid-file="$run_dir/git-daemon.pid"
+fi
+
+if [ -f "$run_dir/worker.pid" ] && kill -0 "$(cat "$run_dir/worker.pid")" 2>/dev/null; then
+  log "restarting the worker"
+  kill -TERM "$(cat "$run_dir/worker.pid")"
+  while kill -0 "$(cat "$run_dir/worker.pid")" 2>/dev/null; do sleep 0.2; done
+fi
+log "starting the worker (log: .run/worker.log)"
+nohup "$bin" worker >"$run_dir/worker.log" 2>&1 &
+echo $! >"$run_dir/worker.pid"
+
+log "submitting the demo build"
+start=$(date +%s%N)
+outcome=$("$bin" submit --connector git --repo "git://127.0.0.1:$git_port/hello-world.git" \
+  --user-id demo --wait --timeout-secs 300)
+end=$(date +%s%N)
+echo "$outcome"
+image=$(printf '%s' "$outcome" | sed -n 's/.*"image": "\(.*\)".*/\1/p')
+digest=$(printf '%s' "$outcome" | sed -n 's/.*"digest": "\(.*\)".*/\1/p')
+echo
+echo "[demo] pushed $image@$digest in $(((end - start) / 1000000)) ms"
+echo "[demo] registry catalog: $(curl -s http://127.0.0.1:5000/v2/_catalog)"
+echo "[demo] the worker keeps running (pid $(cat "$run_dir/worker.pid")); 'make down' stops everything"
