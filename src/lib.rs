@@ -4,7 +4,6 @@
 //! through the pipeline (`pipeline`: `source` -> `plan` -> `engine`), and its outcome is published
 //! as an event (`events`) before the delivery is acked (`worker`). Failures are classified in one
 //! place (`error`) and the retry policy is its own function (`worker::decide`).
-#![deny(unsafe_code)]
 
 pub mod amqp;
 pub mod build_log;

@@ -29,7 +29,7 @@ enum Command {
     /// Declare the RabbitMQ topology and exit.
     Setup,
     /// Publish a build request; with --wait, print its outcome event.
-    Submit(SubmitArgs),
+    Submit(Box<SubmitArgs>),
 }
 
 #[derive(Args)]
@@ -103,7 +103,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit(args) => submit(args, settings).await,
+        Command::Submit(args) => submit(*args, settings).await,
     }
 }
 

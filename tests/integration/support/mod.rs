@@ -1,0 +1,364 @@
+//! Test harness: each test gets its own broker names (a random prefix), its own worker process
+//! with its own data dir, its own git server and image namespace, so tests run side by side.
+
+pub mod fixtures;
+pub mod git_server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use image_builder::amqp::{MessageMeta, Publisher, Topology};
+use image_builder::config::Settings;
+use image_builder::events::Event;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
+    QueueDeclareOptions, QueueDeleteOptions,
+};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+pub use fixtures::{DOCKERFILE_WITH_RUN, RepoFixture};
+pub use git_server::GitServer;
+
+pub const REGISTRY: &str = "127.0.0.1:5000";
+const SERVICES_HINT: &str = "start the services with `scripts/services.sh up` (or `make services`)";
+
+fn project_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A short random name part.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}{}", &id[..10])
+}
+
+/// Fails loudly (with how to fix it) when a service the tests need is down.
+async fn require_services(settings: &Settings) {
+    if let Err(e) = image_builder::amqp::connect(&settings.amqp.url, "test probe").await {
+        panic!("RabbitMQ is not reachable ({e}); {SERVICES_HINT}");
+    }
+    let registry = reqwest::get(format!("http://{REGISTRY}/v2/")).await;
+    assert!(
+        registry.is_ok_and(|r| r.status().is_success()),
+        "the registry on {REGISTRY} is not reachable; {SERVICES_HINT}"
+    );
+    let base = std::process::Command::new("podman")
+        .args(["image", "exists", "localhost/busybox:latest"])
+        .status();
+    assert!(
+        base.is_ok_and(|s| s.success()),
+        "podman or the seeded base image is missing; {SERVICES_HINT}"
+    );
+}
+
+/// One test's private slice of the broker plus everything it saw.
+pub struct Stack {
+    pub prefix: String,
+    pub settings: Settings,
+    pub topology: Arc<Topology>,
+    connection: lapin::Connection,
+    publisher: Publisher,
+    events: lapin::Consumer,
+    /// Every event body received so far, raw, for secret scans.
+    pub raw_events: Vec<Vec<u8>>,
+    pub seen: Vec<Event>,
+}
+
+impl Stack {
+    pub async fn new() -> Self {
+        let prefix = unique("ibt-");
+        let mut settings =
+            Settings::load(&project_dir().join("config"), "local").expect("project config loads");
+        settings.amqp.prefix = prefix.clone();
+        settings.retry.delays_ms = vec![300, 600];
+        require_services(&settings).await;
+        let topology = Arc::new(Topology::from_settings(&settings));
+        let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
+            .await
+            .expect("broker connection");
+        let channel = connection.create_channel().await.expect("channel");
+        topology.declare(&channel).await.expect("declare topology");
+        let queue = channel
+            .queue_declare(
+                "".into(),
+                QueueDeclareOptions {
+                    exclusive: true,
+                    auto_delete: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("events queue");
+        channel
+            .queue_bind(
+                queue.name().clone(),
+                topology.events_exchange.as_str().into(),
+                "#".into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("bind events");
+        let events = channel
+            .basic_consume(
+                queue.name().clone(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .expect("consume events");
+        let publisher = Publisher::open(&connection, topology.clone())
+            .await
+            .expect("publisher");
+        Self {
+            prefix,
+            settings,
+            topology,
+            connection,
+            publisher,
+            events,
+            raw_events: Vec::new(),
+            seen: Vec::new(),
+        }
+    }
+
+    /// Publishes a raw body as a build request (exactly as a producer would).
+    pub async fn publish(&self, body: &[u8]) {
+        let meta = MessageMeta {
+            attempt: 1,
+            ..MessageMeta::default()
+        };
+        self.publisher
+            .request(body, meta.to_headers())
+            .await
+            .expect("publish request");
+    }
+
+    pub async fn publish_json(&self, body: &Value) {
+        self.publish(body.to_string().as_bytes()).await;
+    }
+
+    async fn next_event(&mut self, deadline: Instant) -> Option<Event> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let delivery = tokio::time::timeout(left, self.events.next())
+            .await
+            .ok()??;
+        let delivery = delivery.expect("event delivery");
+        delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .expect("ack event");
+        self.raw_events.push(delivery.data.clone());
+        let event: Event = serde_json::from_slice(&delivery.data).expect("event JSON parses");
+        self.seen.push(event.clone());
+        Some(event)
+    }
+
+    /// Waits for the terminal event of `request_id`.
+    pub async fn outcome(&mut self, request_id: &str, timeout: Duration) -> Event {
+        self.terminal_where(|e| e.build().request_id == request_id, timeout)
+            .await
+            .unwrap_or_else(|| panic!("no outcome for {request_id} within {timeout:?}"))
+    }
+
+    /// Waits for the first terminal event matching `pred` (already seen ones count).
+    pub async fn terminal_where(
+        &mut self,
+        pred: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
+        if let Some(done) = self.seen.iter().find(|e| e.is_terminal() && pred(e)) {
+            return Some(done.clone());
+        }
+        let deadline = Instant::now() + timeout;
+        while let Some(event) = self.next_event(deadline).await {
+            if event.is_terminal() && pred(&event) {
+                return Some(event);
+            }
+        }
+        None
+    }
+
+    /// Collects events for `quiet` more time (to catch duplicates) and returns all for `request_id`.
+    pub async fn settle(&mut self, request_id: &str, quiet: Duration) -> Vec<Event> {
+        let deadline = Instant::now() + quiet;
+        while self.next_event(deadline).await.is_some() {}
+        self.seen
+            .iter()
+            .filter(|e| e.build().request_id == request_id)
+            .cloned()
+            .collect()
+    }
+
+    /// Deletes this test's queues and exchanges.
+    pub async fn cleanup(self) {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let mut queues = vec![
+            self.topology.build_queue.clone(),
+            self.topology.dead_queue.clone(),
+        ];
+        queues.extend(self.topology.retry_queues.iter().map(|(q, _)| q.clone()));
+        for queue in queues {
+            let _ = channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await;
+        }
+        for exchange in [&self.topology.exchange, &self.topology.events_exchange] {
+            let _ = channel
+                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
+        }
+        let _ = self.connection.close(200, "test done".into()).await;
+    }
+}
+
+/// A worker process (the real binary) on a stack's names, with its own data dir and log file.
+pub struct Worker {
+    child: tokio::process::Child,
+    pub log_path: PathBuf,
+    pub data_dir: tempfile::TempDir,
+}
+
+impl Worker {
+    pub async fn spawn(stack: &Stack, git: &GitServer, extra_env: &[(&str, &str)]) -> Self {
+        let data_dir = tempfile::tempdir().expect("data dir");
+        let log_path = data_dir.path().join("worker.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let delays: Vec<String> = stack
+            .settings
+            .retry
+            .delays_ms
+            .iter()
+            .map(u64::to_string)
+            .collect();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-builder"));
+        cmd.arg("worker")
+            .current_dir(project_dir())
+            .env("IMAGE_BUILDER_ENV", "local")
+            .env("IMAGE_BUILDER__AMQP__PREFIX", &stack.prefix)
+            .env("IMAGE_BUILDER__DATA_DIR", data_dir.path().join("data"))
+            .env("IMAGE_BUILDER__CONNECTORS__GITHUB__BASE_URL", &git.base_url)
+            .env("IMAGE_BUILDER__RETRY__DELAYS_MS", delays.join(","))
+            // Debug level includes every line of build output: the strictest test of redaction.
+            .env("IMAGE_BUILDER__LOG__LEVEL", "info,image_builder=debug")
+            .env_remove("RUST_LOG")
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .kill_on_drop(true);
+        for (key, value) in extra_env {
+            cmd.env(key, value);
+        }
+        let child = cmd.spawn().expect("worker binary starts");
+        let worker = Self {
+            child,
+            log_path,
+            data_dir,
+        };
+        worker.wait_until_consuming().await;
+        worker
+    }
+
+    async fn wait_until_consuming(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.log().contains("consuming") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("worker did not start consuming:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Asserts `secret` is nowhere: not in the worker's log, not in any event, not in any file the
+/// worker left in its data dir.
+pub fn assert_secret_absent(secret: &str, worker: &Worker, stack: &Stack) {
+    let log = worker.log();
+    assert!(
+        !log.is_empty(),
+        "the worker log is empty: nothing was checked"
+    );
+    assert!(
+        !log.contains(secret),
+        "the worker log leaked the secret:\n{log}"
+    );
+    for raw in &stack.raw_events {
+        let text = String::from_utf8_lossy(raw);
+        assert!(!text.contains(secret), "an event leaked the secret: {text}");
+    }
+    let data = worker.data_dir.path().join("data");
+    for file in files_under(&data) {
+        let bytes = std::fs::read(&file).unwrap_or_default();
+        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
+        assert!(!found, "{} contains the secret", file.display());
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
+
+/// The digest the registry reports for `name:tag`, and the image config's labels.
+pub async fn registry_image(name: &str, tag: &str) -> (String, serde_json::Map<String, Value>) {
+    let client = reqwest::Client::new();
+    let manifest = client
+        .get(format!("http://{REGISTRY}/v2/{name}/manifests/{tag}"))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
+        )
+        .send()
+        .await
+        .expect("registry answers");
+    assert!(
+        manifest.status().is_success(),
+        "{name}:{tag} is not in the registry"
+    );
+    let digest = manifest
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .expect("registry digest header")
+        .to_owned();
+    let body: Value = manifest.json().await.expect("manifest JSON");
+    let config_digest = body["config"]["digest"].as_str().expect("config digest");
+    let config: Value = client
+        .get(format!("http://{REGISTRY}/v2/{name}/blobs/{config_digest}"))
+        .send()
+        .await
+        .expect("config blob")
+        .json()
+        .await
+        .expect("config JSON");
+    let labels = config["config"]["Labels"]
+        .as_object()
+        .cloned()
+        .unwrap_or_default();
+    (digest, labels)
+}
