@@ -2,10 +2,12 @@
 
 mod headers;
 mod publisher;
+mod slot;
 mod topology;
 
 pub use headers::{Attempt, MessageMeta};
 pub use publisher::Publisher;
+pub use slot::{PublisherSlot, PublisherSlotSetter, publisher_slot};
 pub use topology::{BUILD_ROUTING_KEY, Topology};
 
 use lapin::{Connection, ConnectionProperties};

@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::policy::{Disposition, decide};
-use crate::amqp::{MessageMeta, Publisher};
+use super::recent::RecentOutcomes;
+use crate::amqp::{MessageMeta, PublisherSlot, Topology};
 use crate::build_log::BuildLog;
 use crate::error::{BuildError, Fault};
 use crate::events::{BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
@@ -17,45 +18,75 @@ use crate::pipeline::{self, Environment, Job};
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, RequestId, RequestPolicy, RequestSummary};
 
+/// What every delivery handler shares.
+pub struct Shared {
+    pub env: Arc<Environment>,
+    pub topology: Arc<Topology>,
+    pub publishers: PublisherSlot,
+    pub recent: RecentOutcomes,
+    /// Cancelled when the shutdown grace period is over: running builds stop and are requeued.
+    pub hard_stop: CancellationToken,
+}
+
+impl Shared {
+    async fn event(&self, event: &Event) -> Result<(), Requeue> {
+        self.publishers
+            .reliably(&self.hard_stop, |p| async move { p.event(event).await })
+            .await
+            .map_err(Requeue::Publish)
+    }
+
+    async fn to_queue(&self, queue: &str, body: &[u8], meta: &MessageMeta) -> Result<(), Requeue> {
+        self.publishers
+            .reliably(&self.hard_stop, |p| async move {
+                p.to_queue(queue, body, meta.to_headers()).await
+            })
+            .await
+            .map_err(Requeue::Publish)
+    }
+}
+
 /// Why a delivery goes back to the queue unfinished.
 enum Requeue {
-    /// The broker did not confirm an outcome message.
+    /// The broker did not confirm an outcome message before the worker had to stop.
     Publish(anyhow::Error),
     /// The worker is shutting down and the build was stopped.
     Shutdown,
 }
 
-pub async fn handle(
-    env: Arc<Environment>,
-    publisher: Publisher,
-    delivery: Delivery,
-    hard_stop: CancellationToken,
-) {
+pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let meta = MessageMeta::from_properties(&delivery.properties);
     let build_id = meta
         .build_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    let span = tracing::info_span!("build", %build_id, request_id = tracing::field::Empty, attempt = meta.attempt);
-    let outcome = process(
-        &env,
-        &publisher,
-        &delivery.data,
-        &meta,
-        build_id,
-        &hard_stop,
-    )
-    .instrument(span.clone())
-    .await;
+    let span = tracing::info_span!(
+        "build",
+        %build_id,
+        request_id = tracing::field::Empty,
+        attempt = meta.attempt
+    );
+    let key = RecentOutcomes::key(&delivery.data, meta.attempt);
+    let outcome = if shared.recent.contains(&key) {
+        span.in_scope(|| tracing::info!("outcome already published; acking the redelivery"));
+        Ok(())
+    } else {
+        process(&shared, &delivery.data, &meta, build_id)
+            .instrument(span.clone())
+            .await
+    };
     let _enter = span.enter();
     let settled = match outcome {
-        Ok(()) => delivery.acker.ack(BasicAckOptions::default()).await,
+        Ok(()) => {
+            shared.recent.insert(key);
+            delivery.acker.ack(BasicAckOptions::default()).await
+        }
         Err(requeue) => {
             match &requeue {
                 Requeue::Publish(e) => {
                     tracing::error!("failed to publish the outcome, requeueing: {e:#}")
                 }
-                Requeue::Shutdown => tracing::warn!("shutting down mid-build, requeueing"),
+                Requeue::Shutdown => tracing::warn!("stopped by shutdown mid-build, requeueing"),
             }
             delivery
                 .acker
@@ -67,19 +98,19 @@ pub async fn handle(
         }
     };
     if let Err(e) = settled {
-        // The channel is gone; the broker redelivers the message to another consumer.
+        // The channel is gone; the broker redelivers the message (see `RecentOutcomes`).
         tracing::warn!("failed to settle the delivery: {e}");
     }
 }
 
 async fn process(
-    env: &Environment,
-    publisher: &Publisher,
+    shared: &Shared,
     body: &[u8],
     meta: &MessageMeta,
     build_id: String,
-    hard_stop: &CancellationToken,
 ) -> Result<(), Requeue> {
+    let env = &shared.env;
+    let hard_stop = &shared.hard_stop;
     let settings = &env.settings;
     let policy = RequestPolicy {
         max_body_bytes: settings.request.max_body_bytes,
@@ -111,7 +142,7 @@ async fn process(
                 field: Some(rejection.field),
                 log_tail: Vec::new(),
             });
-            return publisher.event(&event).await.map_err(Requeue::Publish);
+            return shared.event(&event).await;
         }
     };
     tracing::Span::current().record("request_id", request.id.as_str());
@@ -123,23 +154,19 @@ async fn process(
     let redactor = secrets_of(&job, env);
     let log = BuildLog::new(redactor.clone());
 
-    publisher
+    shared
         .event(&Event::Started(BuildStarted {
             build: job.build_ref(None),
             attempt: job.attempt,
             host: env.host.clone(),
         }))
-        .await
-        .map_err(Requeue::Publish)?;
+        .await?;
     tracing::info!(repo = %job.request.repo.display(), "build started");
 
     let error = match pipeline::run(env, &job, &log, hard_stop).await {
         Ok(updated) => {
             tracing::info!(image = %updated.image, digest = %updated.digest, ms = updated.duration_ms, "image pushed");
-            return publisher
-                .event(&Event::ImageUpdated(updated))
-                .await
-                .map_err(Requeue::Publish);
+            return shared.event(&Event::ImageUpdated(updated)).await;
         }
         Err(error) => error,
     };
@@ -168,15 +195,15 @@ async fn process(
         build_id: Some(job.build_id.clone()),
         last_error: Some(reason.clone()),
     };
-    let topology = publisher.topology();
+    let topology = &shared.topology;
     match decide(fault, job.attempt, &settings.retry) {
-        Disposition::Done => publisher.event(&failed(job.attempt)).await,
+        Disposition::Done => shared.event(&failed(job.attempt)).await,
         Disposition::Retry { next_attempt } => {
             let (queue, delay) = topology.retry_queue(job.attempt);
-            publisher
-                .to_queue(queue, body, next_meta(next_attempt).to_headers())
+            shared
+                .to_queue(queue, body, &next_meta(next_attempt))
                 .await?;
-            publisher
+            shared
                 .event(&Event::Retrying(BuildRetrying {
                     build: job.build_ref(None),
                     attempt: job.attempt,
@@ -187,25 +214,13 @@ async fn process(
                 .await
         }
         Disposition::Dead => {
-            publisher
-                .to_queue(
-                    &topology.dead_queue,
-                    body,
-                    next_meta(job.attempt).to_headers(),
-                )
+            shared
+                .to_queue(&topology.dead_queue, body, &next_meta(job.attempt))
                 .await?;
-            publisher.event(&failed(job.attempt)).await
+            shared.event(&failed(job.attempt)).await
         }
     }
-    .map_err(Requeue::Publish)
 }
-
-impl From<anyhow::Error> for Requeue {
-    fn from(e: anyhow::Error) -> Self {
-        Self::Publish(e)
-    }
-}
-
 /// Everything that must never be shown: the token, build arg values, the registry password.
 fn secrets_of(job: &Job, env: &Environment) -> Redactor {
     use secrecy::ExposeSecret;

@@ -3,6 +3,7 @@
 
 mod handler;
 mod policy;
+mod recent;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,7 +17,7 @@ use tokio_util::task::TaskTracker;
 
 pub use policy::{Disposition, decide};
 
-use crate::amqp::{self, Publisher, Topology};
+use crate::amqp::{self, Publisher, PublisherSlotSetter, Topology, publisher_slot};
 use crate::config::Settings;
 use crate::engine::Podman;
 use crate::pipeline::Environment;
@@ -35,7 +36,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     });
     let topology = Arc::new(Topology::from_settings(&settings));
     let tracker = TaskTracker::new();
-    let hard_stop = CancellationToken::new();
+    let (slot, publishers) = publisher_slot();
+    let shared = Arc::new(handler::Shared {
+        env,
+        topology: topology.clone(),
+        publishers,
+        recent: recent::RecentOutcomes::new(10_000),
+        hard_stop: CancellationToken::new(),
+    });
 
     while !shutdown.is_cancelled() {
         let session = tokio::select! {
@@ -49,13 +57,16 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
                 continue;
             }
         };
-        match consume(session, &env, &tracker, &shutdown, &hard_stop).await {
+        slot.set(Some(session.publisher.clone()));
+        let consumed = consume(session, &shared, &tracker, &shutdown, &slot).await;
+        slot.set(None);
+        match consumed {
             Ok(()) => break,
             Err(e) => tracing::warn!("lost the broker, reconnecting: {e:#}"),
         }
     }
 
-    drain(&tracker, &settings, &hard_stop).await;
+    drain(&tracker, &settings, &shared.hard_stop).await;
     tracing::info!("worker stopped");
     Ok(())
 }
@@ -126,10 +137,10 @@ async fn connect_with_backoff(
 /// Consumes until shutdown (Ok) or until the connection is lost (Err).
 async fn consume(
     mut session: Session,
-    env: &Arc<Environment>,
+    shared: &Arc<handler::Shared>,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
+    slot: &PublisherSlotSetter,
 ) -> anyhow::Result<()> {
     loop {
         let next = tokio::select! {
@@ -140,19 +151,15 @@ async fn consume(
                     tracing::warn!("failed to cancel the consumer: {e}");
                 }
                 // Keep the connection open while builds finish: they still ack on it.
-                drain(tracker, &env.settings, hard_stop).await;
+                drain(tracker, &shared.env.settings, &shared.hard_stop).await;
+                slot.set(None);
                 let _ = session.connection.close(200, "worker shutting down".into()).await;
                 return Ok(());
             }
         };
         match next {
             Some(Ok(delivery)) => {
-                tracker.spawn(handler::handle(
-                    env.clone(),
-                    session.publisher.clone(),
-                    delivery,
-                    hard_stop.clone(),
-                ));
+                tracker.spawn(handler::handle(shared.clone(), delivery));
             }
             Some(Err(e)) => anyhow::bail!("consumer failed: {e}"),
             None => anyhow::bail!("the broker closed the consumer"),
@@ -160,8 +167,10 @@ async fn consume(
     }
 }
 
+/// This replica's name in events: host and pid, since replicas may share a host.
 fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}:{}", std::process::id())
 }
