@@ -3,6 +3,7 @@
 
 pub mod fixtures;
 pub mod git_server;
+pub mod registry;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +22,7 @@ use serde_json::Value;
 
 pub use fixtures::{DOCKERFILE_WITH_RUN, RepoFixture};
 pub use git_server::GitServer;
+pub use registry::TestRegistry;
 
 pub const REGISTRY: &str = "127.0.0.1:5000";
 const SERVICES_HINT: &str = "start the services with `scripts/services.sh up` (or `make services`)";
@@ -173,12 +175,23 @@ impl Stack {
         pred: impl Fn(&Event) -> bool,
         timeout: Duration,
     ) -> Option<Event> {
-        if let Some(done) = self.seen.iter().find(|e| e.is_terminal() && pred(e)) {
-            return Some(done.clone());
+        self.event_where(0, |e| e.is_terminal() && pred(e), timeout)
+            .await
+    }
+
+    /// Waits for the first event matching `pred` among those from index `from` of `seen` on.
+    pub async fn event_where(
+        &mut self,
+        from: usize,
+        pred: impl Fn(&Event) -> bool,
+        timeout: Duration,
+    ) -> Option<Event> {
+        if let Some(found) = self.seen.iter().skip(from).find(|e| pred(e)) {
+            return Some(found.clone());
         }
         let deadline = Instant::now() + timeout;
         while let Some(event) = self.next_event(deadline).await {
-            if event.is_terminal() && pred(&event) {
+            if pred(&event) {
                 return Some(event);
             }
         }
@@ -194,6 +207,43 @@ impl Stack {
             .filter(|e| e.build().request_id == request_id)
             .cloned()
             .collect()
+    }
+
+    /// Messages ready in `queue` (unacked ones are not counted: stop the workers first).
+    pub async fn ready_count(&self, queue: &str) -> u32 {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let declared = channel
+            .queue_declare(
+                queue.into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .expect("queue exists");
+        let _ = channel.close(200, "done".into()).await;
+        declared.message_count()
+    }
+
+    /// Takes every message from the dead queue: (body, attempt and last error from the headers).
+    pub async fn drain_dead(&self) -> Vec<(Vec<u8>, MessageMeta)> {
+        let channel = self.connection.create_channel().await.expect("channel");
+        let mut out = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                self.topology.dead_queue.as_str().into(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .expect("basic.get")
+        {
+            let meta = MessageMeta::from_properties(&message.delivery.properties);
+            out.push((message.delivery.data.clone(), meta));
+        }
+        let _ = channel.close(200, "done".into()).await;
+        out
     }
 
     /// Deletes this test's queues and exchanges.
@@ -282,6 +332,27 @@ impl Worker {
     pub async fn stop(mut self) {
         let _ = self.child.kill().await;
     }
+
+    pub fn pid(&self) -> i32 {
+        self.child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .expect("worker is running")
+    }
+
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), signal)
+            .expect("signal worker");
+    }
+
+    /// Waits for the process to exit; returns its exit code (None if killed by a signal).
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let status = tokio::time::timeout(timeout, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("worker did not exit within {timeout:?}:\n{}", self.log()))
+            .expect("wait for worker");
+        status.code()
+    }
 }
 
 /// Asserts `secret` is nowhere: not in the worker's log, not in any event, not in any file the
@@ -324,11 +395,19 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// The digest the registry reports for `name:tag`, and the image config's labels.
+/// The digest the shared registry reports for `name:tag`, and the image config's labels.
 pub async fn registry_image(name: &str, tag: &str) -> (String, serde_json::Map<String, Value>) {
+    registry_image_at(REGISTRY, name, tag).await
+}
+
+pub async fn registry_image_at(
+    registry: &str,
+    name: &str,
+    tag: &str,
+) -> (String, serde_json::Map<String, Value>) {
     let client = reqwest::Client::new();
     let manifest = client
-        .get(format!("http://{REGISTRY}/v2/{name}/manifests/{tag}"))
+        .get(format!("http://{registry}/v2/{name}/manifests/{tag}"))
         .header(
             "Accept",
             "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
@@ -349,7 +428,7 @@ pub async fn registry_image(name: &str, tag: &str) -> (String, serde_json::Map<S
     let body: Value = manifest.json().await.expect("manifest JSON");
     let config_digest = body["config"]["digest"].as_str().expect("config digest");
     let config: Value = client
-        .get(format!("http://{REGISTRY}/v2/{name}/blobs/{config_digest}"))
+        .get(format!("http://{registry}/v2/{name}/blobs/{config_digest}"))
         .send()
         .await
         .expect("config blob")
