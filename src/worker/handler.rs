@@ -67,7 +67,10 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
         attempt = meta.attempt
     );
     let key = RecentOutcomes::key(&delivery.data, meta.attempt);
-    let outcome = if shared.recent.contains(&key) {
+    let _claim = shared.recent.claim(key).await;
+    // Only a redelivery can be a copy of a message whose outcome is out: an identical fresh
+    // message is a new request and gets built.
+    let outcome = if delivery.redelivered && shared.recent.contains(&key) {
         span.in_scope(|| tracing::info!("outcome already published; acking the redelivery"));
         Ok(())
     } else {
@@ -78,6 +81,7 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let _enter = span.enter();
     let settled = match outcome {
         Ok(()) => {
+            // Before the ack: if the ack is lost with the connection, the redelivery finds this.
             shared.recent.insert(key);
             delivery.acker.ack(BasicAckOptions::default()).await
         }

@@ -1,8 +1,11 @@
 //! Outcomes this replica already published, so a redelivery of the same message (its ack was
-//! lost with a connection) is acked instead of built and reported twice.
+//! lost with a connection) is acked instead of built and reported twice. A redelivery that arrives
+//! while the first delivery is still building waits for it (see `claim`).
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::OwnedMutexGuard;
 
 use sha2::{Digest, Sha256};
 
@@ -12,6 +15,30 @@ type Key = [u8; 32];
 pub struct RecentOutcomes {
     capacity: usize,
     inner: Mutex<Keys>,
+    /// One lock per delivery being handled, so two deliveries of one message never run at once.
+    running: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while a delivery is handled; dropping it lets a waiting redelivery go on.
+pub struct Claim<'a> {
+    owner: &'a RecentOutcomes,
+    key: Key,
+    guard: Option<OwnedMutexGuard<()>>,
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        self.guard.take();
+        if let Ok(mut running) = self.owner.running.lock() {
+            // Only the map still holds the lock: nobody waits, forget it.
+            if running
+                .get(&self.key)
+                .is_some_and(|l| Arc::strong_count(l) == 1)
+            {
+                running.remove(&self.key);
+            }
+        }
+    }
 }
 
 #[derive(Default)]
@@ -25,6 +52,22 @@ impl RecentOutcomes {
         Self {
             capacity,
             inner: Mutex::new(Keys::default()),
+            running: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits until no other delivery of the same message is being handled here, then holds it.
+    pub async fn claim(&self, key: Key) -> Claim<'_> {
+        let lock = self
+            .running
+            .lock()
+            .map(|mut running| running.entry(key).or_default().clone())
+            .unwrap_or_default();
+        let guard = lock.lock_owned().await;
+        Claim {
+            owner: self,
+            key,
+            guard: Some(guard),
         }
     }
 
@@ -61,6 +104,32 @@ impl RecentOutcomes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_second_claim_waits_for_the_first() {
+        let recent = Arc::new(RecentOutcomes::new(10));
+        let key = RecentOutcomes::key(b"m", 1);
+        let first = recent.claim(key).await;
+        let waiter = {
+            let recent = recent.clone();
+            tokio::spawn(async move {
+                let _claim = recent.claim(key).await;
+                recent.contains(&key)
+            })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!waiter.is_finished(), "the redelivery waits");
+        recent.insert(key);
+        drop(first);
+        assert!(
+            waiter.await.expect("join"),
+            "and then sees the published outcome"
+        );
+        assert!(
+            recent.running.lock().expect("lock").is_empty(),
+            "no lock left behind"
+        );
+    }
 
     #[test]
     fn remembers_within_capacity_and_tells_attempts_apart() {

@@ -246,6 +246,13 @@ impl Stack {
         out
     }
 
+    /// A fresh broker connection for clean-up after the old one was cut (broker restart).
+    pub async fn reconnect(&mut self) {
+        self.connection = image_builder::amqp::connect(&self.settings.amqp.url, "test")
+            .await
+            .expect("broker connection");
+    }
+
     /// Deletes this test's queues and exchanges.
     pub async fn cleanup(self) {
         let channel = self.connection.create_channel().await.expect("channel");
