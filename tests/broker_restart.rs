@@ -3,7 +3,6 @@
 //! Its own test binary: cargo runs test binaries one after another, so restarting the shared
 //! broker here cannot disturb the tests in `tests/integration`.
 
-#[allow(dead_code, unused_imports)]
 #[path = "integration/support/mod.rs"]
 mod support;
 
