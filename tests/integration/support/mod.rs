@@ -1,5 +1,7 @@
 //! Test harness: each test gets its own broker names (a random prefix), its own worker process
 //! with its own data dir, its own git server and image namespace, so tests run side by side.
+// Shared by two test binaries (integration, broker_restart), each using only part of it.
+#![allow(dead_code, unused_imports)]
 
 pub mod fixtures;
 pub mod git_server;
