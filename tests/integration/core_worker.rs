@@ -141,6 +141,17 @@ async fn branch_tag_and_sha_refs_build_the_right_commit() {
     }
     assert_ne!(main_head, first);
 
+    // The `git` connector takes a full URL (http is allowed by the local config).
+    let id = format!("{user}-url");
+    let url = format!("{}/acme/refs.git", git.base_url);
+    stack
+        .publish_json(
+            &json!({"id": id, "connector": "git", "repo": url, "ref": "v1.0", "user_id": user}),
+        )
+        .await;
+    let event = stack.outcome(&id, BUILD_TIMEOUT).await;
+    assert_eq!(expect_image(&event).commit, tagged);
+
     // A failing RUN step is the user's fault, final, with the step in the log tail.
     repo.checkout("main");
     repo.checkout_new_branch("broken");
@@ -250,6 +261,62 @@ async fn hostile_ref_is_rejected_naming_the_field() {
         }
         other => panic!("expected build.rejected, got {other:?}"),
     }
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn submit_cli_waits_and_prints_the_outcome() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/cli");
+    let commit = repo.commit(&[("Dockerfile", DOCKERFILE_WITH_RUN)], "cli");
+    repo.push();
+    let token = format!("ghp_{}", unique("cli"));
+    git.make_private("acme/cli", &token);
+    let stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+
+    let user = unique("u");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args([
+            "submit",
+            "--repo",
+            "acme/cli",
+            "--user-id",
+            &user,
+            "--token-env",
+            "CLI_TOKEN",
+        ])
+        .args(["--wait", "--timeout-secs", "180"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("CLI_TOKEN", &token)
+        .env("IMAGE_BUILDER__AMQP__PREFIX", &stack.prefix)
+        .env("IMAGE_BUILDER__RETRY__DELAYS_MS", "300,600")
+        .output()
+        .await
+        .expect("submit runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let event: Event = serde_json::from_str(&stdout).expect("submit prints the event JSON");
+    assert_eq!(expect_image(&event).commit, commit);
+    assert!(!stdout.contains(&token));
+
+    // A failing outcome exits non-zero.
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-builder"))
+        .args(["submit", "--repo", "acme/cli", "--user-id", &user, "--wait"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("IMAGE_BUILDER__AMQP__PREFIX", &stack.prefix)
+        .env("IMAGE_BUILDER__RETRY__DELAYS_MS", "300,600")
+        .output()
+        .await
+        .expect("submit runs");
+    assert_eq!(output.status.code(), Some(1));
+    let event: Event = serde_json::from_slice(&output.stdout).expect("event JSON");
+    assert!(matches!(event, Event::Failed(_)), "{event:?}");
     worker.stop().await;
     stack.cleanup().await;
 }
