@@ -15,6 +15,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod process;
 pub mod redact;
+pub mod registry;
 pub mod request;
 pub mod source;
 pub mod submit;

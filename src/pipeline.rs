@@ -13,6 +13,7 @@ use crate::engine::ImageEngine;
 use crate::error::BuildError;
 use crate::events::{BuildRef, ImageUpdated};
 use crate::plan::{self, PlanInput};
+use crate::registry::ImageStore;
 use crate::request::BuildRequest;
 use crate::source::{self, SourceFetcher};
 
@@ -22,6 +23,7 @@ pub struct Environment {
     pub settings: Arc<Settings>,
     pub source: Arc<dyn SourceFetcher>,
     pub engine: Arc<dyn ImageEngine>,
+    pub store: Arc<dyn ImageStore>,
     /// This replica's name, reported in events.
     pub host: String,
 }
@@ -96,11 +98,45 @@ pub async fn run(
         scratch_dir,
     };
 
-    let checkout_dir = work.path().join("src");
     let checkout = tokio::select! {
-        result = env.source.checkout(&spec, &checkout_dir, &ctx) => result?,
+        result = env.source.resolve(&spec, &ctx) => result?,
         _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout())),
     };
+    let image = plan::image_name(&job.request, &settings.registry.host)?;
+    let key_tag = plan::build_key(&job.request, spec.remote.as_str(), &checkout.commit);
+    let tags = plan::tags(&job.request, &checkout);
+    let platforms: Vec<String> = job
+        .request
+        .platforms
+        .iter()
+        .map(|p| p.as_str().to_owned())
+        .collect();
+    let updated = |digest: String, tags: Vec<String>, cached: bool| ImageUpdated {
+        build: job.build_ref(Some(&checkout.ref_name)),
+        commit: checkout.commit.clone(),
+        image: image.clone(),
+        tags,
+        digest,
+        platforms: platforms.clone(),
+        cached,
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        finished_at: time::OffsetDateTime::now_utc(),
+    };
+
+    // Built before with this exact configuration: point the tags at it, build nothing.
+    let repository = repository_path(&image, &settings.registry.host);
+    if let Some(manifest) = env.store.manifest(repository, &key_tag).await? {
+        for tag in &tags {
+            env.store.tag(repository, tag, &manifest).await?;
+        }
+        log.push(&format!("{image}@{} already built for this commit and configuration", manifest.digest));
+        return Ok(updated(manifest.digest, tags, true));
+    }
+
+    let checkout_dir = work.path().join("src");
+    env.source
+        .checkout(&spec, &checkout.commit, &checkout_dir, &ctx)
+        .await?;
     let build_spec = plan::plan(
         &job.request,
         &PlanInput {
@@ -115,20 +151,13 @@ pub async fn run(
     env.engine.build(&build_spec, &ctx).await?;
     let digest = env.engine.push(&build_spec, &ctx).await?;
     log.push(&format!("pushed {}@{digest}", build_spec.image));
+    Ok(updated(digest, build_spec.tags, false))
+}
 
-    Ok(ImageUpdated {
-        build: job.build_ref(Some(&checkout.ref_name)),
-        commit: checkout.commit,
-        image: build_spec.image,
-        tags: build_spec.tags,
-        digest,
-        platforms: build_spec
-            .platforms
-            .iter()
-            .map(|p| p.as_str().to_owned())
-            .collect(),
-        cached: false,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        finished_at: time::OffsetDateTime::now_utc(),
-    })
+/// `registry/ns/name` -> `ns/name`, the repository path of the distribution API.
+fn repository_path<'a>(image: &'a str, registry: &str) -> &'a str {
+    image
+        .strip_prefix(registry)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .unwrap_or(image)
 }

@@ -3,6 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
+use sha2::{Digest, Sha256};
+
 use crate::error::BuildError;
 use crate::request::{BuildArgs, BuildRequest, BuilderKind, ImageName, Platform, Tag};
 use crate::source::Checkout;
@@ -15,6 +17,9 @@ pub struct BuildSpec {
     /// registry/namespace/name, without a tag.
     pub image: String,
     pub tags: Vec<String>,
+    /// Names this exact build configuration (see `build_key`); pushed after every other tag, so
+    /// its presence in the registry means the whole build was pushed.
+    pub key_tag: String,
     /// Applied in order; the builder's own labels come last so a request cannot forge them.
     pub labels: Vec<(String, String)>,
     pub build_args: BuildArgs,
@@ -34,6 +39,7 @@ pub struct PlanInput<'a> {
 const SHORT_SHA: usize = 12;
 
 pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, BuildError> {
+    let image = image_name(req, input.registry)?;
     let root = input.checkout_dir.canonicalize().map_err(|e| {
         BuildError::Internal(anyhow::anyhow!("failed to resolve the checkout: {e}"))
     })?;
@@ -45,6 +51,20 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
         )));
     }
     let dockerfile = find_dockerfile(req, &root, &context_dir)?;
+    Ok(BuildSpec {
+        context_dir,
+        dockerfile,
+        image,
+        tags: tags(req, input.checkout),
+        key_tag: build_key(req, input.source_url, &input.checkout.commit),
+        labels: labels(req, input),
+        build_args: req.build_args.clone(),
+        platforms: req.platforms.clone(),
+    })
+}
+
+/// `registry/user_id/name`: the name is the request's `image` or derived from the repository.
+pub fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> {
     let name = match &req.image {
         Some(name) => name.clone(),
         None => ImageName::from_repo_name(req.repo.name()).ok_or_else(|| {
@@ -53,21 +73,35 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
             )
         })?,
     };
-    let image = format!(
-        "{}/{}/{}",
-        input.registry,
-        req.user_id.as_str(),
-        name.as_str()
-    );
-    Ok(BuildSpec {
-        context_dir,
-        dockerfile,
-        image,
-        tags: tags(req, input.checkout),
-        labels: labels(req, input),
-        build_args: req.build_args.clone(),
-        platforms: req.platforms.clone(),
-    })
+    Ok(format!("{registry}/{}/{}", req.user_id.as_str(), name.as_str()))
+}
+
+/// A tag naming everything that decides the image's content: source, commit, context,
+/// Dockerfile, builder, build args, platforms, user labels. Same key, same image: no rebuild.
+pub fn build_key(req: &BuildRequest, source_url: &str, commit: &str) -> String {
+    let canonical = serde_json::json!({
+        "v": 1,
+        "source": source_url,
+        "commit": commit,
+        "context": req.context.as_str(),
+        "dockerfile": req.dockerfile.as_ref().map(|d| d.as_str()),
+        "builder": req.builder,
+        "build_args": req.build_args.iter().collect::<Vec<_>>(),
+        "platforms": req.platforms.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+        "labels": req.labels,
+    });
+    let digest = Sha256::digest(canonical.to_string().as_bytes());
+    format!("ib-{}", &hex::encode(digest)[..32])
+}
+
+impl BuildSpec {
+    /// Every tag to push, the build key last.
+    pub fn push_tags(&self) -> impl Iterator<Item = &str> {
+        self.tags
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.key_tag.as_str()))
+    }
 }
 
 /// Resolves symlinks and refuses anything that ends up outside the checkout.
@@ -120,7 +154,7 @@ fn find_dockerfile(req: &BuildRequest, root: &Path, context: &Path) -> Result<Pa
 }
 
 /// Short commit, the sanitised ref, `latest` on the default branch, then the request's own tags.
-fn tags(req: &BuildRequest, checkout: &Checkout) -> Vec<String> {
+pub fn tags(req: &BuildRequest, checkout: &Checkout) -> Vec<String> {
     let mut tags = vec![checkout.commit.chars().take(SHORT_SHA).collect::<String>()];
     if let Some(tag) = Tag::sanitized(&checkout.ref_name) {
         tags.push(tag.as_str().to_owned());
@@ -232,6 +266,24 @@ mod tests {
             revision.last().map(|(_, v)| v.as_str()),
             Some("0123456789abcdef0123456789abcdef01234567")
         );
+    }
+
+    #[test]
+    fn build_key_changes_with_what_changes_the_image() {
+        let base = build_key(&request(""), "https://h/a.git", "c1");
+        assert_eq!(base, build_key(&request(""), "https://h/a.git", "c1"), "stable");
+        assert!(base.starts_with("ib-") && Tag::parse(&base).is_ok());
+        for other in [
+            build_key(&request(""), "https://h/a.git", "c2"),
+            build_key(&request(r#","build_args":{"A":"1"}"#), "https://h/a.git", "c1"),
+            build_key(&request(r#","dockerfile":"x/Dockerfile""#), "https://h/a.git", "c1"),
+            build_key(&request(r#","context":"svc""#), "https://h/a.git", "c1"),
+            build_key(&request(r#","platforms":["linux/arm64"]"#), "https://h/a.git", "c1"),
+        ] {
+            assert_ne!(base, other);
+        }
+        // Extra tags do not change the image: same key.
+        assert_eq!(base, build_key(&request(r#","tags":["x"]"#), "https://h/a.git", "c1"));
     }
 
     #[test]

@@ -83,7 +83,7 @@ impl ImageEngine for Podman {
         for (key, value) in &spec.labels {
             inv = inv.arg(format!("--label={key}={value}"));
         }
-        for tag in &spec.tags {
+        for tag in spec.push_tags() {
             inv = inv.arg(format!("--tag={}:{tag}", spec.image));
         }
         for (key, value) in spec.build_args.iter() {
@@ -107,7 +107,7 @@ impl ImageEngine for Podman {
     async fn push(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<String, BuildError> {
         let auth = self.auth_file(&ctx.scratch_dir)?;
         let mut digest = None;
-        for tag in &spec.tags {
+        for tag in spec.push_tags() {
             let reference = format!("{}:{tag}", spec.image);
             let digest_file = ctx.scratch_dir.join("digest");
             let mut inv = self

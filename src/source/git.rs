@@ -51,46 +51,69 @@ impl GitMirrors {
 
 #[async_trait]
 impl SourceFetcher for GitMirrors {
+    async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError> {
+        let mirror = self.mirror_path(spec);
+        let spec = spec.clone();
+        let cancel = ctx.cancel.clone();
+        ctx.log.push(&format!("fetching {}", spec.remote));
+        let resolved = blocking(move || fetch_and_resolve(&mirror, &spec, &cancel)).await?;
+        ctx.log.push(&format!(
+            "{} is {}",
+            resolved.ref_name, resolved.commit
+        ));
+        Ok(resolved)
+    }
+
     async fn checkout(
         &self,
         spec: &SourceSpec,
+        commit: &str,
         dest: &Path,
-        ctx: &BuildCtx,
-    ) -> Result<Checkout, BuildError> {
+        _ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
         let mirror = self.mirror_path(spec);
-        let spec = spec.clone();
+        let commit = commit.to_owned();
         let dest = dest.to_owned();
-        let log = ctx.log.clone();
-        let cancel = ctx.cancel.clone();
-        log.push(&format!("fetching {}", spec.remote));
-        let checkout =
-            tokio::task::spawn_blocking(move || fetch_and_checkout(&mirror, &spec, &dest, &cancel))
-                .await
-                .map_err(|e| BuildError::Internal(anyhow::anyhow!("git task failed: {e}")))??;
-        ctx.log.push(&format!(
-            "checked out {} ({})",
-            checkout.commit, checkout.ref_name
-        ));
-        Ok(checkout)
+        blocking(move || checkout_commit(&mirror, &commit, &dest)).await
     }
 }
 
-fn fetch_and_checkout(
-    mirror: &Path,
-    spec: &SourceSpec,
-    dest: &Path,
-    cancel: &CancellationToken,
-) -> Result<Checkout, BuildError> {
-    let internal = |what: &str, e: &dyn std::fmt::Display| {
-        BuildError::Internal(anyhow::anyhow!("failed to {what}: {e}"))
-    };
+/// git2 is blocking: run it off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
+) -> Result<T, BuildError> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("git task failed: {e}")))?
+}
+
+fn internal(what: &str, e: &dyn std::fmt::Display) -> BuildError {
+    BuildError::Internal(anyhow::anyhow!("failed to {what}: {e}"))
+}
+
+/// Opens the mirror's lock file: exclusive while fetching (refs change), shared while checking
+/// out (objects are only ever added), so replicas sharing the cache dir do not trip each other.
+fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
     if let Some(parent) = mirror.parent() {
         std::fs::create_dir_all(parent).map_err(|e| internal("create the git cache dir", &e))?;
     }
-    let lock = File::create(mirror.with_extension("lock"))
-        .map_err(|e| internal("create the mirror lock", &e))?;
-    lock.lock().map_err(|e| internal("lock the mirror", &e))?;
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(mirror.with_extension("lock"))
+        .map_err(|e| internal("open the mirror lock", &e))?;
+    let locked = if exclusive { lock.lock() } else { lock.lock_shared() };
+    locked.map_err(|e| internal("lock the mirror", &e))?;
+    Ok(lock)
+}
 
+fn fetch_and_resolve(
+    mirror: &Path,
+    spec: &SourceSpec,
+    cancel: &CancellationToken,
+) -> Result<Checkout, BuildError> {
+    let _lock = lock_mirror(mirror, true)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
@@ -98,6 +121,17 @@ fn fetch_and_checkout(
     let default_branch = fetch(&repo, spec, cancel)?;
     let (oid, ref_name, is_default_branch) =
         resolve(&repo, spec.git_ref.as_ref(), default_branch.as_deref())?;
+    Ok(Checkout {
+        commit: oid.to_string(),
+        ref_name,
+        is_default_branch,
+    })
+}
+
+fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), BuildError> {
+    let _lock = lock_mirror(mirror, false)?;
+    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let oid = Oid::from_str(commit).map_err(|e| internal("parse the commit id", &e))?;
     let commit = repo
         .find_commit(oid)
         .map_err(|e| internal("read the commit", &e))?;
@@ -106,12 +140,7 @@ fn fetch_and_checkout(
     let mut opts = CheckoutBuilder::new();
     opts.target_dir(dest).force().recreate_missing(true);
     repo.checkout_tree(tree.as_object(), Some(&mut opts))
-        .map_err(|e| internal("check out the commit", &e))?;
-    Ok(Checkout {
-        commit: oid.to_string(),
-        ref_name,
-        is_default_branch,
-    })
+        .map_err(|e| internal("check out the commit", &e))
 }
 
 /// What the credential callback saw, to tell "no token" from "token refused" afterwards.

@@ -26,7 +26,7 @@ pub struct SourceSpec {
     pub git_ref: Option<GitRef>,
 }
 
-/// The commit that was checked out and how it was named.
+/// The commit a ref resolved to and how it was named.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Checkout {
     pub commit: String,
@@ -37,13 +37,17 @@ pub struct Checkout {
 
 #[async_trait]
 pub trait SourceFetcher: Send + Sync {
-    /// Fetches `spec.remote` and writes the requested commit's tree into `dest` (which must not exist).
+    /// Fetches `spec.remote` (incrementally) and resolves the requested ref to a commit.
+    async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError>;
+
+    /// Writes the tree of `commit` (already fetched by `resolve`) into `dest`.
     async fn checkout(
         &self,
         spec: &SourceSpec,
+        commit: &str,
         dest: &Path,
         ctx: &BuildCtx,
-    ) -> Result<Checkout, BuildError>;
+    ) -> Result<(), BuildError>;
 }
 
 /// Turns the request's repo + connector into a fetchable URL and credential user name.

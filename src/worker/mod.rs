@@ -21,6 +21,7 @@ use crate::amqp::{self, Publisher, PublisherSlotSetter, Topology, publisher_slot
 use crate::config::Settings;
 use crate::engine::Podman;
 use crate::pipeline::Environment;
+use crate::registry::RegistryClient;
 use crate::source::GitMirrors;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
@@ -31,6 +32,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     let env = Arc::new(Environment {
         source: Arc::new(GitMirrors::new(settings.cache_dir())),
         engine: Arc::new(Podman::new(&settings.build, &settings.registry)),
+        store: Arc::new(RegistryClient::new(&settings.registry)),
         host: host_name(),
         settings: settings.clone(),
     });

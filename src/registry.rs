@@ -1,0 +1,227 @@
+//! OCI distribution API adapter: look a manifest up and tag it again, without pulling or pushing
+//! any layer. This is what answers an identical request in milliseconds.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::RegistrySettings;
+use crate::error::BuildError;
+
+const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
+application/vnd.oci.image.manifest.v1+json, \
+application/vnd.docker.distribution.manifest.list.v2+json, \
+application/vnd.docker.distribution.manifest.v2+json";
+
+/// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub digest: String,
+}
+
+#[async_trait]
+pub trait ImageStore: Send + Sync {
+    /// The manifest of `repository:reference`, if the registry has it.
+    async fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>, BuildError>;
+
+    /// Points `repository:tag` at `manifest` (same digest; no layer moves).
+    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<(), BuildError>;
+}
+
+pub struct RegistryClient {
+    http: reqwest::Client,
+    base: String,
+    credentials: Option<(String, SecretString)>,
+    /// Bearer tokens by scope, for registries that use the token flow.
+    tokens: Mutex<HashMap<String, String>>,
+}
+
+impl RegistryClient {
+    pub fn new(settings: &RegistrySettings) -> Self {
+        let scheme = if settings.insecure { "http" } else { "https" };
+        let credentials = (!settings.username.is_empty())
+            .then(|| (settings.username.clone(), settings.password.clone()));
+        Self {
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .unwrap_or_default(),
+            base: format!("{scheme}://{}", settings.host),
+            credentials,
+            tokens: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Sends a request, answering one auth challenge (basic or bearer token) if the registry asks.
+    async fn send(
+        &self,
+        scope: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BuildError> {
+        let cached = self.tokens.lock().ok().and_then(|t| t.get(scope).cloned());
+        let first = match &cached {
+            Some(token) => build().bearer_auth(token),
+            None => build(),
+        };
+        let response = first.send().await.map_err(unreachable_registry)?;
+        if response.status() != StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let challenge = response
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        let retry = if challenge.to_ascii_lowercase().starts_with("bearer") {
+            let token = self.fetch_token(&challenge, scope).await?;
+            build().bearer_auth(token)
+        } else if let Some((user, password)) = &self.credentials {
+            build().basic_auth(user, Some(password.expose_secret()))
+        } else {
+            return Ok(response);
+        };
+        retry.send().await.map_err(unreachable_registry)
+    }
+
+    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<String, BuildError> {
+        let params = parse_challenge(challenge);
+        let realm = params.get("realm").ok_or_else(|| {
+            BuildError::PushFailed("the registry's auth challenge has no realm".into())
+        })?;
+        let mut request = self.http.get(realm).query(&[("scope", scope)]);
+        if let Some(service) = params.get("service") {
+            request = request.query(&[("service", service)]);
+        }
+        if let Some((user, password)) = &self.credentials {
+            request = request.basic_auth(user, Some(password.expose_secret()));
+        }
+        let body: serde_json::Value = request
+            .send()
+            .await
+            .map_err(unreachable_registry)?
+            .json()
+            .await
+            .map_err(|e| BuildError::PushFailed(format!("failed to read a registry token: {e}")))?;
+        let token = body
+            .get("token")
+            .or_else(|| body.get("access_token"))
+            .and_then(|t| t.as_str())
+            .ok_or_else(|| BuildError::PushFailed("the registry gave no token".into()))?
+            .to_owned();
+        if let Ok(mut tokens) = self.tokens.lock() {
+            tokens.insert(scope.to_owned(), token.clone());
+        }
+        Ok(token)
+    }
+}
+
+#[async_trait]
+impl ImageStore for RegistryClient {
+    async fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>, BuildError> {
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let scope = format!("repository:{repository}:pull");
+        let response = self
+            .send(&scope, || self.http.get(&url).header(ACCEPT, MANIFEST_TYPES))
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            status if !status.is_success() => {
+                return Err(BuildError::PushFailed(format!(
+                    "registry answered {status} for {repository}:{reference}"
+                )));
+            }
+            _ => {}
+        }
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let media_type = header(CONTENT_TYPE.as_str()).unwrap_or_default();
+        let digest = header("docker-content-digest");
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| BuildError::PushFailed(format!("failed to read a manifest: {e}")))?
+            .to_vec();
+        let digest = digest.unwrap_or_else(|| {
+            use sha2::{Digest, Sha256};
+            format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+        });
+        Ok(Some(Manifest {
+            media_type,
+            bytes,
+            digest,
+        }))
+    }
+
+    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<(), BuildError> {
+        let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
+        let scope = format!("repository:{repository}:pull,push");
+        let response = self
+            .send(&scope, || {
+                self.http
+                    .put(&url)
+                    .header(CONTENT_TYPE, &manifest.media_type)
+                    .body(manifest.bytes.clone())
+            })
+            .await?;
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(BuildError::PushFailed(format!(
+                "registry answered {} when tagging {repository}:{tag}",
+                response.status()
+            )))
+        }
+    }
+}
+
+fn unreachable_registry(e: reqwest::Error) -> BuildError {
+    // The URL in reqwest's message has no credentials (they travel in headers).
+    BuildError::PushFailed(format!("failed to reach the registry: {e}"))
+}
+
+/// `Bearer realm="https://auth",service="registry",scope="..."` -> its key/value pairs.
+fn parse_challenge(challenge: &str) -> HashMap<String, String> {
+    let params = challenge.split_once(' ').map_or("", |(_, rest)| rest);
+    let mut out = HashMap::new();
+    let mut rest = params;
+    while let Some((key, after)) = rest.split_once('=') {
+        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let (value, next) = match after.strip_prefix('"') {
+            Some(quoted) => match quoted.split_once('"') {
+                Some((value, next)) => (value, next),
+                None => (quoted, ""),
+            },
+            None => after.split_once(',').unwrap_or((after, "")),
+        };
+        out.insert(key, value.to_owned());
+        rest = next;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_parsing() {
+        let p = parse_challenge(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull""#,
+        );
+        assert_eq!(p["realm"], "https://auth.example.com/token");
+        assert_eq!(p["service"], "registry.example.com");
+        assert_eq!(p["scope"], "repository:a/b:pull");
+    }
+}
