@@ -71,6 +71,8 @@ pub struct BuildSettings {
     pub isolation: String,
     pub timeout_secs: u64,
     pub log_tail_lines: usize,
+    /// Local build-cache images unused for this long are pruned.
+    pub layer_cache_max_age_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -129,7 +129,10 @@ pub async fn run(
         for tag in &tags {
             env.store.tag(repository, tag, &manifest).await?;
         }
-        log.push(&format!("{image}@{} already built for this commit and configuration", manifest.digest));
+        log.push(&format!(
+            "{image}@{} already built for this commit and configuration",
+            manifest.digest
+        ));
         return Ok(updated(manifest.digest, tags, true));
     }
 

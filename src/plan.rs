@@ -20,6 +20,8 @@ pub struct BuildSpec {
     /// Names this exact build configuration (see `build_key`); pushed after every other tag, so
     /// its presence in the registry means the whole build was pushed.
     pub key_tag: String,
+    /// The image's local name while it is built and pushed, unique to the build.
+    pub local_ref: String,
     /// Applied in order; the builder's own labels come last so a request cannot forge them.
     pub labels: Vec<(String, String)>,
     pub build_args: BuildArgs,
@@ -57,6 +59,7 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
         image,
         tags: tags(req, input.checkout),
         key_tag: build_key(req, input.source_url, &input.checkout.commit),
+        local_ref: format!("localhost/image-builder/build:{}", input.build_id),
         labels: labels(req, input),
         build_args: req.build_args.clone(),
         platforms: req.platforms.clone(),
@@ -73,7 +76,11 @@ pub fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildErr
             )
         })?,
     };
-    Ok(format!("{registry}/{}/{}", req.user_id.as_str(), name.as_str()))
+    Ok(format!(
+        "{registry}/{}/{}",
+        req.user_id.as_str(),
+        name.as_str()
+    ))
 }
 
 /// A tag naming everything that decides the image's content: source, commit, context,
@@ -271,19 +278,38 @@ mod tests {
     #[test]
     fn build_key_changes_with_what_changes_the_image() {
         let base = build_key(&request(""), "https://h/a.git", "c1");
-        assert_eq!(base, build_key(&request(""), "https://h/a.git", "c1"), "stable");
+        assert_eq!(
+            base,
+            build_key(&request(""), "https://h/a.git", "c1"),
+            "stable"
+        );
         assert!(base.starts_with("ib-") && Tag::parse(&base).is_ok());
         for other in [
             build_key(&request(""), "https://h/a.git", "c2"),
-            build_key(&request(r#","build_args":{"A":"1"}"#), "https://h/a.git", "c1"),
-            build_key(&request(r#","dockerfile":"x/Dockerfile""#), "https://h/a.git", "c1"),
+            build_key(
+                &request(r#","build_args":{"A":"1"}"#),
+                "https://h/a.git",
+                "c1",
+            ),
+            build_key(
+                &request(r#","dockerfile":"x/Dockerfile""#),
+                "https://h/a.git",
+                "c1",
+            ),
             build_key(&request(r#","context":"svc""#), "https://h/a.git", "c1"),
-            build_key(&request(r#","platforms":["linux/arm64"]"#), "https://h/a.git", "c1"),
+            build_key(
+                &request(r#","platforms":["linux/arm64"]"#),
+                "https://h/a.git",
+                "c1",
+            ),
         ] {
             assert_ne!(base, other);
         }
         // Extra tags do not change the image: same key.
-        assert_eq!(base, build_key(&request(r#","tags":["x"]"#), "https://h/a.git", "c1"));
+        assert_eq!(
+            base,
+            build_key(&request(r#","tags":["x"]"#), "https://h/a.git", "c1")
+        );
     }
 
     #[test]

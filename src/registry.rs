@@ -28,10 +28,15 @@ pub struct Manifest {
 #[async_trait]
 pub trait ImageStore: Send + Sync {
     /// The manifest of `repository:reference`, if the registry has it.
-    async fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>, BuildError>;
+    async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Manifest>, BuildError>;
 
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
-    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<(), BuildError>;
+    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
+    -> Result<(), BuildError>;
 }
 
 pub struct RegistryClient {
@@ -124,11 +129,17 @@ impl RegistryClient {
 
 #[async_trait]
 impl ImageStore for RegistryClient {
-    async fn manifest(&self, repository: &str, reference: &str) -> Result<Option<Manifest>, BuildError> {
+    async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Manifest>, BuildError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let scope = format!("repository:{repository}:pull");
         let response = self
-            .send(&scope, || self.http.get(&url).header(ACCEPT, MANIFEST_TYPES))
+            .send(&scope, || {
+                self.http.get(&url).header(ACCEPT, MANIFEST_TYPES)
+            })
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
@@ -164,7 +175,12 @@ impl ImageStore for RegistryClient {
         }))
     }
 
-    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest) -> Result<(), BuildError> {
+    async fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Manifest,
+    ) -> Result<(), BuildError> {
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
         let scope = format!("repository:{repository}:pull,push");
         let response = self
@@ -197,7 +213,11 @@ fn parse_challenge(challenge: &str) -> HashMap<String, String> {
     let mut out = HashMap::new();
     let mut rest = params;
     while let Some((key, after)) = rest.split_once('=') {
-        let key = key.trim().trim_start_matches(',').trim().to_ascii_lowercase();
+        let key = key
+            .trim()
+            .trim_start_matches(',')
+            .trim()
+            .to_ascii_lowercase();
         let (value, next) = match after.strip_prefix('"') {
             Some(quoted) => match quoted.split_once('"') {
                 Some((value, next)) => (value, next),

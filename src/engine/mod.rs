@@ -1,5 +1,6 @@
 //! Image engines: build a `BuildSpec` and push it. podman is the one adapter today.
 
+mod labels;
 mod podman;
 
 use async_trait::async_trait;

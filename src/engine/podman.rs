@@ -4,17 +4,24 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::ImageEngine;
+use super::labels::labelled_dockerfile;
+use tokio_util::sync::CancellationToken;
+
+use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, RegistrySettings};
 use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::plan::BuildSpec;
 use crate::process::{self, Invocation, ProcessError};
+use crate::redact::Redactor;
 
 pub struct Podman {
     program: String,
@@ -22,7 +29,11 @@ pub struct Podman {
     registry_host: String,
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
+    layer_cache_max_age: Duration,
+    last_prune: Mutex<Option<Instant>>,
 }
+
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Podman {
     pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
@@ -34,6 +45,8 @@ impl Podman {
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
             credentials,
+            layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
+            last_prune: Mutex::new(None),
         }
     }
 
@@ -64,6 +77,27 @@ impl Podman {
         Ok(Some(path))
     }
 
+    /// Bounds the local layer cache: images unused for `layer_cache_max_age` go, at most once per
+    /// `PRUNE_EVERY`. podman slows down as its image store grows, so this is not optional.
+    fn prune_layer_cache_now_and_then(&self) {
+        let Ok(mut last) = self.last_prune.lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+            return;
+        }
+        *last = Some(Instant::now());
+        let inv = Invocation::new(&self.program, Duration::from_secs(600))
+            .args(["image", "prune", "--force", "--filter"])
+            .arg(format!("until={}s", self.layer_cache_max_age.as_secs()));
+        tokio::spawn(async move {
+            let log = BuildLog::new(Redactor::default());
+            if let Err(e) = process::run(inv, &log, &CancellationToken::new()).await {
+                tracing::warn!("failed to prune the layer cache: {e}");
+            }
+        });
+    }
+
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
         Invocation::new(&self.program, ctx.remaining())
     }
@@ -72,20 +106,17 @@ impl Podman {
 #[async_trait]
 impl ImageEngine for Podman {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+        let dockerfile = labelled_dockerfile(&spec.dockerfile, &spec.labels, &ctx.scratch_dir)?;
         let mut inv = self
             .invocation(ctx)
             .args(["build", "--layers", "--isolation", &self.isolation])
             .arg("--file")
-            .arg(&spec.dockerfile);
+            .arg(&dockerfile);
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             inv = inv.arg("--authfile").arg(auth);
         }
-        for (key, value) in &spec.labels {
-            inv = inv.arg(format!("--label={key}={value}"));
-        }
-        for tag in spec.push_tags() {
-            inv = inv.arg(format!("--tag={}:{tag}", spec.image));
-        }
+        // One local name per build: concurrent builds of one image never push each other's tags.
+        inv = inv.arg(format!("--tag={}", spec.local_ref));
         for (key, value) in spec.build_args.iter() {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);
         }
@@ -119,7 +150,9 @@ impl ImageEngine for Podman {
             if let Some(auth) = &auth {
                 inv = inv.arg("--authfile").arg(auth);
             }
-            inv = inv.arg(&reference);
+            inv = inv
+                .arg(&spec.local_ref)
+                .arg(format!("docker://{reference}"));
             ctx.log.push(&format!("pushing {reference}"));
             process::run(inv, &ctx.log, &ctx.cancel)
                 .await
@@ -135,6 +168,14 @@ impl ImageEngine for Podman {
                 digest = Some(read.trim().to_owned());
             }
         }
+        // The registry has it now; the local name goes (its layers stay as build cache).
+        let untag = self
+            .invocation(ctx)
+            .args(["untag", spec.local_ref.as_str()]);
+        if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
+            tracing::warn!("failed to untag {}: {e}", spec.local_ref);
+        }
+        self.prune_layer_cache_now_and_then();
         digest.ok_or_else(|| BuildError::Internal(anyhow::anyhow!("the build has no tags to push")))
     }
 }

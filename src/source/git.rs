@@ -57,10 +57,8 @@ impl SourceFetcher for GitMirrors {
         let cancel = ctx.cancel.clone();
         ctx.log.push(&format!("fetching {}", spec.remote));
         let resolved = blocking(move || fetch_and_resolve(&mirror, &spec, &cancel)).await?;
-        ctx.log.push(&format!(
-            "{} is {}",
-            resolved.ref_name, resolved.commit
-        ));
+        ctx.log
+            .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
         Ok(resolved)
     }
 
@@ -103,7 +101,11 @@ fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
         .write(true)
         .open(mirror.with_extension("lock"))
         .map_err(|e| internal("open the mirror lock", &e))?;
-    let locked = if exclusive { lock.lock() } else { lock.lock_shared() };
+    let locked = if exclusive {
+        lock.lock()
+    } else {
+        lock.lock_shared()
+    };
     locked.map_err(|e| internal("lock the mirror", &e))?;
     Ok(lock)
 }

@@ -139,7 +139,7 @@ async fn service_fault_ends_in_the_dead_queue_after_max_attempts() {
             .as_deref()
             .is_some_and(|e| e.contains("push"))
     );
-    worker.stop().await;
+    worker.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     stack.cleanup().await;
 }
@@ -277,9 +277,8 @@ async fn hostile_and_malformed_messages_are_rejected_and_the_worker_keeps_servin
         "one answer each"
     );
 
-    // Killing the worker would requeue anything unacked: nothing is left behind.
-    worker.stop().await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Anything unacked would be back in the queue once the worker is gone: nothing is.
+    worker.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     assert_eq!(stack.ready_count(&stack.topology.dead_queue).await, 0);
     stack.cleanup().await;
@@ -387,7 +386,7 @@ async fn killed_replica_work_is_redelivered_and_completed_by_the_other() {
         finisher.is_some_and(|h| !h.ends_with(&a_host)),
         "the killed build was redelivered to the other replica"
     );
-    b.stop().await;
+    b.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     stack.cleanup().await;
 }

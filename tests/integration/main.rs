@@ -4,4 +4,5 @@
 mod support;
 
 mod core_worker;
+mod fast_builds;
 mod faults;

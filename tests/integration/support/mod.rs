@@ -342,6 +342,13 @@ impl Worker {
         let _ = self.child.kill().await;
     }
 
+    /// SIGTERM and wait for a clean exit: acks in flight reach the broker first.
+    pub async fn shutdown(mut self) {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let code = self.wait_exit(Duration::from_secs(60)).await;
+        assert_eq!(code, Some(0), "worker exit:\n{}", self.log());
+    }
+
     pub fn pid(&self) -> i32 {
         self.child
             .id()

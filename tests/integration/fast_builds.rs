@@ -1,0 +1,182 @@
+//! Fast builds: no rebuild of a built configuration, monorepo contexts, the per-build timeout.
+
+use std::time::Duration;
+
+use image_builder::error::Fault;
+use image_builder::events::{Event, ImageUpdated};
+use serde_json::json;
+
+use crate::support::{GitServer, RepoFixture, Stack, Worker, registry_image, unique};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+fn expect_image(event: Event) -> ImageUpdated {
+    match event {
+        Event::ImageUpdated(updated) => updated,
+        other => panic!("expected image.updated, got {other:?}"),
+    }
+}
+
+/// Lines of the worker log that belong to one build.
+fn build_lines(log: &str, build_id: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains(build_id))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identical_request_is_answered_without_rebuilding_and_changes_rebuild() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/cached");
+    let alt = "FROM localhost/busybox:latest\nARG FLAVOUR\nRUN echo \"flavour $FLAVOUR\"\n";
+    let commit = repo.commit(
+        &[("Dockerfile", alt), ("docker/alt.Dockerfile", alt)],
+        "one",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+    let request = |id: &str, extra: serde_json::Value| {
+        let mut body = json!({"id": id, "repo": "acme/cached", "user_id": user, "build_args": {"FLAVOUR": "plain"}});
+        for (k, v) in extra.as_object().expect("object") {
+            body[k] = v.clone();
+        }
+        body
+    };
+
+    stack.publish_json(&request("first", json!({}))).await;
+    let first = expect_image(stack.outcome("first", BUILD_TIMEOUT).await);
+    assert!(!first.cached);
+
+    stack
+        .publish_json(&request("again", json!({"tags": ["stable"]})))
+        .await;
+    let again = expect_image(stack.outcome("again", BUILD_TIMEOUT).await);
+    assert!(again.cached, "same commit and configuration: {again:?}");
+    assert_eq!(again.digest, first.digest);
+    assert_eq!(again.commit, commit);
+    let lines = build_lines(&worker.log(), &again.build.build_id);
+    assert!(
+        !lines.iter().any(|l| l.contains("building ")),
+        "nothing was built: {lines:#?}"
+    );
+    // The extra tag now points at the same image.
+    let (digest, _) = registry_image(&format!("{user}/cached"), "stable").await;
+    assert_eq!(digest, first.digest);
+
+    stack
+        .publish_json(&request("arg", json!({"build_args": {"FLAVOUR": "spicy"}})))
+        .await;
+    let changed_arg = expect_image(stack.outcome("arg", BUILD_TIMEOUT).await);
+    assert!(!changed_arg.cached, "a changed build arg rebuilds");
+    assert_ne!(changed_arg.digest, first.digest);
+
+    stack
+        .publish_json(&request(
+            "path",
+            json!({"dockerfile": "docker/alt.Dockerfile"}),
+        ))
+        .await;
+    let changed_path = expect_image(stack.outcome("path", BUILD_TIMEOUT).await);
+    assert!(!changed_path.cached, "a changed Dockerfile path rebuilds");
+
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn monorepo_context_and_dockerfile_paths() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/mono");
+    let api = "FROM localhost/busybox:latest\nCOPY api.txt /api.txt\n";
+    let web = "FROM localhost/busybox:latest\nCOPY web.txt /web.txt\n";
+    repo.commit(
+        &[
+            ("services/api/Containerfile", api),
+            ("services/api/api.txt", "api\n"),
+            ("services/web/build/web.Dockerfile", web),
+            ("services/web/web.txt", "web\n"),
+        ],
+        "monorepo",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+
+    stack
+        .publish_json(&json!({"id": "api", "repo": "acme/mono", "user_id": user, "context": "services/api", "image": "api"}))
+        .await;
+    stack
+        .publish_json(&json!({"id": "web", "repo": "acme/mono", "user_id": user, "context": "services/web", "dockerfile": "build/web.Dockerfile", "image": "web"}))
+        .await;
+    stack
+        .publish_json(&json!({"id": "root", "repo": "acme/mono", "user_id": user}))
+        .await;
+    assert_eq!(
+        expect_image(stack.outcome("api", BUILD_TIMEOUT).await).image,
+        format!("127.0.0.1:5000/{user}/api")
+    );
+    assert_eq!(
+        expect_image(stack.outcome("web", BUILD_TIMEOUT).await).image,
+        format!("127.0.0.1:5000/{user}/web")
+    );
+    match stack.outcome("root", BUILD_TIMEOUT).await {
+        Event::Failed(failed) => {
+            assert_eq!(failed.fault, Fault::User);
+            assert!(failed.reason.contains("no Dockerfile"), "{}", failed.reason);
+        }
+        other => panic!("expected build.failed, got {other:?}"),
+    }
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_timeout_kills_the_process_tree() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/slow");
+    // A sleep of an unusual length, so its process can be looked for.
+    repo.commit(
+        &[(
+            "Dockerfile",
+            "FROM localhost/busybox:latest\nRUN sleep 977\n",
+        )],
+        "slow",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER__BUILD__TIMEOUT_SECS", "4"),
+            ("IMAGE_BUILDER__RETRY__MAX_ATTEMPTS", "1"),
+        ],
+    )
+    .await;
+    stack
+        .publish_json(&json!({"id": "slow", "repo": "acme/slow", "user_id": unique("u")}))
+        .await;
+    match stack.outcome("slow", BUILD_TIMEOUT).await {
+        Event::Failed(failed) => {
+            assert_eq!(failed.fault, Fault::Service);
+            assert!(failed.reason.contains("timed out"), "{}", failed.reason);
+        }
+        other => panic!("expected build.failed, got {other:?}"),
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let survivors = std::process::Command::new("pgrep")
+        .args(["-f", "sleep 977"])
+        .output()
+        .expect("pgrep runs");
+    assert!(
+        survivors.stdout.is_empty(),
+        "the build's processes survived the timeout: {}",
+        String::from_utf8_lossy(&survivors.stdout)
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+}
