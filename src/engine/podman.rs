@@ -115,17 +115,23 @@ impl ImageEngine for Podman {
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             inv = inv.arg("--authfile").arg(auth);
         }
-        // One local name per build: concurrent builds of one image never push each other's tags.
-        inv = inv.arg(format!("--tag={}", spec.local_ref));
         for (key, value) in spec.build_args.iter() {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);
         }
-        if let [platform] = spec.platforms.as_slice() {
-            inv = inv.arg(format!("--platform={}", platform.as_str()));
-        } else if spec.platforms.len() > 1 {
-            return Err(BuildError::NoRecipe(
-                "multi-platform builds are not available on this worker yet".into(),
-            ));
+        // One local name per build: concurrent builds of one image never push each other's tags.
+        inv = inv.arg(if is_multi_platform(spec) {
+            format!("--manifest={}", spec.local_ref)
+        } else {
+            format!("--tag={}", spec.local_ref)
+        });
+        if !spec.platforms.is_empty() {
+            let list: Vec<&str> = spec.platforms.iter().map(|p| p.as_str()).collect();
+            inv = inv.arg(format!("--platform={}", list.join(",")));
+            if list.iter().any(|p| *p != native_platform()) {
+                // podman 4 reuses cached layers across architectures (seen with FROM scratch):
+                // a foreign platform is built without the layer cache.
+                inv = inv.arg("--layers=false");
+            }
         }
         inv = inv.arg(&spec.context_dir);
         ctx.log
@@ -143,7 +149,11 @@ impl ImageEngine for Podman {
             let digest_file = ctx.scratch_dir.join("digest");
             let mut inv = self
                 .invocation(ctx)
-                .args(["push", "--quiet"])
+                .args(if is_multi_platform(spec) {
+                    ["manifest", "push", "--all", "--quiet"].as_slice()
+                } else {
+                    ["push", "--quiet"].as_slice()
+                })
                 .arg(format!("--tls-verify={}", self.tls_verify))
                 .arg("--digestfile")
                 .arg(&digest_file);
@@ -169,14 +179,38 @@ impl ImageEngine for Podman {
             }
         }
         // The registry has it now; the local name goes (its layers stay as build cache).
+        let forget: &[&str] = if is_multi_platform(spec) {
+            &["manifest", "rm"]
+        } else {
+            &["untag"]
+        };
         let untag = self
             .invocation(ctx)
-            .args(["untag", spec.local_ref.as_str()]);
+            .args(forget.iter().copied())
+            .arg(&spec.local_ref);
         if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
             tracing::warn!("failed to untag {}: {e}", spec.local_ref);
         }
         self.prune_layer_cache_now_and_then();
         digest.ok_or_else(|| BuildError::Internal(anyhow::anyhow!("the build has no tags to push")))
+    }
+}
+
+/// Several platforms are built into one local manifest list and pushed as one.
+fn is_multi_platform(spec: &BuildSpec) -> bool {
+    spec.platforms.len() > 1
+}
+
+/// The platform this host builds without emulation, in OCI terms.
+fn native_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        "arm" => "linux/arm/v7",
+        "x86" => "linux/386",
+        "powerpc64" => "linux/ppc64le",
+        "s390x" => "linux/s390x",
+        "riscv64" => "linux/riscv64",
+        _ => "linux/amd64",
     }
 }
 

@@ -180,3 +180,62 @@ async fn build_timeout_kills_the_process_tree() {
     worker.stop().await;
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn platforms_make_one_pushed_manifest_list() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/multi");
+    // No RUN step: nothing needs emulation to build the arm64 image here.
+    repo.commit(
+        &[
+            ("Dockerfile", "FROM scratch\nCOPY hello.txt /hello.txt\n"),
+            ("hello.txt", "hello\n"),
+        ],
+        "multi",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+    let body =
+        json!({"repo": "acme/multi", "user_id": user, "platforms": ["linux/amd64", "linux/arm64"]});
+    let mut first = body.clone();
+    first["id"] = json!("multi-1");
+    stack.publish_json(&first).await;
+    let updated = expect_image(stack.outcome("multi-1", BUILD_TIMEOUT).await);
+    assert_eq!(updated.platforms, vec!["linux/amd64", "linux/arm64"]);
+
+    let response = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:5000/v2/{user}/multi/manifests/latest"))
+        .header(
+            "Accept",
+            "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json",
+        )
+        .send()
+        .await
+        .expect("registry answers");
+    let digest = response
+        .headers()
+        .get("docker-content-digest")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let index: serde_json::Value = response.json().await.expect("index JSON");
+    assert_eq!(digest.as_deref(), Some(updated.digest.as_str()));
+    let mut archs: Vec<String> = index["manifests"]
+        .as_array()
+        .expect("a manifest list")
+        .iter()
+        .filter_map(|m| m["platform"]["architecture"].as_str().map(str::to_owned))
+        .collect();
+    archs.sort();
+    assert_eq!(archs, vec!["amd64", "arm64"], "{index}");
+
+    let mut again = body;
+    again["id"] = json!("multi-2");
+    stack.publish_json(&again).await;
+    let cached = expect_image(stack.outcome("multi-2", BUILD_TIMEOUT).await);
+    assert!(cached.cached);
+    assert_eq!(cached.digest, updated.digest);
+    worker.stop().await;
+    stack.cleanup().await;
+}
