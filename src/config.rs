@@ -12,6 +12,8 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// Bound of the bare-mirror cache; least recently used mirrors are evicted beyond it.
+    pub git_cache_max_mb: u64,
     pub log: LogSettings,
     pub amqp: AmqpSettings,
     pub retry: RetrySettings,

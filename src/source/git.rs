@@ -24,11 +24,34 @@ const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/ta
 
 pub struct GitMirrors {
     cache_dir: PathBuf,
+    max_bytes: u64,
+    /// Sizing the cache walks it: not more often than this.
+    last_eviction: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
+const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl GitMirrors {
-    pub fn new(cache_dir: PathBuf) -> Self {
-        Self { cache_dir }
+    pub fn new(cache_dir: PathBuf, max_bytes: u64) -> Self {
+        Self {
+            cache_dir,
+            max_bytes,
+            last_eviction: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Runs eviction off the async threads, at most once per `EVICTION_EVERY`.
+    fn evict_now_and_then(&self) {
+        let Ok(mut last) = self.last_eviction.lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < EVICTION_EVERY) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let dir = self.cache_dir.clone();
+        let max = self.max_bytes;
+        tokio::task::spawn_blocking(move || super::eviction::evict(&dir, max));
     }
 
     /// Mirror directory: a hash of the URL (unique) plus the repo name (readable).
@@ -57,6 +80,7 @@ impl SourceFetcher for GitMirrors {
         let cancel = ctx.cancel.clone();
         ctx.log.push(&format!("fetching {}", spec.remote));
         let resolved = blocking(move || fetch_and_resolve(&mirror, &spec, &cancel)).await?;
+        self.evict_now_and_then();
         ctx.log
             .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
         Ok(resolved)
@@ -107,6 +131,7 @@ fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
         lock.lock_shared()
     };
     locked.map_err(|e| internal("lock the mirror", &e))?;
+    super::eviction::touch(&lock);
     Ok(lock)
 }
 

@@ -1,6 +1,7 @@
 //! Getting the source of a build: which remote (from the request and connector config), and a
 //! checkout of exactly the requested commit.
 
+mod eviction;
 mod git;
 
 use std::collections::BTreeMap;

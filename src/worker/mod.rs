@@ -30,7 +30,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
     crate::source::configure_git_timeouts();
     let settings = Arc::new(settings);
     let env = Arc::new(Environment {
-        source: Arc::new(GitMirrors::new(settings.cache_dir())),
+        source: Arc::new(GitMirrors::new(
+            settings.cache_dir(),
+            settings.git_cache_max_mb.saturating_mul(1024 * 1024),
+        )),
         engine: Arc::new(Podman::new(&settings.build, &settings.registry)),
         store: Arc::new(RegistryClient::new(&settings.registry)),
         host: host_name(),
