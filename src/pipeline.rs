@@ -103,6 +103,7 @@ pub async fn run(
         _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout())),
     };
     let image = plan::image_name(&job.request, &settings.registry.host)?;
+    let repository = repository_path(&image, &settings.registry.host);
     let key_tag = plan::build_key(&job.request, spec.remote.as_str(), &checkout.commit);
     let tags = plan::tags(&job.request, &checkout);
     let platforms: Vec<String> = job
@@ -124,7 +125,6 @@ pub async fn run(
     };
 
     // Built before with this exact configuration: point the tags at it, build nothing.
-    let repository = repository_path(&image, &settings.registry.host);
     if let Some(manifest) = env.store.manifest(repository, &key_tag).await? {
         for tag in &tags {
             env.store.tag(repository, tag, &manifest).await?;
@@ -152,7 +152,20 @@ pub async fn run(
         },
     )?;
     env.engine.build(&build_spec, &ctx).await?;
-    let digest = env.engine.push(&build_spec, &ctx).await?;
+    let mut tags = build_spec.push_tags();
+    let first = tags.next().unwrap_or(&build_spec.key_tag);
+    let digest = env.engine.push(&build_spec, first, &ctx).await?;
+    let manifest = env
+        .store
+        .manifest(repository, &digest)
+        .await?
+        .ok_or_else(|| {
+            BuildError::PushFailed(format!("the registry does not know {digest} just pushed"))
+        })?;
+    // The build key goes last (`push_tags` order): it marks a completely pushed build.
+    for tag in tags {
+        env.store.tag(repository, tag, &manifest).await?;
+    }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     Ok(updated(digest, build_spec.tags, false))
 }

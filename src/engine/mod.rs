@@ -13,9 +13,11 @@ use crate::plan::BuildSpec;
 
 #[async_trait]
 pub trait ImageEngine: Send + Sync {
-    /// Builds the image locally, tagged with every tag of `spec`.
+    /// Builds the image locally under `spec.local_ref`.
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError>;
 
-    /// Pushes every tag; returns the manifest digest the registry stores (`sha256:...`).
-    async fn push(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<String, BuildError>;
+    /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
+    /// Further tags are set through the registry API (`ImageStore::tag`), which moves no layer.
+    async fn push(&self, spec: &BuildSpec, tag: &str, ctx: &BuildCtx)
+    -> Result<String, BuildError>;
 }

@@ -141,43 +141,45 @@ impl ImageEngine for Podman {
             .map_err(|e| build_error(e, &ctx.log.tail(20)))
     }
 
-    async fn push(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<String, BuildError> {
+    async fn push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<String, BuildError> {
         let auth = self.auth_file(&ctx.scratch_dir)?;
-        let mut digest = None;
-        for tag in spec.push_tags() {
-            let reference = format!("{}:{tag}", spec.image);
-            let digest_file = ctx.scratch_dir.join("digest");
-            let mut inv = self
-                .invocation(ctx)
-                .args(if is_multi_platform(spec) {
-                    ["manifest", "push", "--all", "--quiet"].as_slice()
-                } else {
-                    ["push", "--quiet"].as_slice()
-                })
-                .arg(format!("--tls-verify={}", self.tls_verify))
-                .arg("--digestfile")
-                .arg(&digest_file);
-            if let Some(auth) = &auth {
-                inv = inv.arg("--authfile").arg(auth);
-            }
-            inv = inv
-                .arg(&spec.local_ref)
-                .arg(format!("docker://{reference}"));
-            ctx.log.push(&format!("pushing {reference}"));
-            process::run(inv, &ctx.log, &ctx.cancel)
-                .await
-                .map_err(|e| match e {
-                    ProcessError::Cancelled { .. } => BuildError::Cancelled,
-                    ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
-                    other => BuildError::PushFailed(format!("{reference}: {other}")),
-                })?;
-            if digest.is_none() {
-                let read = std::fs::read_to_string(&digest_file).map_err(|e| {
-                    BuildError::PushFailed(format!("podman wrote no digest for {reference}: {e}"))
-                })?;
-                digest = Some(read.trim().to_owned());
-            }
+        let reference = format!("{}:{tag}", spec.image);
+        let digest_file = ctx.scratch_dir.join("digest");
+        let mut inv = self
+            .invocation(ctx)
+            .args(if is_multi_platform(spec) {
+                ["manifest", "push", "--all", "--quiet"].as_slice()
+            } else {
+                ["push", "--quiet"].as_slice()
+            })
+            .arg(format!("--tls-verify={}", self.tls_verify))
+            .arg("--digestfile")
+            .arg(&digest_file);
+        if let Some(auth) = &auth {
+            inv = inv.arg("--authfile").arg(auth);
         }
+        inv = inv
+            .arg(&spec.local_ref)
+            .arg(format!("docker://{reference}"));
+        ctx.log.push(&format!("pushing {reference}"));
+        process::run(inv, &ctx.log, &ctx.cancel)
+            .await
+            .map_err(|e| match e {
+                ProcessError::Cancelled { .. } => BuildError::Cancelled,
+                ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
+                other => BuildError::PushFailed(format!("{reference}: {other}")),
+            })?;
+        let digest = std::fs::read_to_string(&digest_file)
+            .map(|d| d.trim().to_owned())
+            .map_err(|e| {
+                BuildError::PushFailed(format!("podman wrote no digest for {reference}: {e}"))
+            })?;
+
         // The registry has it now; the local name goes (its layers stay as build cache).
         let forget: &[&str] = if is_multi_platform(spec) {
             &["manifest", "rm"]
@@ -192,7 +194,7 @@ impl ImageEngine for Podman {
             tracing::warn!("failed to untag {}: {e}", spec.local_ref);
         }
         self.prune_layer_cache_now_and_then();
-        digest.ok_or_else(|| BuildError::Internal(anyhow::anyhow!("the build has no tags to push")))
+        Ok(digest)
     }
 }
 
