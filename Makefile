@@ -1,5 +1,5 @@
 # Entry points for people; CI runs `make test` (see .ci/run).
-.PHONY: run test services down status
+.PHONY: run test services down status bench
 
 ## Set up services, build, start the worker and run a demo build of examples/hello-world.
 run:
@@ -21,3 +21,7 @@ down:
 
 status:
 	scripts/services.sh status
+
+## Worker vs raw clone+build+push: medians, cached latency/throughput, RSS.
+bench:
+	scripts/bench.sh

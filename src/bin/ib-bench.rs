@@ -1,0 +1,137 @@
+//! Benchmark client: publishes build requests and times publish -> outcome event, as a producer
+//! sees it. Used by scripts/bench.sh; prints one JSON line of figures.
+//!
+//!   ib-bench --body request.json --n 200 --concurrency 50
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use futures_util::StreamExt;
+use image_builder::amqp::{self, MessageMeta, Publisher, Topology};
+use image_builder::config::Settings;
+use image_builder::events::Event;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+#[derive(Parser)]
+struct Args {
+    /// A JSON request; each copy gets a fresh `id`, also put wherever the body says `{id}`.
+    #[arg(long)]
+    body: std::path::PathBuf,
+    #[arg(long, default_value_t = 1)]
+    n: usize,
+    /// Requests in flight at once (1 = one after the other).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let settings = Settings::from_env()?;
+    let template: Value = serde_json::from_str(&std::fs::read_to_string(&args.body)?)
+        .context("failed to parse the request body")?;
+    let topology = Arc::new(Topology::from_settings(&settings));
+    let connection = amqp::connect(&settings.amqp.url, "ib-bench").await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            topology.events_exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let mut events = channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let mut sent: HashMap<String, Instant> = HashMap::new();
+    let mut latencies = Vec::new();
+    let (mut cached, mut failed, mut next) = (0usize, 0usize, 0usize);
+    while latencies.len() + failed < args.n {
+        while next < args.n && sent.len() < args.concurrency {
+            let id = format!("bench-{}", uuid::Uuid::new_v4().simple());
+            let mut body: Value = serde_json::from_str(&template.to_string().replace("{id}", &id))?;
+            body["id"] = Value::String(id.clone());
+            let meta = MessageMeta {
+                attempt: 1,
+                request_id: Some(id.clone()),
+                ..MessageMeta::default()
+            };
+            sent.insert(id, Instant::now());
+            publisher
+                .request(&serde_json::to_vec(&body)?, meta.to_headers())
+                .await?;
+            next += 1;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let delivery = tokio::time::timeout(left, events.next())
+            .await
+            .context("timed out waiting for outcomes")?
+            .context("the events stream ended")??;
+        delivery.acker.ack(BasicAckOptions::default()).await?;
+        let Ok(event) = serde_json::from_slice::<Event>(&delivery.data) else {
+            continue;
+        };
+        if !event.is_terminal() {
+            continue;
+        }
+        let Some(at) = sent.remove(&event.build().request_id) else {
+            continue;
+        };
+        match event {
+            Event::ImageUpdated(updated) => {
+                cached += usize::from(updated.cached);
+                latencies.push(at.elapsed().as_secs_f64() * 1000.0);
+            }
+            other => {
+                eprintln!("failed: {}", String::from_utf8_lossy(&other.to_json()));
+                failed += 1;
+            }
+        }
+    }
+    let wall = started.elapsed().as_secs_f64();
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 - 1.0) * p).round() as usize;
+        latencies.get(i).copied().unwrap_or(f64::NAN)
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "n": args.n, "ok": latencies.len(), "failed": failed, "cached": cached,
+            "wall_s": wall, "per_s": latencies.len() as f64 / wall,
+            "p50_ms": pct(0.5), "p90_ms": pct(0.9), "max_ms": pct(1.0),
+        })
+    );
+    let _ = connection.close(200, "done".into()).await;
+    Ok(())
+}
