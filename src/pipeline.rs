@@ -126,9 +126,8 @@ pub async fn run(
 
     // Built before with this exact configuration: point the tags at it, build nothing.
     if let Some(manifest) = env.store.manifest(repository, &key_tag).await? {
-        for tag in &tags {
-            env.store.tag(repository, tag, &manifest).await?;
-        }
+        let names: Vec<&str> = tags.iter().map(String::as_str).collect();
+        env.store.tag_all(repository, &names, &manifest).await?;
         log.push(&format!(
             "{image}@{} already built for this commit and configuration",
             manifest.digest

@@ -4,7 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use secrecy::{ExposeSecret, SecretString};
@@ -37,6 +40,24 @@ pub trait ImageStore: Send + Sync {
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
     async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
     -> Result<(), BuildError>;
+
+    /// Points every tag at `manifest`, writing only those that point elsewhere: the common
+    /// identical re-request writes nothing (and concurrent writes of one tag race in some
+    /// registries' storage).
+    async fn tag_all(
+        &self,
+        repository: &str,
+        tags: &[&str],
+        manifest: &Manifest,
+    ) -> Result<(), BuildError> {
+        for tag in tags {
+            let current = self.manifest(repository, tag).await?;
+            if current.is_none_or(|m| m.digest != manifest.digest) {
+                self.tag(repository, tag, manifest).await?;
+            }
+        }
+        Ok(())
+    }
 }
 
 pub struct RegistryClient {
@@ -63,8 +84,32 @@ impl RegistryClient {
         }
     }
 
-    /// Sends a request, answering one auth challenge (basic or bearer token) if the registry asks.
+    /// `send_once`, again after a short pause when the registry answers 5xx or cannot be reached:
+    /// registries under concurrent writes answer 500 now and then.
     async fn send(
+        &self,
+        scope: &str,
+        build: impl Fn() -> reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, BuildError> {
+        let attempt = || async {
+            let response = self.send_once(scope, &build).await?;
+            if response.status().is_server_error() {
+                return Err(BuildError::PushFailed(format!(
+                    "registry answered {}",
+                    response.status()
+                )));
+            }
+            Ok(response)
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(50))
+            .with_max_delay(Duration::from_millis(400))
+            .with_max_times(3);
+        attempt.retry(backoff).await
+    }
+
+    /// Sends a request, answering one auth challenge (basic or bearer token) if the registry asks.
+    async fn send_once(
         &self,
         scope: &str,
         build: impl Fn() -> reqwest::RequestBuilder,

@@ -238,9 +238,17 @@ async fn hostile_and_malformed_messages_are_rejected_and_the_worker_keeps_servin
         let from = stack.seen.len();
         stack.publish(body).await;
         let event = stack
-            .event_where(from, Event::is_terminal, Duration::from_secs(30))
+            .event_where(from, Event::is_terminal, Duration::from_secs(60))
             .await
-            .unwrap_or_else(|| panic!("no answer to {}", String::from_utf8_lossy(body)));
+            .unwrap_or_else(|| {
+                let log = worker.log();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "no answer to {} within 60 s; worker log (newest first):\n{}",
+                    String::from_utf8_lossy(body),
+                    tail.join("\n")
+                )
+            });
         let Event::Rejected(rejected) = &event else {
             panic!(
                 "expected build.rejected for {}, got {event:?}",
