@@ -24,6 +24,8 @@ pub struct Shared {
     pub topology: Arc<Topology>,
     pub publishers: PublisherSlot,
     pub recent: RecentOutcomes,
+    /// What a request may contain, from config.
+    pub policy: RequestPolicy,
     /// Cancelled when the shutdown grace period is over: running builds stop and are requeued.
     pub hard_stop: CancellationToken,
 }
@@ -116,15 +118,11 @@ async fn process(
     let env = &shared.env;
     let hard_stop = &shared.hard_stop;
     let settings = &env.settings;
-    let policy = RequestPolicy {
-        max_body_bytes: settings.request.max_body_bytes,
-        allowed_schemes: settings.request.allowed_schemes.clone(),
-    };
     let fallback_id = meta
         .request_id
         .as_deref()
         .and_then(|id| RequestId::parse(id).ok());
-    let request = match BuildRequest::parse(body, &policy, fallback_id) {
+    let request = match BuildRequest::parse(body, &shared.policy, fallback_id) {
         Ok(request) => request,
         Err(rejection) => {
             tracing::warn!(field = %rejection.field, "rejected: {rejection}");

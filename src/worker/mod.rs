@@ -22,6 +22,7 @@ use crate::config::Settings;
 use crate::engine::Podman;
 use crate::pipeline::Environment;
 use crate::registry::RegistryClient;
+use crate::request::RequestPolicy;
 use crate::source::GitMirrors;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
@@ -47,6 +48,10 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
         topology: topology.clone(),
         publishers,
         recent: recent::RecentOutcomes::new(10_000),
+        policy: RequestPolicy {
+            max_body_bytes: settings.request.max_body_bytes,
+            allowed_schemes: settings.request.allowed_schemes.clone(),
+        },
         hard_stop: CancellationToken::new(),
     });
 
