@@ -9,3 +9,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     || { echo "[toolchain] could not install Rust; install rustup (https://rustup.rs) and retry" >&2; exit 1; }
 fi
 command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential >/dev/null; }
+# nixpacks generates Dockerfiles for repositories without one (about 3 min to build, once).
+if ! command -v nixpacks >/dev/null 2>&1; then
+  echo "[toolchain] installing nixpacks (cargo install, once)" >&2
+  cargo install nixpacks --locked --quiet
+fi

@@ -70,6 +70,7 @@ pub struct ConnectorSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct BuildSettings {
     pub podman: String,
+    pub nixpacks: String,
     pub isolation: String,
     pub timeout_secs: u64,
     pub log_tail_lines: usize,

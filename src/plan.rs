@@ -13,7 +13,7 @@ use crate::source::Checkout;
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
     pub context_dir: PathBuf,
-    pub dockerfile: PathBuf,
+    pub recipe: Recipe,
     /// registry/namespace/name, without a tag.
     pub image: String,
     pub tags: Vec<String>,
@@ -26,6 +26,15 @@ pub struct BuildSpec {
     pub labels: Vec<(String, String)>,
     pub build_args: BuildArgs,
     pub platforms: Vec<Platform>,
+}
+
+/// How the image is described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipe {
+    /// A Dockerfile/Containerfile inside the context.
+    Dockerfile(PathBuf),
+    /// No Dockerfile: nixpacks generates one from the context.
+    Nixpacks,
 }
 
 /// Facts about the build that are not in the request.
@@ -52,10 +61,10 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
             req.context.as_str()
         )));
     }
-    let dockerfile = find_dockerfile(req, &root, &context_dir)?;
+    let recipe = find_recipe(req, &root, &context_dir)?;
     Ok(BuildSpec {
         context_dir,
-        dockerfile,
+        recipe,
         image,
         tags: tags(req, input.checkout),
         key_tag: build_key(req, input.source_url, &input.checkout.commit),
@@ -135,7 +144,9 @@ fn rel(root: &Path, path: &Path) -> String {
         .to_string()
 }
 
-fn find_dockerfile(req: &BuildRequest, root: &Path, context: &Path) -> Result<PathBuf, BuildError> {
+/// An explicit `dockerfile`, else (unless `builder` is nixpacks) a Dockerfile or Containerfile in
+/// the context, else nixpacks (unless `builder` is dockerfile).
+fn find_recipe(req: &BuildRequest, root: &Path, context: &Path) -> Result<Recipe, BuildError> {
     if let Some(path) = &req.dockerfile {
         let file = inside(root, &context.join(path.as_str()), "dockerfile")?;
         if !file.is_file() {
@@ -144,20 +155,23 @@ fn find_dockerfile(req: &BuildRequest, root: &Path, context: &Path) -> Result<Pa
                 path.as_str()
             )));
         }
-        return Ok(file);
+        return Ok(Recipe::Dockerfile(file));
     }
     if req.builder != BuilderKind::Nixpacks {
         for candidate in ["Dockerfile", "Containerfile"] {
             let path = context.join(candidate);
             if path.is_file() {
-                return inside(root, &path, "dockerfile");
+                return inside(root, &path, "dockerfile").map(Recipe::Dockerfile);
             }
         }
     }
-    Err(BuildError::NoRecipe(format!(
-        "no Dockerfile or Containerfile in context '{}' (nixpacks builds are not available on this worker yet)",
-        req.context.as_str()
-    )))
+    if req.builder == BuilderKind::Dockerfile {
+        return Err(BuildError::NoRecipe(format!(
+            "no Dockerfile or Containerfile in context '{}' (builder is \"dockerfile\")",
+            req.context.as_str()
+        )));
+    }
+    Ok(Recipe::Nixpacks)
 }
 
 /// Short commit, the sanitised ref, `latest` on the default branch, then the request's own tags.
@@ -322,9 +336,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_dockerfile_is_a_user_fault() {
+    fn without_a_dockerfile_auto_means_nixpacks() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let err = plan_in(dir.path(), &request(""), &checkout(false)).expect_err("no recipe");
+        let spec = plan_in(dir.path(), &request(""), &checkout(false)).expect("plan");
+        assert_eq!(spec.recipe, Recipe::Nixpacks);
+        let strict = request(r#","builder":"dockerfile""#);
+        let err = plan_in(dir.path(), &strict, &checkout(false)).expect_err("no recipe");
         assert_eq!(err.classify(), crate::error::Fault::User);
+        std::fs::write(dir.path().join("Dockerfile"), "FROM scratch\n").expect("write");
+        let forced = request(r#","builder":"nixpacks""#);
+        let spec = plan_in(dir.path(), &forced, &checkout(false)).expect("plan");
+        assert_eq!(
+            spec.recipe,
+            Recipe::Nixpacks,
+            "builder nixpacks ignores the Dockerfile"
+        );
     }
 }

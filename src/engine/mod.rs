@@ -1,6 +1,7 @@
 //! Image engines: build a `BuildSpec` and push it. podman is the one adapter today.
 
 mod labels;
+mod nixpacks;
 mod podman;
 
 use async_trait::async_trait;

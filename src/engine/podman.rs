@@ -13,18 +13,20 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::ImageEngine;
 use super::labels::labelled_dockerfile;
+use super::nixpacks;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, RegistrySettings};
 use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::plan::{BuildSpec, Recipe};
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
 
 pub struct Podman {
     program: String,
+    nixpacks: String,
     isolation: String,
     registry_host: String,
     tls_verify: bool,
@@ -41,6 +43,7 @@ impl Podman {
             .then(|| (registry.username.clone(), registry.password.clone()));
         Self {
             program: build.podman.clone(),
+            nixpacks: build.nixpacks.clone(),
             isolation: build.isolation.clone(),
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
@@ -106,7 +109,11 @@ impl Podman {
 #[async_trait]
 impl ImageEngine for Podman {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
-        let dockerfile = labelled_dockerfile(&spec.dockerfile, &spec.labels, &ctx.scratch_dir)?;
+        let (source_dockerfile, context_dir) = match &spec.recipe {
+            Recipe::Dockerfile(path) => (path.clone(), spec.context_dir.clone()),
+            Recipe::Nixpacks => nixpacks::generate(&self.nixpacks, &spec.context_dir, ctx).await?,
+        };
+        let dockerfile = labelled_dockerfile(&source_dockerfile, &spec.labels, &ctx.scratch_dir)?;
         let mut inv = self
             .invocation(ctx)
             .args(["build", "--layers", "--isolation", &self.isolation])
@@ -133,12 +140,21 @@ impl ImageEngine for Podman {
                 inv = inv.arg("--layers=false");
             }
         }
-        inv = inv.arg(&spec.context_dir);
-        ctx.log
-            .push(&format!("building {} with podman", spec.image));
+        inv = inv.arg(&context_dir);
+        let shown = source_dockerfile
+            .strip_prefix(&context_dir)
+            .unwrap_or(&source_dockerfile);
+        ctx.log.push(&format!(
+            "building {} with podman from {}",
+            spec.image,
+            shown.display()
+        ));
+        let bases = std::fs::read_to_string(&dockerfile)
+            .map(|text| nixpacks::base_images(&text))
+            .unwrap_or_default();
         process::run(inv, &ctx.log, &ctx.cancel)
             .await
-            .map_err(|e| build_error(e, &ctx.log.tail(20)))
+            .map_err(|e| build_error(e, &ctx.log.tail(20), &bases))
     }
 
     async fn push(
@@ -216,12 +232,26 @@ fn native_platform() -> &'static str {
     }
 }
 
-/// podman exits non-zero both for a failing Dockerfile step (the user's) and for its own trouble.
-fn build_error(err: ProcessError, tail: &[String]) -> BuildError {
+/// podman exits non-zero for a failing Dockerfile step (the user's), for a base image it cannot
+/// pull (a registry we cannot reach: ours to fix, named in the error) and for its own trouble.
+fn build_error(err: ProcessError, tail: &[String], bases: &[String]) -> BuildError {
     match err {
         ProcessError::Cancelled { .. } => BuildError::Cancelled,
         ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
         ProcessError::Failed { .. } => {
+            let pull = tail.iter().rev().find(|line| {
+                line.contains("initializing source docker://")
+                    || line.contains("pinging container registry")
+                    || line.contains("creating build container")
+            });
+            if let Some(line) = pull {
+                let named = bases.iter().find(|b| line.contains(b.as_str()));
+                let image = named.or(bases.first()).map_or("?", String::as_str);
+                return BuildError::Engine(format!(
+                    "failed to pull base image {image}: {}",
+                    line.trim()
+                ));
+            }
             let user_fault = tail.iter().rev().find(|line| {
                 line.contains("building at STEP")
                     || line.contains("dockerfile parse error")

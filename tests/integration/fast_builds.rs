@@ -113,7 +113,9 @@ async fn monorepo_context_and_dockerfile_paths() {
         .publish_json(&json!({"id": "web", "repo": "acme/mono", "user_id": user, "context": "services/web", "dockerfile": "build/web.Dockerfile", "image": "web"}))
         .await;
     stack
-        .publish_json(&json!({"id": "root", "repo": "acme/mono", "user_id": user}))
+        .publish_json(
+            &json!({"id": "root", "repo": "acme/mono", "user_id": user, "builder": "dockerfile"}),
+        )
         .await;
     assert_eq!(
         expect_image(stack.outcome("api", BUILD_TIMEOUT).await).image,
@@ -236,6 +238,60 @@ async fn platforms_make_one_pushed_manifest_list() {
     let cached = expect_image(stack.outcome("multi-2", BUILD_TIMEOUT).await);
     assert!(cached.cached);
     assert_eq!(cached.digest, updated.digest);
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_dockerfile_nixpacks_generates_one_and_podman_builds_it() {
+    let installed = std::process::Command::new("nixpacks")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        installed,
+        "nixpacks is not installed; scripts/toolchain.sh installs it (cargo install nixpacks)"
+    );
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/node");
+    repo.commit(
+        &[
+            (
+                "package.json",
+                r#"{"name":"node-app","version":"1.0.0","scripts":{"start":"node index.js"}}"#,
+            ),
+            ("index.js", "console.log('hello');\n"),
+        ],
+        "node app",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[("IMAGE_BUILDER__RETRY__MAX_ATTEMPTS", "1")]).await;
+    stack
+        .publish_json(&json!({"id": "node", "repo": "acme/node", "user_id": unique("u")}))
+        .await;
+    let event = stack.outcome("node", BUILD_TIMEOUT).await;
+    let log = worker.log();
+    assert!(
+        log.contains("generating one with nixpacks") && log.contains(".nixpacks/Dockerfile"),
+        "nixpacks planned the build and podman got its Dockerfile:\n{log}"
+    );
+    // nixpacks' base image lives on ghcr.io, which these machines cannot reach; with internet
+    // the same request builds. Without, the failure is ours (service) and names the image.
+    match event {
+        Event::ImageUpdated(updated) => assert!(!updated.cached),
+        Event::Failed(failed) => {
+            assert_eq!(failed.fault, Fault::Service, "{failed:?}");
+            assert!(
+                failed
+                    .reason
+                    .contains("failed to pull base image ghcr.io/railwayapp/nixpacks"),
+                "{}",
+                failed.reason
+            );
+        }
+        other => panic!("unexpected outcome {other:?}"),
+    }
     worker.stop().await;
     stack.cleanup().await;
 }
