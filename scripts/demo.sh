@@ -55,5 +55,5 @@ image=$(printf '%s' "$outcome" | sed -n 's/.*"image": "\(.*\)".*/\1/p')
 digest=$(printf '%s' "$outcome" | sed -n 's/.*"digest": "\(.*\)".*/\1/p')
 echo
 echo "[demo] pushed $image@$digest in $(((end - start) / 1000000)) ms"
-echo "[demo] registry catalog: $(curl -s http://127.0.0.1:5000/v2/_catalog)"
+echo "[demo] registry tags of demo/hello-world: $(curl -s http://127.0.0.1:5000/v2/demo/hello-world/tags/list)"
 echo "[demo] the worker keeps running (pid $(cat "$run_dir/worker.pid")); 'make down' stops everything"
