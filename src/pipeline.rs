@@ -102,10 +102,14 @@ pub async fn run(
         result = env.source.resolve(&spec, &ctx) => result?,
         _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout())),
     };
-    let image = plan::image_name(&job.request, &settings.registry.host)?;
+    let naming = plan::naming(
+        &job.request,
+        &checkout,
+        &settings.registry.host,
+        spec.remote.as_str(),
+    )?;
+    let image = naming.image.clone();
     let repository = repository_path(&image, &settings.registry.host);
-    let key_tag = plan::build_key(&job.request, spec.remote.as_str(), &checkout.commit);
-    let tags = plan::tags(&job.request, &checkout);
     let platforms: Vec<String> = job
         .request
         .platforms
@@ -125,14 +129,14 @@ pub async fn run(
     };
 
     // Built before with this exact configuration: point the tags at it, build nothing.
-    if let Some(manifest) = env.store.manifest(repository, &key_tag).await? {
-        let names: Vec<&str> = tags.iter().map(String::as_str).collect();
+    if let Some(manifest) = env.store.manifest(repository, &naming.key_tag).await? {
+        let names: Vec<&str> = naming.tags.iter().map(String::as_str).collect();
         env.store.tag_all(repository, &names, &manifest).await?;
         log.push(&format!(
             "{image}@{} already built for this commit and configuration",
             manifest.digest
         ));
-        return Ok(updated(manifest.digest, tags, true));
+        return Ok(updated(manifest.digest, naming.tags, true));
     }
 
     let checkout_dir = work.path().join("src");
@@ -144,11 +148,11 @@ pub async fn run(
         &PlanInput {
             checkout: &checkout,
             checkout_dir: &checkout_dir,
-            registry: &settings.registry.host,
             source_url: spec.remote.as_str(),
             build_id: &job.build_id,
             created: time::OffsetDateTime::now_utc(),
         },
+        naming,
     )?;
     env.engine.build(&build_spec, &ctx).await?;
     let mut tags = build_spec.push_tags();

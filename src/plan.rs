@@ -37,11 +37,33 @@ pub enum Recipe {
     Nixpacks,
 }
 
+/// What the image is called. Known once the ref is resolved, before any checkout: enough to
+/// answer an identical request from the registry.
+#[derive(Debug, Clone)]
+pub struct Naming {
+    /// registry/namespace/name, without a tag.
+    pub image: String,
+    pub tags: Vec<String>,
+    pub key_tag: String,
+}
+
+pub fn naming(
+    req: &BuildRequest,
+    checkout: &Checkout,
+    registry: &str,
+    source_url: &str,
+) -> Result<Naming, BuildError> {
+    Ok(Naming {
+        image: image_name(req, registry)?,
+        tags: tags(req, checkout),
+        key_tag: build_key(req, source_url, &checkout.commit),
+    })
+}
+
 /// Facts about the build that are not in the request.
 pub struct PlanInput<'a> {
     pub checkout: &'a Checkout,
     pub checkout_dir: &'a Path,
-    pub registry: &'a str,
     pub source_url: &'a str,
     pub build_id: &'a str,
     pub created: time::OffsetDateTime,
@@ -49,8 +71,11 @@ pub struct PlanInput<'a> {
 
 const SHORT_SHA: usize = 12;
 
-pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, BuildError> {
-    let image = image_name(req, input.registry)?;
+pub fn plan(
+    req: &BuildRequest,
+    input: &PlanInput<'_>,
+    naming: Naming,
+) -> Result<BuildSpec, BuildError> {
     let root = input.checkout_dir.canonicalize().map_err(|e| {
         BuildError::Internal(anyhow::anyhow!("failed to resolve the checkout: {e}"))
     })?;
@@ -65,9 +90,9 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
     Ok(BuildSpec {
         context_dir,
         recipe,
-        image,
-        tags: tags(req, input.checkout),
-        key_tag: build_key(req, input.source_url, &input.checkout.commit),
+        image: naming.image,
+        tags: naming.tags,
+        key_tag: naming.key_tag,
         local_ref: format!("localhost/image-builder/build:{}", input.build_id),
         labels: labels(req, input),
         build_args: req.build_args.clone(),
@@ -76,7 +101,7 @@ pub fn plan(req: &BuildRequest, input: &PlanInput<'_>) -> Result<BuildSpec, Buil
 }
 
 /// `registry/user_id/name`: the name is the request's `image` or derived from the repository.
-pub fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> {
+fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> {
     let name = match &req.image {
         Some(name) => name.clone(),
         None => ImageName::from_repo_name(req.repo.name()).ok_or_else(|| {
@@ -175,7 +200,7 @@ fn find_recipe(req: &BuildRequest, root: &Path, context: &Path) -> Result<Recipe
 }
 
 /// Short commit, the sanitised ref, `latest` on the default branch, then the request's own tags.
-pub fn tags(req: &BuildRequest, checkout: &Checkout) -> Vec<String> {
+fn tags(req: &BuildRequest, checkout: &Checkout) -> Vec<String> {
     let mut tags = vec![checkout.commit.chars().take(SHORT_SHA).collect::<String>()];
     if let Some(tag) = Tag::sanitized(&checkout.ref_name) {
         tags.push(tag.as_str().to_owned());
@@ -252,16 +277,18 @@ mod tests {
     }
 
     fn plan_in(dir: &Path, req: &BuildRequest, co: &Checkout) -> Result<BuildSpec, BuildError> {
+        let source_url = "https://github.com/acme/My_App.git";
+        let names = naming(req, co, "reg:5000", source_url)?;
         plan(
             req,
             &PlanInput {
                 checkout: co,
                 checkout_dir: dir,
-                registry: "reg:5000",
-                source_url: "https://github.com/acme/My_App.git",
+                source_url,
                 build_id: "b1",
                 created: time::OffsetDateTime::UNIX_EPOCH,
             },
+            names,
         )
     }
 
