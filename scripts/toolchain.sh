@@ -7,6 +7,7 @@ if ! command -v cargo >/dev/null 2>&1; then
   command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
   curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --component rustfmt,clippy >/dev/null \
     || { echo "[toolchain] could not install Rust; install rustup (https://rustup.rs) and retry" >&2; exit 1; }
+  . "$HOME/.cargo/env"
 fi
 command -v cc >/dev/null || { apt-get update -qq && apt-get install -y -qq build-essential >/dev/null; }
 # nixpacks generates Dockerfiles for repositories without one (about 3 min to build, once).
