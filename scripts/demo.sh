@@ -14,6 +14,7 @@ log() { printf '[demo] %s\n' "$*" >&2; }
 
 scripts/services.sh up
 scripts/toolchain.sh
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 log "building image-builder (release)"
 cargo build --release --quiet
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure a Rust toolchain (edition 2024: Rust >= 1.85) with rustfmt and clippy is available.
 set -euo pipefail
-[ -f "$HOME/.cargo/env" ] && . "$HOME/.cargo/env"
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 if ! command -v cargo >/dev/null 2>&1; then
   echo "[toolchain] installing Rust with rustup" >&2
   command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
