@@ -12,6 +12,7 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 
 scripts/services.sh up >/dev/null 2>&1
 scripts/toolchain.sh
+if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 cargo build --release --quiet --bins
 bin=$here/target/release
 
