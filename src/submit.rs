@@ -4,8 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use serde_json::{Map, Value};
 
 use crate::amqp::{self, MessageMeta, Publisher, Topology};
@@ -41,37 +40,7 @@ pub async fn submit(
     // Listen before publishing so a fast build's events cannot be missed.
     let mut events = match wait {
         None => None,
-        Some(_) => {
-            let queue = channel
-                .queue_declare(
-                    "".into(),
-                    QueueDeclareOptions {
-                        exclusive: true,
-                        auto_delete: true,
-                        ..Default::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
-            channel
-                .queue_bind(
-                    queue.name().clone(),
-                    topology.events_exchange.as_str().into(),
-                    "#".into(),
-                    QueueBindOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            let consumer = channel
-                .basic_consume(
-                    queue.name().clone(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
-            Some(consumer)
-        }
+        Some(_) => Some(topology.subscribe_events(&channel).await?),
     };
 
     let publisher = Publisher::open(&connection, topology.clone()).await?;

@@ -13,8 +13,7 @@ use futures_util::StreamExt;
 use image_builder::amqp::{self, MessageMeta, Publisher, Topology};
 use image_builder::config::Settings;
 use image_builder::events::Event;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::BasicAckOptions;
 use serde_json::Value;
 
 #[derive(Parser)]
@@ -41,34 +40,7 @@ async fn main() -> anyhow::Result<()> {
     let connection = amqp::connect(&settings.amqp.url, "ib-bench").await?;
     let channel = connection.create_channel().await?;
     topology.declare(&channel).await?;
-    let queue = channel
-        .queue_declare(
-            "".into(),
-            QueueDeclareOptions {
-                exclusive: true,
-                auto_delete: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?;
-    channel
-        .queue_bind(
-            queue.name().clone(),
-            topology.events_exchange.as_str().into(),
-            "#".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let mut events = channel
-        .basic_consume(
-            queue.name().clone(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let mut events = topology.subscribe_events(&channel).await?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
 
     let started = Instant::now();

@@ -16,8 +16,7 @@ use image_builder::amqp::{MessageMeta, Publisher, Topology};
 use image_builder::config::Settings;
 use image_builder::events::Event;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, ExchangeDeleteOptions, QueueBindOptions,
-    QueueDeclareOptions, QueueDeleteOptions,
+    BasicAckOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::FieldTable;
 use serde_json::Value;
@@ -85,37 +84,10 @@ impl Stack {
             .expect("broker connection");
         let channel = connection.create_channel().await.expect("channel");
         topology.declare(&channel).await.expect("declare topology");
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let events = topology
+            .subscribe_events(&channel)
             .await
-            .expect("events queue");
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                topology.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("bind events");
-        let events = channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .expect("consume events");
+            .expect("subscribe to events");
         let publisher = Publisher::open(&connection, topology.clone())
             .await
             .expect("publisher");
