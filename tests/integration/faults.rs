@@ -292,16 +292,16 @@ async fn hostile_and_malformed_messages_are_rejected_and_the_worker_keeps_servin
     stack.cleanup().await;
 }
 
+/// A request for `slow_dockerfile`: its own image, and `N` = its id so no layer is shared.
+fn slow_request(repo: &str, user: &str, id: &str) -> serde_json::Value {
+    json!({"id": id, "repo": repo, "user_id": user, "image": unique("img"), "build_args": {"N": id}})
+}
+
 async fn publish_batch(stack: &Stack, repo: &str, n: usize) -> Vec<String> {
     let mut ids = Vec::new();
     for i in 0..n {
         let id = unique(&format!("batch{i}-"));
-        stack
-            .publish_json(&json!({
-                "id": id, "repo": repo, "user_id": "batch",
-                "image": unique("img"), "build_args": {"N": id},
-            }))
-            .await;
+        stack.publish_json(&slow_request(repo, "batch", &id)).await;
         ids.push(id);
     }
     ids
@@ -399,17 +399,21 @@ async fn killed_replica_work_is_redelivered_and_completed_by_the_other() {
     stack.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sigterm_lets_the_running_build_finish_and_exits_zero() {
+/// A worker with `env` busy on one build of `secs` seconds: (git server, stack, worker, id).
+async fn worker_mid_build(
+    repo_name: &str,
+    secs: u32,
+    env: &[(&str, &str)],
+) -> (GitServer, Stack, Worker, String) {
     let git = GitServer::start().await;
-    let repo = RepoFixture::create(git.root.path(), "acme/term");
-    repo.commit(&[("Dockerfile", &slow_dockerfile(3))], "one");
+    let repo = RepoFixture::create(git.root.path(), repo_name);
+    repo.commit(&[("Dockerfile", &slow_dockerfile(secs))], "one");
     repo.push();
     let mut stack = Stack::new().await;
-    let mut worker = Worker::spawn(&stack, &git, &[]).await;
+    let worker = Worker::spawn(&stack, &git, env).await;
     let id = unique("term-");
     stack
-        .publish_json(&json!({"id": id, "repo": "acme/term", "user_id": "u1", "image": unique("img"), "build_args": {"N": id}}))
+        .publish_json(&slow_request(repo_name, "u1", &id))
         .await;
     stack
         .event_where(
@@ -419,6 +423,12 @@ async fn sigterm_lets_the_running_build_finish_and_exits_zero() {
         )
         .await
         .expect("build starts");
+    (git, stack, worker, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_the_running_build_finish_and_exits_zero() {
+    let (_git, mut stack, mut worker, id) = worker_mid_build("acme/term", 3, &[]).await;
     worker.signal(Signal::SIGTERM);
     let code = worker.wait_exit(Duration::from_secs(60)).await;
     assert_eq!(code, Some(0), "{}", worker.log());
@@ -432,29 +442,12 @@ async fn sigterm_lets_the_running_build_finish_and_exits_zero() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_past_the_grace_period_requeues_the_build() {
-    let git = GitServer::start().await;
-    let repo = RepoFixture::create(git.root.path(), "acme/grace");
-    repo.commit(&[("Dockerfile", &slow_dockerfile(6))], "one");
-    repo.push();
-    let mut stack = Stack::new().await;
-    let mut worker = Worker::spawn(
-        &stack,
-        &git,
+    let (git, mut stack, mut worker, id) = worker_mid_build(
+        "acme/grace",
+        6,
         &[("IMAGE_BUILDER__AMQP__SHUTDOWN_GRACE_SECS", "1")],
     )
     .await;
-    let id = unique("grace-");
-    stack
-        .publish_json(&json!({"id": id, "repo": "acme/grace", "user_id": "u1", "image": unique("img"), "build_args": {"N": id}}))
-        .await;
-    stack
-        .event_where(
-            0,
-            |e| matches!(e, Event::Started(s) if s.build.request_id == id),
-            BUILD_TIMEOUT,
-        )
-        .await
-        .expect("build starts");
     worker.signal(Signal::SIGTERM);
     let code = worker.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(code, Some(0), "{}", worker.log());
