@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
+use tokio::sync::mpsc::UnboundedSender;
+
 use crate::redact::Redactor;
 
 /// Beyond this many bytes the oldest lines are dropped (a counter says how many).
@@ -20,6 +22,8 @@ struct Lines {
     lines: VecDeque<String>,
     bytes: usize,
     dropped: usize,
+    /// Where lines are also streamed (the build store), in order, while attached.
+    sink: Option<UnboundedSender<String>>,
 }
 
 impl BuildLog {
@@ -27,6 +31,22 @@ impl BuildLog {
         Self {
             inner: Arc::new(Mutex::new(Lines::default())),
             redactor: Arc::new(redactor),
+        }
+    }
+
+    /// A log whose lines are also sent to `sink` until `detach_sink`.
+    pub fn with_sink(redactor: Redactor, sink: UnboundedSender<String>) -> Self {
+        let log = Self::new(redactor);
+        if let Ok(mut inner) = log.inner.lock() {
+            inner.sink = Some(sink);
+        }
+        log
+    }
+
+    /// Stops streaming lines, so the receiver sees the end of the log.
+    pub fn detach_sink(&self) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.sink = None;
         }
     }
 
@@ -52,6 +72,10 @@ impl BuildLog {
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
+        if let Some(sink) = &inner.sink {
+            // A closed receiver only means the store stopped taking lines.
+            let _ = sink.send(line.clone());
+        }
         inner.bytes += line.len();
         inner.lines.push_back(line);
         while inner.bytes > MAX_BYTES {

@@ -21,6 +21,9 @@ pub struct Settings {
     pub connectors: BTreeMap<String, ConnectorSettings>,
     pub build: BuildSettings,
     pub registry: RegistrySettings,
+    pub store: StoreSettings,
+    pub api: ApiSettings,
+    pub webhooks: WebhookSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -86,6 +89,30 @@ pub struct RegistrySettings {
     pub password: SecretString,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+pub struct StoreSettings {
+    /// `postgres://...` or `sqlite://...`; empty: SQLite file `<data_dir>/builds.db`. May hold a
+    /// password: never logged.
+    pub url: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ApiSettings {
+    pub listen: String,
+    /// SHA-256 (hex) of each accepted bearer key; the keys themselves are never stored.
+    pub key_hashes: Vec<String>,
+    /// Largest `limit` of a list request.
+    pub max_page: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct WebhookSettings {
+    /// Shared secret of GitHub's X-Hub-Signature-256; empty refuses every webhook.
+    pub github_secret: SecretString,
+    /// Connector the pushed repositories are fetched through (its base URL comes from config).
+    pub github_connector: String,
+}
+
 impl Settings {
     /// Loads settings from `config_dir` for environment `env` plus process env overrides.
     pub fn load(config_dir: &Path, env: &str) -> anyhow::Result<Self> {
@@ -105,6 +132,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("retry.delays_ms")
                     .with_list_parse_key("request.allowed_schemes")
+                    .with_list_parse_key("api.key_hashes")
                     .try_parsing(true),
             )
             .build()

@@ -20,6 +20,17 @@ pub enum Fault {
     Cancelled,
 }
 
+impl Fault {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Rejected => "rejected",
+            Self::User => "user",
+            Self::Service => "service",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     #[error("invalid request: {0}")]

@@ -64,6 +64,17 @@ pub struct BuildFailed {
     pub log_tail: Vec<String>,
 }
 
+/// Body of `build.cancelled`: stopped on request, before or while it ran; nothing was pushed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildCancelled {
+    #[serde(flatten)]
+    pub build: BuildRef,
+    pub attempts: u32,
+    /// Whether a build was running (its process tree was killed) or still queued.
+    pub was_running: bool,
+    pub log_tail: Vec<String>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "event")]
 pub enum Event {
@@ -77,6 +88,8 @@ pub enum Event {
     Failed(BuildFailed),
     #[serde(rename = "build.rejected")]
     Rejected(BuildFailed),
+    #[serde(rename = "build.cancelled")]
+    Cancelled(BuildCancelled),
 }
 
 impl Event {
@@ -87,6 +100,7 @@ impl Event {
             Self::ImageUpdated(_) => "image.updated",
             Self::Failed(_) => "build.failed",
             Self::Rejected(_) => "build.rejected",
+            Self::Cancelled(_) => "build.cancelled",
         }
     }
 
@@ -96,6 +110,7 @@ impl Event {
             Self::Retrying(e) => &e.build,
             Self::ImageUpdated(e) => &e.build,
             Self::Failed(e) | Self::Rejected(e) => &e.build,
+            Self::Cancelled(e) => &e.build,
         }
     }
 
@@ -103,7 +118,7 @@ impl Event {
     pub fn is_terminal(&self) -> bool {
         matches!(
             self,
-            Self::ImageUpdated(_) | Self::Failed(_) | Self::Rejected(_)
+            Self::ImageUpdated(_) | Self::Failed(_) | Self::Rejected(_) | Self::Cancelled(_)
         )
     }
 

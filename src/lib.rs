@@ -6,11 +6,13 @@
 //! place (`error`) and the retry policy is its own function (`worker::decide`).
 
 pub mod amqp;
+pub mod api;
 pub mod build_log;
 pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod metrics;
 pub mod pipeline;
 pub mod plan;
 pub mod process;
@@ -18,6 +20,7 @@ pub mod redact;
 pub mod registry;
 pub mod request;
 pub mod source;
+pub mod store;
 pub mod submit;
 pub mod telemetry;
 pub mod worker;

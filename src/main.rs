@@ -2,12 +2,15 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use image_builder::config::Settings;
 use image_builder::events::Event;
+use image_builder::metrics::Metrics;
+use image_builder::store::BuildStore;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -26,8 +29,14 @@ struct Cli {
 enum Command {
     /// Consume build requests until SIGTERM/SIGINT.
     Worker,
-    /// Declare the RabbitMQ topology and exit.
+    /// Serve the HTTP API (records, logs, cancel, webhooks, metrics) until SIGTERM/SIGINT.
+    Serve,
+    /// Worker and HTTP API in one process.
+    Run,
+    /// Declare the RabbitMQ topology, migrate the build store, and exit.
     Setup,
+    /// Print a new random API key and the SHA-256 to put in `api.key_hashes`.
+    ApiKey,
     /// Publish a build request; with --wait, print its outcome event.
     Submit(Box<SubmitArgs>),
 }
@@ -82,13 +91,54 @@ async fn main() -> ExitCode {
 
 async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Worker => {
+        Command::Worker | Command::Serve | Command::Run => {
+            let settings = Arc::new(settings);
+            let records = BuildStore::open(&settings).await?;
+            let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            image_builder::worker::run(settings, shutdown).await?;
+            let worker = matches!(command, Command::Worker | Command::Run).then(|| {
+                image_builder::worker::run(
+                    settings.clone(),
+                    records.clone(),
+                    metrics.clone(),
+                    shutdown.clone(),
+                )
+            });
+            let api = matches!(command, Command::Serve | Command::Run)
+                .then(|| image_builder::api::serve(settings, records, metrics, shutdown.clone()));
+            let (worker, api) = tokio::join!(
+                async {
+                    match worker {
+                        Some(w) => w.await,
+                        None => Ok(()),
+                    }
+                },
+                async {
+                    let result = match api {
+                        Some(a) => a.await,
+                        None => Ok(()),
+                    };
+                    // An API that cannot start (port taken) stops the whole process.
+                    if result.is_err() {
+                        shutdown.cancel();
+                    }
+                    result
+                }
+            );
+            worker?;
+            api?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ApiKey => {
+            let key = image_builder::api::generate_key();
+            println!("key:  {key}");
+            println!("hash: {}", image_builder::api::hash_key(&key));
+            println!("Give the key to the client; put only the hash in api.key_hashes.");
             Ok(ExitCode::SUCCESS)
         }
         Command::Setup => {
+            BuildStore::open(&settings).await?;
             let conn =
                 image_builder::amqp::connect(&settings.amqp.url, "image-builder setup").await?;
             let channel = conn.create_channel().await?;

@@ -129,7 +129,12 @@ pub async fn run(
     };
 
     // Built before with this exact configuration: point the tags at it, build nothing.
-    if let Some(manifest) = env.store.manifest(repository, &naming.key_tag).await? {
+    let existing = if job.request.no_cache {
+        None
+    } else {
+        env.store.manifest(repository, &naming.key_tag).await?
+    };
+    if let Some(manifest) = existing {
         let names: Vec<&str> = naming.tags.iter().map(String::as_str).collect();
         env.store.tag_all(repository, &names, &manifest).await?;
         log.push(&format!(

@@ -1,10 +1,12 @@
 //! RabbitMQ adapter: topology, headers that carry a build across retries, confirmed publishing.
 
+mod control;
 mod headers;
 mod publisher;
 mod slot;
 mod topology;
 
+pub use control::Control;
 pub use headers::{Attempt, MessageMeta};
 pub use publisher::Publisher;
 pub use slot::{PublisherSlot, PublisherSlotSetter, publisher_slot};

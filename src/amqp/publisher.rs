@@ -58,6 +58,19 @@ impl Publisher {
         .await
     }
 
+    /// A command to every replica (not persistent: it only matters to replicas running now).
+    pub async fn control(&self, command: &super::Control) -> anyhow::Result<()> {
+        let props = BasicProperties::default().with_content_type("application/json".into());
+        self.publish(
+            &self.topology.control_exchange,
+            "",
+            &command.to_json(),
+            props,
+            false,
+        )
+        .await
+    }
+
     /// Straight into a queue (retry tier or dead queue) through the default exchange.
     pub async fn to_queue(
         &self,

@@ -22,6 +22,8 @@ pub struct Topology {
     pub dead_queue: String,
     /// Topic exchange for notifications.
     pub events_exchange: String,
+    /// Fanout exchange for commands every replica hears (cancel a running build).
+    pub control_exchange: String,
     pub delivery_limit: u32,
 }
 
@@ -45,6 +47,7 @@ impl Topology {
                 .collect(),
             dead_queue: format!("{prefix}.dead"),
             events_exchange: format!("{prefix}.events"),
+            control_exchange: format!("{prefix}.control"),
             delivery_limit: settings.amqp.delivery_limit,
         }
     }
@@ -76,6 +79,14 @@ impl Topology {
             .exchange_declare(
                 self.events_exchange.as_str().into(),
                 ExchangeKind::Topic,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.control_exchange.as_str().into(),
+                ExchangeKind::Fanout,
                 durable,
                 FieldTable::default(),
             )
@@ -128,35 +139,44 @@ impl Topology {
 impl Topology {
     /// Every event, on a private queue that lives as long as `channel`'s connection.
     pub async fn subscribe_events(&self, channel: &Channel) -> lapin::Result<Consumer> {
-        let queue = channel
-            .queue_declare(
-                "".into(),
-                QueueDeclareOptions {
-                    exclusive: true,
-                    auto_delete: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                queue.name().clone(),
-                self.events_exchange.as_str().into(),
-                "#".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .basic_consume(
-                queue.name().clone(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
+        subscribe(channel, &self.events_exchange, "#").await
     }
+
+    /// Every control command, on a private queue of this replica.
+    pub async fn subscribe_control(&self, channel: &Channel) -> lapin::Result<Consumer> {
+        subscribe(channel, &self.control_exchange, "").await
+    }
+}
+
+async fn subscribe(channel: &Channel, exchange: &str, key: &str) -> lapin::Result<Consumer> {
+    let queue = channel
+        .queue_declare(
+            "".into(),
+            QueueDeclareOptions {
+                exclusive: true,
+                auto_delete: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .queue_bind(
+            queue.name().clone(),
+            exchange.into(),
+            key.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    channel
+        .basic_consume(
+            queue.name().clone(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 fn quorum() -> FieldTable {

@@ -28,6 +28,14 @@ impl Fields {
         }
     }
 
+    pub(super) fn boolean(&mut self, name: &str) -> Result<Option<bool>, Rejection> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Bool(b)) => Ok(Some(b)),
+            Some(other) => Err(wrong_type(name, "true or false", &other)),
+        }
+    }
+
     /// A string field with an alias (`user_id` / `userID`); both present must agree.
     pub(super) fn string_aliased(
         &mut self,

@@ -98,6 +98,8 @@ pub struct BuildRequest {
     pub image: Option<ImageName>,
     pub tags: Vec<Tag>,
     pub labels: BTreeMap<String, String>,
+    /// Build even when an image of this exact configuration exists (a rebuild).
+    pub no_cache: bool,
 }
 
 /// Best-effort identifiers of a request, for the `build.rejected` event of one that failed to parse.
@@ -134,6 +136,33 @@ const MAX_LIST: usize = 16;
 const MAX_MAP: usize = 64;
 
 impl BuildRequest {
+    /// The request as recorded and shown by the API: no token, and build arg values replaced by
+    /// null (they may be secrets). `has_token` says whether a rebuild needs one supplied again.
+    pub fn public_view(&self) -> Value {
+        let build_args: serde_json::Map<String, Value> = self
+            .build_args
+            .keys()
+            .map(|k| (k.to_owned(), Value::Null))
+            .collect();
+        serde_json::json!({
+            "id": self.id.as_str(),
+            "repo": self.repo.display(),
+            "connector": self.connector.as_str(),
+            "ref": self.git_ref.as_ref().map(GitRef::as_str),
+            "user_id": self.user_id.as_str(),
+            "context": self.context.as_str(),
+            "dockerfile": self.dockerfile.as_ref().map(RelPath::as_str),
+            "builder": self.builder,
+            "build_args": build_args,
+            "platforms": self.platforms.iter().map(Platform::as_str).collect::<Vec<_>>(),
+            "image": self.image.as_ref().map(ImageName::as_str),
+            "tags": self.tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
+            "labels": self.labels,
+            "no_cache": self.no_cache,
+            "has_token": self.token.is_some(),
+        })
+    }
+
     /// The one way to make a `BuildRequest`. `fallback_id` names a request without an `id` (the
     /// worker passes the id it generated on first receipt, so retries keep it).
     pub fn parse(
@@ -204,6 +233,7 @@ impl BuildRequest {
         let image = parse_opt(f.string("image")?, "image", ImageName::parse)?;
         let tags = parse_list(f.string_list("tags", MAX_LIST)?, "tags", Tag::parse)?;
         let labels = parse_labels(f.string_map("labels", MAX_MAP)?)?;
+        let no_cache = f.boolean("no_cache")?.unwrap_or(false);
         f.finish()?;
 
         Ok(Self {
@@ -221,6 +251,7 @@ impl BuildRequest {
             image,
             tags,
             labels,
+            no_cache,
         })
     }
 }

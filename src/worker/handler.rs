@@ -10,13 +10,16 @@ use tracing::Instrument;
 
 use super::policy::{Disposition, decide};
 use super::recent::RecentOutcomes;
+use super::running::RunningBuilds;
 use crate::amqp::{MessageMeta, PublisherSlot, Topology};
 use crate::build_log::BuildLog;
 use crate::error::{BuildError, Fault};
-use crate::events::{BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
+use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
+use crate::metrics::Metrics;
 use crate::pipeline::{self, Environment, Job};
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, RequestId, RequestPolicy, RequestSummary};
+use crate::store::{BuildState, BuildStore, NewBuild, Start};
 
 /// What every delivery handler shares.
 pub struct Shared {
@@ -28,6 +31,10 @@ pub struct Shared {
     pub policy: RequestPolicy,
     /// Cancelled when the shutdown grace period is over: running builds stop and are requeued.
     pub hard_stop: CancellationToken,
+    /// Build records. A store failure is logged and never fails or blocks a build.
+    pub records: BuildStore,
+    pub running: RunningBuilds,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
@@ -36,6 +43,13 @@ impl Shared {
             .reliably(&self.hard_stop, |p| async move { p.event(event).await })
             .await
             .map_err(Requeue::Publish)
+    }
+
+    /// Logs, and otherwise ignores, a failed write to the build store.
+    fn recorded(&self, what: &str, result: anyhow::Result<()>) {
+        if let Err(e) = result {
+            tracing::warn!("failed to record {what} in the build store: {e:#}");
+        }
     }
 
     async fn to_queue(&self, queue: &str, body: &[u8], meta: &MessageMeta) -> Result<(), Requeue> {
@@ -58,9 +72,16 @@ enum Requeue {
 
 pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let meta = MessageMeta::from_properties(&delivery.properties);
+    // A request's first delivery has no build id yet: its request id becomes the build id, so a
+    // request submitted twice is one build (and one record).
     let build_id = meta
         .build_id
         .clone()
+        .or_else(|| {
+            RequestSummary::sniff(&delivery.data)
+                .request_id
+                .filter(|id| RequestId::parse(id).is_ok())
+        })
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let span = tracing::info_span!(
         "build",
@@ -116,36 +137,14 @@ async fn process(
     build_id: String,
 ) -> Result<(), Requeue> {
     let env = &shared.env;
-    let hard_stop = &shared.hard_stop;
-    let settings = &env.settings;
     let fallback_id = meta
         .request_id
         .as_deref()
+        .or(Some(build_id.as_str()))
         .and_then(|id| RequestId::parse(id).ok());
     let request = match BuildRequest::parse(body, &shared.policy, fallback_id) {
         Ok(request) => request,
-        Err(rejection) => {
-            tracing::warn!(field = %rejection.field, "rejected: {rejection}");
-            let summary = RequestSummary::sniff(body);
-            let event = Event::Rejected(BuildFailed {
-                build: BuildRef {
-                    build_id,
-                    request_id: summary
-                        .request_id
-                        .or(meta.request_id.clone())
-                        .unwrap_or_default(),
-                    user_id: summary.user_id,
-                    repo: summary.repo,
-                    git_ref: summary.git_ref,
-                },
-                attempts: meta.attempt,
-                fault: Fault::Rejected,
-                reason: rejection.to_string(),
-                field: Some(rejection.field),
-                log_tail: Vec::new(),
-            });
-            return shared.event(&event).await;
-        }
+        Err(rejection) => return reject(shared, body, meta, build_id, rejection).await,
     };
     tracing::Span::current().record("request_id", request.id.as_str());
     let job = Job {
@@ -153,9 +152,32 @@ async fn process(
         build_id,
         attempt: meta.attempt,
     };
-    let redactor = secrets_of(&job, env);
-    let log = BuildLog::new(redactor.clone());
+    let record = NewBuild {
+        id: job.build_id.clone(),
+        request_id: job.request.id.as_str().to_owned(),
+        user_id: Some(job.request.user_id.as_str().to_owned()),
+        repo: Some(job.request.repo.display()),
+        git_ref: job.request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
+        request: job.request.public_view(),
+        rebuild_of: None,
+    };
+    match shared.records.start(&record, job.attempt, &env.host).await {
+        Ok(Start::Run) => {}
+        Ok(Start::Skip(state)) => {
+            // A redelivery of a completed build, or a build cancelled while queued.
+            tracing::info!(
+                state = state.as_str(),
+                "build already {}; acking",
+                state.as_str()
+            );
+            return Ok(());
+        }
+        Err(e) => tracing::warn!("build store unavailable, building without a record: {e:#}"),
+    }
 
+    let redactor = secrets_of(&job, env);
+    let writer = shared.records.log_writer(&job.build_id);
+    let log = BuildLog::with_sink(redactor.clone(), writer.sender());
     shared
         .event(&Event::Started(BuildStarted {
             build: job.build_ref(None),
@@ -164,16 +186,61 @@ async fn process(
         }))
         .await?;
     tracing::info!(repo = %job.request.repo.display(), "build started");
+    if job.attempt > 1 {
+        log.push(&format!("--- attempt {} on {} ---", job.attempt, env.host));
+    }
 
-    let error = match pipeline::run(env, &job, &log, hard_stop).await {
+    let started = std::time::Instant::now();
+    shared.metrics.running.inc();
+    let result = {
+        let running = shared
+            .running
+            .register(&job.build_id, shared.hard_stop.child_token());
+        pipeline::run(env, &job, &log, &running.token).await
+    };
+    shared.metrics.running.dec();
+    // Every line is stored before the final state, so a follower of the log sees all of it.
+    log.detach_sink();
+    writer.finish().await;
+    let seconds = Some(started.elapsed().as_secs_f64());
+
+    let error = match result {
         Ok(updated) => {
             tracing::info!(image = %updated.image, digest = %updated.digest, ms = updated.duration_ms, "image pushed");
-            return shared.event(&Event::ImageUpdated(updated)).await;
+            shared.event(&Event::ImageUpdated(updated.clone())).await?;
+            shared.recorded(
+                "success",
+                shared
+                    .records
+                    .succeeded(&job.build_id, job.attempt, &updated)
+                    .await,
+            );
+            shared
+                .metrics
+                .finished("succeeded", "", updated.cached, seconds);
+            return Ok(());
         }
         Err(error) => error,
     };
-    if matches!(error, BuildError::Cancelled) && hard_stop.is_cancelled() {
-        return Err(Requeue::Shutdown);
+    if matches!(error, BuildError::Cancelled) {
+        if shared.hard_stop.is_cancelled() {
+            return Err(Requeue::Shutdown);
+        }
+        tracing::info!("build cancelled on request");
+        shared
+            .event(&Event::Cancelled(BuildCancelled {
+                build: job.build_ref(None),
+                attempts: job.attempt,
+                was_running: true,
+                log_tail: log.tail(env.settings.build.log_tail_lines),
+            }))
+            .await?;
+        shared.recorded(
+            "a cancellation",
+            shared.records.cancelled(&job.build_id, job.attempt).await,
+        );
+        shared.metrics.finished("cancelled", "", false, seconds);
+        return Ok(());
     }
     let fault = error.classify();
     let reason = redactor.redact(&error.chain()).into_owned();
@@ -188,7 +255,7 @@ async fn process(
                 BuildError::Rejected(r) => Some(r.field.clone()),
                 _ => None,
             },
-            log_tail: log.tail(settings.build.log_tail_lines),
+            log_tail: log.tail(env.settings.build.log_tail_lines),
         })
     };
     let next_meta = |attempt| MessageMeta {
@@ -198,8 +265,9 @@ async fn process(
         last_error: Some(reason.clone()),
     };
     let topology = &shared.topology;
-    match decide(fault, job.attempt, &settings.retry) {
-        Disposition::Done => shared.event(&failed(job.attempt)).await,
+    let fault_name = fault.as_str();
+    match decide(fault, job.attempt, &env.settings.retry) {
+        Disposition::Done => shared.event(&failed(job.attempt)).await?,
         Disposition::Retry { next_attempt } => {
             let (queue, delay) = topology.retry_queue(job.attempt);
             shared
@@ -213,16 +281,95 @@ async fn process(
                     delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
                     reason: reason.clone(),
                 }))
-                .await
+                .await?;
+            shared.recorded(
+                "a retry",
+                shared
+                    .records
+                    .retrying(&job.build_id, job.attempt, &reason)
+                    .await,
+            );
+            shared.metrics.retries.inc();
+            return Ok(());
         }
         Disposition::Dead => {
             shared
                 .to_queue(&topology.dead_queue, body, &next_meta(job.attempt))
                 .await?;
-            shared.event(&failed(job.attempt)).await
+            shared.event(&failed(job.attempt)).await?;
         }
     }
+    shared.recorded(
+        "a failure",
+        shared
+            .records
+            .failed(&job.build_id, job.attempt, fault_name, &reason)
+            .await,
+    );
+    shared
+        .metrics
+        .finished("failed", fault_name, false, seconds);
+    Ok(())
 }
+
+/// An invalid request: one `build.rejected` naming the field, a failed record, never a build.
+async fn reject(
+    shared: &Shared,
+    body: &[u8],
+    meta: &MessageMeta,
+    build_id: String,
+    rejection: crate::request::Rejection,
+) -> Result<(), Requeue> {
+    tracing::warn!(field = %rejection.field, "rejected: {rejection}");
+    let summary = RequestSummary::sniff(body);
+    let build = BuildRef {
+        build_id,
+        request_id: summary
+            .request_id
+            .clone()
+            .or(meta.request_id.clone())
+            .unwrap_or_default(),
+        user_id: summary.user_id.clone(),
+        repo: summary.repo.clone(),
+        git_ref: summary.git_ref.clone(),
+    };
+    let event = Event::Rejected(BuildFailed {
+        build: build.clone(),
+        attempts: meta.attempt,
+        fault: Fault::Rejected,
+        reason: rejection.to_string(),
+        field: Some(rejection.field.clone()),
+        log_tail: Vec::new(),
+    });
+    shared.event(&event).await?;
+    let record = NewBuild {
+        id: build.build_id.clone(),
+        request_id: build.request_id,
+        user_id: build.user_id,
+        repo: build.repo,
+        git_ref: build.git_ref,
+        // Only what the sniffer could read safely: never the body, which may hold a token.
+        request: serde_json::to_value(&summary).unwrap_or_default(),
+        rebuild_of: None,
+    };
+    let records = &shared.records;
+    let result = async {
+        records.create(&record, BuildState::Queued).await?;
+        records
+            .failed(
+                &record.id,
+                meta.attempt,
+                Fault::Rejected.as_str(),
+                &rejection.to_string(),
+            )
+            .await
+    }
+    .await;
+    shared.recorded("a rejection", result);
+    shared.metrics.finished("rejected", "rejected", false, None);
+    Ok(())
+}
+
 /// Everything that must never be shown: the token, build arg values, the registry password.
 fn secrets_of(job: &Job, env: &Environment) -> Redactor {
     use secrecy::ExposeSecret;

@@ -4,6 +4,7 @@
 mod handler;
 mod policy;
 mod recent;
+mod running;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,19 +18,25 @@ use tokio_util::task::TaskTracker;
 
 pub use policy::{Disposition, decide};
 
-use crate::amqp::{self, Publisher, PublisherSlotSetter, Topology, publisher_slot};
+use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
 use crate::config::Settings;
 use crate::engine::Podman;
+use crate::metrics::Metrics;
 use crate::pipeline::Environment;
 use crate::registry::RegistryClient;
 use crate::request::RequestPolicy;
 use crate::source::GitMirrors;
+use crate::store::BuildStore;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
 /// the grace period, stops (and requeues) the rest, and returns.
-pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Arc<Settings>,
+    records: BuildStore,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     crate::source::configure_git_timeouts();
-    let settings = Arc::new(settings);
     let env = Arc::new(Environment {
         source: Arc::new(GitMirrors::new(
             settings.cache_dir(),
@@ -53,6 +60,9 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> anyhow::Res
             allowed_schemes: settings.request.allowed_schemes.clone(),
         },
         hard_stop: CancellationToken::new(),
+        records,
+        running: running::RunningBuilds::default(),
+        metrics,
     });
 
     while !shutdown.is_cancelled() {
@@ -100,6 +110,8 @@ struct Session {
     publisher: Publisher,
     consumer: lapin::Consumer,
     channel: lapin::Channel,
+    /// Cancel commands for whichever replica runs the build.
+    control: lapin::Consumer,
 }
 
 async fn connect_with_backoff(
@@ -122,12 +134,16 @@ async fn connect_with_backoff(
                 FieldTable::default(),
             )
             .await?;
+        let control = topology
+            .subscribe_control(&connection.create_channel().await?)
+            .await?;
         tracing::info!(queue = %topology.build_queue, slots = settings.amqp.prefetch, "consuming");
         anyhow::Ok(Session {
             connection,
             publisher,
             consumer,
             channel,
+            control,
         })
     };
     let backoff = ExponentialBuilder::default()
@@ -155,6 +171,14 @@ async fn consume(
     loop {
         let next = tokio::select! {
             next = session.consumer.next() => next,
+            command = session.control.next() => {
+                match command {
+                    Some(Ok(delivery)) => on_control(shared, &delivery).await,
+                    Some(Err(e)) => anyhow::bail!("control consumer failed: {e}"),
+                    None => anyhow::bail!("the broker closed the control consumer"),
+                }
+                continue;
+            }
             _ = shutdown.cancelled() => {
                 let tag = session.consumer.tag();
                 if let Err(e) = session.channel.basic_cancel(tag, BasicCancelOptions::default()).await {
@@ -174,6 +198,24 @@ async fn consume(
             Some(Err(e)) => anyhow::bail!("consumer failed: {e}"),
             None => anyhow::bail!("the broker closed the consumer"),
         }
+    }
+}
+
+async fn on_control(shared: &handler::Shared, delivery: &lapin::message::Delivery) {
+    match Control::parse(&delivery.data) {
+        Some(Control::Cancel { build_id }) => {
+            if shared.running.cancel(&build_id) {
+                tracing::info!(%build_id, "cancelling the build on request");
+            }
+        }
+        None => tracing::warn!("ignoring an unreadable control message"),
+    }
+    if let Err(e) = delivery
+        .acker
+        .ack(lapin::options::BasicAckOptions::default())
+        .await
+    {
+        tracing::warn!("failed to ack a control message: {e}");
     }
 }
 

@@ -1,0 +1,376 @@
+//! /v1/builds: submit, list, details, logs, cancel, rebuild, delete.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::amqp::Control;
+use crate::events::{BuildCancelled, BuildRef, Event};
+use crate::request::BuildRequest;
+use crate::store::{BuildFilter, BuildRecord, BuildState, NewBuild};
+
+const DEFAULT_PAGE: u32 = 50;
+const LOG_PAGE: u32 = 1000;
+const FOLLOW_POLL: Duration = Duration::from_millis(250);
+
+fn links(id: &str) -> Value {
+    json!({
+        "self": format!("/v1/builds/{id}"),
+        "logs": format!("/v1/builds/{id}/logs"),
+        "cancel": format!("/v1/builds/{id}/cancel"),
+        "rebuild": format!("/v1/builds/{id}/rebuild"),
+    })
+}
+
+/// POST /v1/builds. Idempotent on the request id: a repeat answers 200 with the existing build.
+pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let request = BuildRequest::parse(&body, &state.policy, None)?;
+    enqueue(&state, &request, &body, None).await
+}
+
+/// Records a build as queued, then publishes it; a failed publish removes the record again.
+pub(super) async fn enqueue(
+    state: &AppState,
+    request: &BuildRequest,
+    body: &[u8],
+    rebuild_of: Option<String>,
+) -> Result<Response, ApiError> {
+    let id = request.id.as_str();
+    let new = NewBuild {
+        id: id.to_owned(),
+        request_id: id.to_owned(),
+        user_id: Some(request.user_id.as_str().to_owned()),
+        repo: Some(request.repo.display()),
+        git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
+        request: request.public_view(),
+        rebuild_of: rebuild_of.clone(),
+    };
+    if !state.records.create(&new, BuildState::Queued).await? {
+        let existing = state.records.get(id).await?;
+        let current = existing.map_or("unknown", |b| b.state.as_str());
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"id": id, "state": current, "duplicate": true, "links": links(id)})),
+        )
+            .into_response());
+    }
+    if let Err(e) = state.broker.submit(body, id, id).await {
+        tracing::warn!(build_id = id, "failed to publish a submitted build: {e:#}");
+        state.records.delete(id).await?;
+        return Err(ApiError::unavailable(
+            "the build queue is not reachable; nothing was queued, try again",
+        ));
+    }
+    let mut answer = json!({"id": id, "state": "queued", "links": links(id)});
+    if let Some(original) = rebuild_of {
+        answer["rebuild_of"] = json!(original);
+    }
+    Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// GET /v1/builds?repo&ref&state&user_id&limit&cursor, newest first.
+pub async fn list(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let known = ["repo", "ref", "state", "user_id", "limit", "cursor"];
+    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request(
+            unknown,
+            format!("unknown filter; use one of {}", known.join(", ")),
+        ));
+    }
+    let max = state.settings.api.max_page;
+    let limit = match params.get("limit") {
+        None => DEFAULT_PAGE.min(max),
+        Some(raw) => raw
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request("limit", format!("must be a number from 1 to {max}"))
+            })?,
+    };
+    let state_filter = match params.get("state") {
+        None => None,
+        Some(raw) => Some(BuildState::parse(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                "state",
+                "must be queued, running, succeeded, failed or cancelled",
+            )
+        })?),
+    };
+    let filter = BuildFilter {
+        repo: params.get("repo").cloned(),
+        git_ref: params.get("ref").cloned(),
+        state: state_filter,
+        user_id: params.get("user_id").cloned(),
+    };
+    let page = state
+        .records
+        .list(&filter, limit, params.get("cursor").map(String::as_str))
+        .await?
+        .map_err(|e| ApiError::bad_request("cursor", e.to_string()))?;
+    Ok(Json(json!(page)))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
+    state
+        .records
+        .get(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(&format!("build {id:?}")))
+}
+
+/// GET /v1/builds/{id}: the record, its state history and links.
+pub async fn details(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let build = find(&state, &id).await?;
+    let history = state.records.history_of(&id).await?;
+    let mut answer = json!(build);
+    answer["states"] = json!(history);
+    answer["links"] = links(&id);
+    Ok(Json(answer))
+}
+
+/// GET /v1/builds/{id}/logs[?follow=true]: plain text; following streams until the build ends.
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    find(&state, &id).await?;
+    let follow = match params.get("follow").map(String::as_str) {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") | Some("") => true,
+        Some(_) => return Err(ApiError::bad_request("follow", "must be true or false")),
+    };
+    let text = [(header::CONTENT_TYPE, "text/plain; charset=utf-8")];
+    if !follow {
+        let mut out = String::new();
+        let mut after = 0;
+        loop {
+            let lines = state.records.log_lines(&id, after, LOG_PAGE).await?;
+            let Some((last, _)) = lines.last() else { break };
+            after = *last;
+            for (_, line) in &lines {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        return Ok((text, out).into_response());
+    }
+    let stream = futures_util::stream::unfold(
+        Follow {
+            state,
+            id,
+            after: 0,
+            done: false,
+        },
+        Follow::next_chunk,
+    );
+    Ok((text, Body::from_stream(stream)).into_response())
+}
+
+/// A log follower's position.
+struct Follow {
+    state: AppState,
+    id: String,
+    after: i64,
+    done: bool,
+}
+
+impl Follow {
+    /// The next lines; waits while the build runs and there are none; ends after the final state.
+    async fn next_chunk(mut self) -> Option<(Result<String, std::io::Error>, Self)> {
+        loop {
+            if self.done || self.state.shutdown.is_cancelled() {
+                return None;
+            }
+            // Read the state first: lines stored before a final state are then all seen below.
+            let finished = match self.state.records.state(&self.id).await {
+                Ok(Some(s)) => s.is_final(),
+                Ok(None) => true,
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), self)),
+            };
+            let lines = match self
+                .state
+                .records
+                .log_lines(&self.id, self.after, LOG_PAGE)
+                .await
+            {
+                Ok(lines) => lines,
+                Err(e) => return Some((Err(std::io::Error::other(e.to_string())), self)),
+            };
+            if let Some((last, _)) = lines.last() {
+                self.after = *last;
+                let chunk: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
+                return Some((Ok(chunk), self));
+            }
+            if finished {
+                self.done = true;
+                return None;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(FOLLOW_POLL) => {}
+                _ = self.state.shutdown.cancelled() => return None,
+            }
+        }
+    }
+}
+
+/// POST /v1/builds/{id}/cancel. Queued: never built. Running: the replica running it kills the
+/// build's process tree and reports `build.cancelled`.
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let build = find(&state, &id).await?;
+    if build.state.is_final() {
+        return Err(ApiError::conflict(format!(
+            "build {id} already {}",
+            build.state.as_str()
+        )));
+    }
+    if build.state == BuildState::Queued
+        && state.records.cancel_if_queued(&id).await? == Some(BuildState::Cancelled)
+    {
+        let event = Event::Cancelled(BuildCancelled {
+            build: BuildRef {
+                build_id: build.id.clone(),
+                request_id: build.request_id.clone(),
+                user_id: build.user_id.clone(),
+                repo: build.repo.clone(),
+                git_ref: build.git_ref.clone(),
+            },
+            attempts: u32::try_from(build.attempts).unwrap_or(0),
+            was_running: false,
+            log_tail: Vec::new(),
+        });
+        if let Err(e) = state.broker.event(&event).await {
+            tracing::warn!(build_id = %id, "failed to publish build.cancelled: {e:#}");
+        }
+        state.metrics.finished("cancelled", "", false, None);
+        return Ok((
+            StatusCode::OK,
+            Json(json!({"id": id, "state": "cancelled", "links": links(&id)})),
+        )
+            .into_response());
+    }
+    // Running (or it started while we looked): every replica hears this; the one running it stops.
+    state
+        .broker
+        .control(&Control::Cancel {
+            build_id: id.clone(),
+        })
+        .await
+        .map_err(|_| ApiError::unavailable("the broker is not reachable; the build goes on"))?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "state": "running", "cancelling": true, "links": links(&id)})),
+    )
+        .into_response())
+}
+
+/// POST /v1/builds/{id}/rebuild: the same request under a new id, built even if an image exists.
+/// Secrets are not stored, so a private repository's token and any build arg values come in the
+/// body: `{"token": "...", "build_args": {...}}`.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let build = find(&state, &id).await?;
+    let supplied: serde_json::Map<String, Value> = if body.is_empty() {
+        serde_json::Map::new()
+    } else {
+        match serde_json::from_slice(&body) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err(ApiError::bad_request("body", "must be a JSON object")),
+        }
+    };
+    if let Some(unknown) = supplied
+        .keys()
+        .find(|k| !["token", "build_args"].contains(&k.as_str()))
+    {
+        return Err(ApiError::bad_request(
+            unknown,
+            "a rebuild takes only `token` and `build_args`",
+        ));
+    }
+    let Value::Object(mut request) = build.request.clone() else {
+        return Err(ApiError::conflict(format!(
+            "build {id} has no stored request to rebuild (it was rejected)"
+        )));
+    };
+    if request.get("repo").is_none_or(Value::is_null) {
+        return Err(ApiError::conflict(format!(
+            "build {id} has no stored request to rebuild (it was rejected)"
+        )));
+    }
+    let stored_args: Vec<String> = request
+        .get("build_args")
+        .and_then(Value::as_object)
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    let given_args = supplied.get("build_args").and_then(Value::as_object);
+    if let Some(missing) = stored_args
+        .iter()
+        .find(|k| given_args.is_none_or(|g| !g.contains_key(*k)))
+    {
+        return Err(ApiError::bad_request(
+            "build_args",
+            format!("build arg values are not stored; supply {missing:?} (and the others) again"),
+        ));
+    }
+    request.remove("has_token");
+    let new_id = format!(
+        "{}-rb-{}",
+        truncate_id(&id),
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    request.insert("id".into(), json!(new_id));
+    request.insert("no_cache".into(), json!(true));
+    for (key, value) in supplied {
+        request.insert(key, value);
+    }
+    let body = serde_json::to_vec(&Value::Object(request)).map_err(anyhow::Error::from)?;
+    let parsed = BuildRequest::parse(&body, &state.policy, None)?;
+    enqueue(&state, &parsed, &body, Some(id)).await
+}
+
+/// Room for the rebuild suffix within the 128 characters of an id.
+fn truncate_id(id: &str) -> &str {
+    let mut end = id.len().min(100);
+    while !id.is_char_boundary(end) {
+        end -= 1;
+    }
+    &id[..end]
+}
+
+/// DELETE /v1/builds/{id}: the record, history and log. A build still queued or running must be
+/// cancelled first. The image stays in the registry.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let build = find(&state, &id).await?;
+    if !build.state.is_final() {
+        return Err(ApiError::conflict(format!(
+            "build {id} is {}; cancel it first",
+            build.state.as_str()
+        )));
+    }
+    state.records.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

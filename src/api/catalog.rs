@@ -1,0 +1,105 @@
+//! What has been built: the image for a repo/ref/platform with its pull command, repository names,
+//! and a repository's built versions.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::error::ApiError;
+use crate::request::Platform;
+use crate::store::BuildRecord;
+
+const MAX_VERSIONS: u32 = 100;
+
+/// GET /v1/images?repo&ref&platform: the newest good image and how to pull it.
+pub async fn image(
+    State(state): State<AppState>,
+    Query(params): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let repo = params
+        .get("repo")
+        .filter(|r| !r.is_empty())
+        .ok_or_else(|| ApiError::bad_request("repo", "is required"))?;
+    let git_ref = params.get("ref").map(String::as_str);
+    let platform = match params.get("platform") {
+        None => None,
+        Some(raw) => {
+            Some(Platform::parse(raw).map_err(|reason| ApiError::bad_request("platform", reason))?)
+        }
+    };
+    let platform = platform.as_ref().map(Platform::as_str);
+    let build = state
+        .records
+        .latest_image(repo, git_ref, platform)
+        .await?
+        .ok_or_else(|| {
+            let mut what = format!("an image of {repo}");
+            if let Some(r) = git_ref {
+                what.push_str(&format!(" at {r}"));
+            }
+            if let Some(p) = platform {
+                what.push_str(&format!(" for {p}"));
+            }
+            ApiError::not_found(&what)
+        })?;
+    let (Some(image), Some(digest)) = (&build.image, &build.digest) else {
+        return Err(ApiError::not_found(&format!("an image of {repo}")));
+    };
+    let platform_flag = platform
+        .map(|p| format!("--platform {p} "))
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "repo": repo,
+        "ref": build.git_ref,
+        "commit": build.commit,
+        "image": image,
+        "digest": digest,
+        "reference": format!("{image}@{digest}"),
+        "tags": build.tags,
+        "platforms": build.platforms,
+        "build_id": build.id,
+        "finished_at": json!(build).get("finished_at").cloned(),
+        "pull": format!("podman pull {platform_flag}{image}@{digest}"),
+    })))
+}
+
+/// GET /v1/repos: every repository with builds.
+pub async fn repos(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "repos": state.records.repos().await? })))
+}
+
+/// GET /v1/repos/{name}/versions, where the name may contain slashes (`owner/name`, or a URL
+/// percent-encoded).
+pub async fn versions(
+    State(state): State<AppState>,
+    Path(name_and_versions): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let name = name_and_versions
+        .strip_suffix("/versions")
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| ApiError::not_found("route"))?;
+    let builds = state.records.versions(name, MAX_VERSIONS).await?;
+    if builds.is_empty() && !state.records.repos().await?.iter().any(|r| r.name == name) {
+        return Err(ApiError::not_found(&format!("repository {name:?}")));
+    }
+    let versions: Vec<Value> = builds.iter().map(version).collect();
+    Ok(Json(json!({"repo": name, "versions": versions})))
+}
+
+fn version(build: &BuildRecord) -> Value {
+    let record = json!(build);
+    json!({
+        "build_id": build.id,
+        "ref": build.git_ref,
+        "commit": build.commit,
+        "image": build.image,
+        "digest": build.digest,
+        "tags": build.tags,
+        "platforms": build.platforms,
+        "cached": build.cached,
+        "finished_at": record.get("finished_at"),
+    })
+}

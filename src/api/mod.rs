@@ -1,0 +1,121 @@
+//! The HTTP API of DESIGN.md ("Records and HTTP API"): build records, logs, cancel and rebuild,
+//! image lookup, GitHub webhooks, metrics and health. One port; bearer keys except where noted.
+
+mod auth;
+mod broker;
+mod builds;
+mod catalog;
+mod error;
+mod health;
+mod webhook;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, post};
+use tokio_util::sync::CancellationToken;
+
+pub use auth::{generate_key, hash_key};
+pub use broker::Broker;
+pub use error::ApiError;
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::request::RequestPolicy;
+use crate::store::BuildStore;
+
+/// GitHub sends push payloads of up to 25 MB; ours are read whole to check the signature.
+const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub records: BuildStore,
+    pub broker: Broker,
+    pub metrics: Arc<Metrics>,
+    /// Ends log follows, so a graceful shutdown does not wait on them.
+    pub shutdown: CancellationToken,
+    keys: Arc<auth::ApiKeys>,
+    policy: Arc<RequestPolicy>,
+}
+
+impl AppState {
+    pub fn new(
+        settings: Arc<Settings>,
+        records: BuildStore,
+        broker: Broker,
+        metrics: Arc<Metrics>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            shutdown,
+            keys: Arc::new(auth::ApiKeys::from_hashes(&settings.api.key_hashes)?),
+            policy: Arc::new(RequestPolicy {
+                max_body_bytes: settings.request.max_body_bytes,
+                allowed_schemes: settings.request.allowed_schemes.clone(),
+            }),
+            settings,
+            records,
+            broker,
+            metrics,
+        })
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let with_key = Router::new()
+        .route("/v1/builds", post(builds::submit).get(builds::list))
+        .route(
+            "/v1/builds/{id}",
+            get(builds::details).delete(builds::delete),
+        )
+        .route("/v1/builds/{id}/logs", get(builds::logs))
+        .route("/v1/builds/{id}/cancel", post(builds::cancel))
+        .route("/v1/builds/{id}/rebuild", post(builds::rebuild))
+        .route("/v1/images", get(catalog::image))
+        .route("/v1/repos", get(catalog::repos))
+        .route("/v1/repos/{*name_and_versions}", get(catalog::versions))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
+        // The request validator names the field of an oversize body; this only stops abuse.
+        .layer(DefaultBodyLimit::max(
+            state.settings.request.max_body_bytes.saturating_mul(4),
+        ));
+    // Authenticated by their own HMAC, or open (probes and scrapers).
+    let open = Router::new()
+        .route(
+            "/v1/webhooks/github",
+            post(webhook::github).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+        )
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz));
+    with_key
+        .merge(open)
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+/// Serves the API until `shutdown`.
+pub async fn serve(
+    settings: Arc<Settings>,
+    records: BuildStore,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let broker = Broker::start(settings.clone(), shutdown.clone());
+    let state = AppState::new(settings.clone(), records, broker, metrics, shutdown.clone())?;
+    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.api.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
+    tracing::info!("API stopped");
+    Ok(())
+}

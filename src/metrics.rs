@@ -1,0 +1,94 @@
+//! Prometheus metrics of this process: build outcomes, durations, retries, running builds and the
+//! queue depth last seen. Exposed on `GET /metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    /// succeeded | failed | rejected | cancelled
+    pub outcome: String,
+    /// For succeeded: "true" when answered from the registry without building.
+    pub cached: String,
+    /// For failed: user | service.
+    pub fault: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub builds: Family<OutcomeLabels, Counter>,
+    pub duration: Histogram,
+    pub retries: Counter,
+    pub running: Gauge,
+    pub queue_depth: Family<QueueLabels, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let mut registry = Registry::with_prefix("image_builder");
+        let builds = Family::<OutcomeLabels, Counter>::default();
+        registry.register("builds", "Finished builds by outcome", builds.clone());
+        // 50 ms .. ~27 min.
+        let duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        registry.register(
+            "build_duration_seconds",
+            "Time from a worker taking a build to its outcome",
+            duration.clone(),
+        );
+        let retries = Counter::default();
+        registry.register(
+            "retries",
+            "Builds sent to a retry tier after a service fault",
+            retries.clone(),
+        );
+        let running = Gauge::default();
+        registry.register("builds_running", "Builds running now", running.clone());
+        let queue_depth = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queue_depth",
+            "Ready messages in a queue, as last seen by this process",
+            queue_depth.clone(),
+        );
+        Arc::new(Self {
+            registry,
+            builds,
+            duration,
+            retries,
+            running,
+            queue_depth,
+        })
+    }
+
+    pub fn finished(&self, outcome: &str, fault: &str, cached: bool, seconds: Option<f64>) {
+        self.builds
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+                cached: cached.to_string(),
+                fault: fault.to_owned(),
+            })
+            .inc();
+        if let Some(seconds) = seconds {
+            self.duration.observe(seconds);
+        }
+    }
+
+    /// The text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry) {
+            tracing::warn!("failed to encode metrics: {e}");
+        }
+        out
+    }
+}

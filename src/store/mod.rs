@@ -1,0 +1,75 @@
+//! The build store: every build's record, state history and log. One implementation over sqlx's
+//! `Any` driver with portable SQL, so SQLite (the default, a file in the data dir) and PostgreSQL
+//! (shared by replicas) run the same queries and the same migrations.
+
+mod log_writer;
+mod queries;
+mod record;
+mod writes;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+pub use log_writer::LogWriter;
+pub use queries::{BuildFilter, Page, RepoSummary};
+pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
+pub use writes::Start;
+
+use crate::config::Settings;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone)]
+pub struct BuildStore {
+    pool: AnyPool,
+}
+
+impl BuildStore {
+    /// Connects to `store.url` (SQLite file in the data dir when empty) and applies migrations.
+    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+        let url = settings.store.url.expose_secret();
+        let url = if url.is_empty() {
+            std::fs::create_dir_all(&settings.data_dir)
+                .with_context(|| format!("failed to create {}", settings.data_dir.display()))?;
+            format!(
+                "sqlite://{}?mode=rwc",
+                settings.data_dir.join("builds.db").display()
+            )
+        } else {
+            url.to_owned()
+        };
+        Self::connect(&url).await
+    }
+
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
+        let pool = AnyPoolOptions::new()
+            .max_connections(if sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(url)
+            .await
+            // The URL may carry a password: say which backend, never the URL.
+            .with_context(|| {
+                format!(
+                    "failed to open the build store ({})",
+                    if sqlite { "sqlite" } else { "postgres" }
+                )
+            })?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .context("failed to migrate the build store")?;
+        Ok(Self { pool })
+    }
+
+    /// For /readyz.
+    pub async fn ping(&self) -> anyhow::Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! Reads for the API: one build, lists with cursor paging, images, repositories.
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::Serialize;
+use sqlx::Row;
+use sqlx::any::AnyRow;
+
+use super::BuildStore;
+use super::record::{BUILD_COLUMNS, BuildRecord, BuildState, StateChange, from_millis};
+
+/// Filters of `GET /v1/builds`; `None` matches everything.
+#[derive(Debug, Clone, Default)]
+pub struct BuildFilter {
+    pub repo: Option<String>,
+    pub git_ref: Option<String>,
+    pub state: Option<BuildState>,
+    pub user_id: Option<String>,
+}
+
+/// One page of a newest-first list and the cursor of the next one.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    pub builds: Vec<BuildRecord>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoSummary {
+    pub name: String,
+    pub builds: i64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub last_build_at: time::OffsetDateTime,
+}
+
+/// Position after the last row of a page: (created_at, id), opaque to clients.
+struct Cursor {
+    created_at: i64,
+    id: String,
+}
+
+impl Cursor {
+    fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(format!("{}:{}", self.created_at, self.id))
+    }
+
+    fn decode(raw: &str) -> Option<Self> {
+        let bytes = URL_SAFE_NO_PAD.decode(raw).ok()?;
+        let text = String::from_utf8(bytes).ok()?;
+        let (at, id) = text.split_once(':')?;
+        Some(Self {
+            created_at: at.parse().ok()?,
+            id: id.to_owned(),
+        })
+    }
+}
+
+/// A cursor that does not decode: the API answers 400 naming `cursor`.
+#[derive(Debug, thiserror::Error)]
+#[error("is not a cursor returned by this API")]
+pub struct BadCursor;
+
+impl BuildStore {
+    pub async fn get(&self, id: &str) -> anyhow::Result<Option<BuildRecord>> {
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(BuildRecord::from_row).transpose()?)
+    }
+
+    pub async fn state(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
+        let row = sqlx::query("SELECT state FROM builds WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .map(|r| r.try_get::<String, _>("state"))
+            .transpose()?
+            .and_then(|s| BuildState::parse(&s)))
+    }
+
+    pub async fn history_of(&self, id: &str) -> anyhow::Result<Vec<StateChange>> {
+        let rows = sqlx::query(
+            "SELECT state, attempt, host, at FROM build_states WHERE build_id = $1 ORDER BY n",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(StateChange::from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Newest first. `cursor` comes from a previous page's `next_cursor`.
+    pub async fn list(
+        &self,
+        filter: &BuildFilter,
+        limit: u32,
+        cursor: Option<&str>,
+    ) -> anyhow::Result<Result<Page, BadCursor>> {
+        let cursor = match cursor.map(Cursor::decode) {
+            Some(None) => return Ok(Err(BadCursor)),
+            Some(Some(c)) => Some(c),
+            None => None,
+        };
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds \
+             WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR git_ref = $2) \
+             AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR user_id = $4) \
+             AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6)) \
+             ORDER BY created_at DESC, id DESC LIMIT $7"
+        );
+        // One row more than asked tells whether there is a next page.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&filter.repo)
+            .bind(&filter.git_ref)
+            .bind(filter.state.map(BuildState::as_str))
+            .bind(&filter.user_id)
+            .bind(cursor.as_ref().map(|c| c.created_at))
+            .bind(cursor.as_ref().map(|c| c.id.clone()))
+            .bind(i64::from(limit) + 1)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut builds = rows
+            .iter()
+            .map(BuildRecord::from_row)
+            .collect::<sqlx::Result<Vec<_>>>()?;
+        let next_cursor = if builds.len() > limit as usize {
+            builds.truncate(limit as usize);
+            builds.last().map(|b| {
+                Cursor {
+                    created_at: (b.created_at.unix_timestamp_nanos() / 1_000_000) as i64,
+                    id: b.id.clone(),
+                }
+                .encode()
+            })
+        } else {
+            None
+        };
+        Ok(Ok(Page {
+            builds,
+            next_cursor,
+        }))
+    }
+
+    /// The newest succeeded build of `repo` (and `git_ref`, and `platform` when given).
+    pub async fn latest_image(
+        &self,
+        repo: &str,
+        git_ref: Option<&str>,
+        platform: Option<&str>,
+    ) -> anyhow::Result<Option<BuildRecord>> {
+        // A build without platforms is of the host's platform.
+        let native = platform.is_some_and(|p| p == native_platform());
+        let pattern = platform.map(|p| format!("%\"{p}\"%"));
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1 \
+             AND ($2 IS NULL OR git_ref = $2) \
+             AND ($3 IS NULL OR platforms LIKE $3 OR ($4 = 1 AND platforms = '[]')) \
+             ORDER BY finished_at DESC, id DESC LIMIT 1"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(repo)
+            .bind(git_ref)
+            .bind(pattern)
+            .bind(i64::from(native))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(BuildRecord::from_row).transpose()?)
+    }
+
+    pub async fn repos(&self) -> anyhow::Result<Vec<RepoSummary>> {
+        let rows = sqlx::query(
+            "SELECT repo, COUNT(*) AS builds, MAX(created_at) AS last FROM builds \
+             WHERE repo IS NOT NULL GROUP BY repo ORDER BY repo",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let summary = |row: &AnyRow| -> sqlx::Result<RepoSummary> {
+            Ok(RepoSummary {
+                name: row.try_get("repo")?,
+                builds: row.try_get("builds")?,
+                last_build_at: from_millis(row.try_get("last")?),
+            })
+        };
+        Ok(rows.iter().map(summary).collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Succeeded builds of `repo`, newest first: its built versions.
+    pub async fn versions(&self, repo: &str, limit: u32) -> anyhow::Result<Vec<BuildRecord>> {
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1 \
+             ORDER BY finished_at DESC, id DESC LIMIT $2"
+        );
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(repo)
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(BuildRecord::from_row)
+            .collect::<sqlx::Result<_>>()?)
+    }
+
+    /// Log lines numbered above `after`, in order (at most `limit`).
+    pub async fn log_lines(
+        &self,
+        id: &str,
+        after: i64,
+        limit: u32,
+    ) -> anyhow::Result<Vec<(i64, String)>> {
+        let rows = sqlx::query(
+            "SELECT n, line FROM build_logs WHERE build_id = $1 AND n > $2 ORDER BY n LIMIT $3",
+        )
+        .bind(id)
+        .bind(after)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Ok((r.try_get("n")?, r.try_get("line")?)))
+            .collect::<sqlx::Result<_>>()?)
+    }
+}
+
+/// The platform this host builds when a request names none.
+pub fn native_platform() -> &'static str {
+    match std::env::consts::ARCH {
+        "aarch64" => "linux/arm64",
+        _ => "linux/amd64",
+    }
+}

@@ -1,0 +1,210 @@
+//! State changes. Each conditional UPDATE is the arbiter between racing writers (an API cancel and
+//! a worker starting the same build), so no read-then-write window decides a state.
+
+use super::BuildStore;
+use super::record::{BuildState, NewBuild, now_millis};
+use crate::events::ImageUpdated;
+
+/// Whether a worker should build a delivery it just received.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    Run,
+    /// Already succeeded (a redelivery of a completed build) or cancelled: nothing to do.
+    Skip(BuildState),
+}
+
+impl BuildStore {
+    /// Records a new build; returns false when one with this id already exists (idempotent submit).
+    pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<bool> {
+        let now = now_millis();
+        let inserted = sqlx::query(
+            "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+             ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&new.id)
+        .bind(&new.request_id)
+        .bind(state.as_str())
+        .bind(&new.user_id)
+        .bind(&new.repo)
+        .bind(&new.git_ref)
+        .bind(new.request.to_string())
+        .bind(&new.rebuild_of)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected()
+            == 1;
+        if inserted {
+            self.history(&new.id, state, 0, None).await?;
+        }
+        Ok(inserted)
+    }
+
+    /// A worker took a delivery: record it (first sight of a queue-submitted build) and move it to
+    /// running, unless it already succeeded or was cancelled.
+    pub async fn start(&self, new: &NewBuild, attempt: u32, host: &str) -> anyhow::Result<Start> {
+        self.create(new, BuildState::Queued).await?;
+        let now = now_millis();
+        let moved = sqlx::query(
+            "UPDATE builds SET state = 'running', attempts = $2, host = $3, \
+             started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL \
+             WHERE id = $1 AND state IN ('queued', 'running', 'failed')",
+        )
+        .bind(&new.id)
+        .bind(i64::from(attempt))
+        .bind(host)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            self.history(&new.id, BuildState::Running, attempt, Some(host))
+                .await?;
+            return Ok(Start::Run);
+        }
+        let state = self.state(&new.id).await?.unwrap_or(BuildState::Cancelled);
+        Ok(Start::Skip(state))
+    }
+
+    /// A service fault sent the build to a retry tier: queued again, for the next attempt.
+    pub async fn retrying(&self, id: &str, attempt: u32, error: &str) -> anyhow::Result<()> {
+        self.update_state(id, BuildState::Queued, attempt, None, Some(error))
+            .await
+    }
+
+    pub async fn succeeded(
+        &self,
+        id: &str,
+        attempt: u32,
+        out: &ImageUpdated,
+    ) -> anyhow::Result<()> {
+        let now = now_millis();
+        sqlx::query(
+            "UPDATE builds SET state = 'succeeded', commit_sha = $2, image = $3, digest = $4, \
+             tags = $5, platforms = $6, cached = $7, git_ref = COALESCE($8, git_ref), \
+             error = NULL, fault = NULL, finished_at = $9, updated_at = $9 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(&out.commit)
+        .bind(&out.image)
+        .bind(&out.digest)
+        .bind(serde_json::to_string(&out.tags)?)
+        .bind(serde_json::to_string(&out.platforms)?)
+        .bind(i64::from(out.cached))
+        .bind(&out.build.git_ref)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.history(id, BuildState::Succeeded, attempt, None).await
+    }
+
+    pub async fn failed(
+        &self,
+        id: &str,
+        attempt: u32,
+        fault: &str,
+        error: &str,
+    ) -> anyhow::Result<()> {
+        self.update_state(id, BuildState::Failed, attempt, Some(fault), Some(error))
+            .await
+    }
+
+    pub async fn cancelled(&self, id: &str, attempt: u32) -> anyhow::Result<()> {
+        self.update_state(id, BuildState::Cancelled, attempt, None, Some("cancelled"))
+            .await
+    }
+
+    /// Cancels a build that no worker has started; returns the state it is in afterwards.
+    pub async fn cancel_if_queued(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
+        let now = now_millis();
+        let moved = sqlx::query(
+            "UPDATE builds SET state = 'cancelled', error = 'cancelled', finished_at = $2, \
+             updated_at = $2 WHERE id = $1 AND state = 'queued'",
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        if moved == 1 {
+            let attempts = self.get(id).await?.map_or(0, |b| b.attempts);
+            self.history(
+                id,
+                BuildState::Cancelled,
+                u32::try_from(attempts).unwrap_or(0),
+                None,
+            )
+            .await?;
+        }
+        self.state(id).await
+    }
+
+    /// Removes a build with its history and log.
+    pub async fn delete(&self, id: &str) -> anyhow::Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM build_logs WHERE build_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM build_states WHERE build_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let deleted = sqlx::query("DELETE FROM builds WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        tx.commit().await?;
+        Ok(deleted == 1)
+    }
+
+    async fn update_state(
+        &self,
+        id: &str,
+        state: BuildState,
+        attempt: u32,
+        fault: Option<&str>,
+        error: Option<&str>,
+    ) -> anyhow::Result<()> {
+        let now = now_millis();
+        let finished = state.is_final().then_some(now);
+        sqlx::query(
+            "UPDATE builds SET state = $2, attempts = $3, fault = $4, error = $5, \
+             finished_at = COALESCE($6, finished_at), updated_at = $7 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(i64::from(attempt))
+        .bind(fault)
+        .bind(error)
+        .bind(finished)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        self.history(id, state, attempt, None).await
+    }
+
+    /// Appends to the build's state history (numbered, so the order survives equal timestamps).
+    async fn history(
+        &self,
+        id: &str,
+        state: BuildState,
+        attempt: u32,
+        host: Option<&str>,
+    ) -> anyhow::Result<()> {
+        sqlx::query(
+            "INSERT INTO build_states (build_id, n, state, attempt, host, at) \
+             SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5 FROM build_states WHERE build_id = $1",
+        )
+        .bind(id)
+        .bind(state.as_str())
+        .bind(i64::from(attempt))
+        .bind(host)
+        .bind(now_millis())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
