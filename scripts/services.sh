@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs (when missing) and manages the services image-builder needs on one Debian/Ubuntu host:
 # RabbitMQ with the management plugin, an OCI registry on 127.0.0.1:5000, podman/buildah/skopeo,
-# and a locally seeded base image so builds work without pulling from the internet.
+# a locally seeded base image so builds work without pulling from the internet, and PostgreSQL on
+# 127.0.0.1:5432 (role and database image_builder, password image_builder) for shared build records.
 #
 #   scripts/services.sh up       install what is missing, start everything (idempotent)
 #   scripts/services.sh down     stop RabbitMQ and the registry
@@ -15,7 +16,8 @@ state_dir=${IMAGE_BUILDER_STATE_DIR:-$here/.run}
 registry_addr=${REGISTRY_ADDR:-127.0.0.1:5000}
 registry_dir=$state_dir/registry
 base_image=localhost/busybox:latest
-packages=(podman buildah skopeo docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev)
+packages=(podman buildah skopeo docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev postgresql)
+pg_url=postgres://image_builder:image_builder@127.0.0.1:5432/image_builder
 
 log() { printf '[services] %s\n' "$*" >&2; }
 
@@ -88,6 +90,30 @@ EOF
   return 1
 }
 
+pg_running() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
+
+start_postgres() {
+  if ! pg_running; then
+    local cluster
+    cluster=$(pg_lsclusters -h 2>/dev/null | awk 'NR==1 {print $1" "$2}')
+    if [ -z "$cluster" ]; then
+      local version
+      version=$(ls /usr/lib/postgresql | sort -V | tail -1)
+      pg_createcluster "$version" main >/dev/null
+      cluster="$version main"
+    fi
+    log "starting PostgreSQL ($cluster)"
+    # shellcheck disable=SC2086
+    pg_ctlcluster $cluster start
+    for _ in $(seq 1 50); do pg_running && break; sleep 0.2; done
+  fi
+  # The role may create databases: each test gets its own.
+  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_roles WHERE rolname='image_builder'\"" | grep -q 1 ||
+    su postgres -c "psql -qc \"CREATE ROLE image_builder LOGIN CREATEDB PASSWORD 'image_builder'\"" >/dev/null
+  su postgres -c "psql -qtAc \"SELECT 1 FROM pg_database WHERE datname='image_builder'\"" | grep -q 1 ||
+    su postgres -c "createdb -O image_builder image_builder"
+}
+
 # A busybox root filesystem imported as an image: builds need a base and no registry is reachable.
 seed_base_image() {
   podman image exists "$base_image" && return 0
@@ -109,6 +135,7 @@ up() {
   install_missing
   start_rabbitmq
   start_registry
+  start_postgres
   seed_base_image
   status
 }
@@ -122,6 +149,10 @@ down() {
   if command -v rabbitmqctl >/dev/null && rabbit_running; then
     rabbitmqctl -q stop >/dev/null 2>&1 || true
   fi
+  if command -v pg_lsclusters >/dev/null && pg_running; then
+    # shellcheck disable=SC2046
+    pg_ctlcluster $(pg_lsclusters -h | awk 'NR==1 {print $1" "$2}') stop || true
+  fi
   log "stopped"
 }
 
@@ -133,6 +164,7 @@ status() {
     log "rabbitmq: stopped"; ok=1
   fi
   if registry_running; then log "registry: running (http://$registry_addr)"; else log "registry: stopped"; ok=1; fi
+  if pg_running; then log "postgres: running ($pg_url)"; else log "postgres: stopped"; ok=1; fi
   if command -v podman >/dev/null && podman image exists "$base_image"; then
     log "base image: $base_image present"
   else

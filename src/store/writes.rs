@@ -1,6 +1,8 @@
 //! State changes. Each conditional UPDATE is the arbiter between racing writers (an API cancel and
 //! a worker starting the same build), so no read-then-write window decides a state.
 
+use sqlx::AnyConnection;
+
 use super::BuildStore;
 use super::record::{BuildState, NewBuild, now_millis};
 use crate::events::ImageUpdated;
@@ -17,6 +19,7 @@ impl BuildStore {
     /// Records a new build; returns false when one with this id already exists (idempotent submit).
     pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<bool> {
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
         let inserted = sqlx::query(
             "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
@@ -31,13 +34,14 @@ impl BuildStore {
         .bind(new.request.to_string())
         .bind(&new.rebuild_of)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected()
             == 1;
         if inserted {
-            self.history(&new.id, state, 0, None).await?;
+            history(&mut tx, &new.id, state, 0, None).await?;
         }
+        tx.commit().await?;
         Ok(inserted)
     }
 
@@ -46,6 +50,7 @@ impl BuildStore {
     pub async fn start(&self, new: &NewBuild, attempt: u32, host: &str) -> anyhow::Result<Start> {
         self.create(new, BuildState::Queued).await?;
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE builds SET state = 'running', attempts = $2, host = $3, \
              started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL \
@@ -55,14 +60,15 @@ impl BuildStore {
         .bind(i64::from(attempt))
         .bind(host)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if moved == 1 {
-            self.history(&new.id, BuildState::Running, attempt, Some(host))
-                .await?;
+            history(&mut tx, &new.id, BuildState::Running, attempt, Some(host)).await?;
+            tx.commit().await?;
             return Ok(Start::Run);
         }
+        tx.commit().await?;
         let state = self.state(&new.id).await?.unwrap_or(BuildState::Cancelled);
         Ok(Start::Skip(state))
     }
@@ -80,6 +86,7 @@ impl BuildStore {
         out: &ImageUpdated,
     ) -> anyhow::Result<()> {
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE builds SET state = 'succeeded', commit_sha = $2, image = $3, digest = $4, \
              tags = $5, platforms = $6, cached = $7, git_ref = COALESCE($8, git_ref), \
@@ -94,9 +101,11 @@ impl BuildStore {
         .bind(i64::from(out.cached))
         .bind(&out.build.git_ref)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.history(id, BuildState::Succeeded, attempt, None).await
+        history(&mut tx, id, BuildState::Succeeded, attempt, None).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn failed(
@@ -118,25 +127,20 @@ impl BuildStore {
     /// Cancels a build that no worker has started; returns the state it is in afterwards.
     pub async fn cancel_if_queued(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
         let now = now_millis();
+        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE builds SET state = 'cancelled', error = 'cancelled', finished_at = $2, \
              updated_at = $2 WHERE id = $1 AND state = 'queued'",
         )
         .bind(id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?
         .rows_affected();
         if moved == 1 {
-            let attempts = self.get(id).await?.map_or(0, |b| b.attempts);
-            self.history(
-                id,
-                BuildState::Cancelled,
-                u32::try_from(attempts).unwrap_or(0),
-                None,
-            )
-            .await?;
+            history(&mut tx, id, BuildState::Cancelled, 0, None).await?;
         }
+        tx.commit().await?;
         self.state(id).await
     }
 
@@ -170,6 +174,7 @@ impl BuildStore {
     ) -> anyhow::Result<()> {
         let now = now_millis();
         let finished = state.is_final().then_some(now);
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "UPDATE builds SET state = $2, attempts = $3, fault = $4, error = $5, \
              finished_at = COALESCE($6, finished_at), updated_at = $7 WHERE id = $1",
@@ -181,20 +186,24 @@ impl BuildStore {
         .bind(error)
         .bind(finished)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
-        self.history(id, state, attempt, None).await
+        history(&mut tx, id, state, attempt, None).await?;
+        tx.commit().await?;
+        Ok(())
     }
+}
 
-    /// Appends to the build's state history (numbered, so the order survives equal timestamps).
-    async fn history(
-        &self,
-        id: &str,
-        state: BuildState,
-        attempt: u32,
-        host: Option<&str>,
-    ) -> anyhow::Result<()> {
-        sqlx::query(
+/// Appends to the build's state history (numbered, so the order survives equal timestamps). Runs
+/// in the transaction of the state change, so readers never see one without the other.
+async fn history(
+    conn: &mut AnyConnection,
+    id: &str,
+    state: BuildState,
+    attempt: u32,
+    host: Option<&str>,
+) -> anyhow::Result<()> {
+    sqlx::query(
             "INSERT INTO build_states (build_id, n, state, attempt, host, at) \
              SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5 FROM build_states WHERE build_id = $1",
         )
@@ -203,8 +212,7 @@ impl BuildStore {
         .bind(i64::from(attempt))
         .bind(host)
         .bind(now_millis())
-        .execute(&self.pool)
+        .execute(&mut *conn)
         .await?;
-        Ok(())
-    }
+    Ok(())
 }

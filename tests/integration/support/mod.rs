@@ -3,6 +3,7 @@
 // Shared by two test binaries (integration, broker_restart), each using only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod api;
 pub mod fixtures;
 pub mod git_server;
 pub mod registry;
@@ -21,6 +22,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use serde_json::Value;
 
+pub use api::Api;
 pub use fixtures::{DOCKERFILE_WITH_RUN, RepoFixture};
 pub use git_server::GitServer;
 pub use registry::TestRegistry;
@@ -258,6 +260,16 @@ pub struct Worker {
 
 impl Worker {
     pub async fn spawn(stack: &Stack, git: &GitServer, extra_env: &[(&str, &str)]) -> Self {
+        Self::start("worker", stack, git, extra_env).await
+    }
+
+    /// `subcommand` is `worker` or `run` (worker + API).
+    pub async fn start(
+        subcommand: &str,
+        stack: &Stack,
+        git: &GitServer,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = tempfile::tempdir().expect("data dir");
         let log_path = data_dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -269,7 +281,7 @@ impl Worker {
             .map(u64::to_string)
             .collect();
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-builder"));
-        cmd.arg("worker")
+        cmd.arg(subcommand)
             .current_dir(project_dir())
             .env("IMAGE_BUILDER_ENV", "local")
             .env("IMAGE_BUILDER__AMQP__PREFIX", &stack.prefix)
