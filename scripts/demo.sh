@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The main job on one machine: services up, worker built and started in the background, and a
-# demo build of examples/hello-world (served by `git daemon`) submitted and waited for.
+# The main job on one machine: services up, worker + HTTP API (`image-builder run`) built and
+# started in the background, and a demo build of examples/hello-world (served by `git daemon`)
+# submitted, waited for, and read back from the API.
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -9,6 +10,10 @@ run_dir=$here/.run
 git_root=$run_dir/git
 git_port=${DEMO_GIT_PORT:-9418}
 bin=$here/target/release/image-builder
+api_addr=${DEMO_API_ADDR:-127.0.0.1:8080}
+api=http://$api_addr
+# config/local.toml accepts this key (its SHA-256); make your own with `image-builder api-key`.
+key=local-dev-key
 
 log() { printf '[demo] %s\n' "$*" >&2; }
 
@@ -42,9 +47,10 @@ if [ -f "$run_dir/worker.pid" ] && kill -0 "$(cat "$run_dir/worker.pid")" 2>/dev
   kill -TERM "$(cat "$run_dir/worker.pid")"
   while kill -0 "$(cat "$run_dir/worker.pid")" 2>/dev/null; do sleep 0.2; done
 fi
-log "starting the worker (log: .run/worker.log)"
-nohup "$bin" worker >"$run_dir/worker.log" 2>&1 &
+log "starting the worker and the API on ${api} (log: .run/worker.log)"
+IMAGE_BUILDER__API__LISTEN=$api_addr nohup "$bin" run >"$run_dir/worker.log" 2>&1 &
 echo $! >"$run_dir/worker.pid"
+for _ in $(seq 1 100); do curl -sf "$api/readyz" >/dev/null && break; sleep 0.2; done
 
 log "submitting the demo build"
 start=$(date +%s%N)
@@ -57,4 +63,11 @@ digest=$(printf '%s' "$outcome" | sed -n 's/.*"digest": "\(.*\)".*/\1/p')
 echo
 echo "[demo] pushed $image@$digest in $(((end - start) / 1000000)) ms"
 echo "[demo] registry tags of demo/hello-world: $(curl -s http://127.0.0.1:5000/v2/demo/hello-world/tags/list)"
+id=$(printf '%s' "$outcome" | sed -n 's/.*"build_id": "\(.*\)".*/\1/p')
+echo "[demo] the record: curl -H 'Authorization: Bearer $key' $api/v1/builds/$id"
+curl -s -H "Authorization: Bearer $key" "$api/v1/builds/$id" | python3 -c \
+  'import json,sys; b=json.load(sys.stdin); print("  state:", b["state"], "| commit:", b["commit"], "| states:", " -> ".join(s["state"] for s in b["states"]))'
+echo "[demo] its log: curl -H 'Authorization: Bearer $key' $api/v1/builds/$id/logs"
+curl -s -H "Authorization: Bearer $key" "$api/v1/builds/$id/logs" | tail -n 3 | sed 's/^/  /'
+echo "[demo] how to pull it: $(curl -s -H "Authorization: Bearer $key" "$api/v1/images?repo=git://127.0.0.1:$git_port/hello-world.git" | python3 -c 'import json,sys; print(json.load(sys.stdin)["pull"])')"
 echo "[demo] the worker keeps running (pid $(cat "$run_dir/worker.pid")); 'make down' stops everything"
