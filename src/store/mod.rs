@@ -49,6 +49,16 @@ impl BuildStore {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // WAL (sqlx's default) with NORMAL sync: still crash-safe, one fsync per
+                        // checkpoint instead of per state change.
+                        sqlx::Executor::execute(conn, "PRAGMA synchronous = NORMAL").await?;
+                    }
+                    Ok(())
+                })
+            })
             .max_connections(if sqlite { 4 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)

@@ -55,6 +55,12 @@ impl Cursor {
     }
 }
 
+/// A value bound to a dynamically assembled query.
+enum Bound {
+    Text(String),
+    Int(i64),
+}
+
 /// A cursor that does not decode: the API answers 400 naming `cursor`.
 #[derive(Debug, thiserror::Error)]
 #[error("is not a cursor returned by this API")]
@@ -106,24 +112,49 @@ impl BuildStore {
             Some(Some(c)) => Some(c),
             None => None,
         };
-        let sql = format!(
-            "SELECT {BUILD_COLUMNS} FROM builds \
-             WHERE ($1 IS NULL OR repo = $1) AND ($2 IS NULL OR git_ref = $2) \
-             AND ($3 IS NULL OR state = $3) AND ($4 IS NULL OR user_id = $4) \
-             AND ($5 IS NULL OR created_at < $5 OR (created_at = $5 AND id < $6)) \
-             ORDER BY created_at DESC, id DESC LIMIT $7"
+        // Only the filters in use go into the SQL, so the planner can walk an index in order.
+        let mut conditions: Vec<String> = Vec::new();
+        let mut values: Vec<Bound> = Vec::new();
+        let mut bind = |column: &str, value: Option<Bound>| {
+            if let Some(value) = value {
+                values.push(value);
+                conditions.push(format!("{column} = ${}", values.len()));
+            }
+        };
+        bind("repo", filter.repo.clone().map(Bound::Text));
+        bind("git_ref", filter.git_ref.clone().map(Bound::Text));
+        bind(
+            "state",
+            filter.state.map(|s| Bound::Text(s.as_str().into())),
         );
+        bind("user_id", filter.user_id.clone().map(Bound::Text));
+        if let Some(c) = &cursor {
+            values.push(Bound::Int(c.created_at));
+            values.push(Bound::Text(c.id.clone()));
+            let (at, id) = (values.len() - 1, values.len());
+            conditions.push(format!(
+                "(created_at < ${at} OR (created_at = ${at} AND id < ${id}))"
+            ));
+        }
+        let mut sql = format!("SELECT {BUILD_COLUMNS} FROM builds");
+        if !conditions.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&conditions.join(" AND "));
+        }
         // One row more than asked tells whether there is a next page.
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-            .bind(&filter.repo)
-            .bind(&filter.git_ref)
-            .bind(filter.state.map(BuildState::as_str))
-            .bind(&filter.user_id)
-            .bind(cursor.as_ref().map(|c| c.created_at))
-            .bind(cursor.as_ref().map(|c| c.id.clone()))
-            .bind(i64::from(limit) + 1)
-            .fetch_all(&self.pool)
-            .await?;
+        sql.push_str(&format!(
+            " ORDER BY created_at DESC, id DESC LIMIT {}",
+            u64::from(limit) + 1
+        ));
+        // Safe: the SQL is made of fixed fragments; every value is bound.
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for value in values {
+            query = match value {
+                Bound::Text(t) => query.bind(t),
+                Bound::Int(i) => query.bind(i),
+            };
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let mut builds = rows
             .iter()
             .map(BuildRecord::from_row)

@@ -527,3 +527,44 @@ async fn signed_github_push_builds_that_commit_and_bad_signatures_start_nothing(
     api.worker.shutdown().await;
     stack.cleanup().await;
 }
+
+/// With shared records, a request id that already produced an image is never built or announced
+/// again, whichever replica gets the repeat (a producer retrying, or a redelivery after a crash).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completed_request_is_not_built_again_by_any_replica() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/once");
+    repo.commit(&[("Dockerfile", "FROM localhost/busybox:latest\n")], "one");
+    repo.push();
+    let mut stack = Stack::new().await;
+    let url = postgres_database().await;
+    let env = [("IMAGE_BUILDER__STORE__URL", url.as_str())];
+    let a = crate::support::Worker::spawn(&stack, &git, &env).await;
+    let b = crate::support::Worker::spawn(&stack, &git, &env).await;
+    let body = json!({"id": "only-once", "repo": "acme/once", "user_id": unique("u")});
+    stack.publish_json(&body).await;
+    assert!(matches!(
+        stack.outcome("only-once", BUILD_TIMEOUT).await,
+        Event::ImageUpdated(_)
+    ));
+    for _ in 0..4 {
+        stack.publish_json(&body).await;
+    }
+    let events = stack.settle("only-once", Duration::from_secs(5)).await;
+    let updated = events
+        .iter()
+        .filter(|e| matches!(e, Event::ImageUpdated(_)))
+        .count();
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, Event::Started(_)))
+        .count();
+    assert_eq!((started, updated), (1, 1), "{events:?}");
+    let skipped = format!("{}{}", a.log(), b.log())
+        .matches("build already succeeded")
+        .count();
+    assert_eq!(skipped, 4, "every repeat was acked as done");
+    a.shutdown().await;
+    b.shutdown().await;
+    stack.cleanup().await;
+}
