@@ -1,5 +1,5 @@
 # Entry points for people; CI runs `make test` (see .ci/run).
-.PHONY: run test services down status bench
+.PHONY: run test services down status bench bench-api
 
 ## Set up services, build, start the worker and run a demo build of examples/hello-world.
 run:
@@ -25,3 +25,7 @@ status:
 ## Worker vs raw clone+build+push: medians, cached latency/throughput, RSS.
 bench:
 	scripts/bench.sh
+
+## GET /v1/builds latency (p50/p99, wrk) with 10,000 stored builds, SQLite and PostgreSQL.
+bench-api:
+	scripts/bench-api.sh
