@@ -76,6 +76,8 @@ storage:
     rootdirectory: $registry_dir/data
   delete:
     enabled: true
+  cache:
+    blobdescriptor: inmemory
 http:
   addr: $registry_addr
 EOF

@@ -12,6 +12,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub(crate) mod fresh;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;

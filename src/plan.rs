@@ -20,7 +20,7 @@ pub struct BuildSpec {
     /// Names this exact build configuration (see `build_key`); pushed after every other tag, so
     /// its presence in the registry means the whole build was pushed.
     pub key_tag: String,
-    /// The image's local name while it is built and pushed, unique to the build.
+    /// The image's local name while it is built and pushed, unique to this run of the build.
     pub local_ref: String,
     /// Applied in order; the builder's own labels come last so a request cannot forge them.
     pub labels: Vec<(String, String)>,
@@ -93,7 +93,13 @@ pub fn plan(
         image: naming.image,
         tags: naming.tags,
         key_tag: naming.key_tag,
-        local_ref: format!("localhost/image-builder/build:{}", input.build_id),
+        // Random, not the build id: two runs of one id (replicas sharing podman's storage, or a
+        // redelivery while the first run still pushes) must not untag each other's image, and a
+        // request id may start with characters a tag may not.
+        local_ref: format!(
+            "localhost/image-builder/build:b{}",
+            uuid::Uuid::new_v4().simple()
+        ),
         labels: labels(req, input),
         build_args: req.build_args.clone(),
         platforms: req.platforms.clone(),

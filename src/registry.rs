@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::RegistrySettings;
 use crate::error::BuildError;
+use crate::fresh::FreshGates;
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
@@ -37,6 +38,10 @@ pub trait ImageStore: Send + Sync {
         reference: &str,
     ) -> Result<Option<Manifest>, BuildError>;
 
+    /// The digest `repository:reference` points at, if any: a HEAD, no body.
+    async fn digest(&self, repository: &str, reference: &str)
+    -> Result<Option<String>, BuildError>;
+
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
     async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
     -> Result<(), BuildError>;
@@ -50,12 +55,16 @@ pub trait ImageStore: Send + Sync {
         tags: &[&str],
         manifest: &Manifest,
     ) -> Result<(), BuildError> {
-        for tag in tags {
-            let current = self.manifest(repository, tag).await?;
-            if current.is_none_or(|m| m.digest != manifest.digest) {
+        // Side by side, each tag once: concurrent writes of one tag race in some registries.
+        let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
+        futures_util::future::try_join_all(distinct.into_iter().map(|tag| async move {
+            let current = self.digest(repository, tag).await?;
+            if current.as_deref() != Some(manifest.digest.as_str()) {
                 self.tag(repository, tag, manifest).await?;
             }
-        }
+            Ok::<_, BuildError>(())
+        }))
+        .await?;
         Ok(())
     }
 }
@@ -66,6 +75,9 @@ pub struct RegistryClient {
     credentials: Option<(String, SecretString)>,
     /// Bearer tokens by scope, for registries that use the token flow.
     tokens: Mutex<HashMap<String, String>>,
+    /// Identical lookups in flight at once share a round trip (bursts of cached answers).
+    manifests: FreshGates<Option<Manifest>>,
+    digests: FreshGates<Option<String>>,
 }
 
 impl RegistryClient {
@@ -81,6 +93,8 @@ impl RegistryClient {
             base: format!("{scheme}://{}", settings.host),
             credentials,
             tokens: Mutex::new(HashMap::new()),
+            manifests: FreshGates::default(),
+            digests: FreshGates::default(),
         }
     }
 
@@ -179,6 +193,39 @@ impl ImageStore for RegistryClient {
         repository: &str,
         reference: &str,
     ) -> Result<Option<Manifest>, BuildError> {
+        let key = format!("{repository}:{reference}");
+        self.manifests
+            .fresh(&key, || self.get_manifest(repository, reference))
+            .await
+    }
+
+    async fn digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<String>, BuildError> {
+        let key = format!("{repository}:{reference}");
+        self.digests
+            .fresh(&key, || self.head_digest(repository, reference))
+            .await
+    }
+
+    async fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Manifest,
+    ) -> Result<(), BuildError> {
+        self.put_manifest(repository, tag, manifest).await
+    }
+}
+
+impl RegistryClient {
+    async fn get_manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Manifest>, BuildError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let scope = format!("repository:{repository}:pull");
         let response = self
@@ -220,7 +267,39 @@ impl ImageStore for RegistryClient {
         }))
     }
 
-    async fn tag(
+    async fn head_digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<String>, BuildError> {
+        let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
+        let scope = format!("repository:{repository}:pull");
+        let response = self
+            .send(&scope, || {
+                self.http.head(&url).header(ACCEPT, MANIFEST_TYPES)
+            })
+            .await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if !status.is_success() => Err(BuildError::PushFailed(format!(
+                "registry answered {status} for {repository}:{reference}"
+            ))),
+            _ => match response
+                .headers()
+                .get("docker-content-digest")
+                .and_then(|v| v.to_str().ok())
+            {
+                Some(digest) => Ok(Some(digest.to_owned())),
+                // Not every registry sends the header on HEAD: read the manifest itself.
+                None => Ok(self
+                    .get_manifest(repository, reference)
+                    .await?
+                    .map(|m| m.digest)),
+            },
+        }
+    }
+
+    async fn put_manifest(
         &self,
         repository: &str,
         tag: &str,

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Checkout, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
+use crate::fresh::FreshGates;
 use crate::pipeline::BuildCtx;
 use crate::request::GitRef;
 
@@ -25,6 +26,8 @@ const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/ta
 pub struct GitMirrors {
     cache_dir: PathBuf,
     max_bytes: u64,
+    /// Concurrent requests for one mirror (and credentials) share fresh fetches.
+    gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
     last_eviction: std::sync::Mutex<Option<std::time::Instant>>,
 }
@@ -36,6 +39,7 @@ impl GitMirrors {
         Self {
             cache_dir,
             max_bytes,
+            gates: FreshGates::default(),
             last_eviction: std::sync::Mutex::new(None),
         }
     }
@@ -76,10 +80,19 @@ impl GitMirrors {
 impl SourceFetcher for GitMirrors {
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError> {
         let mirror = self.mirror_path(spec);
-        let spec = spec.clone();
-        let cancel = ctx.cancel.clone();
         ctx.log.push(&format!("fetching {}", spec.remote));
-        let resolved = blocking(move || fetch_and_resolve(&mirror, &spec, &cancel)).await?;
+        let fetch = {
+            let (mirror, spec, cancel) = (mirror.clone(), spec.clone(), ctx.cancel.clone());
+            || blocking(move || fetch_mirror(&mirror, &spec, &cancel))
+        };
+        let key = gate_key(&mirror, spec);
+        let default_branch = tokio::select! {
+            fetched = self.gates.fresh(&key, fetch) => fetched?,
+            _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
+        };
+        let git_ref = spec.git_ref.clone();
+        let resolved =
+            blocking(move || resolve_in_mirror(&mirror, git_ref.as_ref(), default_branch)).await?;
         self.evict_now_and_then();
         ctx.log
             .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
@@ -135,19 +148,43 @@ fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
     Ok(lock)
 }
 
-fn fetch_and_resolve(
+/// Which fetches a request may share: same mirror, same credentials. Only a digest is kept.
+fn gate_key(mirror: &Path, spec: &SourceSpec) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(mirror.as_os_str().as_encoded_bytes());
+    hasher.update([0]);
+    hasher.update(spec.username.as_bytes());
+    hasher.update([0]);
+    if let Some(token) = &spec.token {
+        hasher.update(token.expose_secret().as_bytes());
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Fetches the remote into the mirror (created on first use); returns its default branch.
+fn fetch_mirror(
     mirror: &Path,
     spec: &SourceSpec,
     cancel: &CancellationToken,
-) -> Result<Checkout, BuildError> {
+) -> Result<Option<String>, BuildError> {
     let _lock = lock_mirror(mirror, true)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
     };
-    let default_branch = fetch(&repo, spec, cancel)?;
-    let (oid, ref_name, is_default_branch) =
-        resolve(&repo, spec.git_ref.as_ref(), default_branch.as_deref())?;
+    fetch(&repo, spec, cancel)
+}
+
+/// Resolves a ref in a freshly fetched mirror. Shared lock: another fetch may only add commits
+/// and move refs forward, never make this read see a half-written ref.
+fn resolve_in_mirror(
+    mirror: &Path,
+    git_ref: Option<&GitRef>,
+    default_branch: Option<String>,
+) -> Result<Checkout, BuildError> {
+    let _lock = lock_mirror(mirror, false)?;
+    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
     Ok(Checkout {
         commit: oid.to_string(),
         ref_name,

@@ -66,7 +66,7 @@ impl BuildStore {
                 batch.clear();
                 continue;
             }
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.writer.begin().await?;
             for line in batch.drain(..) {
                 bytes += line.len();
                 n += 1;

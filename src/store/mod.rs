@@ -25,7 +25,30 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Clone)]
 pub struct BuildStore {
+    /// Reads.
     pool: AnyPool,
+    /// Writes: one connection for SQLite (see `connect`), the same pool for PostgreSQL.
+    writer: AnyPool,
+}
+
+fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .after_connect(move |conn, _| {
+            Box::pin(async move {
+                if sqlite {
+                    // WAL: readers never wait for the writer. NORMAL sync: still crash-safe, one
+                    // fsync per checkpoint instead of per state change.
+                    sqlx::Executor::execute(
+                        conn,
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL",
+                    )
+                    .await?;
+                }
+                Ok(())
+            })
+        })
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10))
 }
 
 impl BuildStore {
@@ -48,33 +71,28 @@ impl BuildStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
-        let pool = AnyPoolOptions::new()
-            .after_connect(move |conn, _| {
-                Box::pin(async move {
-                    if sqlite {
-                        // WAL (sqlx's default) with NORMAL sync: still crash-safe, one fsync per
-                        // checkpoint instead of per state change.
-                        sqlx::Executor::execute(conn, "PRAGMA synchronous = NORMAL").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .max_connections(if sqlite { 4 } else { 8 })
-            .acquire_timeout(Duration::from_secs(10))
+        let backend = if sqlite { "sqlite" } else { "postgres" };
+        let pool = pool_options(sqlite, if sqlite { 4 } else { 8 })
             .connect(url)
             .await
             // The URL may carry a password: say which backend, never the URL.
-            .with_context(|| {
-                format!(
-                    "failed to open the build store ({})",
-                    if sqlite { "sqlite" } else { "postgres" }
-                )
-            })?;
+            .with_context(|| format!("failed to open the build store ({backend})"))?;
+        // SQLite has one writer at a time. Writers queued on a one-connection pool wait their
+        // turn in-process; on a shared pool they would meet SQLite's busy handler, which sleeps
+        // (1, 2, 5, 10... ms) and retries -- the slowest part of a cached answer under load.
+        let writer = if sqlite {
+            pool_options(true, 1)
+                .connect(url)
+                .await
+                .with_context(|| format!("failed to open the build store ({backend})"))?
+        } else {
+            pool.clone()
+        };
         MIGRATOR
-            .run(&pool)
+            .run(&writer)
             .await
             .context("failed to migrate the build store")?;
-        Ok(Self { pool })
+        Ok(Self { pool, writer })
     }
 
     /// For /readyz.

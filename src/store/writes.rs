@@ -18,39 +18,19 @@ pub enum Start {
 impl BuildStore {
     /// Records a new build; returns false when one with this id already exists (idempotent submit).
     pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<bool> {
-        let now = now_millis();
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&new.id)
-        .bind(&new.request_id)
-        .bind(state.as_str())
-        .bind(&new.user_id)
-        .bind(&new.repo)
-        .bind(&new.git_ref)
-        .bind(new.request.to_string())
-        .bind(&new.rebuild_of)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            == 1;
-        if inserted {
-            history(&mut tx, &new.id, state, 0, None).await?;
-        }
+        let mut tx = self.writer.begin().await?;
+        let inserted = insert(&mut tx, new, state).await?;
         tx.commit().await?;
         Ok(inserted)
     }
 
     /// A worker took a delivery: record it (first sight of a queue-submitted build) and move it to
-    /// running, unless it already succeeded or was cancelled.
+    /// running, unless it already succeeded or was cancelled. One transaction: this is on the path
+    /// of every cached answer.
     pub async fn start(&self, new: &NewBuild, attempt: u32, host: &str) -> anyhow::Result<Start> {
-        self.create(new, BuildState::Queued).await?;
+        let mut tx = self.writer.begin().await?;
+        insert(&mut tx, new, BuildState::Queued).await?;
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
         let moved = sqlx::query(
             "UPDATE builds SET state = 'running', attempts = $2, host = $3, \
              started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL \
@@ -86,7 +66,7 @@ impl BuildStore {
         out: &ImageUpdated,
     ) -> anyhow::Result<()> {
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE builds SET state = 'succeeded', commit_sha = $2, image = $3, digest = $4, \
              tags = $5, platforms = $6, cached = $7, git_ref = COALESCE($8, git_ref), \
@@ -127,7 +107,7 @@ impl BuildStore {
     /// Cancels a build that no worker has started; returns the state it is in afterwards.
     pub async fn cancel_if_queued(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
         let now = now_millis();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         let moved = sqlx::query(
             "UPDATE builds SET state = 'cancelled', error = 'cancelled', finished_at = $2, \
              updated_at = $2 WHERE id = $1 AND state = 'queued'",
@@ -146,7 +126,7 @@ impl BuildStore {
 
     /// Removes a build with its history and log.
     pub async fn delete(&self, id: &str) -> anyhow::Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM build_logs WHERE build_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -174,7 +154,7 @@ impl BuildStore {
     ) -> anyhow::Result<()> {
         let now = now_millis();
         let finished = state.is_final().then_some(now);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE builds SET state = $2, attempts = $3, fault = $4, error = $5, \
              finished_at = COALESCE($6, finished_at), updated_at = $7 WHERE id = $1",
@@ -192,6 +172,36 @@ impl BuildStore {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Inserts a build record in `state` unless one with its id exists; returns whether it did.
+async fn insert(
+    conn: &mut AnyConnection,
+    new: &NewBuild,
+    state: BuildState,
+) -> anyhow::Result<bool> {
+    let inserted = sqlx::query(
+        "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&new.id)
+    .bind(&new.request_id)
+    .bind(state.as_str())
+    .bind(&new.user_id)
+    .bind(&new.repo)
+    .bind(&new.git_ref)
+    .bind(new.request.to_string())
+    .bind(&new.rebuild_of)
+    .bind(now_millis())
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if inserted {
+        history(conn, &new.id, state, 0, None).await?;
+    }
+    Ok(inserted)
 }
 
 /// Appends to the build's state history (numbered, so the order survives equal timestamps). Runs

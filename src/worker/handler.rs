@@ -178,13 +178,11 @@ async fn process(
     let redactor = secrets_of(&job, env);
     let writer = shared.records.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
-    shared
-        .event(&Event::Started(BuildStarted {
-            build: job.build_ref(None),
-            attempt: job.attempt,
-            host: env.host.clone(),
-        }))
-        .await?;
+    let started_event = Event::Started(BuildStarted {
+        build: job.build_ref(None),
+        attempt: job.attempt,
+        host: env.host.clone(),
+    });
     tracing::info!(repo = %job.request.repo.display(), "build started");
     if job.attempt > 1 {
         log.push(&format!("--- attempt {} on {} ---", job.attempt, env.host));
@@ -192,13 +190,16 @@ async fn process(
 
     let started = std::time::Instant::now();
     shared.metrics.running.inc();
-    let result = {
+    // `build.started` is confirmed while the build runs, not before: one broker round trip less
+    // on a cached answer. It still precedes the outcome, which is published after both.
+    let (announced, result) = tokio::join!(shared.event(&started_event), async {
         let running = shared
             .running
             .register(&job.build_id, shared.hard_stop.child_token());
         pipeline::run(env, &job, &log, &running.token).await
-    };
+    });
     shared.metrics.running.dec();
+    announced?;
     // Every line is stored before the final state, so a follower of the log sees all of it.
     log.detach_sink();
     writer.finish().await;

@@ -116,7 +116,8 @@ async fn http_flow(store_url: Option<String>) {
     assert_eq!(
         states(&build),
         ["queued", "running", "succeeded"],
-        "{build}"
+        "{build}\n{}",
+        api.worker.log()
     );
     assert_eq!(build["commit"], commit.as_str());
     assert_eq!(build["digest"], updated.digest.as_str());
