@@ -1,11 +1,13 @@
 //! Image engines: build a `BuildSpec` and push it. podman is the one adapter today.
 
+mod docker;
 mod labels;
 mod nixpacks;
 mod podman;
 
 use async_trait::async_trait;
 
+pub use docker::DockerHost;
 pub use podman::Podman;
 
 use crate::error::BuildError;
