@@ -1,4 +1,5 @@
-//! Image engines: build a `BuildSpec` and push it. podman is the one adapter today.
+//! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
+//! a Docker Engine API daemon through bollard.
 
 mod docker;
 mod labels;
@@ -7,7 +8,7 @@ mod podman;
 
 use async_trait::async_trait;
 
-pub use docker::DockerHost;
+pub use docker::{DockerEngine, DockerHost};
 pub use podman::Podman;
 
 use crate::error::BuildError;
