@@ -72,6 +72,11 @@ pub struct ConnectorSettings {
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct BuildSettings {
+    /// Which engine builds and pushes images.
+    pub engine: EngineKind,
+    /// Where the docker engine's daemon listens (`unix:///path`, `tcp://host:port`,
+    /// `http://host:port`); checked at load, used only when `engine` is docker.
+    pub docker_host: String,
     pub podman: String,
     pub nixpacks: String,
     pub isolation: String,
@@ -79,6 +84,30 @@ pub struct BuildSettings {
     pub log_tail_lines: usize,
     /// Local build-cache images unused for this long are pruned.
     pub layer_cache_max_age_secs: u64,
+}
+
+/// The image engine a worker uses: the podman CLI, or a Docker Engine API daemon (dockerd, or
+/// podman's Docker-compatible service).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum EngineKind {
+    Podman,
+    Docker,
+}
+
+impl TryFrom<String> for EngineKind {
+    type Error = String;
+
+    // By hand rather than serde's enum error, so the message names the field.
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "podman" => Ok(Self::Podman),
+            "docker" => Ok(Self::Docker),
+            other => Err(format!(
+                "build.engine must be \"podman\" or \"docker\", not {other:?}"
+            )),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +195,8 @@ impl Settings {
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
         );
+        crate::engine::DockerHost::parse(&self.build.docker_host)
+            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
         Ok(())
     }
 
@@ -196,6 +227,26 @@ mod tests {
         );
         assert!(settings.connectors.contains_key("github"));
         assert_eq!(settings.retry.max_attempts, 5);
+    }
+
+    #[test]
+    fn engine_defaults_to_podman_and_bad_values_name_the_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load(&dir, "local").expect("config loads");
+        assert_eq!(settings.build.engine, EngineKind::Podman);
+        assert_eq!(settings.build.docker_host, "unix:///var/run/docker.sock");
+
+        let err = EngineKind::try_from("buildkit".to_owned()).expect_err("refused");
+        assert!(err.starts_with("build.engine must be"), "{err}");
+        assert_eq!(
+            EngineKind::try_from("docker".to_owned()),
+            Ok(EngineKind::Docker)
+        );
+
+        let mut bad = settings.clone();
+        bad.build.docker_host = "ssh://builder".into();
+        let err = bad.check().expect_err("refused").to_string();
+        assert!(err.starts_with("build.docker_host"), "{err}");
     }
 
     #[test]

@@ -1,11 +1,14 @@
-//! Image engines: build a `BuildSpec` and push it. podman is the one adapter today.
+//! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
+//! a Docker Engine API daemon through bollard.
 
+mod docker;
 mod labels;
 mod nixpacks;
 mod podman;
 
 use async_trait::async_trait;
 
+pub use docker::{DockerEngine, DockerHost};
 pub use podman::Podman;
 
 use crate::error::BuildError;

@@ -19,8 +19,8 @@ use tokio_util::task::TaskTracker;
 pub use policy::{Disposition, decide};
 
 use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
-use crate::config::Settings;
-use crate::engine::Podman;
+use crate::config::{EngineKind, Settings};
+use crate::engine::{DockerEngine, ImageEngine, Podman};
 use crate::metrics::Metrics;
 use crate::pipeline::Environment;
 use crate::registry::RegistryClient;
@@ -37,12 +37,16 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::source::configure_git_timeouts();
+    let engine: Arc<dyn ImageEngine> = match settings.build.engine {
+        EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
+        EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),
+    };
     let env = Arc::new(Environment {
         source: Arc::new(GitMirrors::new(
             settings.cache_dir(),
             settings.git_cache_max_mb.saturating_mul(1024 * 1024),
         )),
-        engine: Arc::new(Podman::new(&settings.build, &settings.registry)),
+        engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),
         host: host_name(),
         settings: settings.clone(),

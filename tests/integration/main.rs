@@ -5,5 +5,6 @@ mod records_api;
 mod support;
 
 mod core_worker;
+mod docker_engine;
 mod fast_builds;
 mod faults;

@@ -1,0 +1,261 @@
+//! Docker Engine API adapter (bollard), for hosts that run dockerd (or podman's
+//! Docker-compatible service). The context travels as a tar; labels, build args and registry
+//! credentials as API fields and headers: nothing is on a command line. bollard logs request
+//! URLs (build args included) at debug level: `telemetry` caps its target at warn.
+
+mod context;
+mod host;
+mod push;
+mod stream;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::auth::DockerCredentials;
+use bollard::errors::Error as DockerError;
+use bollard::query_parameters::BuildImageOptionsBuilder;
+use futures_util::StreamExt;
+use secrecy::{ExposeSecret, SecretString};
+
+pub use host::DockerHost;
+use stream::BuildOutput;
+
+use super::ImageEngine;
+use super::nixpacks;
+use crate::config::{BuildSettings, RegistrySettings};
+use crate::error::BuildError;
+use crate::pipeline::BuildCtx;
+use crate::plan::{BuildSpec, Recipe};
+use crate::request::Rejection;
+
+/// Builds and pushes through one Docker Engine API daemon. Holds the registry password, so it
+/// has no Debug.
+pub struct DockerEngine {
+    host: DockerHost,
+    nixpacks: String,
+    registry_host: String,
+    credentials: Option<(String, SecretString)>,
+    /// The build timeout: reported when a deadline passes, and bollard's per-request bound.
+    timeout: Duration,
+    layer_cache_max_age: Duration,
+    last_prune: Mutex<Option<Instant>>,
+}
+
+impl DockerEngine {
+    /// Fails only on a `build.docker_host` that `Settings::load` refuses as well.
+    /// `registry.insecure` has no say here: the Engine API has no TLS switch per request, so a
+    /// plain-HTTP registry must be marked insecure in the daemon's own configuration (dockerd's
+    /// `insecure-registries`, podman's registries.conf).
+    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> anyhow::Result<Self> {
+        let host = DockerHost::parse(&build.docker_host)
+            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
+        Ok(Self {
+            host,
+            nixpacks: build.nixpacks.clone(),
+            registry_host: registry.host.clone(),
+            credentials: (!registry.username.is_empty())
+                .then(|| (registry.username.clone(), registry.password.clone())),
+            timeout: Duration::from_secs(build.timeout_secs),
+            layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
+            last_prune: Mutex::new(None),
+        })
+    }
+
+    /// A client that has spoken to the daemon once, to settle the API version (podman's compat
+    /// service speaks 1.41, bollard starts higher): an unreachable daemon shows up here.
+    async fn connect(&self) -> Result<Docker, BuildError> {
+        let unreachable = |e: DockerError| {
+            BuildError::Engine(format!(
+                "failed to reach the docker daemon at {}: {}",
+                self.host,
+                chain(&e)
+            ))
+        };
+        let docker = self
+            .host
+            .client(self.timeout.as_secs().max(1))
+            .map_err(unreachable)?;
+        docker.negotiate_version().await.map_err(unreachable)
+    }
+
+    /// An error that is not the daemon's answer about the image: the connection failed.
+    fn lost(&self, e: &DockerError) -> BuildError {
+        BuildError::Engine(format!(
+            "lost the docker daemon at {}: {}",
+            self.host,
+            chain(e)
+        ))
+    }
+
+    /// Runs `work` until the build's deadline or its cancellation. Giving up drops the request
+    /// and with it the connection. dockerd runs a build under the request's context (moby's
+    /// build router hands it to the builder), which a closed connection cancels: the build
+    /// stops. podman 4.3's compat service does not stop: seen here with an `ADD` of a slowly
+    /// served URL, still downloading 24 s after the client had gone; such a build ends on its
+    /// own and, if it succeeds, leaves its `local_ref` tag behind.
+    async fn within<T>(
+        &self,
+        ctx: &BuildCtx,
+        work: impl Future<Output = Result<T, BuildError>>,
+    ) -> Result<T, BuildError> {
+        tokio::select! {
+            result = work => result,
+            () = tokio::time::sleep(ctx.remaining()) => Err(BuildError::TimedOut(self.timeout)),
+            () = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
+        }
+    }
+
+    /// Registry credentials for the daemon: bollard sends them base64-encoded in the
+    /// X-Registry-Auth (push) or X-Registry-Config (build: base image pulls) header.
+    fn credentials(&self) -> Option<DockerCredentials> {
+        self.credentials
+            .as_ref()
+            .map(|(user, password)| DockerCredentials {
+                username: Some(user.clone()),
+                password: Some(password.expose_secret().to_owned()),
+                serveraddress: Some(self.registry_host.clone()),
+                ..Default::default()
+            })
+    }
+
+    async fn run_build(
+        &self,
+        spec: &BuildSpec,
+        ctx: &BuildCtx,
+        platform: Option<&str>,
+    ) -> Result<(), BuildError> {
+        let (source_dockerfile, context_dir) = match &spec.recipe {
+            Recipe::Dockerfile(path) => (path.clone(), spec.context_dir.clone()),
+            Recipe::Nixpacks => nixpacks::generate(&self.nixpacks, &spec.context_dir, ctx).await?,
+        };
+        let archive = {
+            let (dir, file) = (context_dir.clone(), source_dockerfile.clone());
+            let scratch = ctx.scratch_dir.clone();
+            tokio::task::spawn_blocking(move || context::archive(&dir, &file, &scratch))
+                .await
+                .map_err(|e| BuildError::Internal(anyhow::anyhow!("context task failed: {e}")))??
+        };
+        let docker = self.connect().await?;
+
+        let build_args: HashMap<&str, &str> = spec.build_args.iter().collect();
+        // In order, so the builder's own labels (last) win over a request's.
+        let labels: HashMap<&str, &str> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut options = BuildImageOptionsBuilder::new()
+            .dockerfile(&archive.dockerfile)
+            .t(&spec.local_ref)
+            .rm(true)
+            .forcerm(true)
+            .buildargs(&build_args)
+            .labels(&labels);
+        if let Some(platform) = platform {
+            options = options.platform(platform);
+        }
+        let tar = tokio::fs::File::open(&archive.path).await.map_err(|e| {
+            BuildError::Internal(anyhow::anyhow!("failed to open the context archive: {e}"))
+        })?;
+        let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(tar));
+
+        let shown = source_dockerfile
+            .strip_prefix(&context_dir)
+            .unwrap_or(&source_dockerfile);
+        ctx.log.push(&format!(
+            "building {} with the docker daemon at {} from {}",
+            spec.image,
+            self.host,
+            shown.display()
+        ));
+        let mut output = BuildOutput::new(&ctx.log);
+        let mut stream = docker.build_image(options.build(), self.pull_credentials(), Some(body));
+        while let Some(item) = stream.next().await {
+            match item {
+                Ok(info) => output.on_info(&info)?,
+                Err(DockerError::DockerStreamError { error }) => return Err(output.failed(&error)),
+                // dockerd answers a Dockerfile it cannot parse with 400 before any output.
+                Err(DockerError::DockerResponseServerError {
+                    status_code: 400,
+                    message,
+                }) => return Err(output.failed(&message)),
+                Err(e) => {
+                    output.flush();
+                    return Err(self.lost(&e));
+                }
+            }
+        }
+        output.flush();
+        // A stream cut short without an error must not pass for a build.
+        docker.inspect_image(&spec.local_ref).await.map_err(|e| {
+            BuildError::Engine(format!(
+                "the docker daemon at {} ended the build without an image: {}",
+                self.host,
+                chain(&e)
+            ))
+        })?;
+        Ok(())
+    }
+
+    fn pull_credentials(&self) -> Option<HashMap<String, DockerCredentials>> {
+        self.credentials()
+            .map(|c| HashMap::from([(self.registry_host.clone(), c)]))
+    }
+}
+
+#[async_trait]
+impl ImageEngine for DockerEngine {
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+        let platform = one_platform(spec)?;
+        self.within(ctx, self.run_build(spec, ctx, platform)).await
+    }
+
+    async fn push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<String, BuildError> {
+        let reference = format!("{}:{tag}", spec.image);
+        let docker = self.within(ctx, self.connect()).await?;
+        let pushed = self
+            .within(ctx, self.run_push(&docker, spec, tag, &reference, ctx))
+            .await;
+        // Pushed or not, the local names go: the registry has the image, or a retry builds it
+        // again (from the cached layers).
+        self.forget(&docker, &[&reference, &spec.local_ref]).await;
+        self.prune_layer_cache_now_and_then(docker);
+        pushed
+    }
+}
+
+/// The build API makes one image per request: several platforms would need a manifest list,
+/// which only the podman engine assembles. Refused before any work, naming the field.
+fn one_platform(spec: &BuildSpec) -> Result<Option<&str>, BuildError> {
+    match spec.platforms.as_slice() {
+        [] => Ok(None),
+        [one] => Ok(Some(one.as_str())),
+        _ => Err(BuildError::Rejected(Rejection::new(
+            "platforms",
+            "lists several platforms, but the docker engine builds one platform per image \
+             (no manifest list); request one platform, or use a worker with the podman engine",
+        ))),
+    }
+}
+
+/// An error and its causes on one line: hyper's own message ("client error (Connect)") says
+/// little without them.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
