@@ -18,7 +18,10 @@ bin=$here/target/release
 
 rm -rf "$dir" && mkdir -p "$dir/git" "$dir/src/src"
 export IMAGE_BUILDER__AMQP__PREFIX=bench-$(date +%s) IMAGE_BUILDER__DATA_DIR=$dir/data
-export IMAGE_BUILDER__AMQP__PREFETCH=4 IMAGE_BUILDER__LOG__LEVEL=warn
+# 4 build slots; cached answers take deliveries beyond them (amqp.lookahead) and need no slot.
+slots=4 lookahead=${BENCH_LOOKAHEAD:-12}
+export IMAGE_BUILDER__AMQP__PREFETCH=$slots IMAGE_BUILDER__AMQP__LOOKAHEAD=$lookahead
+export IMAGE_BUILDER__LOG__LEVEL=warn
 
 # The repository: a dependency step (expensive RUN) before the source copy, as real apps do.
 cd "$dir/src"
@@ -102,6 +105,6 @@ printf '%-36s %10s %10s %8s\n' "cold build (deps changed)" "$rc" "$wc" "$(ratio 
 printf '%-36s %10s %10s %8s\n' "warm rebuild (one file changed)" "$rw" "$ww" "$(ratio "$ww" "$rw")"
 printf '%-36s %10s %10s %8s\n' "identical re-request (cached)" "$rs" "$ws" "$(ratio "$ws" "$rs")"
 echo "cached publish->image.updated: p50 $(field "$latency" p50_ms) ms, p90 $(field "$latency" p90_ms) ms (100 sequential)"
-echo "cached re-requests: $(field "$throughput" per_s) /s on one replica (1000 requests, 64 in flight, prefetch 4)"
+echo "cached re-requests: $(field "$throughput" per_s) /s on one replica (1000 requests, 64 in flight, $slots build slots, lookahead $lookahead)"
 echo "4 concurrent cold builds: $(field "$concurrent" wall_s) s wall"
 echo "worker RSS: idle $((idle_rss / 1024)) MB, peak during 4 concurrent builds $((peak_rss / 1024)) MB (podman excluded)"

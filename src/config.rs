@@ -44,7 +44,10 @@ pub struct AmqpSettings {
     /// May hold broker credentials: never logged.
     pub url: SecretString,
     pub prefix: String,
+    /// Build slots per replica.
     pub prefetch: u16,
+    /// Deliveries taken beyond the build slots, for answers that need no slot (cached ones).
+    pub lookahead: u16,
     pub delivery_limit: u32,
     pub shutdown_grace_secs: u64,
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
@@ -26,6 +27,9 @@ pub struct Environment {
     pub store: Arc<dyn ImageStore>,
     /// This replica's name, reported in events.
     pub host: String,
+    /// Build slots (`amqp.prefetch`): checkout, build and push wait for one; a cached answer
+    /// needs none.
+    pub build_slots: Arc<Semaphore>,
 }
 
 /// Per-build context handed to every stage.
@@ -91,7 +95,7 @@ pub async fn run(
     std::fs::create_dir(&scratch_dir).map_err(|e| {
         BuildError::Internal(anyhow::anyhow!("failed to create the scratch dir: {e}"))
     })?;
-    let ctx = BuildCtx {
+    let mut ctx = BuildCtx {
         log: log.clone(),
         cancel: cancel.clone(),
         deadline: started + settings.build_timeout(),
@@ -143,6 +147,17 @@ pub async fn run(
         ));
         return Ok(updated(manifest.digest, naming.tags, true));
     }
+
+    // Only real builds take a slot, and the timeout runs from when the build does.
+    if env.build_slots.available_permits() == 0 {
+        log.push("waiting for a build slot");
+    }
+    let _slot = tokio::select! {
+        slot = env.build_slots.acquire() => slot
+            .map_err(|e| BuildError::Internal(anyhow::anyhow!("no build slot: {e}")))?,
+        _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
+    };
+    ctx.deadline = Instant::now() + settings.build_timeout();
 
     let checkout_dir = work.path().join("src");
     env.source

@@ -49,6 +49,9 @@ pub async fn run(
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),
         host: host_name(),
+        build_slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
+            settings.amqp.prefetch.max(1),
+        ))),
         settings: settings.clone(),
     });
     let topology = Arc::new(Topology::from_settings(&settings));
@@ -127,7 +130,13 @@ async fn connect_with_backoff(
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         channel
-            .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+            .basic_qos(
+                settings
+                    .amqp
+                    .prefetch
+                    .saturating_add(settings.amqp.lookahead),
+                BasicQosOptions::default(),
+            )
             .await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         let consumer = channel
@@ -141,7 +150,12 @@ async fn connect_with_backoff(
         let control = topology
             .subscribe_control(&connection.create_channel().await?)
             .await?;
-        tracing::info!(queue = %topology.build_queue, slots = settings.amqp.prefetch, "consuming");
+        tracing::info!(
+            queue = %topology.build_queue,
+            slots = settings.amqp.prefetch,
+            lookahead = settings.amqp.lookahead,
+            "consuming"
+        );
         anyhow::Ok(Session {
             connection,
             publisher,

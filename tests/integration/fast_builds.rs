@@ -295,3 +295,79 @@ async fn without_a_dockerfile_nixpacks_generates_one_and_podman_builds_it() {
     worker.stop().await;
     stack.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cached_answers_do_not_wait_for_a_build_slot_and_builds_do() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/lanes");
+    let slow = "FROM localhost/busybox:latest\nARG N\nRUN sleep 6 && echo \"slow $N\"\n";
+    repo.commit(
+        &[
+            (
+                "Dockerfile",
+                "FROM localhost/busybox:latest\nCOPY a.txt /a.txt\n",
+            ),
+            ("a.txt", "a\n"),
+            ("slow.Dockerfile", slow),
+        ],
+        "one",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    // One build slot, two deliveries of lookahead.
+    let worker = Worker::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER__AMQP__PREFETCH", "1"),
+            ("IMAGE_BUILDER__AMQP__LOOKAHEAD", "2"),
+        ],
+    )
+    .await;
+    let user = unique("u");
+    let fast = json!({"id": "built", "repo": "acme/lanes", "user_id": user});
+    stack.publish_json(&fast).await;
+    expect_image(stack.outcome("built", BUILD_TIMEOUT).await);
+
+    let slow_request = |id: &str| {
+        json!({"id": id, "repo": "acme/lanes", "user_id": user, "image": "slow",
+               "dockerfile": "slow.Dockerfile", "build_args": {"N": id}})
+    };
+    stack.publish_json(&slow_request("slow-1")).await;
+    stack
+        .event_where(
+            0,
+            |e| matches!(e, Event::Started(s) if s.build.request_id == "slow-1"),
+            BUILD_TIMEOUT,
+        )
+        .await
+        .expect("slow-1 starts");
+    stack.publish_json(&slow_request("slow-2")).await;
+    let mut again = fast.clone();
+    again["id"] = json!("again");
+    stack.publish_json(&again).await;
+
+    // The cached answer comes while slow-1 holds the only slot; slow-2 waits for it.
+    let cached = expect_image(stack.outcome("again", BUILD_TIMEOUT).await);
+    assert!(cached.cached);
+    let order: Vec<String> = {
+        stack.outcome("slow-2", BUILD_TIMEOUT).await;
+        stack
+            .seen
+            .iter()
+            .filter(|e| e.is_terminal())
+            .map(|e| e.build().request_id.clone())
+            .collect()
+    };
+    assert_eq!(order, ["built", "again", "slow-1", "slow-2"], "{order:?}");
+    let log = worker.log();
+    let slow_2 = build_lines(&log, "slow-2");
+    assert!(
+        slow_2
+            .iter()
+            .any(|l| l.contains("waiting for a build slot")),
+        "{slow_2:#?}"
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+}
