@@ -87,6 +87,8 @@ pub struct BuildSettings {
     pub log_tail_lines: usize,
     /// Local build-cache images unused for this long are pruned.
     pub layer_cache_max_age_secs: u64,
+    /// Edit the previous image in the registry when only the final COPY steps' files changed.
+    pub incremental: bool,
 }
 
 /// The image engine a worker uses: the podman CLI, or a Docker Engine API daemon (dockerd, or

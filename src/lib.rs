@@ -13,6 +13,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod fresh;
+pub mod incremental;
 pub mod metrics;
 pub mod pipeline;
 pub mod plan;

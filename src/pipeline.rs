@@ -13,6 +13,7 @@ use crate::config::Settings;
 use crate::engine::ImageEngine;
 use crate::error::BuildError;
 use crate::events::{BuildRef, ImageUpdated};
+use crate::incremental;
 use crate::plan::{self, PlanInput};
 use crate::registry::ImageStore;
 use crate::request::BuildRequest;
@@ -174,10 +175,31 @@ pub async fn run(
         },
         naming,
     )?;
-    env.engine.build(&build_spec, &ctx).await?;
     let mut tags = build_spec.push_tags();
     let first = tags.next().unwrap_or(&build_spec.key_tag);
-    let digest = env.engine.push(&build_spec, first, &ctx).await?;
+    let edited = if job.request.no_cache || !settings.build.incremental {
+        None
+    } else {
+        incremental::rebuild(&incremental::Attempt {
+            env,
+            spec: &build_spec,
+            source: &spec,
+            checkout: &checkout,
+            checkout_dir: &checkout_dir,
+            repository,
+            tag: first,
+            created: time::OffsetDateTime::now_utc(),
+            log,
+        })
+        .await?
+    };
+    let digest = match edited {
+        Some(digest) => digest,
+        None => {
+            env.engine.build(&build_spec, &ctx).await?;
+            env.engine.push(&build_spec, first, &ctx).await?
+        }
+    };
     let manifest = env
         .store
         .manifest(repository, &digest)
@@ -188,6 +210,12 @@ pub async fn run(
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
     for tag in tags {
         env.store.tag(repository, tag, &manifest).await?;
+    }
+    // After the build key: the base of the next commit's incremental rebuild.
+    if build_spec.platforms.len() <= 1 {
+        env.store
+            .tag(repository, &build_spec.lineage_tag, &manifest)
+            .await?;
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     Ok(updated(digest, build_spec.tags, false))

@@ -20,6 +20,8 @@ pub struct BuildSpec {
     /// Names this exact build configuration (see `build_key`); pushed after every other tag, so
     /// its presence in the registry means the whole build was pushed.
     pub key_tag: String,
+    /// See `Naming::lineage_tag`.
+    pub lineage_tag: String,
     /// The image's local name while it is built and pushed, unique to this run of the build.
     pub local_ref: String,
     /// Applied in order; the builder's own labels come last so a request cannot forge them.
@@ -45,6 +47,9 @@ pub struct Naming {
     pub image: String,
     pub tags: Vec<String>,
     pub key_tag: String,
+    /// Names the configuration without the commit: points at its newest build, the base of an
+    /// incremental rebuild of a later commit.
+    pub lineage_tag: String,
 }
 
 pub fn naming(
@@ -57,6 +62,7 @@ pub fn naming(
         image: image_name(req, registry)?,
         tags: tags(req, checkout),
         key_tag: build_key(req, source_url, &checkout.commit),
+        lineage_tag: lineage_tag(req, source_url),
     })
 }
 
@@ -93,6 +99,7 @@ pub fn plan(
         image: naming.image,
         tags: naming.tags,
         key_tag: naming.key_tag,
+        lineage_tag: naming.lineage_tag,
         // Random, not the build id: two runs of one id (replicas sharing podman's storage, or a
         // redelivery while the first run still pushes) must not untag each other's image, and a
         // request id may start with characters a tag may not.
@@ -126,6 +133,15 @@ fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> 
 /// A tag naming everything that decides the image's content: source, commit, context,
 /// Dockerfile, builder, build args, platforms, user labels. Same key, same image: no rebuild.
 pub fn build_key(req: &BuildRequest, source_url: &str, commit: &str) -> String {
+    format!("ib-{}", configuration_digest(req, source_url, Some(commit)))
+}
+
+/// The build key without the commit: every commit built with this configuration shares it.
+pub fn lineage_tag(req: &BuildRequest, source_url: &str) -> String {
+    format!("ib-line-{}", configuration_digest(req, source_url, None))
+}
+
+fn configuration_digest(req: &BuildRequest, source_url: &str, commit: Option<&str>) -> String {
     let canonical = serde_json::json!({
         "v": 1,
         "source": source_url,
@@ -138,7 +154,7 @@ pub fn build_key(req: &BuildRequest, source_url: &str, commit: &str) -> String {
         "labels": req.labels,
     });
     let digest = Sha256::digest(canonical.to_string().as_bytes());
-    format!("ib-{}", &hex::encode(digest)[..32])
+    hex::encode(digest)[..32].to_owned()
 }
 
 impl BuildSpec {

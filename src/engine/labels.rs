@@ -47,7 +47,7 @@ pub fn labelled_dockerfile(
 }
 
 /// The `# escape=` parser directive, which must come before any instruction or other comment.
-fn escape_char(text: &str) -> char {
+pub(crate) fn escape_char(text: &str) -> char {
     for line in text.lines() {
         let Some(directive) = line.trim().strip_prefix('#') else {
             break;

@@ -9,6 +9,7 @@ mod podman;
 use async_trait::async_trait;
 
 pub use docker::{DockerEngine, DockerHost};
+pub(crate) use labels::escape_char;
 pub use podman::Podman;
 
 use crate::error::BuildError;

@@ -99,6 +99,17 @@ impl SourceFetcher for GitMirrors {
         Ok(resolved)
     }
 
+    async fn changed_paths(
+        &self,
+        spec: &SourceSpec,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<Vec<String>>, BuildError> {
+        let mirror = self.mirror_path(spec);
+        let (from, to) = (from.to_owned(), to.to_owned());
+        blocking(move || diff_commits(&mirror, &from, &to)).await
+    }
+
     async fn checkout(
         &self,
         spec: &SourceSpec,
@@ -205,6 +216,37 @@ fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Build
     opts.target_dir(dest).force().recreate_missing(true);
     repo.checkout_tree(tree.as_object(), Some(&mut opts))
         .map_err(|e| internal("check out the commit", &e))
+}
+
+fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String>>, BuildError> {
+    let _lock = lock_mirror(mirror, false)?;
+    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let commit = |sha: &str| {
+        Oid::from_str(sha)
+            .ok()
+            .and_then(|o| repo.find_commit(o).ok())
+    };
+    let (Some(old), Some(new)) = (commit(from), commit(to)) else {
+        return Ok(None);
+    };
+    let old = old.tree().map_err(|e| internal("read a tree", &e))?;
+    let new = new.tree().map_err(|e| internal("read a tree", &e))?;
+    let diff = repo
+        .diff_tree_to_tree(Some(&old), Some(&new), None)
+        .map_err(|e| internal("compare two commits", &e))?;
+    let mut paths = Vec::new();
+    for delta in diff.deltas() {
+        for file in [delta.old_file(), delta.new_file()] {
+            let Some(path) = file.path() else { continue };
+            let Some(path) = path.to_str() else {
+                return Ok(None);
+            };
+            paths.push(path.to_owned());
+        }
+    }
+    paths.sort();
+    paths.dedup();
+    Ok(Some(paths))
 }
 
 /// What the credential callback saw, to tell "no token" from "token refused" afterwards.

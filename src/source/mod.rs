@@ -41,6 +41,15 @@ pub trait SourceFetcher: Send + Sync {
     /// Fetches `spec.remote` (incrementally) and resolves the requested ref to a commit.
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError>;
 
+    /// Paths (from the repository root) that differ between two commits of the mirror, or None
+    /// when either commit is not there (or a path is not UTF-8).
+    async fn changed_paths(
+        &self,
+        spec: &SourceSpec,
+        from: &str,
+        to: &str,
+    ) -> Result<Option<Vec<String>>, BuildError>;
+
     /// Writes the tree of `commit` (already fetched by `resolve`) into `dest`.
     async fn checkout(
         &self,

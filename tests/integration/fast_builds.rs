@@ -6,7 +6,7 @@ use image_builder::error::Fault;
 use image_builder::events::{Event, ImageUpdated};
 use serde_json::json;
 
-use crate::support::{GitServer, RepoFixture, Stack, Worker, registry_image, unique};
+use crate::support::{GitServer, REGISTRY, RepoFixture, Stack, Worker, registry_image, unique};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -368,6 +368,151 @@ async fn cached_answers_do_not_wait_for_a_build_slot_and_builds_do() {
             .any(|l| l.contains("waiting for a build slot")),
         "{slow_2:#?}"
     );
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+/// The layer digests of `name@reference`.
+async fn layer_digests(name: &str, reference: &str) -> Vec<String> {
+    let manifest: serde_json::Value = reqwest::Client::new()
+        .get(format!("http://{REGISTRY}/v2/{name}/manifests/{reference}"))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .expect("registry answers")
+        .json()
+        .await
+        .expect("manifest JSON");
+    manifest["layers"]
+        .as_array()
+        .expect("layers")
+        .iter()
+        .map(|l| l["digest"].as_str().expect("digest").to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_only_the_final_copy_reads_is_rebuilt_in_the_registry() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/incr");
+    let dockerfile = "FROM localhost/busybox:latest\nCOPY deps.txt /deps.txt\n\
+        RUN cp /deps.txt /deps.copy\nCOPY src/ /app/src/\nCMD [\"cat\", \"/app/src/main.txt\"]\n";
+    repo.commit(
+        &[
+            ("Dockerfile", dockerfile),
+            ("deps.txt", "deps 1\n"),
+            ("src/main.txt", "one\n"),
+            ("src/old.txt", "old\n"),
+            ("README.md", "readme 1\n"),
+        ],
+        "one",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+    let request = |id: &str| json!({"id": id, "repo": "acme/incr", "user_id": user});
+
+    stack.publish_json(&request("first")).await;
+    let first = expect_image(stack.outcome("first", BUILD_TIMEOUT).await);
+    let lines = build_lines(&worker.log(), &first.build.build_id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("no earlier image of this configuration")),
+        "{lines:#?}"
+    );
+
+    // Only files the final COPY reads (and one nothing reads) change; one goes, one comes.
+    repo.remove("src/old.txt");
+    let second_commit = repo.commit(
+        &[
+            ("src/main.txt", "two\n"),
+            ("src/new/inner.txt", "inner\n"),
+            ("README.md", "readme 2\n"),
+        ],
+        "two",
+    );
+    repo.push();
+    stack.publish_json(&request("second")).await;
+    let second = expect_image(stack.outcome("second", BUILD_TIMEOUT).await);
+    assert!(!second.cached);
+    assert_eq!(second.commit, second_commit);
+    let lines = build_lines(&worker.log(), &second.build.build_id);
+    assert!(
+        lines.iter().any(|l| l.contains("incremental rebuild")),
+        "{lines:#?}"
+    );
+    assert!(
+        !lines.iter().any(|l| l.contains("building ")),
+        "no engine build: {lines:#?}"
+    );
+    let name = format!("{user}/incr");
+    let (before, after) = (
+        layer_digests(&name, &first.digest).await,
+        layer_digests(&name, &second.digest).await,
+    );
+    assert_eq!(before.len(), after.len());
+    assert_eq!(
+        before[..before.len() - 1],
+        after[..after.len() - 1],
+        "reused"
+    );
+    assert_ne!(before.last(), after.last(), "the COPY layer is new");
+    let (_, labels) = registry_image(&name, &second_commit[..12]).await;
+    assert_eq!(
+        labels["org.opencontainers.image.revision"],
+        json!(second_commit)
+    );
+
+    // podman pulls the edited image and sees exactly the new tree on top of the old layers.
+    let probe = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        probe.path().join("Dockerfile"),
+        format!(
+            "FROM {REGISTRY}/{name}@{}\nRUN test \"$(cat /app/src/main.txt)\" = two && \
+             test -f /app/src/new/inner.txt && test ! -e /app/src/old.txt && \
+             test \"$(cat /deps.copy)\" = \"deps 1\"\n",
+            second.digest
+        ),
+    )
+    .expect("probe Dockerfile");
+    let probe_tag = format!("localhost/ibt-probe:{}", unique(""));
+    let checked = std::process::Command::new("podman")
+        .args([
+            "build",
+            "-q",
+            "--isolation",
+            "chroot",
+            "--tls-verify=false",
+            "-t",
+        ])
+        .arg(&probe_tag)
+        .arg(probe.path())
+        .output()
+        .expect("podman runs");
+    assert!(
+        checked.status.success(),
+        "the edited image is valid: {}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let _ = std::process::Command::new("podman")
+        .args(["rmi", "-f", &probe_tag])
+        .output();
+
+    // A file an earlier step reads: a full build.
+    repo.commit(&[("deps.txt", "deps 2\n")], "three");
+    repo.push();
+    stack.publish_json(&request("third")).await;
+    let third = expect_image(stack.outcome("third", BUILD_TIMEOUT).await);
+    let lines = build_lines(&worker.log(), &third.build.build_id);
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("deps.txt is read by a step before the final COPYs")),
+        "{lines:#?}"
+    );
+    assert!(lines.iter().any(|l| l.contains("building ")), "{lines:#?}");
     worker.stop().await;
     stack.cleanup().await;
 }

@@ -36,6 +36,11 @@ impl RepoFixture {
         self.head()
     }
 
+    /// Removes a file from the next commit.
+    pub fn remove(&self, path: &str) {
+        git(self.work.path(), &["rm", "-q", path]);
+    }
+
     pub fn head(&self) -> String {
         git(self.work.path(), &["rev-parse", "HEAD"])
             .trim()

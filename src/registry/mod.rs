@@ -1,6 +1,8 @@
 //! OCI distribution API adapter: look a manifest up and tag it again, without pulling or pushing
 //! any layer. This is what answers an identical request in milliseconds.
 
+mod blobs;
+
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -41,6 +43,17 @@ pub trait ImageStore: Send + Sync {
     /// The digest `repository:reference` points at, if any: a HEAD, no body.
     async fn digest(&self, repository: &str, reference: &str)
     -> Result<Option<String>, BuildError>;
+
+    /// A blob's bytes (an image config: small), if the registry has it.
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError>;
+
+    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes).
+    async fn upload_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), BuildError>;
 
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
     async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
@@ -218,6 +231,19 @@ impl ImageStore for RegistryClient {
     ) -> Result<(), BuildError> {
         self.put_manifest(repository, tag, manifest).await
     }
+
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError> {
+        self.get_blob(repository, digest).await
+    }
+
+    async fn upload_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), BuildError> {
+        self.put_blob(repository, digest, bytes).await
+    }
 }
 
 impl RegistryClient {
@@ -326,7 +352,7 @@ impl RegistryClient {
     }
 }
 
-fn unreachable_registry(e: reqwest::Error) -> BuildError {
+pub(super) fn unreachable_registry(e: reqwest::Error) -> BuildError {
     // The URL in reqwest's message has no credentials (they travel in headers).
     BuildError::PushFailed(format!("failed to reach the registry: {e}"))
 }

@@ -1,0 +1,238 @@
+//! The previous image with its last layers replaced: a new config (diff ids, history, labels,
+//! creation time) and a new manifest pointing at it. Plain JSON edits; everything else is kept.
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Single-image manifests we can edit (an index for several platforms is not one of them).
+const MANIFEST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+];
+
+/// A replacement layer, as the manifest and config name it.
+pub(super) struct NewLayer {
+    pub digest: String,
+    pub diff_id: String,
+    pub size: usize,
+}
+
+/// The config and manifest of the previous image, checked to end in `replaced` COPY layers.
+pub(super) struct Previous {
+    pub manifest: Value,
+    pub config: Value,
+}
+
+impl Previous {
+    pub(super) fn parse(
+        media_type: &str,
+        manifest: &[u8],
+        config: &[u8],
+        replaced: usize,
+    ) -> Result<Self, String> {
+        if !MANIFEST_TYPES.contains(&media_type) {
+            return Err(format!("the previous image is a {media_type}"));
+        }
+        let manifest: Value = serde_json::from_slice(manifest)
+            .map_err(|e| format!("the previous manifest is not JSON: {e}"))?;
+        let config: Value = serde_json::from_slice(config)
+            .map_err(|e| format!("the previous config is not JSON: {e}"))?;
+        let layers = manifest["layers"].as_array().map_or(0, Vec::len);
+        let diff_ids = config["rootfs"]["diff_ids"].as_array().map_or(0, Vec::len);
+        if layers != diff_ids || layers < replaced {
+            return Err("the previous image's layers do not match its config".into());
+        }
+        // The last `replaced` layers must be the COPY steps (buildah: "... COPY dir:... in ...").
+        let made_layers: Vec<&Value> = config["history"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter(|e| !e["empty_layer"].as_bool().unwrap_or(false))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if made_layers.len() != layers {
+            return Err("the previous image's history does not match its layers".into());
+        }
+        let tail_is_copy = made_layers[layers - replaced..]
+            .iter()
+            .all(|e| e["created_by"].as_str().is_some_and(|c| c.contains("COPY")));
+        if !tail_is_copy {
+            return Err("the previous image's last layers are not COPY steps".into());
+        }
+        // Replacements are gzip tars: the layers they replace must be too.
+        let gzip = manifest["layers"]
+            .as_array()
+            .map(|l| &l[layers - replaced..])
+            .unwrap_or_default()
+            .iter()
+            .all(|l| l["mediaType"].as_str().is_some_and(|t| t.ends_with("gzip")));
+        if !gzip {
+            return Err("the previous image's last layers are not gzip tars".into());
+        }
+        Ok(Self { manifest, config })
+    }
+
+    /// The commit the previous image was built from (its OCI revision label).
+    pub(super) fn revision(&self) -> Option<&str> {
+        self.config["config"]["Labels"]["org.opencontainers.image.revision"].as_str()
+    }
+
+    /// New (config bytes, manifest bytes). `created` is RFC 3339; `note` goes in the history.
+    pub(super) fn relayer(
+        mut self,
+        layers: &[NewLayer],
+        labels: &[(String, String)],
+        created: &str,
+        note: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let k = layers.len();
+        let broken = || "the previous image changed shape while being edited".to_owned();
+        let config = &mut self.config;
+        config["created"] = json!(created);
+        if !config["config"]["Labels"].is_object() {
+            config["config"]["Labels"] = json!({});
+        }
+        for (key, value) in labels {
+            config["config"]["Labels"][key] = json!(value);
+        }
+        let diff_ids = config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .ok_or_else(broken)?;
+        let keep = diff_ids.len() - k;
+        diff_ids.truncate(keep);
+        diff_ids.extend(layers.iter().map(|l| json!(l.diff_id)));
+        let history = config["history"].as_array_mut().ok_or_else(broken)?;
+        let mut rebuilt = history
+            .iter_mut()
+            .filter(|e| !e["empty_layer"].as_bool().unwrap_or(false))
+            .skip(keep);
+        for _ in 0..k {
+            let entry = rebuilt.next().ok_or_else(broken)?;
+            entry["created"] = json!(created);
+            entry["comment"] = json!(note);
+        }
+        // Metadata steps after the copies (the labels among them) happened now too.
+        for entry in history
+            .iter_mut()
+            .rev()
+            .take_while(|e| e["empty_layer"].as_bool().unwrap_or(false))
+        {
+            entry["created"] = json!(created);
+        }
+        let config_bytes = serde_json::to_vec(config).map_err(|e| e.to_string())?;
+
+        let manifest = &mut self.manifest;
+        manifest["config"]["digest"] = json!(sha256(&config_bytes));
+        manifest["config"]["size"] = json!(config_bytes.len());
+        let entries = manifest["layers"].as_array_mut().ok_or_else(broken)?;
+        for (entry, layer) in entries.iter_mut().skip(keep).zip(layers) {
+            entry["digest"] = json!(layer.digest);
+            entry["size"] = json!(layer.size);
+            if let Some(annotations) = entry.as_object_mut() {
+                annotations.remove("annotations");
+            }
+        }
+        let manifest_bytes = serde_json::to_vec(manifest).map_err(|e| e.to_string())?;
+        Ok((config_bytes, manifest_bytes))
+    }
+
+    pub(super) fn media_type(&self, fallback: &str) -> String {
+        self.manifest["mediaType"]
+            .as_str()
+            .unwrap_or(fallback)
+            .to_owned()
+    }
+}
+
+pub(super) fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+
+    fn previous() -> (Vec<u8>, Vec<u8>) {
+        let config = json!({
+            "created": "2026-01-01T00:00:00Z",
+            "config": {"Labels": {"org.opencontainers.image.revision": "c1", "keep": "me"}},
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:base", "sha256:run", "sha256:old"]},
+            "history": [
+                {"created_by": "/bin/sh -c #(nop) ADD file:x in / "},
+                {"created_by": "/bin/sh -c make"},
+                {"created_by": "/bin/sh -c #(nop) COPY dir:abc in /app/src/ "},
+                {"created_by": "/bin/sh -c #(nop) LABEL a=b", "empty_layer": true},
+            ]
+        });
+        let manifest = json!({
+            "schemaVersion": 2, "mediaType": OCI,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:cfg", "size": 1},
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:l1", "size": 1},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:l2", "size": 2},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:l3", "size": 3},
+            ]
+        });
+        (
+            serde_json::to_vec(&manifest).expect("json"),
+            serde_json::to_vec(&config).expect("json"),
+        )
+    }
+
+    #[test]
+    fn the_last_layers_are_replaced_and_the_rest_is_kept() {
+        let (manifest, config) = previous();
+        let prev = Previous::parse(OCI, &manifest, &config, 1).expect("editable");
+        assert_eq!(prev.revision(), Some("c1"));
+        let layer = NewLayer {
+            digest: "sha256:new".into(),
+            diff_id: "sha256:newdiff".into(),
+            size: 42,
+        };
+        let labels = [(
+            "org.opencontainers.image.revision".to_owned(),
+            "c2".to_owned(),
+        )];
+        let (config, manifest) = prev
+            .relayer(&[layer], &labels, "2026-02-02T00:00:00Z", "rebuilt")
+            .expect("relayered");
+        let config: Value = serde_json::from_slice(&config).expect("json");
+        let manifest: Value = serde_json::from_slice(&manifest).expect("json");
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            json!(["sha256:base", "sha256:run", "sha256:newdiff"])
+        );
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.revision"],
+            "c2"
+        );
+        assert_eq!(config["config"]["Labels"]["keep"], "me");
+        assert_eq!(config["history"][2]["comment"], "rebuilt");
+        assert_eq!(config["history"][1]["created"], Value::Null);
+        assert_eq!(manifest["layers"][2]["digest"], "sha256:new");
+        assert_eq!(manifest["layers"][2]["size"], 42);
+        assert_eq!(manifest["layers"][1]["digest"], "sha256:l2");
+        let config_bytes = serde_json::to_vec(&config).expect("json");
+        assert_eq!(manifest["config"]["digest"], json!(sha256(&config_bytes)));
+    }
+
+    #[test]
+    fn images_of_another_shape_are_refused() {
+        let (manifest, config) = previous();
+        assert!(
+            Previous::parse(
+                "application/vnd.oci.image.index.v1+json",
+                &manifest,
+                &config,
+                1
+            )
+            .is_err()
+        );
+        // Two layers asked for, but the second-to-last one was a RUN.
+        assert!(Previous::parse(OCI, &manifest, &config, 2).is_err());
+        assert!(Previous::parse(OCI, &manifest, &config, 4).is_err());
+    }
+}

@@ -1,0 +1,207 @@
+//! Incremental rebuilds: when a new commit only changes files that the Dockerfile's final plain
+//! `COPY` steps read, the newest image of the same configuration (its lineage tag) is edited in
+//! the registry instead of built: those COPY layers are made from the checkout and uploaded, the
+//! config and manifest are rewritten, every other layer stays where it is. This is what makes a
+//! one-file change cost milliseconds instead of a podman build and push.
+//!
+//! Only the simple, common shape qualifies (single stage, no `.dockerignore`, no flags, globs or
+//! variables in the tail, nothing an earlier step reads changed, one platform); anything else
+//! builds normally, and the build log says why.
+
+mod dockerfile;
+mod image;
+mod layer;
+
+use std::path::Path;
+
+use crate::build_log::BuildLog;
+use crate::error::BuildError;
+use crate::pipeline::Environment;
+use crate::plan::{BuildSpec, Recipe};
+use crate::registry::Manifest;
+use crate::source::{Checkout, SourceSpec};
+
+use image::{NewLayer, Previous};
+
+/// What the pipeline knows when it may try an incremental rebuild.
+pub struct Attempt<'a> {
+    pub env: &'a Environment,
+    pub spec: &'a BuildSpec,
+    pub source: &'a SourceSpec,
+    pub checkout: &'a Checkout,
+    pub checkout_dir: &'a Path,
+    /// The registry's name for the image (`ns/name`).
+    pub repository: &'a str,
+    /// The first tag to write; the pipeline writes the others as after a push.
+    pub tag: &'a str,
+    pub created: time::OffsetDateTime,
+    pub log: &'a BuildLog,
+}
+
+/// The digest of the edited image, pushed under `tag`; None when this build needs the engine.
+pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Option<String>, BuildError> {
+    match try_rebuild(attempt).await? {
+        Ok(digest) => Ok(Some(digest)),
+        Err(reason) => {
+            attempt
+                .log
+                .push(&format!("full build: no incremental rebuild ({reason})"));
+            Ok(None)
+        }
+    }
+}
+
+/// Outer error: the registry or git failed (a service fault, as in any build). Inner error:
+/// why this build does not qualify.
+async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildError> {
+    let spec = a.spec;
+    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
+        return Ok(Err("nixpacks generates the Dockerfile".into()));
+    };
+    if spec.platforms.len() > 1 {
+        return Ok(Err("several platforms".into()));
+    }
+    if spec.context_dir.join(".dockerignore").exists() {
+        return Ok(Err("the context has a .dockerignore".into()));
+    }
+    let text = std::fs::read_to_string(dockerfile)
+        .map_err(|e| BuildError::NoRecipe(format!("failed to read the Dockerfile: {e}")))?;
+    let tail = match dockerfile::analyse(&text, crate::engine::escape_char(&text)) {
+        Ok(tail) => tail,
+        Err(reason) => return Ok(Err(reason)),
+    };
+
+    let store = &a.env.store;
+    let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
+        return Ok(Err("no earlier image of this configuration".into()));
+    };
+    let config_digest = serde_json::from_slice::<serde_json::Value>(&previous.bytes)
+        .ok()
+        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned));
+    let Some(config_digest) = config_digest else {
+        return Ok(Err("the earlier image has no config".into()));
+    };
+    let Some(config) = store.blob(a.repository, &config_digest).await? else {
+        return Ok(Err("the earlier image's config is gone".into()));
+    };
+    let prev = match Previous::parse(
+        &previous.media_type,
+        &previous.bytes,
+        &config,
+        tail.copies.len(),
+    ) {
+        Ok(prev) => prev,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let Some(prev_commit) = prev.revision().map(str::to_owned) else {
+        return Ok(Err("the earlier image has no revision label".into()));
+    };
+    let changed = a
+        .env
+        .source
+        .changed_paths(a.source, &prev_commit, &a.checkout.commit)
+        .await?;
+    let Some(changed) = changed else {
+        return Ok(Err(format!("commit {prev_commit} is not in the mirror")));
+    };
+    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &tail, &changed) {
+        return Ok(Err(reason));
+    }
+
+    let context = spec.context_dir.clone();
+    let copies = tail.copies.clone();
+    let layers = tokio::task::spawn_blocking(move || {
+        copies
+            .iter()
+            .map(|step| layer::build(&context, step))
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
+    let layers = match layers {
+        Ok(layers) => layers,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let files: usize = layers.iter().map(|l| l.files).sum();
+    let mut new_layers = Vec::with_capacity(layers.len());
+    for built in layers {
+        new_layers.push(NewLayer {
+            digest: built.digest.clone(),
+            diff_id: built.diff_id,
+            size: built.blob.len(),
+        });
+        store
+            .upload_blob(a.repository, &built.digest, built.blob)
+            .await?;
+    }
+
+    let created = a
+        .created
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let note = format!("image-builder: rebuilt from {}", previous.digest);
+    let media_type = prev.media_type(&previous.media_type);
+    let replaced = new_layers.len();
+    let (config, manifest) = match prev.relayer(&new_layers, &spec.labels, &created, &note) {
+        Ok(edited) => edited,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    store
+        .upload_blob(a.repository, &image::sha256(&config), config)
+        .await?;
+    let manifest = Manifest {
+        media_type,
+        digest: image::sha256(&manifest),
+        bytes: manifest,
+    };
+    store.tag(a.repository, a.tag, &manifest).await?;
+    a.log.push(&format!(
+        "incremental rebuild of {}@{} (commit {prev_commit}): {replaced} COPY layer(s) \
+         replaced from {files} file(s), every other layer reused",
+        spec.image, previous.digest
+    ));
+    Ok(Ok(manifest.digest))
+}
+
+/// Every changed file the image can see must be read by the tail's COPYs only.
+fn changes_fit_the_tail(
+    a: &Attempt<'_>,
+    dockerfile: &Path,
+    tail: &dockerfile::Tail,
+    changed: &[String],
+) -> Result<(), String> {
+    let root = a
+        .checkout_dir
+        .canonicalize()
+        .map_err(|e| format!("the checkout cannot be resolved: {e}"))?;
+    let relative = |path: &Path| {
+        path.strip_prefix(&root)
+            .ok()
+            .and_then(|p| p.to_str())
+            .map(str::to_owned)
+    };
+    let dockerfile = relative(dockerfile).ok_or("the Dockerfile is outside the checkout")?;
+    let context = relative(&a.spec.context_dir).ok_or("the context is outside the checkout")?;
+    for path in changed {
+        if *path == dockerfile {
+            return Err("the Dockerfile changed".into());
+        }
+        let in_context = if context.is_empty() {
+            Some(path.as_str())
+        } else {
+            path.strip_prefix(&context)
+                .and_then(|rest| rest.strip_prefix('/'))
+        };
+        let Some(in_context) = in_context else {
+            continue;
+        };
+        if tail
+            .earlier_sources
+            .iter()
+            .any(|source| dockerfile::reads(source, in_context))
+        {
+            return Err(format!("{path} is read by a step before the final COPYs"));
+        }
+    }
+    Ok(())
+}
