@@ -213,7 +213,12 @@ fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Build
     let tree = commit.tree().map_err(|e| internal("read the tree", &e))?;
     std::fs::create_dir_all(dest).map_err(|e| internal("create the work dir", &e))?;
     let mut opts = CheckoutBuilder::new();
-    opts.target_dir(dest).force().recreate_missing(true);
+    // No index update: the mirror's index is one file, and libgit2 locks it to update it, so
+    // concurrent checkouts of one mirror would fail with "the index is locked".
+    opts.target_dir(dest)
+        .force()
+        .recreate_missing(true)
+        .update_index(false);
     repo.checkout_tree(tree.as_object(), Some(&mut opts))
         .map_err(|e| internal("check out the commit", &e))
 }
@@ -408,5 +413,47 @@ pub(super) fn configure_timeouts() {
     };
     if let Err(e) = result {
         tracing::warn!("failed to set git network timeouts: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn concurrent_checkouts_of_one_mirror_all_succeed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mirror = dir.path().join("m.git");
+        let repo = Repository::init_bare(&mirror).expect("bare repo");
+        let mut tree = repo.treebuilder(None).expect("treebuilder");
+        for i in 0..50 {
+            let blob = repo.blob(format!("file {i}\n").as_bytes()).expect("blob");
+            tree.insert(format!("f{i}.txt"), blob, 0o100644)
+                .expect("insert");
+        }
+        let tree = repo.find_tree(tree.write().expect("tree")).expect("tree");
+        let who = git2::Signature::now("t", "t@example.invalid").expect("signature");
+        let commit = repo
+            .commit(None, &who, &who, "one", &tree, &[])
+            .expect("commit")
+            .to_string();
+        let threads: Vec<_> = (0..8)
+            .map(|i| {
+                let (mirror, commit) = (mirror.clone(), commit.clone());
+                let dest = dir.path().join(format!("out{i}"));
+                std::thread::spawn(move || checkout_commit(&mirror, &commit, &dest).map(|()| dest))
+            })
+            .collect();
+        for thread in threads {
+            let dest = thread.join().expect("thread").expect("checkout succeeds");
+            assert_eq!(
+                std::fs::read_to_string(dest.join("f7.txt")).expect("file"),
+                "file 7\n"
+            );
+        }
+        assert!(
+            !mirror.join("index").exists(),
+            "the mirror's index is never written"
+        );
     }
 }
