@@ -16,6 +16,17 @@ use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::plan::BuildSpec;
 
+/// The Dockerfile as the build log names it: relative to the context when inside it.
+fn shown_dockerfile<'a>(
+    dockerfile: &'a std::path::Path,
+    context: &std::path::Path,
+) -> std::path::Display<'a> {
+    dockerfile
+        .strip_prefix(context)
+        .unwrap_or(dockerfile)
+        .display()
+}
+
 #[async_trait]
 pub trait ImageEngine: Send + Sync {
     /// Builds the image locally under `spec.local_ref`.

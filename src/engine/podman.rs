@@ -141,13 +141,10 @@ impl ImageEngine for Podman {
             }
         }
         inv = inv.arg(&context_dir);
-        let shown = source_dockerfile
-            .strip_prefix(&context_dir)
-            .unwrap_or(&source_dockerfile);
         ctx.log.push(&format!(
             "building {} with podman from {}",
             spec.image,
-            shown.display()
+            super::shown_dockerfile(&source_dockerfile, &context_dir)
         ));
         let bases = std::fs::read_to_string(&dockerfile)
             .map(|text| nixpacks::base_images(&text))

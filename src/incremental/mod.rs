@@ -61,8 +61,11 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
     }
-    if spec.context_dir.join(".dockerignore").exists() {
-        return Ok(Err("the context has a .dockerignore".into()));
+    // Ignore files change what a COPY reads; podman honours both names.
+    for ignore in [".dockerignore", ".containerignore"] {
+        if spec.context_dir.join(ignore).exists() {
+            return Ok(Err(format!("the context has a {ignore}")));
+        }
     }
     let text = std::fs::read_to_string(dockerfile)
         .map_err(|e| BuildError::NoRecipe(format!("failed to read the Dockerfile: {e}")))?;

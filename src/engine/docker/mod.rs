@@ -163,14 +163,11 @@ impl DockerEngine {
         })?;
         let body = bollard::body_try_stream(tokio_util::io::ReaderStream::new(tar));
 
-        let shown = source_dockerfile
-            .strip_prefix(&context_dir)
-            .unwrap_or(&source_dockerfile);
         ctx.log.push(&format!(
             "building {} with the docker daemon at {} from {}",
             spec.image,
             self.host,
-            shown.display()
+            super::shown_dockerfile(&source_dockerfile, &context_dir)
         ));
         let mut output = BuildOutput::new(&ctx.log);
         let mut stream = docker.build_image(options.build(), self.pull_credentials(), Some(body));
