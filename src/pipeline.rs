@@ -195,9 +195,26 @@ pub async fn run(
     };
     let digest = match edited {
         Some(digest) => digest,
-        None => {
+        None if env.engine.labels_at_build(&build_spec) => {
             env.engine.build(&build_spec, &ctx).await?;
             env.engine.push(&build_spec, first, &ctx).await?
+        }
+        None => {
+            env.engine.build(&build_spec, &ctx).await?;
+            // Unlabelled, so under the internal lineage tag (rewritten below), never a user's.
+            let pushed = env
+                .engine
+                .push(&build_spec, &build_spec.lineage_tag, &ctx)
+                .await?;
+            incremental::relabel(&incremental::Relabel {
+                store: env.store.as_ref(),
+                repository,
+                digest: &pushed,
+                labels: &build_spec.labels,
+                tag: first,
+                created: time::OffsetDateTime::now_utc(),
+            })
+            .await?
         }
     };
     let manifest = env

@@ -32,6 +32,13 @@ pub trait ImageEngine: Send + Sync {
     /// Builds the image locally under `spec.local_ref`.
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError>;
 
+    /// Whether the built image carries `spec.labels`. When it does not, the pipeline writes them
+    /// into the pushed image's config through the registry (a few small requests, where a
+    /// podman LABEL step costs a whole commit).
+    fn labels_at_build(&self, _spec: &BuildSpec) -> bool {
+        true
+    }
+
     /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
     /// Further tags are set through the registry API (`ImageStore::tag`), which moves no layer.
     async fn push(&self, spec: &BuildSpec, tag: &str, ctx: &BuildCtx)

@@ -108,12 +108,21 @@ impl Podman {
 
 #[async_trait]
 impl ImageEngine for Podman {
+    fn labels_at_build(&self, spec: &BuildSpec) -> bool {
+        is_multi_platform(spec)
+    }
+
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         let (source_dockerfile, context_dir) = match &spec.recipe {
             Recipe::Dockerfile(path) => (path.clone(), spec.context_dir.clone()),
             Recipe::Nixpacks => nixpacks::generate(&self.nixpacks, &spec.context_dir, ctx).await?,
         };
-        let dockerfile = labelled_dockerfile(&source_dockerfile, &spec.labels, &ctx.scratch_dir)?;
+        // A manifest list cannot be relabelled in the registry as cheaply: label while building.
+        let dockerfile = if self.labels_at_build(spec) {
+            labelled_dockerfile(&source_dockerfile, &spec.labels, &ctx.scratch_dir)?
+        } else {
+            source_dockerfile.clone()
+        };
         let mut inv = self
             .invocation(ctx)
             .args(["build", "--layers", "--isolation", &self.isolation])
@@ -194,16 +203,17 @@ impl ImageEngine for Podman {
             })?;
 
         // The registry has it now; the local name goes (its layers stay as build cache).
-        let forget: &[&str] = if is_multi_platform(spec) {
-            &["manifest", "rm"]
+        // `untag IMAGE` alone removes *every* name of the image, and a build whose steps add
+        // nothing is the base image itself (seen: `localhost/busybox:latest` untagged): name
+        // the one tag to remove.
+        let forget: Vec<&str> = if is_multi_platform(spec) {
+            vec!["manifest", "rm", &spec.local_ref]
         } else {
-            &["untag"]
+            vec!["untag", &spec.local_ref, &spec.local_ref]
         };
         // Off the build's path: nobody waits for it (a podman start is ~50 ms), and the name is
         // unique to this run, so nothing else can trip over it meanwhile.
-        let untag = Invocation::new(&self.program, Duration::from_secs(120))
-            .args(forget.iter().copied())
-            .arg(&spec.local_ref);
+        let untag = Invocation::new(&self.program, Duration::from_secs(120)).args(forget);
         let local_ref = spec.local_ref.clone();
         tokio::spawn(async move {
             let log = BuildLog::new(Redactor::default());

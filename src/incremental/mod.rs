@@ -4,6 +4,9 @@
 //! config and manifest are rewritten, every other layer stays where it is. This is what makes a
 //! one-file change cost milliseconds instead of a podman build and push.
 //!
+//! The same config edit labels images pushed without labels (`relabel`): podman spends a commit
+//! on a LABEL step, the registry takes a new config blob and manifest in a few milliseconds.
+//!
 //! Only the simple, common shape qualifies (single stage, no `.dockerignore`, no flags, globs or
 //! variables in the tail, nothing an earlier step reads changed, one platform); anything else
 //! builds normally, and the build log says why.
@@ -18,7 +21,7 @@ use crate::build_log::BuildLog;
 use crate::error::BuildError;
 use crate::pipeline::Environment;
 use crate::plan::{BuildSpec, Recipe};
-use crate::registry::Manifest;
+use crate::registry::{ImageStore, Manifest};
 use crate::source::{Checkout, SourceSpec};
 
 use image::{NewLayer, Previous};
@@ -164,6 +167,56 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
         spec.image, previous.digest
     ));
     Ok(Ok(manifest.digest))
+}
+
+/// Labels for an image pushed without them.
+pub struct Relabel<'a> {
+    pub store: &'a dyn ImageStore,
+    pub repository: &'a str,
+    /// The pushed, unlabelled image.
+    pub digest: &'a str,
+    pub labels: &'a [(String, String)],
+    /// Where the labelled image goes.
+    pub tag: &'a str,
+    pub created: time::OffsetDateTime,
+}
+
+/// Writes `labels` into the config of `digest` and pushes the result under `tag`: a new config
+/// blob and manifest, no layer moves. Returns the labelled image's digest.
+pub async fn relabel(r: &Relabel<'_>) -> Result<String, BuildError> {
+    let failed =
+        |why: String| BuildError::PushFailed(format!("failed to label {}: {why}", r.digest));
+    let pushed = r
+        .store
+        .manifest(r.repository, r.digest)
+        .await?
+        .ok_or_else(|| failed("the registry does not know it".into()))?;
+    let config_digest = serde_json::from_slice::<serde_json::Value>(&pushed.bytes)
+        .ok()
+        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned))
+        .ok_or_else(|| failed("its manifest names no config".into()))?;
+    let config = r
+        .store
+        .blob(r.repository, &config_digest)
+        .await?
+        .ok_or_else(|| failed("its config is missing".into()))?;
+    let image = Previous::parse(&pushed.media_type, &pushed.bytes, &config, 0).map_err(failed)?;
+    let media_type = image.media_type(&pushed.media_type);
+    let created = r
+        .created
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let (config, manifest) = image.relayer(&[], r.labels, &created, "").map_err(failed)?;
+    r.store
+        .upload_blob(r.repository, &image::sha256(&config), config)
+        .await?;
+    let manifest = Manifest {
+        media_type,
+        digest: image::sha256(&manifest),
+        bytes: manifest,
+    };
+    r.store.tag(r.repository, r.tag, &manifest).await?;
+    Ok(manifest.digest)
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

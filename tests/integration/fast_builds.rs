@@ -516,3 +516,50 @@ async fn a_change_only_the_final_copy_reads_is_rebuilt_in_the_registry() {
     worker.stop().await;
     stack.cleanup().await;
 }
+
+/// A Dockerfile that adds nothing builds the base image itself: forgetting the build's local
+/// name must not untag the base (podman's `untag IMAGE` alone removes every name).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_build_that_adds_nothing_leaves_the_base_image_named() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/bare");
+    repo.commit(&[("Dockerfile", "FROM localhost/busybox:latest\n")], "bare");
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let body = json!({"id": "bare", "repo": "acme/bare", "user_id": unique("u")});
+    stack.publish_json(&body).await;
+    let updated = expect_image(stack.outcome("bare", BUILD_TIMEOUT).await);
+    let (_, labels) = registry_image(
+        &format!("{}/bare", updated.build.user_id.clone().unwrap_or_default()),
+        "latest",
+    )
+    .await;
+    assert_eq!(labels["io.image-builder.build-id"], json!("bare"));
+    // The worker forgets its local name in the background: wait until the base carries no
+    // build name any more (other tests' included), then it must still carry its own.
+    let names = || {
+        std::process::Command::new("podman")
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.RepoTags}}",
+                "localhost/busybox:latest",
+            ])
+            .output()
+            .ok()
+            .filter(|o| o.status.success())
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while names().is_some_and(|n| n.contains("image-builder/build"))
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let left = names().expect("localhost/busybox:latest is still there");
+    assert!(!left.contains("image-builder/build"), "{left}");
+    worker.stop().await;
+    stack.cleanup().await;
+}
