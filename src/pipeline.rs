@@ -177,46 +177,18 @@ pub async fn run(
     )?;
     let mut tags = build_spec.push_tags();
     let first = tags.next().unwrap_or(&build_spec.key_tag);
-    let edited = if job.request.no_cache || !settings.build.incremental {
-        None
-    } else {
-        incremental::rebuild(&incremental::Attempt {
-            env,
-            spec: &build_spec,
-            source: &spec,
-            checkout: &checkout,
-            checkout_dir: &checkout_dir,
-            repository,
-            tag: first,
-            created: time::OffsetDateTime::now_utc(),
-            log,
-        })
-        .await?
+    let attempt = incremental::Attempt {
+        env,
+        spec: &build_spec,
+        source: &spec,
+        checkout: &checkout,
+        checkout_dir: &checkout_dir,
+        repository,
+        tag: first,
+        created: time::OffsetDateTime::now_utc(),
+        log,
     };
-    let digest = match edited {
-        Some(digest) => digest,
-        None if env.engine.labels_at_build(&build_spec) => {
-            env.engine.build(&build_spec, &ctx).await?;
-            env.engine.push(&build_spec, first, &ctx).await?
-        }
-        None => {
-            env.engine.build(&build_spec, &ctx).await?;
-            // Unlabelled, so under the internal lineage tag (rewritten below), never a user's.
-            let pushed = env
-                .engine
-                .push(&build_spec, &build_spec.lineage_tag, &ctx)
-                .await?;
-            incremental::relabel(&incremental::Relabel {
-                store: env.store.as_ref(),
-                repository,
-                digest: &pushed,
-                labels: &build_spec.labels,
-                tag: first,
-                created: time::OffsetDateTime::now_utc(),
-            })
-            .await?
-        }
-    };
+    let digest = produce(&attempt, job.request.no_cache, &ctx).await?;
     let manifest = env
         .store
         .manifest(repository, &digest)
@@ -236,6 +208,42 @@ pub async fn run(
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     Ok(updated(digest, build_spec.tags, false))
+}
+
+/// Puts the image under `a.tag` and returns its digest: edited in the registry when only files
+/// of the final COPYs changed, else built and pushed by the engine (and labelled in the
+/// registry when the engine did not label it).
+async fn produce(
+    a: &incremental::Attempt<'_>,
+    no_cache: bool,
+    ctx: &BuildCtx,
+) -> Result<String, BuildError> {
+    let (env, spec) = (a.env, a.spec);
+    if !no_cache
+        && env.settings.build.incremental
+        && let Some(digest) = incremental::rebuild(a).await?
+    {
+        return Ok(digest);
+    }
+    env.engine.build(spec, ctx).await?;
+    if env.engine.labels_at_build(spec) {
+        return env.engine.push(spec, a.tag, ctx).await;
+    }
+    // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
+    // under a tag a user reads.
+    let pushed = env.engine.push(spec, &spec.lineage_tag, ctx).await?;
+    let labelled = incremental::relabel(&incremental::Relabel {
+        store: env.store.as_ref(),
+        repository: a.repository,
+        digest: &pushed,
+        labels: &spec.labels,
+        tag: a.tag,
+        created: a.created,
+    })
+    .await?;
+    a.log
+        .push(&format!("labelled {pushed} in the registry: {labelled}"));
+    Ok(labelled)
 }
 
 /// `registry/ns/name` -> `ns/name`, the repository path of the distribution API.

@@ -211,16 +211,12 @@ impl ImageEngine for Podman {
         } else {
             vec!["untag", &spec.local_ref, &spec.local_ref]
         };
-        // Off the build's path: nobody waits for it (a podman start is ~50 ms), and the name is
-        // unique to this run, so nothing else can trip over it meanwhile.
-        let untag = Invocation::new(&self.program, Duration::from_secs(120)).args(forget);
-        let local_ref = spec.local_ref.clone();
-        tokio::spawn(async move {
-            let log = BuildLog::new(Redactor::default());
-            if let Err(e) = process::run(untag, &log, &CancellationToken::new()).await {
-                tracing::warn!("failed to untag {local_ref}: {e}");
-            }
-        });
+        // On the build's path (about 50 ms): a task left running past the build dies with a
+        // stopping worker and leaks the name (seen in tests).
+        let untag = self.invocation(ctx).args(forget);
+        if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
+            tracing::warn!("failed to untag {}: {e}", spec.local_ref);
+        }
         self.prune_layer_cache_now_and_then();
         Ok(digest)
     }
