@@ -42,6 +42,10 @@ impl Previous {
         if layers != diff_ids || layers < replaced {
             return Err("the previous image's layers do not match its config".into());
         }
+        if replaced == 0 {
+            // Relabelling only: history is optional in OCI and not touched.
+            return Ok(Self { manifest, config });
+        }
         // The last `replaced` layers must be the COPY steps (buildah: "... COPY dir:... in ...").
         let made_layers: Vec<&Value> = config["history"]
             .as_array()
@@ -87,7 +91,6 @@ impl Previous {
         note: &str,
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
         let k = layers.len();
-        let broken = || "the previous image changed shape while being edited".to_owned();
         let config = &mut self.config;
         config["created"] = json!(created);
         if !config["config"]["Labels"].is_object() {
@@ -102,7 +105,14 @@ impl Previous {
         let keep = diff_ids.len() - k;
         diff_ids.truncate(keep);
         diff_ids.extend(layers.iter().map(|l| json!(l.diff_id)));
-        let history = config["history"].as_array_mut().ok_or_else(broken)?;
+        // History is optional in OCI: only an image whose layers change needs it.
+        let Some(history) = config["history"].as_array_mut() else {
+            return if k == 0 {
+                self.finish(layers)
+            } else {
+                Err(broken())
+            };
+        };
         let mut rebuilt = history
             .iter_mut()
             .filter(|e| !e["empty_layer"].as_bool().unwrap_or(false))
@@ -120,12 +130,18 @@ impl Previous {
         {
             entry["created"] = json!(created);
         }
-        let config_bytes = serde_json::to_vec(config).map_err(|e| e.to_string())?;
+        self.finish(layers)
+    }
 
+    /// Serialises the config, then the manifest pointing at it, its last `layers.len()` layers
+    /// replaced.
+    fn finish(mut self, layers: &[NewLayer]) -> Result<(Vec<u8>, Vec<u8>), String> {
+        let config_bytes = serde_json::to_vec(&self.config).map_err(|e| e.to_string())?;
         let manifest = &mut self.manifest;
         manifest["config"]["digest"] = json!(sha256(&config_bytes));
         manifest["config"]["size"] = json!(config_bytes.len());
         let entries = manifest["layers"].as_array_mut().ok_or_else(broken)?;
+        let keep = entries.len().saturating_sub(layers.len());
         for (entry, layer) in entries.iter_mut().skip(keep).zip(layers) {
             entry["digest"] = json!(layer.digest);
             entry["size"] = json!(layer.size);
@@ -143,6 +159,10 @@ impl Previous {
             .unwrap_or(fallback)
             .to_owned()
     }
+}
+
+fn broken() -> String {
+    "the previous image changed shape while being edited".to_owned()
 }
 
 pub(super) fn sha256(bytes: &[u8]) -> String {
@@ -217,6 +237,28 @@ mod tests {
         assert_eq!(manifest["layers"][1]["digest"], "sha256:l2");
         let config_bytes = serde_json::to_vec(&config).expect("json");
         assert_eq!(manifest["config"]["digest"], json!(sha256(&config_bytes)));
+    }
+
+    #[test]
+    fn relabelling_needs_no_history() {
+        let (manifest, config) = previous();
+        let mut config: Value = serde_json::from_slice(&config).expect("json");
+        config.as_object_mut().expect("object").remove("history");
+        let config = serde_json::to_vec(&config).expect("json");
+        let image = Previous::parse(OCI, &manifest, &config, 0).expect("relabellable");
+        let labels = [("a".to_owned(), "b".to_owned())];
+        let (config, manifest) = image.relayer(&[], &labels, "now", "").expect("labelled");
+        let config: Value = serde_json::from_slice(&config).expect("json");
+        let manifest: Value = serde_json::from_slice(&manifest).expect("json");
+        assert_eq!(config["config"]["Labels"]["a"], "b");
+        assert_eq!(
+            manifest["layers"][2]["digest"], "sha256:l3",
+            "no layer moves"
+        );
+        assert_eq!(
+            manifest["config"]["digest"],
+            json!(sha256(&serde_json::to_vec(&config).expect("json")))
+        );
     }
 
     #[test]

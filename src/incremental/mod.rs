@@ -81,10 +81,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
         return Ok(Err("no earlier image of this configuration".into()));
     };
-    let config_digest = serde_json::from_slice::<serde_json::Value>(&previous.bytes)
-        .ok()
-        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned));
-    let Some(config_digest) = config_digest else {
+    let Some(config_digest) = config_digest(&previous) else {
         return Ok(Err("the earlier image has no config".into()));
     };
     let Some(config) = store.blob(a.repository, &config_digest).await? else {
@@ -141,10 +138,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
             .await?;
     }
 
-    let created = a
-        .created
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
+    let created = rfc3339(a.created);
     let note = format!("image-builder: rebuilt from {}", previous.digest);
     let media_type = prev.media_type(&previous.media_type);
     let replaced = new_layers.len();
@@ -152,21 +146,21 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
         Ok(edited) => edited,
         Err(reason) => return Ok(Err(reason)),
     };
-    store
-        .upload_blob(a.repository, &image::sha256(&config), config)
-        .await?;
-    let manifest = Manifest {
+    let digest = publish(
+        store.as_ref(),
+        a.repository,
+        a.tag,
         media_type,
-        digest: image::sha256(&manifest),
-        bytes: manifest,
-    };
-    store.tag(a.repository, a.tag, &manifest).await?;
+        config,
+        manifest,
+    )
+    .await?;
     a.log.push(&format!(
         "incremental rebuild of {}@{} (commit {prev_commit}): {replaced} COPY layer(s) \
          replaced from {files} file(s), every other layer reused",
         spec.image, previous.digest
     ));
-    Ok(Ok(manifest.digest))
+    Ok(Ok(digest))
 }
 
 /// Labels for an image pushed without them.
@@ -191,10 +185,8 @@ pub async fn relabel(r: &Relabel<'_>) -> Result<String, BuildError> {
         .manifest(r.repository, r.digest)
         .await?
         .ok_or_else(|| failed("the registry does not know it".into()))?;
-    let config_digest = serde_json::from_slice::<serde_json::Value>(&pushed.bytes)
-        .ok()
-        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned))
-        .ok_or_else(|| failed("its manifest names no config".into()))?;
+    let config_digest =
+        config_digest(&pushed).ok_or_else(|| failed("its manifest names no config".into()))?;
     let config = r
         .store
         .blob(r.repository, &config_digest)
@@ -202,21 +194,42 @@ pub async fn relabel(r: &Relabel<'_>) -> Result<String, BuildError> {
         .ok_or_else(|| failed("its config is missing".into()))?;
     let image = Previous::parse(&pushed.media_type, &pushed.bytes, &config, 0).map_err(failed)?;
     let media_type = image.media_type(&pushed.media_type);
-    let created = r
-        .created
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default();
-    let (config, manifest) = image.relayer(&[], r.labels, &created, "").map_err(failed)?;
-    r.store
-        .upload_blob(r.repository, &image::sha256(&config), config)
+    let (config, manifest) = image
+        .relayer(&[], r.labels, &rfc3339(r.created), "")
+        .map_err(failed)?;
+    publish(r.store, r.repository, r.tag, media_type, config, manifest).await
+}
+
+/// Uploads an edited image's config, puts its manifest under `tag`; returns its digest.
+async fn publish(
+    store: &dyn ImageStore,
+    repository: &str,
+    tag: &str,
+    media_type: String,
+    config: Vec<u8>,
+    manifest: Vec<u8>,
+) -> Result<String, BuildError> {
+    store
+        .upload_blob(repository, &image::sha256(&config), config)
         .await?;
     let manifest = Manifest {
         media_type,
         digest: image::sha256(&manifest),
         bytes: manifest,
     };
-    r.store.tag(r.repository, r.tag, &manifest).await?;
+    store.tag(repository, tag, &manifest).await?;
     Ok(manifest.digest)
+}
+
+fn config_digest(manifest: &Manifest) -> Option<String> {
+    serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
+        .ok()
+        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned))
+}
+
+fn rfc3339(at: time::OffsetDateTime) -> String {
+    at.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.
