@@ -1,8 +1,8 @@
 //! The previous image with its last layers replaced: a new config (diff ids, history, labels,
 //! creation time) and a new manifest pointing at it. Plain JSON edits; everything else is kept.
 
+use crate::registry::content_digest;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 /// Single-image manifests we can edit (an index for several platforms is not one of them).
 const MANIFEST_TYPES: [&str; 2] = [
@@ -138,7 +138,7 @@ impl Previous {
     fn finish(mut self, layers: &[NewLayer]) -> Result<(Vec<u8>, Vec<u8>), String> {
         let config_bytes = serde_json::to_vec(&self.config).map_err(|e| e.to_string())?;
         let manifest = &mut self.manifest;
-        manifest["config"]["digest"] = json!(sha256(&config_bytes));
+        manifest["config"]["digest"] = json!(content_digest(&config_bytes));
         manifest["config"]["size"] = json!(config_bytes.len());
         let entries = manifest["layers"].as_array_mut().ok_or_else(broken)?;
         let keep = entries.len().saturating_sub(layers.len());
@@ -163,10 +163,6 @@ impl Previous {
 
 fn broken() -> String {
     "the previous image changed shape while being edited".to_owned()
-}
-
-pub(super) fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
 #[cfg(test)]
@@ -236,7 +232,10 @@ mod tests {
         assert_eq!(manifest["layers"][2]["size"], 42);
         assert_eq!(manifest["layers"][1]["digest"], "sha256:l2");
         let config_bytes = serde_json::to_vec(&config).expect("json");
-        assert_eq!(manifest["config"]["digest"], json!(sha256(&config_bytes)));
+        assert_eq!(
+            manifest["config"]["digest"],
+            json!(content_digest(&config_bytes))
+        );
     }
 
     #[test]
@@ -257,7 +256,7 @@ mod tests {
         );
         assert_eq!(
             manifest["config"]["digest"],
-            json!(sha256(&serde_json::to_vec(&config).expect("json")))
+            json!(content_digest(&serde_json::to_vec(&config).expect("json")))
         );
     }
 

@@ -12,6 +12,7 @@ use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 use super::dockerfile::CopyStep;
+use crate::registry::content_digest;
 
 /// Sources above this size are built by the engine instead (the layer is held in memory).
 const MAX_SOURCE_BYTES: u64 = 256 * 1024 * 1024;
@@ -86,7 +87,7 @@ pub(super) fn build(context: &Path, step: &CopyStep) -> Result<Layer, String> {
         .inner
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
-    let digest = format!("sha256:{}", hex::encode(Sha256::digest(&blob)));
+    let digest = content_digest(&blob);
     Ok(Layer {
         blob,
         digest,

@@ -21,7 +21,7 @@ use crate::build_log::BuildLog;
 use crate::error::BuildError;
 use crate::pipeline::Environment;
 use crate::plan::{BuildSpec, Recipe};
-use crate::registry::{ImageStore, Manifest};
+use crate::registry::{ImageStore, Manifest, content_digest};
 use crate::source::{Checkout, SourceSpec};
 
 use image::{NewLayer, Previous};
@@ -210,11 +210,11 @@ async fn publish(
     manifest: Vec<u8>,
 ) -> Result<String, BuildError> {
     store
-        .upload_blob(repository, &image::sha256(&config), config)
+        .upload_blob(repository, &content_digest(&config), config)
         .await?;
     let manifest = Manifest {
         media_type,
-        digest: image::sha256(&manifest),
+        digest: content_digest(&manifest),
         bytes: manifest,
     };
     store.tag(repository, tag, &manifest).await?;

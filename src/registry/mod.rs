@@ -23,6 +23,12 @@ application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
+/// The registry's name for `bytes`: `sha256:<hex>`.
+pub fn content_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
 /// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -282,10 +288,7 @@ impl RegistryClient {
             .await
             .map_err(|e| BuildError::PushFailed(format!("failed to read a manifest: {e}")))?
             .to_vec();
-        let digest = digest.unwrap_or_else(|| {
-            use sha2::{Digest, Sha256};
-            format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
-        });
+        let digest = digest.unwrap_or_else(|| content_digest(&bytes));
         Ok(Some(Manifest {
             media_type,
             bytes,
