@@ -15,7 +15,7 @@ use crate::error::BuildError;
 use crate::events::{BuildRef, ImageUpdated};
 use crate::incremental;
 use crate::plan::{self, PlanInput};
-use crate::registry::ImageStore;
+use crate::registry::{ImageStore, Manifest};
 use crate::request::BuildRequest;
 use crate::source::{self, SourceFetcher};
 
@@ -188,14 +188,8 @@ pub async fn run(
         created: time::OffsetDateTime::now_utc(),
         log,
     };
-    let digest = produce(&attempt, job.request.no_cache, &ctx).await?;
-    let manifest = env
-        .store
-        .manifest(repository, &digest)
-        .await?
-        .ok_or_else(|| {
-            BuildError::PushFailed(format!("the registry does not know {digest} just pushed"))
-        })?;
+    let manifest = produce(&attempt, job.request.no_cache, &ctx).await?;
+    let digest = manifest.digest.clone();
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
     for tag in tags {
         env.store.tag(repository, tag, &manifest).await?;
@@ -210,24 +204,32 @@ pub async fn run(
     Ok(updated(digest, build_spec.tags, false))
 }
 
-/// Puts the image under `a.tag` and returns its digest: edited in the registry when only files
-/// of the final COPYs changed, else built and pushed by the engine (and labelled in the
+/// Puts the image under `a.tag` and returns its manifest: edited in the registry when only
+/// files of the final COPYs changed, else built and pushed by the engine (and labelled in the
 /// registry when the engine did not label it).
 async fn produce(
     a: &incremental::Attempt<'_>,
     no_cache: bool,
     ctx: &BuildCtx,
-) -> Result<String, BuildError> {
+) -> Result<Manifest, BuildError> {
     let (env, spec) = (a.env, a.spec);
     if !no_cache
         && env.settings.build.incremental
-        && let Some(digest) = incremental::rebuild(a).await?
+        && let Some(edited) = incremental::rebuild(a).await?
     {
-        return Ok(digest);
+        return Ok(edited);
     }
     env.engine.build(spec, ctx).await?;
     if env.engine.labels_at_build(spec) {
-        return env.engine.push(spec, a.tag, ctx).await;
+        let digest = env.engine.push(spec, a.tag, ctx).await?;
+        // Only the engine's push leaves the manifest to be read back.
+        return env
+            .store
+            .manifest(a.repository, &digest)
+            .await?
+            .ok_or_else(|| {
+                BuildError::PushFailed(format!("the registry does not know {digest} just pushed"))
+            });
     }
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
     // under a tag a user reads.
@@ -241,8 +243,10 @@ async fn produce(
         created: a.created,
     })
     .await?;
-    a.log
-        .push(&format!("labelled {pushed} in the registry: {labelled}"));
+    a.log.push(&format!(
+        "labelled {pushed} in the registry: {}",
+        labelled.digest
+    ));
     Ok(labelled)
 }
 

@@ -41,10 +41,10 @@ pub struct Attempt<'a> {
     pub log: &'a BuildLog,
 }
 
-/// The digest of the edited image, pushed under `tag`; None when this build needs the engine.
-pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Option<String>, BuildError> {
+/// The edited image, pushed under `tag`; None when this build needs the engine.
+pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Option<Manifest>, BuildError> {
     match try_rebuild(attempt).await? {
-        Ok(digest) => Ok(Some(digest)),
+        Ok(manifest) => Ok(Some(manifest)),
         Err(reason) => {
             attempt
                 .log
@@ -56,7 +56,7 @@ pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Option<String>, BuildError
 
 /// Outer error: the registry or git failed (a service fault, as in any build). Inner error:
 /// why this build does not qualify.
-async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildError> {
+async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildError> {
     let spec = a.spec;
     let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
         return Ok(Err("nixpacks generates the Dockerfile".into()));
@@ -146,7 +146,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
         Ok(edited) => edited,
         Err(reason) => return Ok(Err(reason)),
     };
-    let digest = publish(
+    let edited = publish(
         store.as_ref(),
         a.repository,
         a.tag,
@@ -160,7 +160,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<String, String>, BuildErr
          replaced from {files} file(s), every other layer reused",
         spec.image, previous.digest
     ));
-    Ok(Ok(digest))
+    Ok(Ok(edited))
 }
 
 /// Labels for an image pushed without them.
@@ -176,8 +176,8 @@ pub struct Relabel<'a> {
 }
 
 /// Writes `labels` into the config of `digest` and pushes the result under `tag`: a new config
-/// blob and manifest, no layer moves. Returns the labelled image's digest.
-pub async fn relabel(r: &Relabel<'_>) -> Result<String, BuildError> {
+/// blob and manifest, no layer moves. Returns the labelled image.
+pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
     let failed =
         |why: String| BuildError::PushFailed(format!("failed to label {}: {why}", r.digest));
     let pushed = r
@@ -200,7 +200,7 @@ pub async fn relabel(r: &Relabel<'_>) -> Result<String, BuildError> {
     publish(r.store, r.repository, r.tag, media_type, config, manifest).await
 }
 
-/// Uploads an edited image's config, puts its manifest under `tag`; returns its digest.
+/// Uploads an edited image's config, puts its manifest under `tag`; returns the manifest.
 async fn publish(
     store: &dyn ImageStore,
     repository: &str,
@@ -208,7 +208,7 @@ async fn publish(
     media_type: String,
     config: Vec<u8>,
     manifest: Vec<u8>,
-) -> Result<String, BuildError> {
+) -> Result<Manifest, BuildError> {
     store
         .upload_blob(repository, &content_digest(&config), config)
         .await?;
@@ -218,7 +218,7 @@ async fn publish(
         bytes: manifest,
     };
     store.tag(repository, tag, &manifest).await?;
-    Ok(manifest.digest)
+    Ok(manifest)
 }
 
 fn config_digest(manifest: &Manifest) -> Option<String> {
