@@ -159,6 +159,13 @@ fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
     Ok(lock)
 }
 
+/// The mirror under a shared lock: reads only (resolve, diff, checkout) while no fetch runs.
+fn open_for_reading(mirror: &Path) -> Result<(File, Repository), BuildError> {
+    let lock = lock_mirror(mirror, false)?;
+    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    Ok((lock, repo))
+}
+
 /// Which fetches a request may share: same mirror, same credentials. Only a digest is kept.
 fn gate_key(mirror: &Path, spec: &SourceSpec) -> String {
     let mut hasher = Sha256::new();
@@ -193,8 +200,7 @@ fn resolve_in_mirror(
     git_ref: Option<&GitRef>,
     default_branch: Option<String>,
 ) -> Result<Checkout, BuildError> {
-    let _lock = lock_mirror(mirror, false)?;
-    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let (_lock, repo) = open_for_reading(mirror)?;
     let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
     Ok(Checkout {
         commit: oid.to_string(),
@@ -204,8 +210,7 @@ fn resolve_in_mirror(
 }
 
 fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), BuildError> {
-    let _lock = lock_mirror(mirror, false)?;
-    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let (_lock, repo) = open_for_reading(mirror)?;
     let oid = Oid::from_str(commit).map_err(|e| internal("parse the commit id", &e))?;
     let commit = repo
         .find_commit(oid)
@@ -224,8 +229,7 @@ fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), Build
 }
 
 fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String>>, BuildError> {
-    let _lock = lock_mirror(mirror, false)?;
-    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let (_lock, repo) = open_for_reading(mirror)?;
     let commit = |sha: &str| {
         Oid::from_str(sha)
             .ok()
