@@ -15,6 +15,7 @@ pub mod events;
 pub(crate) mod fresh;
 pub mod incremental;
 pub mod metrics;
+pub(crate) mod now_and_then;
 pub mod pipeline;
 pub mod plan;
 pub mod process;

@@ -16,6 +16,9 @@ use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::plan::BuildSpec;
 
+/// How often an engine prunes its local layer cache (at most).
+const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The Dockerfile as the build log names it: relative to the context when inside it.
 fn shown_dockerfile<'a>(
     dockerfile: &'a std::path::Path,

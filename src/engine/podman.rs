@@ -4,8 +4,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -19,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, RegistrySettings};
 use crate::error::BuildError;
+use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
 use crate::plan::{BuildSpec, Recipe};
 use crate::process::{self, Invocation, ProcessError};
@@ -32,10 +32,8 @@ pub struct Podman {
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
     layer_cache_max_age: Duration,
-    last_prune: Mutex<Option<Instant>>,
+    pruning: NowAndThen,
 }
-
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Podman {
     pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
@@ -49,7 +47,7 @@ impl Podman {
             tls_verify: !registry.insecure,
             credentials,
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
-            last_prune: Mutex::new(None),
+            pruning: NowAndThen::new(super::PRUNE_EVERY),
         }
     }
 
@@ -83,13 +81,9 @@ impl Podman {
     /// Bounds the local layer cache: images unused for `layer_cache_max_age` go, at most once per
     /// `PRUNE_EVERY`. podman slows down as its image store grows, so this is not optional.
     fn prune_layer_cache_now_and_then(&self) {
-        let Ok(mut last) = self.last_prune.lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+        if !self.pruning.due() {
             return;
         }
-        *last = Some(Instant::now());
         let inv = Invocation::new(&self.program, Duration::from_secs(600))
             .args(["image", "prune", "--force", "--filter"])
             .arg(format!("until={}s", self.layer_cache_max_age.as_secs()));

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Checkout, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
 use crate::fresh::FreshGates;
+use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
 use crate::request::GitRef;
 
@@ -29,7 +30,7 @@ pub struct GitMirrors {
     /// Concurrent requests for one mirror (and credentials) share fresh fetches.
     gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
-    last_eviction: std::sync::Mutex<Option<std::time::Instant>>,
+    eviction: NowAndThen,
 }
 
 const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -40,19 +41,15 @@ impl GitMirrors {
             cache_dir,
             max_bytes,
             gates: FreshGates::default(),
-            last_eviction: std::sync::Mutex::new(None),
+            eviction: NowAndThen::new(EVICTION_EVERY),
         }
     }
 
     /// Runs eviction off the async threads, at most once per `EVICTION_EVERY`.
     fn evict_now_and_then(&self) {
-        let Ok(mut last) = self.last_eviction.lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < EVICTION_EVERY) {
+        if !self.eviction.due() {
             return;
         }
-        *last = Some(std::time::Instant::now());
         let dir = self.cache_dir.clone();
         let max = self.max_bytes;
         tokio::task::spawn_blocking(move || super::eviction::evict(&dir, max));

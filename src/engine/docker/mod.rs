@@ -10,8 +10,7 @@ mod stream;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bollard::Docker;
@@ -28,6 +27,7 @@ use super::ImageEngine;
 use super::nixpacks;
 use crate::config::{BuildSettings, RegistrySettings};
 use crate::error::BuildError;
+use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
 use crate::plan::{BuildSpec, Recipe};
 use crate::request::Rejection;
@@ -42,7 +42,7 @@ pub struct DockerEngine {
     /// The build timeout: reported when a deadline passes, and bollard's per-request bound.
     timeout: Duration,
     layer_cache_max_age: Duration,
-    last_prune: Mutex<Option<Instant>>,
+    pruning: NowAndThen,
 }
 
 impl DockerEngine {
@@ -61,7 +61,7 @@ impl DockerEngine {
                 .then(|| (registry.username.clone(), registry.password.clone())),
             timeout: Duration::from_secs(build.timeout_secs),
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
-            last_prune: Mutex::new(None),
+            pruning: NowAndThen::new(super::PRUNE_EVERY),
         })
     }
 

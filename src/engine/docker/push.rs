@@ -1,7 +1,7 @@
 //! Push, then forget the local names; now and then, prune the layer cache.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
@@ -17,7 +17,6 @@ use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::plan::BuildSpec;
 
-const PRUNE_EVERY: Duration = Duration::from_secs(600);
 const FORGET_WITHIN: Duration = Duration::from_secs(30);
 
 impl DockerEngine {
@@ -92,13 +91,9 @@ impl DockerEngine {
     /// Bounds the layer cache: dangling images unused for `layer_cache_max_age` go, at most
     /// once per `PRUNE_EVERY`, as the podman engine does.
     pub(super) fn prune_layer_cache_now_and_then(&self, docker: Docker) {
-        let Ok(mut last) = self.last_prune.lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < PRUNE_EVERY) {
+        if !self.pruning.due() {
             return;
         }
-        *last = Some(Instant::now());
         let until = format!("{}s", self.layer_cache_max_age.as_secs());
         tokio::spawn(async move {
             let filters = HashMap::from([("until", vec![until.as_str()])]);
