@@ -318,8 +318,11 @@ impl Worker {
         panic!("worker did not start consuming:\n{}", self.log());
     }
 
+    /// Lossy: a hostile request may put non-UTF-8 bytes in the log, which must not blank it.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        std::fs::read(&self.log_path)
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 
     pub async fn stop(mut self) {
