@@ -82,7 +82,14 @@ pub struct BuildSettings {
     pub docker_host: String,
     pub podman: String,
     pub nixpacks: String,
-    pub isolation: String,
+    /// How RUN steps are isolated: `oci` (own PID and network namespaces, cgroup limits) or
+    /// `chroot` (shares the host's network and PIDs: an explicit operator choice, warned at start).
+    pub isolation: Isolation,
+    /// OCI runtime for `oci` isolation (runc works on hybrid cgroups; crun does not).
+    pub runtime: String,
+    /// The network a RUN step gets.
+    pub network: BuildNetwork,
+    pub limits: BuildLimits,
     pub timeout_secs: u64,
     pub log_tail_lines: usize,
     /// Local build-cache images unused for this long are pruned.
@@ -112,6 +119,83 @@ impl TryFrom<String> for EngineKind {
                 "build.engine must be \"podman\" or \"docker\", not {other:?}"
             )),
         }
+    }
+}
+
+/// How RUN steps are isolated from the worker's host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Isolation {
+    /// An OCI runtime: own PID, network, mount and IPC namespaces and a cgroup per build.
+    Oci,
+    /// podman's chroot: the host's network and PID namespace. Only as an operator's choice.
+    Chroot,
+}
+
+impl TryFrom<String> for Isolation {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "oci" => Ok(Self::Oci),
+            "chroot" => Ok(Self::Chroot),
+            other => Err(format!(
+                "build.isolation must be \"oci\" or \"chroot\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// The network namespace of a RUN step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BuildNetwork {
+    /// A private namespace with outbound access (package installs work); the host and private
+    /// ranges are closed by the firewall rules `scripts/sandbox-firewall.sh` installs.
+    Isolated,
+    /// Loopback only.
+    None,
+    /// The host's network: every service on the host is reachable. Only as an operator's choice.
+    Host,
+}
+
+impl TryFrom<String> for BuildNetwork {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        match value.as_str() {
+            "isolated" => Ok(Self::Isolated),
+            "none" => Ok(Self::None),
+            "host" => Ok(Self::Host),
+            other => Err(format!(
+                "build.network must be \"isolated\", \"none\" or \"host\", not {other:?}"
+            )),
+        }
+    }
+}
+
+/// Bounds of one build. Going past one ends the build as a user fault naming the limit.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BuildLimits {
+    /// Memory of a build's RUN steps (RAM; no swap beyond it).
+    pub memory_mb: u64,
+    /// CPUs a build's RUN steps may use (CFS quota), e.g. 1.5.
+    pub cpus: f64,
+    /// Processes and threads a build's RUN steps may have at once.
+    pub pids: u64,
+    /// Disk a build may write: any one file a step writes, and what its steps add to the image.
+    pub disk_mb: u64,
+    /// Size of the checked-out tree (a git bomb fails before it is written).
+    pub checkout_mb: u64,
+    /// Bytes one fetch may receive from the git host.
+    pub fetch_mb: u64,
+    /// A git host that sends nothing for this long fails the fetch.
+    pub git_stall_secs: u64,
+}
+
+impl BuildLimits {
+    pub fn git_stall(&self) -> Duration {
+        Duration::from_secs(self.git_stall_secs)
     }
 }
 
@@ -199,6 +283,27 @@ impl Settings {
         anyhow::ensure!(
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
+        );
+        let limits = &self.build.limits;
+        anyhow::ensure!(
+            limits.cpus > 0.0 && limits.cpus.is_finite(),
+            "build.limits.cpus must be a positive number"
+        );
+        for (name, value) in [
+            ("memory_mb", limits.memory_mb),
+            ("pids", limits.pids),
+            ("disk_mb", limits.disk_mb),
+            ("checkout_mb", limits.checkout_mb),
+            ("fetch_mb", limits.fetch_mb),
+            ("git_stall_secs", limits.git_stall_secs),
+        ] {
+            anyhow::ensure!(value > 0, "build.limits.{name} must be at least 1");
+        }
+        anyhow::ensure!(
+            !(self.build.isolation == Isolation::Chroot
+                && self.build.network != BuildNetwork::Host),
+            "build.isolation = \"chroot\" shares the host's network: set build.network = \"host\" \
+             to say so, or use isolation \"oci\""
         );
         crate::engine::DockerHost::parse(&self.build.docker_host)
             .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;

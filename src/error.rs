@@ -51,6 +51,9 @@ pub enum BuildError {
     PushFailed(String),
     #[error("build engine failed: {0}")]
     Engine(String),
+    /// A bound of `build.limits` was passed; the message names it.
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
     #[error("build timed out after {0:?}")]
     TimedOut(Duration),
     #[error("build cancelled")]
@@ -68,7 +71,8 @@ impl BuildError {
             | Self::RefNotFound(_)
             | Self::AuthRefused(_)
             | Self::NoRecipe(_)
-            | Self::StepFailed(_) => Fault::User,
+            | Self::StepFailed(_)
+            | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
             | Self::PushFailed(_)
             | Self::Engine(_)
@@ -90,6 +94,7 @@ impl BuildError {
             Self::StepFailed(_) => "step_failed",
             Self::PushFailed(_) => "push_failed",
             Self::Engine(_) => "engine",
+            Self::LimitExceeded(_) => "limit_exceeded",
             Self::TimedOut(_) => "timed_out",
             Self::Cancelled => "cancelled",
             Self::Internal(_) => "internal",

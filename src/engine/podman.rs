@@ -16,7 +16,7 @@ use super::nixpacks;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
-use crate::config::{BuildSettings, RegistrySettings};
+use crate::config::{BuildSettings, Isolation, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
@@ -27,7 +27,7 @@ use crate::redact::Redactor;
 pub struct Podman {
     program: String,
     nixpacks: String,
-    isolation: String,
+    isolation: Isolation,
     registry_host: String,
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
@@ -42,7 +42,7 @@ impl Podman {
         Self {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
-            isolation: build.isolation.clone(),
+            isolation: build.isolation,
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
             credentials,
@@ -119,7 +119,11 @@ impl ImageEngine for Podman {
         };
         let mut inv = self
             .invocation(ctx)
-            .args(["build", "--layers", "--isolation", &self.isolation])
+            .args(["build", "--layers", "--isolation"])
+            .arg(match self.isolation {
+                Isolation::Oci => "oci",
+                Isolation::Chroot => "chroot",
+            })
             .arg("--file")
             .arg(&dockerfile);
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
