@@ -310,6 +310,33 @@ impl Settings {
         Ok(())
     }
 
+    /// One line per way the operator loosened the build sandbox, logged at start.
+    pub fn sandbox_warnings(&self) -> Vec<String> {
+        let mut warnings = Vec::new();
+        if self.build.engine == EngineKind::Podman && self.build.isolation == Isolation::Chroot {
+            warnings.push(
+                "build.isolation = \"chroot\": RUN steps share this host's PID namespace and run \
+                 without cgroup limits (build.limits apply to oci isolation only)"
+                    .to_owned(),
+            );
+        }
+        if self.build.network == BuildNetwork::Host {
+            warnings.push(
+                "build.network = \"host\": RUN steps reach every service listening on this host, \
+                 loopback included"
+                    .to_owned(),
+            );
+        }
+        if self.build.engine == EngineKind::Docker {
+            warnings.push(
+                "build.engine = \"docker\": isolation and build.limits are the daemon's own \
+                 configuration, not image-builder's"
+                    .to_owned(),
+            );
+        }
+        warnings
+    }
+
     pub fn cache_dir(&self) -> PathBuf {
         self.data_dir.join("git-cache")
     }

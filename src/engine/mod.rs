@@ -1,13 +1,17 @@
 //! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
 //! a Docker Engine API daemon through bollard.
 
+mod cgroup;
+mod disk_watch;
 mod docker;
 mod labels;
 mod nixpacks;
 mod podman;
+mod sandbox;
 
 use async_trait::async_trait;
 
+pub use cgroup::remove_stale as remove_stale_cgroups;
 pub use docker::{DockerEngine, DockerHost};
 pub(crate) use labels::escape_char;
 pub use podman::Podman;

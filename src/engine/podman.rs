@@ -1,5 +1,6 @@
 //! podman CLI adapter. Build args reach podman through its environment (`--build-arg KEY` takes
 //! the value from there), registry credentials through a 0600 auth file: no secret is in argv.
+//! RUN steps run in the build's sandbox (`sandbox.rs`) unless the operator chose chroot.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
@@ -15,8 +16,9 @@ use super::labels::labelled_dockerfile;
 use super::nixpacks;
 use tokio_util::sync::CancellationToken;
 
+use super::sandbox::Sandbox;
 use crate::build_log::BuildLog;
-use crate::config::{BuildSettings, Isolation, RegistrySettings};
+use crate::config::{BuildLimits, BuildNetwork, BuildSettings, Isolation, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
@@ -28,6 +30,9 @@ pub struct Podman {
     program: String,
     nixpacks: String,
     isolation: Isolation,
+    runtime: String,
+    network: BuildNetwork,
+    limits: BuildLimits,
     registry_host: String,
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
@@ -43,6 +48,9 @@ impl Podman {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
             isolation: build.isolation,
+            runtime: build.runtime.clone(),
+            network: build.network,
+            limits: build.limits.clone(),
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
             credentials,
@@ -95,6 +103,14 @@ impl Podman {
         });
     }
 
+    /// The build's box: None only with `chroot`, which the operator chose knowing it has none.
+    fn sandbox(&self) -> Result<Option<Sandbox>, BuildError> {
+        match self.isolation {
+            Isolation::Chroot => Ok(None),
+            Isolation::Oci => Sandbox::create(&self.runtime, self.network, &self.limits).map(Some),
+        }
+    }
+
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
         Invocation::new(&self.program, ctx.remaining())
     }
@@ -117,13 +133,14 @@ impl ImageEngine for Podman {
         } else {
             source_dockerfile.clone()
         };
+        let sandbox = self.sandbox()?;
         let mut inv = self
             .invocation(ctx)
-            .args(["build", "--layers", "--isolation"])
-            .arg(match self.isolation {
-                Isolation::Oci => "oci",
-                Isolation::Chroot => "chroot",
-            })
+            .args(["build", "--layers"])
+            .args(sandbox.as_ref().map_or_else(
+                || vec!["--isolation".to_owned(), "chroot".to_owned()],
+                |s| s.podman_args(),
+            ))
             .arg("--file")
             .arg(&dockerfile);
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
@@ -156,9 +173,18 @@ impl ImageEngine for Podman {
         let bases = std::fs::read_to_string(&dockerfile)
             .map(|text| nixpacks::base_images(&text))
             .unwrap_or_default();
-        process::run(inv, &ctx.log, &ctx.cancel)
-            .await
-            .map_err(|e| build_error(e, &ctx.log.tail(20), &bases))
+        let Some(sandbox) = sandbox else {
+            return process::run(inv, &ctx.log, &ctx.cancel)
+                .await
+                .map_err(|e| build_error(e, &ctx.log.tail(20), &bases));
+        };
+        let watched = sandbox.watch(&ctx.cancel);
+        let result = process::run(inv, &ctx.log, watched.cancel()).await;
+        let tail = ctx.log.tail(20);
+        result.map_err(|e| match watched.finish(&tail) {
+            Some(limit) => BuildError::LimitExceeded(limit),
+            None => build_error(e, &tail, &bases),
+        })
     }
 
     async fn push(

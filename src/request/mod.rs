@@ -3,6 +3,7 @@
 
 mod fields;
 mod repo;
+mod reserved_env;
 pub mod types;
 
 use std::collections::BTreeMap;
@@ -305,6 +306,9 @@ fn parse_build_args(raw: BTreeMap<String, String>) -> Result<BuildArgs, Rejectio
                 &format!("build_args.{}", truncate(key, 64)),
                 "key must match [A-Za-z_][A-Za-z0-9_]*",
             ));
+        }
+        if let Some(reason) = reserved_env::reserved(key) {
+            return Err(Rejection::new(&format!("build_args.{key}"), reason));
         }
         if value.contains('\0') || value.len() > 8192 {
             // The value is never quoted back: it may be a secret.

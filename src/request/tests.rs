@@ -115,6 +115,14 @@ fn each_bad_field_is_named() {
             "build_args.X",
         ),
         (
+            r#"{"repo":"a/b","user_id":"u","build_args":{"HTTPS_PROXY":"http://x"}}"#,
+            "build_args.HTTPS_PROXY",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","build_args":{"CONTAINERS_CONF":"/x"}}"#,
+            "build_args.CONTAINERS_CONF",
+        ),
+        (
             r#"{"repo":"a/b","user_id":"u","labels":{"k":"a\nb"}}"#,
             "labels.k",
         ),

@@ -37,6 +37,12 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     crate::source::configure_git_timeouts();
+    for warning in settings.sandbox_warnings() {
+        tracing::warn!("sandbox loosened: {warning}");
+    }
+    if settings.build.engine == EngineKind::Podman {
+        crate::engine::remove_stale_cgroups();
+    }
     let engine: Arc<dyn ImageEngine> = match settings.build.engine {
         EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
         EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),

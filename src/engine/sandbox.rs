@@ -1,0 +1,121 @@
+//! The box a podman build's RUN steps run in: an OCI runtime (own PID, mount, IPC and network
+//! namespaces), the build's network, a cgroup bounding memory, CPU and processes, a per-file
+//! size limit, and a watch on what the steps write. Afterwards it names the limit a failed
+//! build ran into, so the user is told which one instead of a bare "exit status 137".
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio_util::sync::CancellationToken;
+
+use super::cgroup::BuildCgroup;
+use super::disk_watch;
+use crate::config::{BuildLimits, BuildNetwork};
+use crate::error::BuildError;
+
+pub struct Sandbox {
+    runtime: String,
+    network: BuildNetwork,
+    limits: BuildLimits,
+    cgroup: Arc<BuildCgroup>,
+}
+
+impl Sandbox {
+    pub fn create(
+        runtime: &str,
+        network: BuildNetwork,
+        limits: &BuildLimits,
+    ) -> Result<Self, BuildError> {
+        let name = format!("b{}", uuid::Uuid::new_v4().simple());
+        let cgroup = BuildCgroup::create(&name, limits)
+            .map_err(|e| BuildError::Engine(format!("failed to create the build's cgroup: {e}")))?;
+        Ok(Self {
+            runtime: runtime.to_owned(),
+            network,
+            limits: limits.clone(),
+            cgroup: Arc::new(cgroup),
+        })
+    }
+
+    /// `podman build` flags that put every RUN step in the box.
+    pub fn podman_args(&self) -> Vec<String> {
+        let network = match self.network {
+            // podman's default bridge: NAT egress; the firewall closes the host and private ranges.
+            BuildNetwork::Isolated => "private",
+            BuildNetwork::None => "none",
+            BuildNetwork::Host => "host",
+        };
+        let file_bytes = self.disk_bytes();
+        vec![
+            "--isolation=oci".to_owned(),
+            format!("--runtime={}", self.runtime),
+            format!("--network={network}"),
+            format!("--cgroup-parent={}", self.cgroup.parent_for_steps()),
+            format!("--ulimit=fsize={file_bytes}:{file_bytes}"),
+        ]
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.limits.disk_mb.saturating_mul(1024 * 1024)
+    }
+
+    /// Starts watching the steps' writes; the build runs under the returned token.
+    pub fn watch(&self, cancel: &CancellationToken) -> Watched<'_> {
+        let kill = cancel.child_token();
+        let stop = CancellationToken::new();
+        let disk_exceeded = disk_watch::watch(
+            self.cgroup.clone(),
+            self.disk_bytes(),
+            kill.clone(),
+            stop.clone(),
+        );
+        Watched {
+            sandbox: self,
+            kill,
+            stop,
+            disk_exceeded,
+        }
+    }
+}
+
+/// A build running in the sandbox.
+pub struct Watched<'a> {
+    sandbox: &'a Sandbox,
+    kill: CancellationToken,
+    stop: CancellationToken,
+    disk_exceeded: Arc<AtomicBool>,
+}
+
+impl Watched<'_> {
+    /// Cancelled by the build's own cancel, or by the sandbox when a limit is passed.
+    pub fn cancel(&self) -> &CancellationToken {
+        &self.kill
+    }
+
+    /// After a failed build: the limit it ran into, if any (`tail` is the end of its log).
+    pub fn finish(self, tail: &[String]) -> Option<String> {
+        self.stop.cancel();
+        let disk_mb = self.sandbox.limits.disk_mb;
+        if self.disk_exceeded.load(Ordering::SeqCst) {
+            return Some(format!(
+                "the RUN steps wrote more than build.limits.disk_mb = {disk_mb} MiB"
+            ));
+        }
+        // RLIMIT_FSIZE: the shell says so, the process gets SIGXFSZ (exit status 153).
+        if tail
+            .iter()
+            .any(|line| line.contains("File size limit exceeded"))
+        {
+            return Some(format!(
+                "a RUN step wrote a file larger than build.limits.disk_mb = {disk_mb} MiB"
+            ));
+        }
+        self.sandbox.cgroup.exceeded()
+    }
+}
+
+impl Drop for Watched<'_> {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
