@@ -129,10 +129,17 @@ impl BuildCgroup {
     }
 
     fn pids_refused(&self) -> bool {
-        // `max N`: forks refused because of pids.max, in this cgroup or beneath it.
-        read(&self.dir("pids"), "pids.events")
+        let dir = self.dir("pids");
+        // v2 counts refused forks beneath a cgroup in its `pids.events`; v1 counts them only in
+        // the forking (step) cgroup, which the runtime has removed by now: there the peak
+        // reaching the limit says it.
+        let refused = read(&dir, "pids.events")
             .and_then(|text| counter(&text, "max"))
-            .is_some_and(|n| n > 0)
+            .is_some_and(|n| n > 0);
+        let peaked = read(&dir, "pids.peak")
+            .and_then(|text| text.trim().parse::<u64>().ok())
+            .is_some_and(|peak| peak >= self.limits.pids);
+        refused || peaked
     }
 
     fn memory_reached(&self) -> bool {
@@ -189,23 +196,40 @@ fn remove_tree(dir: &Path) {
     let _ = fs::remove_dir(dir);
 }
 
-/// Leftovers of builds whose worker died: empty cgroups under `image-builder` go (a cgroup in
-/// use by another replica's build cannot be removed, so this is safe on a shared host).
-pub fn remove_stale() {
-    if let Ok(entries) = fs::read_dir(
-        Path::new(ROOT)
-            .join(match layout() {
-                Layout::V1 => "pids",
-                Layout::V2 => "",
-            })
-            .join(PARENT),
-    ) {
-        for entry in entries.filter_map(Result::ok) {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                remove_everywhere(&format!("{PARENT}/{}", entry.file_name().to_string_lossy()));
-            }
+/// Leftovers of builds whose worker died. A cgroup is empty between RUN steps too, so only
+/// those older than any build can run (`max_age`, from the creation time in their name) go:
+/// replicas on one host share this directory.
+pub fn remove_stale(max_age: std::time::Duration) {
+    let dir = match layout() {
+        Layout::V1 => Path::new(ROOT).join("pids").join(PARENT),
+        Layout::V2 => Path::new(ROOT).join(PARENT),
+    };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    let now = unix_now();
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let created = name
+            .strip_prefix('b')
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|secs| secs.parse::<u64>().ok());
+        if created.is_some_and(|at| now.saturating_sub(at) > max_age.as_secs()) {
+            remove_everywhere(&format!("{PARENT}/{name}"));
         }
     }
+}
+
+/// A name for a new build's cgroup: its creation time (read back by `remove_stale`) and a
+/// random part.
+pub fn new_name() -> String {
+    format!("b{}-{}", unix_now(), uuid::Uuid::new_v4().simple())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 fn collect_procs(dir: &Path, pids: &mut Vec<u32>) {

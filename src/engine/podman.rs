@@ -111,6 +111,51 @@ impl Podman {
         }
     }
 
+    /// Removes the build's local name (its layers stay as build cache). `untag IMAGE` alone
+    /// removes *every* name of the image, and a build whose steps add nothing is the base image
+    /// itself (seen: `localhost/busybox:latest` untagged): name the one tag to remove. On the
+    /// build's path (about 50 ms): a task left running past the build dies with a stopping
+    /// worker and leaks the name (seen in tests).
+    async fn forget_local(&self, spec: &BuildSpec, ctx: &BuildCtx) {
+        let forget: Vec<&str> = if is_multi_platform(spec) {
+            vec!["manifest", "rm", &spec.local_ref]
+        } else {
+            vec!["untag", &spec.local_ref, &spec.local_ref]
+        };
+        let untag = self.invocation(ctx).args(forget);
+        if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
+            tracing::warn!("failed to untag {}: {e}", spec.local_ref);
+        }
+    }
+
+    /// A step that writes quickly and exits can finish between two looks of the disk watch:
+    /// the built image as a whole is bounded too, before anything is pushed.
+    async fn check_image_size(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+        let inspect = self
+            .invocation(ctx)
+            .args(["image", "inspect", "--format", "{{.Size}}"])
+            .arg(&spec.local_ref);
+        // Its own log: the one line it prints is a number, not build output.
+        let out = BuildLog::new(Redactor::default());
+        process::run(inspect, &out, &ctx.cancel)
+            .await
+            .map_err(|e| BuildError::Engine(format!("failed to inspect the built image: {e}")))?;
+        let size: u64 = out
+            .tail(1)
+            .first()
+            .and_then(|line| line.trim().parse().ok())
+            .ok_or_else(|| BuildError::Engine("podman printed no image size".into()))?;
+        let limit_mb = self.limits.disk_mb;
+        if size > limit_mb.saturating_mul(1024 * 1024) {
+            self.forget_local(spec, ctx).await;
+            return Err(BuildError::LimitExceeded(format!(
+                "the built image is {} MiB, more than build.limits.disk_mb = {limit_mb} MiB",
+                size >> 20
+            )));
+        }
+        Ok(())
+    }
+
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
         Invocation::new(&self.program, ctx.remaining())
     }
@@ -184,7 +229,11 @@ impl ImageEngine for Podman {
         result.map_err(|e| match watched.finish(&tail) {
             Some(limit) => BuildError::LimitExceeded(limit),
             None => build_error(e, &tail, &bases),
-        })
+        })?;
+        if !is_multi_platform(spec) {
+            self.check_image_size(spec, ctx).await?;
+        }
+        Ok(())
     }
 
     async fn push(
@@ -227,20 +276,7 @@ impl ImageEngine for Podman {
             })?;
 
         // The registry has it now; the local name goes (its layers stay as build cache).
-        // `untag IMAGE` alone removes *every* name of the image, and a build whose steps add
-        // nothing is the base image itself (seen: `localhost/busybox:latest` untagged): name
-        // the one tag to remove.
-        let forget: Vec<&str> = if is_multi_platform(spec) {
-            vec!["manifest", "rm", &spec.local_ref]
-        } else {
-            vec!["untag", &spec.local_ref, &spec.local_ref]
-        };
-        // On the build's path (about 50 ms): a task left running past the build dies with a
-        // stopping worker and leaks the name (seen in tests).
-        let untag = self.invocation(ctx).args(forget);
-        if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
-            tracing::warn!("failed to untag {}: {e}", spec.local_ref);
-        }
+        self.forget_local(spec, ctx).await;
         self.prune_layer_cache_now_and_then();
         Ok(digest)
     }

@@ -26,8 +26,7 @@ impl Sandbox {
         network: BuildNetwork,
         limits: &BuildLimits,
     ) -> Result<Self, BuildError> {
-        let name = format!("b{}", uuid::Uuid::new_v4().simple());
-        let cgroup = BuildCgroup::create(&name, limits)
+        let cgroup = BuildCgroup::create(&super::cgroup::new_name(), limits)
             .map_err(|e| BuildError::Engine(format!("failed to create the build's cgroup: {e}")))?;
         Ok(Self {
             runtime: runtime.to_owned(),
@@ -101,13 +100,17 @@ impl Watched<'_> {
                 "the RUN steps wrote more than build.limits.disk_mb = {disk_mb} MiB"
             ));
         }
-        // RLIMIT_FSIZE: the shell says so, the process gets SIGXFSZ (exit status 153).
+        // RLIMIT_FSIZE: a process dies of SIGXFSZ (its shell says "File size limit exceeded"),
+        // or, as a container's PID 1 (immune to that signal), its write fails with EFBIG,
+        // which tools report as "File too large" or, busybox, a plain "I/O error".
+        const FILE_LIMIT: [&str; 3] = ["File size limit exceeded", "File too large", "I/O error"];
         if tail
             .iter()
-            .any(|line| line.contains("File size limit exceeded"))
+            .any(|line| FILE_LIMIT.iter().any(|m| line.contains(m)))
         {
             return Some(format!(
-                "a RUN step wrote a file larger than build.limits.disk_mb = {disk_mb} MiB"
+                "a RUN step failed writing a file; one file may hold at most \
+                 build.limits.disk_mb = {disk_mb} MiB"
             ));
         }
         self.sandbox.cgroup.exceeded()

@@ -41,7 +41,8 @@ pub async fn run(
         tracing::warn!("sandbox loosened: {warning}");
     }
     if settings.build.engine == EngineKind::Podman {
-        crate::engine::remove_stale_cgroups();
+        // Older than any build can run, with a margin for its push.
+        crate::engine::remove_stale_cgroups(settings.build_timeout() + Duration::from_secs(600));
     }
     let engine: Arc<dyn ImageEngine> = match settings.build.engine {
         EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),

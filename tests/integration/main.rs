@@ -2,6 +2,7 @@
 //! Start the services first: `scripts/services.sh up` (`make test` does it).
 
 mod records_api;
+mod sandbox;
 mod support;
 
 mod core_worker;

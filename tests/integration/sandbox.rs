@@ -1,0 +1,203 @@
+//! Hostile RUN steps against the default sandbox: the host's services, processes and
+//! environment are out of reach, and going past a limit fails the build as a user fault that
+//! names the limit. Every probe targets 127.0.0.1 only: inside the sandbox that is the build's
+//! own loopback, and the control run (chroot + host network) shows the same probe does see the
+//! host's services when they are reachable.
+
+use std::time::Duration;
+
+use image_builder::error::Fault;
+use image_builder::events::{BuildFailed, Event};
+use serde_json::json;
+
+use crate::support::{GitServer, RepoFixture, Stack, Worker, unique};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Ports of the services `scripts/services.sh` runs on this host (broker, its management API
+/// and Erlang distribution, epmd, PostgreSQL, registry) and the API's default.
+const HOST_PORTS: &str = "5672 15672 25672 4369 5432 5000 8080";
+
+/// A RUN step that fails naming what it could reach: a host port that does not refuse the
+/// connection (anything but "refused" counts as reached, so the probe fails closed), more than
+/// a handful of processes (the host has a hundred or more), or the worker's environment marker in any process it can see.
+fn probe_dockerfile(marker: &str) -> String {
+    format!(
+        "FROM localhost/busybox:latest\n\
+         ARG RUN_ID\n\
+         RUN for p in {HOST_PORTS}; do \
+               busybox timeout 3 busybox nc 127.0.0.1 $p </dev/null >/dev/null 2>/tmp/nc; \
+               if ! grep -q 'Connection refused' /tmp/nc; then echo \"REACHED port $p\"; exit 1; fi; \
+             done; \
+             n=$(ls /proc | grep -c '^[0-9]'); echo \"processes: $n\"; \
+             if [ \"$n\" -gt 20 ]; then echo \"REACHED $n processes\"; exit 1; fi; \
+             if cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -q {marker}; then \
+               echo 'REACHED the worker environment'; exit 1; fi; \
+             echo 'probe: nothing of the host reached'\n"
+    )
+}
+
+fn failed(event: Event) -> BuildFailed {
+    match event {
+        Event::Failed(failed) => failed,
+        other => panic!("expected build.failed, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_steps_reach_nothing_of_the_host() {
+    let git = GitServer::start().await;
+    let marker = unique("ibmarker").replace('-', "");
+    let repo = RepoFixture::create(git.root.path(), "acme/probe");
+    repo.commit(&[("Dockerfile", &probe_dockerfile(&marker))], "probe");
+    repo.push();
+    let mut stack = Stack::new().await;
+    let user = unique("u");
+    let env = [
+        ("IB_TEST_WORKER_MARKER", marker.as_str()),
+        ("IMAGE_BUILDER__RETRY__MAX_ATTEMPTS", "1"),
+    ];
+
+    let worker = Worker::spawn(&stack, &git, &env).await;
+    stack
+        .publish_json(&json!({"id": "boxed", "repo": "acme/probe", "user_id": user, "build_args": {"RUN_ID": "boxed"}}))
+        .await;
+    match stack.outcome("boxed", BUILD_TIMEOUT).await {
+        Event::ImageUpdated(_) => {}
+        other => panic!("the probe reached the host: {other:?}\n{}", worker.log()),
+    }
+    assert!(worker.log().contains("probe: nothing of the host reached"));
+    worker.stop().await;
+
+    // Control: the operator's explicit chroot + host network. The same probe sees the broker.
+    let mut loose = env.to_vec();
+    loose.push(("IMAGE_BUILDER__BUILD__ISOLATION", "chroot"));
+    loose.push(("IMAGE_BUILDER__BUILD__NETWORK", "host"));
+    let worker = Worker::spawn(&stack, &git, &loose).await;
+    assert!(
+        worker
+            .log()
+            .contains("sandbox loosened: build.isolation = \"chroot\""),
+        "the loosened sandbox is warned about at start:\n{}",
+        worker.log()
+    );
+    stack
+        // A build arg of its own: podman's layer cache would otherwise reuse the boxed run.
+        .publish_json(&json!({"id": "loose", "repo": "acme/probe", "user_id": user, "build_args": {"RUN_ID": "loose"}}))
+        .await;
+    let control = failed(stack.outcome("loose", BUILD_TIMEOUT).await);
+    assert!(
+        control
+            .log_tail
+            .iter()
+            .any(|l| l.contains("REACHED port 5672")),
+        "without the sandbox the probe reaches the broker: {control:?}"
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+/// One build per limit, on a worker with small limits; each fails as a user fault naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn going_past_a_limit_fails_the_build_naming_it() {
+    let git = GitServer::start().await;
+    let run = unique("run");
+    let cases = [
+        (
+            "memory",
+            "RUN dd if=/dev/zero of=/dev/null bs=300M count=1",
+            "build.limits.memory_mb = 64",
+        ),
+        (
+            "pids",
+            "RUN for i in $(seq 1 100); do sleep 30 & done; wait",
+            "build.limits.pids = 40",
+        ),
+        (
+            "bigfile",
+            "RUN head -c 80000000 /dev/zero > /big",
+            "build.limits.disk_mb = 32",
+        ),
+        (
+            "manyfiles",
+            "RUN for i in 1 2 3 4 5 6; do head -c 15000000 /dev/zero > /f$i; done; sleep 60",
+            "build.limits.disk_mb = 32",
+        ),
+        (
+            "quickfiles",
+            "RUN for i in 1 2 3 4 5 6; do head -c 15000000 /dev/zero > /f$i; done",
+            "build.limits.disk_mb = 32",
+        ),
+    ];
+    for (name, _, _) in &cases {
+        let repo = RepoFixture::create(git.root.path(), &format!("acme/{name}"));
+        let step = cases
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, step, _)| *step)
+            .expect("case");
+        repo.commit(
+            &[(
+                "Dockerfile",
+                // A step of its own first: podman's layer cache must not answer from an
+                // earlier run of this test.
+                &format!("FROM localhost/busybox:latest\nRUN echo {run}\n{step}\n"),
+            )],
+            name,
+        );
+        repo.push();
+    }
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER__BUILD__LIMITS__MEMORY_MB", "64"),
+            ("IMAGE_BUILDER__BUILD__LIMITS__PIDS", "40"),
+            ("IMAGE_BUILDER__BUILD__LIMITS__DISK_MB", "32"),
+            ("IMAGE_BUILDER__RETRY__MAX_ATTEMPTS", "1"),
+            ("IMAGE_BUILDER__AMQP__PREFETCH", "2"),
+        ],
+    )
+    .await;
+    let user = unique("u");
+    for (name, _, _) in &cases {
+        stack
+            .publish_json(&json!({"id": name, "repo": format!("acme/{name}"), "user_id": user}))
+            .await;
+    }
+    for (name, _, limit) in &cases {
+        let outcome = match stack.outcome(name, BUILD_TIMEOUT).await {
+            Event::Failed(failed) => failed,
+            other => panic!(
+                "{name}: expected build.failed, got {other:?}\n{}",
+                worker.log()
+            ),
+        };
+        assert_eq!(outcome.fault, Fault::User, "{name}: {outcome:?}");
+        assert!(
+            outcome.reason.contains(limit),
+            "{name}: the reason names {limit}: {outcome:?}\n{}",
+            worker.log()
+        );
+    }
+    // The worker carries on: a plain build after all of that succeeds.
+    let repo = RepoFixture::create(git.root.path(), "acme/after");
+    repo.commit(
+        &[(
+            "Dockerfile",
+            "FROM localhost/busybox:latest\nRUN echo fine > /ok\n",
+        )],
+        "after",
+    );
+    repo.push();
+    stack
+        .publish_json(&json!({"id": "after", "repo": "acme/after", "user_id": user}))
+        .await;
+    match stack.outcome("after", BUILD_TIMEOUT).await {
+        Event::ImageUpdated(_) => {}
+        other => panic!("the worker still builds: {other:?}\n{}", worker.log()),
+    }
+    worker.stop().await;
+    stack.cleanup().await;
+}
