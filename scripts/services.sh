@@ -16,7 +16,7 @@ state_dir=${IMAGE_BUILDER_STATE_DIR:-$here/.run}
 registry_addr=${REGISTRY_ADDR:-127.0.0.1:5000}
 registry_dir=$state_dir/registry
 base_image=localhost/busybox:latest
-packages=(podman buildah skopeo runc docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev postgresql)
+packages=(podman buildah skopeo runc nftables docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev postgresql)
 pg_url=postgres://image_builder:image_builder@127.0.0.1:5432/image_builder
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -43,7 +43,48 @@ install_missing() {
 
 rabbit_running() { rabbitmqctl -q status >/dev/null 2>&1; }
 
+# Every RabbitMQ listener on loopback only: AMQP, the management API (guest/guest works from
+# localhost), epmd and Erlang distribution. Builds have their own network namespace, but a
+# listener on 0.0.0.0 is also reachable through the bridge gateway and from other hosts.
+configure_rabbitmq_loopback() {
+  mkdir -p /etc/rabbitmq
+  cat >/etc/rabbitmq/rabbitmq.conf <<'EOF'
+# Written by image-builder's scripts/services.sh: loopback only.
+listeners.tcp.default = 127.0.0.1:5672
+management.tcp.ip = 127.0.0.1
+management.tcp.port = 15672
+EOF
+  cat >/etc/rabbitmq/rabbitmq-env.conf <<'EOF'
+# Written by image-builder's scripts/services.sh: loopback only.
+NODE_IP_ADDRESS=127.0.0.1
+ERL_EPMD_ADDRESS=127.0.0.1
+SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+EOF
+}
+
+# Ports of ours listening beyond loopback (from the kernel's socket tables).
+exposed_ports() {
+  local port
+  for port in 5672 15672 25672 4369; do
+    if ss -Hltn "sport = :$port" 2>/dev/null | awk '{print $4}' | grep -vqE '^(127\.0\.0\.1|\[::1\]):'; then
+      echo "$port"
+    fi
+  done
+}
+
 start_rabbitmq() {
+  configure_rabbitmq_loopback
+  if rabbit_running && [ -n "$(exposed_ports)" ]; then
+    log "restarting RabbitMQ on loopback only (it listened on: $(exposed_ports | tr '\n' ' '))"
+    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    epmd -kill >/dev/null 2>&1 || true
+    for _ in $(seq 1 50); do rabbit_running || break; sleep 0.2; done
+  fi
+  if ! pgrep -x epmd >/dev/null; then
+    # Started here so that it binds loopback whoever starts the broker.
+    ERL_EPMD_ADDRESS=127.0.0.1 epmd -daemon
+  fi
   if ! rabbit_running; then
     log "starting RabbitMQ"
     # The Debian package may have started it through its init script; -detached is for bare hosts.
@@ -139,6 +180,7 @@ up() {
   start_registry
   start_postgres
   seed_base_image
+  "$here/scripts/sandbox-firewall.sh" apply
   status
 }
 
@@ -167,6 +209,14 @@ status() {
   fi
   if registry_running; then log "registry: running (http://$registry_addr)"; else log "registry: stopped"; ok=1; fi
   if pg_running; then log "postgres: running ($pg_url)"; else log "postgres: stopped"; ok=1; fi
+  if [ -n "$(exposed_ports)" ]; then
+    log "rabbitmq: listens beyond loopback on $(exposed_ports | tr '\n' ' ')(run: $0 up)"; ok=1
+  fi
+  if command -v nft >/dev/null && nft list table inet image_builder_sandbox >/dev/null 2>&1; then
+    log "sandbox firewall: applied (scripts/sandbox-firewall.sh show)"
+  else
+    log "sandbox firewall: missing (scripts/sandbox-firewall.sh apply)"; ok=1
+  fi
   if command -v podman >/dev/null && podman image exists "$base_image"; then
     log "base image: $base_image present"
   else

@@ -201,3 +201,76 @@ async fn going_past_a_limit_fails_the_build_naming_it() {
     worker.stop().await;
     stack.cleanup().await;
 }
+
+/// Ports of `HOST_PORTS` with a listening socket bound beyond loopback, from the kernel's
+/// socket tables (`/proc/net/tcp{,6}`: local address in hex, state 0A = LISTEN).
+fn exposed_listeners() -> Vec<String> {
+    let ports: Vec<u16> = HOST_PORTS
+        .split(' ')
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    let mut exposed = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state)) = (fields.get(1), fields.get(3)) else {
+                continue;
+            };
+            let Some((addr, port)) = local.split_once(':') else {
+                continue;
+            };
+            let port = u16::from_str_radix(port, 16).unwrap_or(0);
+            // 0100007F is 127.0.0.1 (little-endian words); the tcp6 loopback ends in 01000000.
+            let loopback = addr == "0100007F"
+                || addr.ends_with("0100007F") && addr.starts_with("0000000000000000FFFF0000")
+                || addr == "00000000000000000000000001000000";
+            if *state == "0A" && ports.contains(&port) && !loopback {
+                exposed.push(format!("{table} {addr}:{port}"));
+            }
+        }
+    }
+    exposed
+}
+
+/// Structural: the services this project starts listen on loopback only, and the firewall
+/// closes the host and private ranges to the build network (checked as rules, not by sending
+/// traffic to the bridge gateway or a private address).
+#[test]
+fn host_services_listen_on_loopback_and_the_firewall_fences_the_build_network() {
+    let exposed = exposed_listeners();
+    assert!(
+        exposed.is_empty(),
+        "listening beyond loopback (scripts/services.sh up fixes it): {exposed:?}"
+    );
+    let rules = std::process::Command::new("nft")
+        .args(["list", "table", "inet", "image_builder_sandbox"])
+        .output()
+        .expect("nft runs");
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    let subnet = std::process::Command::new("podman")
+        .args(["network", "inspect", "podman", "--format"])
+        .arg("{{range .Subnets}}{{.Subnet}} {{end}}")
+        .output()
+        .expect("podman runs");
+    let subnet = String::from_utf8_lossy(&subnet.stdout);
+    let subnet = subnet.split_whitespace().next().expect("a build subnet");
+    assert!(
+        rules.contains(&format!("ip saddr {subnet}")) && rules.contains("hook input"),
+        "input from the build network is dropped (scripts/sandbox-firewall.sh apply):\n{rules}"
+    );
+    for closed in [
+        "10.0.0.0/8",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+    ] {
+        assert!(
+            rules.contains(closed),
+            "the build network cannot reach {closed}:\n{rules}"
+        );
+    }
+    assert!(rules.contains("drop"), "{rules}");
+}

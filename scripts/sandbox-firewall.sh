@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Firewall rules for the build sandbox (build.network = "isolated"): a RUN step gets its own
+# network namespace on podman's bridge with NAT egress, so package installs work, but nothing of
+# this host and nothing on private networks may be reached from it:
+#   - traffic from the build subnet to this host itself (the bridge gateway, or any address of
+#     the host) is dropped: the broker, the store, the registry and the API are out of reach
+#     even if one listens beyond loopback;
+#   - traffic from the build subnet to loopback, private, shared, link-local (cloud metadata
+#     169.254.169.254 included), multicast and reserved ranges is dropped;
+#   - except the DNS servers of /etc/resolv.conf (port 53 only: builds resolve names through
+#     them) and the operator's allowlist (internal package mirrors).
+#
+#   scripts/sandbox-firewall.sh apply [CIDR ...]   install (or replace) the rules; each CIDR is
+#                                                  allowed through (e.g. 10.1.2.3/32 for a mirror)
+#   scripts/sandbox-firewall.sh remove             remove them
+#   scripts/sandbox-firewall.sh show               print them
+#
+# Also read: IMAGE_BUILDER_SANDBOX_ALLOW="10.1.2.3/32 10.9.0.0/16" (same as CIDR arguments).
+# One nftables table of its own (inet image_builder_sandbox); podman's and iptables' own rules
+# are left alone. Needs root and nftables.
+set -euo pipefail
+
+table=image_builder_sandbox
+network=${IMAGE_BUILDER_SANDBOX_NETWORK:-podman}
+
+log() { printf '[sandbox-firewall] %s\n' "$*" >&2; }
+
+need_nft() {
+  command -v nft >/dev/null || {
+    log "nft is not installed (apt-get install nftables)"
+    exit 1
+  }
+}
+
+# The build network's IPv4 subnets and bridge, as podman configured them.
+subnets() {
+  podman network inspect "$network" --format '{{range .Subnets}}{{.Subnet}} {{end}}' | tr ' ' '\n' | grep -F '.' || true
+}
+
+bridge() {
+  podman network inspect "$network" --format '{{.NetworkInterface}}'
+}
+
+nameservers() {
+  awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ {print $2}' /etc/resolv.conf 2>/dev/null || true
+}
+
+joined() { local IFS=,; echo "$*"; }
+
+apply() {
+  need_nft
+  local nets allow dns iface
+  mapfile -t nets < <(subnets)
+  if [ ${#nets[@]} -eq 0 ]; then
+    log "podman network '$network' has no IPv4 subnet"
+    exit 1
+  fi
+  iface=$(bridge)
+  # shellcheck disable=SC2206
+  allow=($@ ${IMAGE_BUILDER_SANDBOX_ALLOW:-})
+  mapfile -t dns < <(nameservers)
+  local builds closed
+  builds=$(joined "${nets[@]}")
+  closed="0.0.0.0/8, 10.0.0.0/8, 100.64.0.0/10, 127.0.0.0/8, 169.254.0.0/16, 172.16.0.0/12,
+          192.0.0.0/24, 192.0.2.0/24, 192.168.0.0/16, 198.18.0.0/15, 198.51.100.0/24,
+          203.0.113.0/24, 224.0.0.0/4, 240.0.0.0/4"
+  local allow_rules="" dns_rules=""
+  if [ ${#allow[@]} -gt 0 ]; then
+    allow_rules="ip saddr { $builds } ip daddr { $(joined "${allow[@]}") } accept"
+  fi
+  if [ ${#dns[@]} -gt 0 ]; then
+    dns_rules="ip saddr { $builds } ip daddr { $(joined "${dns[@]}") } meta l4proto { tcp, udp } th dport 53 accept"
+  fi
+  # Replaced as a whole, atomically: `nft -f` applies the file in one transaction.
+  nft -f - <<EOF
+table inet $table
+delete table inet $table
+table inet $table {
+  chain input {
+    type filter hook input priority filter - 10; policy accept;
+    iifname "$iface" counter drop comment "builds never reach this host"
+    ip saddr { $builds } counter drop comment "builds never reach this host"
+  }
+  chain forward {
+    type filter hook forward priority filter - 10; policy accept;
+    $dns_rules
+    $allow_rules
+    ip saddr { $builds } ip daddr { $closed } counter drop comment "builds never reach private, link-local or reserved ranges"
+    meta nfproto ipv6 iifname "$iface" counter drop comment "builds get no IPv6"
+  }
+}
+EOF
+  log "applied: builds on $iface (${nets[*]}) reach neither this host nor private ranges${allow:+; allowed: ${allow[*]}}${dns:+; DNS: ${dns[*]}}"
+}
+
+remove() {
+  need_nft
+  nft list table inet "$table" >/dev/null 2>&1 && nft delete table inet "$table"
+  log "removed"
+}
+
+show() {
+  need_nft
+  nft list table inet "$table"
+}
+
+case "${1:-}" in
+  apply) shift; apply "$@" ;;
+  remove) remove ;;
+  show) show ;;
+  *) echo "usage: $0 apply [CIDR ...] | remove | show" >&2; exit 2 ;;
+esac
