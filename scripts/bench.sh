@@ -36,6 +36,12 @@ FROM localhost/busybox:latest
 ARG N
 RUN i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done; echo "$N" > /n.txt
 DOCKERFILE
+# A hostile build's output: 300 MB without a newline, then 300 MB of short lines.
+cat >flood.Dockerfile <<'DOCKERFILE'
+FROM localhost/busybox:latest
+ARG N
+RUN head -c 300000000 /dev/zero; yes "flood line $N" | head -c 300000000; echo
+DOCKERFILE
 echo "deps 0" >deps.txt && echo "main 0" >src/main.txt
 export GIT_AUTHOR_NAME=bench GIT_AUTHOR_EMAIL=bench@example.invalid GIT_COMMITTER_NAME=bench GIT_COMMITTER_EMAIL=bench@example.invalid
 git init -q -b main . && git add -A && git commit -qm init
@@ -61,7 +67,8 @@ raw() { # one raw clone+build+push, prints ms
   local t0; t0=$(now_ms)
   rm -rf "$dir/clone"
   git clone -q --depth 1 "$repo" "$dir/clone"
-  podman build -q --layers --isolation chroot -t "127.0.0.1:5000/bench/raw:$1" "$dir/clone" >/dev/null
+  # A careful operator isolates strangers' builds too (the chroot cost is measured below).
+  podman build -q --layers --isolation oci --runtime runc --network private -t "127.0.0.1:5000/bench/raw:$1" "$dir/clone" >/dev/null
   podman push -q --tls-verify=false "127.0.0.1:5000/bench/raw:$1"
   echo $(( $(now_ms) - t0 ))
 }
@@ -96,6 +103,31 @@ printf '{"connector":"git","repo":"%s","user_id":"bench","image":"conc","dockerf
 concurrent=$("$bin/ib-bench" --body "$dir/conc.json" --n 4 --concurrency 4)
 peak_rss=$(rss VmHWM)
 
+log "a build flooding its output"
+echo 5 >"/proc/$worker/clear_refs"
+printf '{"connector":"git","repo":"%s","user_id":"bench","image":"flood","dockerfile":"flood.Dockerfile","build_args":{"N":"{id}"}}\n' \
+  "$repo" >"$dir/flood.json"
+"$bin/ib-bench" --body "$dir/flood.json" --n 1 >/dev/null
+flood_rss=$(rss VmHWM)
+
+# The sandbox's cost: the same cold build on a second worker whose builds run in chroot with
+# the host's network (what builds ran in before the sandbox), alternating with the first.
+log "cold builds: sandbox (oci, runc, cgroup) vs chroot"
+chroot_prefix=$IMAGE_BUILDER__AMQP__PREFIX-chroot
+IMAGE_BUILDER__AMQP__PREFIX=$chroot_prefix IMAGE_BUILDER__DATA_DIR=$dir/data-chroot \
+  IMAGE_BUILDER__BUILD__ISOLATION=chroot IMAGE_BUILDER__BUILD__NETWORK=host \
+  "$bin/image-builder" worker 2>"$dir/worker-chroot.log" &
+chroot_worker=$!
+trap 'kill $worker $chroot_worker 2>/dev/null; kill $(cat "$dir/git-daemon.pid") 2>/dev/null' EXIT
+sleep 2
+declare -a box_cold chr_cold
+for i in $(seq 1 "$runs"); do
+  (cd "$dir/src" && commit deps.txt "deps box $i-$RANDOM"); box_cold+=("$(worker_ms)")
+  (cd "$dir/src" && commit deps.txt "deps chroot $i-$RANDOM")
+  chr_cold+=("$(IMAGE_BUILDER__AMQP__PREFIX=$chroot_prefix worker_ms)")
+done
+read -r cc bc < <(row "$runs" "${chr_cold[@]}" "${box_cold[@]}")
+
 field() { printf '%s' "$1" | sed -n "s/.*\"$2\":\([0-9.]*\).*/\1/p"; }
 ratio() { awk -v w="$1" -v r="$2" 'BEGIN { printf "%.2f", w / r }'; }
 echo
@@ -108,3 +140,6 @@ echo "cached publish->image.updated: p50 $(field "$latency" p50_ms) ms, p90 $(fi
 echo "cached re-requests: $(field "$throughput" per_s) /s on one replica (1000 requests, 64 in flight, $slots build slots, lookahead $lookahead)"
 echo "4 concurrent cold builds: $(field "$concurrent" wall_s) s wall"
 echo "worker RSS: idle $((idle_rss / 1024)) MB, peak during 4 concurrent builds $((peak_rss / 1024)) MB (podman excluded)"
+echo "worker RSS peak while a build prints 600 MB (half of it one line): $((flood_rss / 1024)) MB (target <= 100)"
+printf '%-36s %10s %10s %8s\n' "cold build: chroot vs sandbox" "$cc" "$bc" "$(ratio "$bc" "$cc")"
+echo "(the sandbox's cost: oci isolation with runc, own network, build cgroup; target ratio <= 1.05)"
