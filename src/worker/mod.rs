@@ -36,7 +36,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::source::configure_git_timeouts();
+    crate::source::configure_git_timeouts(settings.build.limits.git_stall());
     let engine: Arc<dyn ImageEngine> = match settings.build.engine {
         EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
         EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),
@@ -45,6 +45,7 @@ pub async fn run(
         source: Arc::new(GitMirrors::new(
             settings.cache_dir(),
             settings.git_cache_max_mb.saturating_mul(1024 * 1024),
+            &settings.build.limits,
         )),
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),
