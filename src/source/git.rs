@@ -1,32 +1,28 @@
 //! git2 adapter: one bare mirror per remote in the cache dir, fetched incrementally under a file
-//! lock (safe across builds and replicas sharing the dir), then one commit checked out.
+//! lock (safe across builds and replicas sharing the dir), then one commit checked out -- after
+//! measuring what it would write.
 
-use std::cell::Cell;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::rc::Rc;
 
 use async_trait::async_trait;
-use git2::{
-    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune, Oid,
-    RemoteCallbacks, Repository, build::CheckoutBuilder,
-};
+use git2::{Oid, Repository, build::CheckoutBuilder};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
-use tokio_util::sync::CancellationToken;
 
-use super::{Checkout, SourceFetcher, SourceSpec};
+use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
+use super::stop::Stop;
+use super::{Checkout, GitLimits, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
 use crate::fresh::FreshGates;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
 use crate::request::GitRef;
 
-const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
-
 pub struct GitMirrors {
     cache_dir: PathBuf,
     max_bytes: u64,
+    limits: GitLimits,
     /// Concurrent requests for one mirror (and credentials) share fresh fetches.
     gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
@@ -36,10 +32,13 @@ pub struct GitMirrors {
 const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl GitMirrors {
-    pub fn new(cache_dir: PathBuf, max_bytes: u64) -> Self {
+    /// `limits` bound each fetch and checkout. The stall bound itself is process-wide: see
+    /// `configure_git_timeouts`, which must be given the same `stall_secs`.
+    pub fn new(cache_dir: PathBuf, max_bytes: u64, limits: impl Into<GitLimits>) -> Self {
         Self {
             cache_dir,
             max_bytes,
+            limits: limits.into(),
             gates: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
         }
@@ -78,9 +77,13 @@ impl SourceFetcher for GitMirrors {
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError> {
         let mirror = self.mirror_path(spec);
         ctx.log.push(&format!("fetching {}", spec.remote));
+        // The blocking fetch stops by itself on cancel and at the deadline: dropping the
+        // future awaiting it (below, or the pipeline's timeout) would not.
+        let stop = Stop::new(&ctx.cancel, ctx.deadline);
         let fetch = {
-            let (mirror, spec, cancel) = (mirror.clone(), spec.clone(), ctx.cancel.clone());
-            || blocking(move || fetch_mirror(&mirror, &spec, &cancel))
+            let (mirror, spec, limits, stop) =
+                (mirror.clone(), spec.clone(), self.limits, stop.clone());
+            move || blocking(move || fetch_mirror(&mirror, &spec, &limits, &stop))
         };
         let key = gate_key(&mirror, spec);
         let default_branch = tokio::select! {
@@ -89,7 +92,8 @@ impl SourceFetcher for GitMirrors {
         };
         let git_ref = spec.git_ref.clone();
         let resolved =
-            blocking(move || resolve_in_mirror(&mirror, git_ref.as_ref(), default_branch)).await?;
+            blocking(move || resolve_in_mirror(&mirror, git_ref.as_ref(), default_branch, &stop))
+                .await?;
         self.evict_now_and_then();
         ctx.log
             .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
@@ -112,12 +116,17 @@ impl SourceFetcher for GitMirrors {
         spec: &SourceSpec,
         commit: &str,
         dest: &Path,
-        _ctx: &BuildCtx,
+        ctx: &BuildCtx,
     ) -> Result<(), BuildError> {
         let mirror = self.mirror_path(spec);
         let commit = commit.to_owned();
         let dest = dest.to_owned();
-        blocking(move || checkout_commit(&mirror, &commit, &dest)).await
+        let bounds = CheckoutBounds {
+            checkout_mb: self.limits.checkout_mb,
+            max_entries: MAX_CHECKOUT_ENTRIES,
+        };
+        let stop = Stop::new(&ctx.cancel, ctx.deadline);
+        blocking(move || checkout_commit(&mirror, &commit, &dest, &bounds, &stop)).await
     }
 }
 
@@ -136,7 +145,7 @@ fn internal(what: &str, e: &dyn std::fmt::Display) -> BuildError {
 
 /// Opens the mirror's lock file: exclusive while fetching (refs change), shared while checking
 /// out (objects are only ever added), so replicas sharing the cache dir do not trip each other.
-fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
+fn lock_mirror(mirror: &Path, exclusive: bool, stop: &Stop) -> Result<File, BuildError> {
     if let Some(parent) = mirror.parent() {
         std::fs::create_dir_all(parent).map_err(|e| internal("create the git cache dir", &e))?;
     }
@@ -146,19 +155,14 @@ fn lock_mirror(mirror: &Path, exclusive: bool) -> Result<File, BuildError> {
         .write(true)
         .open(mirror.with_extension("lock"))
         .map_err(|e| internal("open the mirror lock", &e))?;
-    let locked = if exclusive {
-        lock.lock()
-    } else {
-        lock.lock_shared()
-    };
-    locked.map_err(|e| internal("lock the mirror", &e))?;
+    stop.lock(&lock, exclusive)?;
     super::eviction::touch(&lock);
     Ok(lock)
 }
 
 /// The mirror under a shared lock: reads only (resolve, diff, checkout) while no fetch runs.
-fn open_for_reading(mirror: &Path) -> Result<(File, Repository), BuildError> {
-    let lock = lock_mirror(mirror, false)?;
+fn open_for_reading(mirror: &Path, stop: &Stop) -> Result<(File, Repository), BuildError> {
+    let lock = lock_mirror(mirror, false, stop)?;
     let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
     Ok((lock, repo))
 }
@@ -180,14 +184,15 @@ fn gate_key(mirror: &Path, spec: &SourceSpec) -> String {
 fn fetch_mirror(
     mirror: &Path,
     spec: &SourceSpec,
-    cancel: &CancellationToken,
+    limits: &GitLimits,
+    stop: &Stop,
 ) -> Result<Option<String>, BuildError> {
-    let _lock = lock_mirror(mirror, true)?;
+    let _lock = lock_mirror(mirror, true, stop)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
     };
-    fetch(&repo, spec, cancel)
+    super::fetch::fetch(&repo, spec, limits, stop)
 }
 
 /// Resolves a ref in a freshly fetched mirror. Shared lock: another fetch may only add commits
@@ -196,8 +201,9 @@ fn resolve_in_mirror(
     mirror: &Path,
     git_ref: Option<&GitRef>,
     default_branch: Option<String>,
+    stop: &Stop,
 ) -> Result<Checkout, BuildError> {
-    let (_lock, repo) = open_for_reading(mirror)?;
+    let (_lock, repo) = open_for_reading(mirror, stop)?;
     let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
     Ok(Checkout {
         commit: oid.to_string(),
@@ -206,27 +212,39 @@ fn resolve_in_mirror(
     })
 }
 
-fn checkout_commit(mirror: &Path, commit: &str, dest: &Path) -> Result<(), BuildError> {
-    let (_lock, repo) = open_for_reading(mirror)?;
+/// Writes the tree of `commit` into `dest`, after making sure it fits `bounds` (nothing is
+/// written when it does not).
+fn checkout_commit(
+    mirror: &Path,
+    commit: &str,
+    dest: &Path,
+    bounds: &CheckoutBounds,
+    stop: &Stop,
+) -> Result<(), BuildError> {
+    let (_lock, repo) = open_for_reading(mirror, stop)?;
     let oid = Oid::from_str(commit).map_err(|e| internal("parse the commit id", &e))?;
     let commit = repo
         .find_commit(oid)
         .map_err(|e| internal("read the commit", &e))?;
     let tree = commit.tree().map_err(|e| internal("read the tree", &e))?;
+    checkout_size::ensure_fits(&repo, &tree, bounds)?;
     std::fs::create_dir_all(dest).map_err(|e| internal("create the work dir", &e))?;
     let mut opts = CheckoutBuilder::new();
     // No index update: the mirror's index is one file, and libgit2 locks it to update it, so
     // concurrent checkouts of one mirror would fail with "the index is locked".
+    // No filters: the files are written exactly as measured (an `ident` attribute alone
+    // turns each 4-byte "$Id$" into 47 bytes).
     opts.target_dir(dest)
         .force()
         .recreate_missing(true)
-        .update_index(false);
+        .update_index(false)
+        .disable_filters(true);
     repo.checkout_tree(tree.as_object(), Some(&mut opts))
         .map_err(|e| internal("check out the commit", &e))
 }
 
 fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String>>, BuildError> {
-    let (_lock, repo) = open_for_reading(mirror)?;
+    let (_lock, repo) = open_for_reading(mirror, &Stop::never())?;
     let commit = |sha: &str| {
         Oid::from_str(sha)
             .ok()
@@ -253,112 +271,6 @@ fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String
     paths.sort();
     paths.dedup();
     Ok(Some(paths))
-}
-
-/// What the credential callback saw, to tell "no token" from "token refused" afterwards.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum AuthSeen {
-    NotAsked,
-    Asked,
-    NoToken,
-    Refused,
-}
-
-/// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
-fn fetch(
-    repo: &Repository,
-    spec: &SourceSpec,
-    cancel: &CancellationToken,
-) -> Result<Option<String>, BuildError> {
-    let mut remote = repo
-        .remote_anonymous(spec.remote.as_str())
-        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
-    let seen = Rc::new(Cell::new(AuthSeen::NotAsked));
-    let mut callbacks = RemoteCallbacks::new();
-    let seen_cb = seen.clone();
-    let token = spec.token.clone();
-    let username = spec.username.clone();
-    callbacks.credentials(move |_url, _user_from_url, allowed| {
-        if seen_cb.get() == AuthSeen::Asked {
-            // libgit2 asks again when the first answer was refused: do not loop.
-            seen_cb.set(AuthSeen::Refused);
-            return Err(git2::Error::from_str("the git host refused the token"));
-        }
-        let Some(token) = token.as_ref() else {
-            seen_cb.set(AuthSeen::NoToken);
-            return Err(git2::Error::from_str(
-                "the git host asks for credentials and the request has no token",
-            ));
-        };
-        if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-            seen_cb.set(AuthSeen::Refused);
-            return Err(git2::Error::from_str(
-                "the git host wants a credential type other than a token",
-            ));
-        }
-        seen_cb.set(AuthSeen::Asked);
-        Cred::userpass_plaintext(&username, token.expose_secret())
-    });
-    let cancel_cb = cancel.clone();
-    callbacks.transfer_progress(move |_| !cancel_cb.is_cancelled());
-    let mut opts = FetchOptions::new();
-    opts.remote_callbacks(callbacks)
-        .prune(FetchPrune::On)
-        .download_tags(AutotagOption::All)
-        .update_fetchhead(false);
-    if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
-        return Err(fetch_error(&err, seen.get(), cancel, spec));
-    }
-    // Available after the fetch has disconnected.
-    let default = remote
-        .default_branch()
-        .ok()
-        .and_then(|b| b.as_str().ok().map(str::to_owned));
-    if let Some(branch) = &default {
-        let _ = repo.set_head(branch);
-    }
-    Ok(default)
-}
-
-/// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
-fn fetch_error(
-    err: &git2::Error,
-    seen: AuthSeen,
-    cancel: &CancellationToken,
-    spec: &SourceSpec,
-) -> BuildError {
-    let url = &spec.remote;
-    let msg = err.message().to_ascii_lowercase();
-    if cancel.is_cancelled() {
-        return BuildError::Cancelled;
-    }
-    match seen {
-        AuthSeen::NoToken => {
-            return BuildError::AuthRefused(format!(
-                "{url} needs credentials and the request has no token"
-            ));
-        }
-        AuthSeen::Refused => {
-            return BuildError::AuthRefused(format!("{url} refused the token"));
-        }
-        AuthSeen::NotAsked | AuthSeen::Asked => {}
-    }
-    if err.code() == ErrorCode::Auth || msg.contains("401") || msg.contains("403") {
-        return BuildError::AuthRefused(format!("{url}: {}", err.message()));
-    }
-    if msg.contains("404")
-        || msg.contains("not found")
-        || msg.contains("not exported")
-        || msg.contains("does not appear to be a git repository")
-    {
-        return BuildError::RepoNotFound(format!("{url}: {}", err.message()));
-    }
-    match err.class() {
-        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
-            BuildError::GitUnavailable(format!("{url}: {}", err.message()))
-        }
-        _ => BuildError::Internal(anyhow::anyhow!("failed to fetch {url}: {}", err.message())),
-    }
 }
 
 /// Finds the commit for a ref: the default branch when absent, then SHA, branch, tag.
@@ -405,18 +317,6 @@ fn peel(repo: &Repository, refname: &str) -> Option<Oid> {
     reference.peel_to_commit().ok().map(|c| c.id())
 }
 
-#[allow(unsafe_code)]
-pub(super) fn configure_timeouts() {
-    // SAFETY: libgit2 global options; called once at start, before any git2 work on other threads.
-    let result = unsafe {
-        git2::opts::set_server_connect_timeout_in_milliseconds(15_000)
-            .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(120_000))
-    };
-    if let Err(e) = result {
-        tracing::warn!("failed to set git network timeouts: {e}");
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -442,7 +342,13 @@ mod tests {
             .map(|i| {
                 let (mirror, commit) = (mirror.clone(), commit.clone());
                 let dest = dir.path().join(format!("out{i}"));
-                std::thread::spawn(move || checkout_commit(&mirror, &commit, &dest).map(|()| dest))
+                let bounds = CheckoutBounds {
+                    checkout_mb: 1,
+                    max_entries: 100,
+                };
+                std::thread::spawn(move || {
+                    checkout_commit(&mirror, &commit, &dest, &bounds, &Stop::never()).map(|()| dest)
+                })
             })
             .collect();
         for thread in threads {

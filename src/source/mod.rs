@@ -1,11 +1,15 @@
 //! Getting the source of a build: which remote (from the request and connector config), and a
 //! checkout of exactly the requested commit.
 
+mod checkout_size;
 mod eviction;
+mod fetch;
 mod git;
+mod stop;
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use secrecy::SecretString;
@@ -13,7 +17,7 @@ use url::Url;
 
 pub use git::GitMirrors;
 
-use crate::config::ConnectorSettings;
+use crate::config::{BuildLimits, ConnectorSettings};
 use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::request::{BuildRequest, GitRef, Rejection, RepoSpec};
@@ -98,7 +102,33 @@ pub fn source_spec(
     })
 }
 
-/// Bounds how long libgit2 waits on a silent git host, process-wide. Called once at start.
-pub fn configure_git_timeouts() {
-    git::configure_timeouts();
+/// The bounds of `build.limits` that a fetch and a checkout obey (and name when passed).
+#[derive(Debug, Clone, Copy)]
+pub struct GitLimits {
+    pub checkout_mb: u64,
+    pub fetch_mb: u64,
+    /// Enforced process-wide by `configure_git_timeouts`; kept here to name it in errors.
+    pub stall_secs: u64,
+}
+
+impl GitLimits {
+    fn fetch_bytes(&self) -> u64 {
+        self.fetch_mb.saturating_mul(1024 * 1024)
+    }
+}
+
+impl From<&BuildLimits> for GitLimits {
+    fn from(limits: &BuildLimits) -> Self {
+        Self {
+            checkout_mb: limits.checkout_mb,
+            fetch_mb: limits.fetch_mb,
+            stall_secs: limits.git_stall_secs,
+        }
+    }
+}
+
+/// Fails a read from a git host that sends nothing for `stall` (libgit2's socket timeouts are
+/// process-wide). Called once at start; later calls change nothing.
+pub fn configure_git_timeouts(stall: Duration) {
+    fetch::configure_timeouts(stall);
 }

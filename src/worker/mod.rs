@@ -36,7 +36,7 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::source::configure_git_timeouts();
+    crate::source::configure_git_timeouts(settings.build.limits.git_stall());
     for warning in settings.sandbox_warnings() {
         tracing::warn!("sandbox loosened: {warning}");
     }
@@ -52,6 +52,7 @@ pub async fn run(
         source: Arc::new(GitMirrors::new(
             settings.cache_dir(),
             settings.git_cache_max_mb.saturating_mul(1024 * 1024),
+            &settings.build.limits,
         )),
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),

@@ -9,3 +9,4 @@ mod core_worker;
 mod docker_engine;
 mod fast_builds;
 mod faults;
+mod git_limits;

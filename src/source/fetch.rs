@@ -1,0 +1,183 @@
+//! One bounded fetch into a mirror. While data flows, the transfer callbacks stop it on cancel,
+//! at the build's deadline and past `build.limits.fetch_mb`; a host that goes silent is cut off
+//! by libgit2's socket timeout (`build.limits.git_stall_secs`, set once at start by
+//! `configure_timeouts`). An aborted fetch leaves the mirror as it was: libgit2 deletes the
+//! partial pack and moves no ref.
+
+use std::cell::{Cell, RefCell};
+use std::sync::Once;
+use std::time::Duration;
+
+use git2::{
+    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
+    RemoteCallbacks, Repository,
+};
+use secrecy::ExposeSecret;
+
+use super::stop::Stop;
+use super::{GitLimits, SourceSpec};
+use crate::error::BuildError;
+
+const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
+
+/// Connecting gives up after this (or the stall bound, when shorter).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What the credential callback saw, to tell "no token" from "token refused" afterwards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AuthSeen {
+    NotAsked,
+    Asked,
+    NoToken,
+    Refused,
+}
+
+/// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
+pub(super) fn fetch(
+    repo: &Repository,
+    spec: &SourceSpec,
+    limits: &GitLimits,
+    stop: &Stop,
+) -> Result<Option<String>, BuildError> {
+    let mut remote = repo
+        .remote_anonymous(spec.remote.as_str())
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
+    let seen = Cell::new(AuthSeen::NotAsked);
+    // Why a callback aborted the fetch, if one did.
+    let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(|_url, _user_from_url, allowed| credentials(spec, &seen, allowed));
+    let max_bytes = limits.fetch_bytes();
+    callbacks.transfer_progress(|progress| {
+        let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
+        let too_big = (received > max_bytes).then(|| {
+            BuildError::LimitExceeded(format!(
+                "{} sent more than build.limits.fetch_mb = {}",
+                spec.remote, limits.fetch_mb
+            ))
+        });
+        keep_going(&aborted, stop.stopped().or(too_big))
+    });
+    // A host may send progress messages only, forever: that is no reason to outlive the build.
+    callbacks.sideband_progress(|_| keep_going(&aborted, stop.stopped()));
+    let mut opts = FetchOptions::new();
+    opts.remote_callbacks(callbacks)
+        .prune(FetchPrune::On)
+        .download_tags(AutotagOption::All)
+        .update_fetchhead(false);
+    if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+        if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
+            return Err(why);
+        }
+        return Err(fetch_error(&err, seen.get(), limits, spec));
+    }
+    // Available after the fetch has disconnected.
+    let default = remote
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(str::to_owned));
+    if let Some(branch) = &default {
+        let _ = repo.set_head(branch);
+    }
+    Ok(default)
+}
+
+/// Records why the fetch must stop (the first reason wins) and tells libgit2 whether to go on.
+fn keep_going(aborted: &RefCell<Option<BuildError>>, stop: Option<BuildError>) -> bool {
+    let Some(why) = stop else { return true };
+    aborted.borrow_mut().get_or_insert(why);
+    false
+}
+
+fn credentials(
+    spec: &SourceSpec,
+    seen: &Cell<AuthSeen>,
+    allowed: CredentialType,
+) -> Result<Cred, git2::Error> {
+    if seen.get() == AuthSeen::Asked {
+        // libgit2 asks again when the first answer was refused: do not loop.
+        seen.set(AuthSeen::Refused);
+        return Err(git2::Error::from_str("the git host refused the token"));
+    }
+    let Some(token) = spec.token.as_ref() else {
+        seen.set(AuthSeen::NoToken);
+        return Err(git2::Error::from_str(
+            "the git host asks for credentials and the request has no token",
+        ));
+    };
+    if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
+        seen.set(AuthSeen::Refused);
+        return Err(git2::Error::from_str(
+            "the git host wants a credential type other than a token",
+        ));
+    }
+    seen.set(AuthSeen::Asked);
+    Cred::userpass_plaintext(&spec.username, token.expose_secret())
+}
+
+/// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
+fn fetch_error(
+    err: &git2::Error,
+    seen: AuthSeen,
+    limits: &GitLimits,
+    spec: &SourceSpec,
+) -> BuildError {
+    let url = &spec.remote;
+    let msg = err.message().to_ascii_lowercase();
+    match seen {
+        AuthSeen::NoToken => {
+            return BuildError::AuthRefused(format!(
+                "{url} needs credentials and the request has no token"
+            ));
+        }
+        AuthSeen::Refused => {
+            return BuildError::AuthRefused(format!("{url} refused the token"));
+        }
+        AuthSeen::NotAsked | AuthSeen::Asked => {}
+    }
+    if err.code() == ErrorCode::Auth || msg.contains("401") || msg.contains("403") {
+        return BuildError::AuthRefused(format!("{url}: {}", err.message()));
+    }
+    if msg.contains("404")
+        || msg.contains("not found")
+        || msg.contains("not exported")
+        || msg.contains("does not appear to be a git repository")
+    {
+        return BuildError::RepoNotFound(format!("{url}: {}", err.message()));
+    }
+    // libgit2's socket timeout: "could not read from socket: timed out" (connecting is "failed
+    // to connect ...", also "timed out", but bounded by CONNECT_TIMEOUT).
+    if msg.contains("timed out") && !msg.contains("connect") {
+        let secs = limits.stall_secs;
+        return BuildError::GitUnavailable(format!(
+            "{url} sent nothing for {secs} s (build.limits.git_stall_secs = {secs})"
+        ));
+    }
+    match err.class() {
+        ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
+            BuildError::GitUnavailable(format!("{url}: {}", err.message()))
+        }
+        _ => BuildError::Internal(anyhow::anyhow!("failed to fetch {url}: {}", err.message())),
+    }
+}
+
+/// Sets libgit2's socket timeouts, which are process-wide: a read or write that waits longer
+/// than `stall` fails (smart HTTP, https and git:// all read through libgit2's socket stream).
+/// Only the first call in a process takes effect.
+#[allow(unsafe_code)]
+pub(super) fn configure_timeouts(stall: Duration) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let millis = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX).max(1);
+        let (connect, stall) = (millis(CONNECT_TIMEOUT.min(stall)), millis(stall));
+        // SAFETY: libgit2 global options, written once; every caller returns only after the
+        // write, and callers do so before their git2 work (the worker at start).
+        let result = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(connect)
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(stall))
+        };
+        if let Err(e) = result {
+            tracing::warn!("failed to set git network timeouts: {e}");
+        }
+    });
+}
