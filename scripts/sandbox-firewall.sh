@@ -41,8 +41,14 @@ bridge() {
   podman network inspect "$network" --format '{{.NetworkInterface}}'
 }
 
+# What builds resolve names through: podman copies the host's resolv.conf into a step, or, when
+# that names only a local stub (systemd-resolved's 127.0.0.53), the stub's upstream servers.
 nameservers() {
-  awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ {print $2}' /etc/resolv.conf 2>/dev/null || true
+  local file
+  for file in /etc/resolv.conf /run/systemd/resolve/resolv.conf; do
+    [ -f "$file" ] || continue
+    awk '$1 == "nameserver" && $2 ~ /^[0-9.]+$/ && $2 !~ /^127\./ {print $2}' "$file"
+  done | sort -u
 }
 
 joined() { local IFS=,; echo "$*"; }
