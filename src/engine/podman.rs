@@ -37,6 +37,8 @@ pub struct Podman {
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
     layer_cache_max_age: Duration,
+    /// Working containers older than this belong to no running build.
+    leftover_age: Duration,
     pruning: NowAndThen,
 }
 
@@ -55,6 +57,7 @@ impl Podman {
             tls_verify: !registry.insecure,
             credentials,
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
+            leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
         }
     }
@@ -92,13 +95,37 @@ impl Podman {
         if !self.pruning.due() {
             return;
         }
-        let inv = Invocation::new(&self.program, Duration::from_secs(600))
+        let program = self.program.clone();
+        let prune = Invocation::new(&program, Duration::from_secs(600))
             .args(["image", "prune", "--force", "--filter"])
             .arg(format!("until={}s", self.layer_cache_max_age.as_secs()));
+        // A build killed on timeout, cancel or a worker's death leaves podman no chance to
+        // remove its working container (and the layer a RUN step was writing): any older than
+        // a build can run is such a leftover.
+        let leftovers = Invocation::new(&program, Duration::from_secs(60))
+            .args(["ps", "--external", "--quiet", "--filter"])
+            .arg(format!("until={}s", self.leftover_age.as_secs()));
         tokio::spawn(async move {
             let log = BuildLog::new(Redactor::default());
-            if let Err(e) = process::run(inv, &log, &CancellationToken::new()).await {
+            let cancel = CancellationToken::new();
+            if let Err(e) = process::run(prune, &log, &cancel).await {
                 tracing::warn!("failed to prune the layer cache: {e}");
+            }
+            let ids = BuildLog::new(Redactor::default());
+            if let Err(e) = process::run(leftovers, &ids, &cancel).await {
+                tracing::warn!("failed to list leftover build containers: {e}");
+                return;
+            }
+            let ids = ids.tail(10_000);
+            if ids.is_empty() {
+                return;
+            }
+            tracing::info!("removing {} leftover build container(s)", ids.len());
+            let remove = Invocation::new(&program, Duration::from_secs(600))
+                .args(["rm", "--force"])
+                .args(ids);
+            if let Err(e) = process::run(remove, &log, &cancel).await {
+                tracing::warn!("failed to remove leftover build containers: {e}");
             }
         });
     }
