@@ -6,6 +6,7 @@
 pub mod api;
 pub mod fixtures;
 pub mod git_server;
+pub mod image_blobs;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
