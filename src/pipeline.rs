@@ -182,7 +182,7 @@ pub async fn run(
         spec: &build_spec,
         source: &spec,
         checkout: &checkout,
-        checkout_dir: &checkout_dir,
+        scratch_dir: &ctx.scratch_dir,
         repository,
         tag: first,
         created: time::OffsetDateTime::now_utc(),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::confined::{Kind, Refused, Tree};
 use crate::error::BuildError;
 use crate::request::{BuildArgs, BuildRequest, BuilderKind, ImageName, Platform, Tag};
 use crate::source::Checkout;
@@ -12,6 +13,10 @@ use crate::source::Checkout;
 /// Everything an engine needs for one build.
 #[derive(Debug, Clone)]
 pub struct BuildSpec {
+    /// The checkout, canonical. Whatever the worker reads from it goes through
+    /// `confined::Tree`, beneath this directory.
+    pub checkout_dir: PathBuf,
+    /// Inside `checkout_dir`, canonical.
     pub context_dir: PathBuf,
     pub recipe: Recipe,
     /// registry/namespace/name, without a tag.
@@ -33,7 +38,7 @@ pub struct BuildSpec {
 /// How the image is described.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipe {
-    /// A Dockerfile/Containerfile inside the context.
+    /// A Dockerfile/Containerfile inside the checkout (canonical; usually in the context).
     Dockerfile(PathBuf),
     /// No Dockerfile: nixpacks generates one from the context.
     Nixpacks,
@@ -85,16 +90,30 @@ pub fn plan(
     let root = input.checkout_dir.canonicalize().map_err(|e| {
         BuildError::Internal(anyhow::anyhow!("failed to resolve the checkout: {e}"))
     })?;
-    let context_dir = inside(&root, &root.join(req.context.as_str()), "context")?;
-    if !context_dir.is_dir() {
+    let tree = Tree::open(&root)
+        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to open the checkout: {e}")))?;
+    let context = req.context.as_str();
+    let context_rel = tree
+        .resolve(Path::new(context))
+        .map_err(|why| refused("context", context, why))?;
+    if tree
+        .kind(&context_rel)
+        .map_err(|why| refused("context", context, why))?
+        != Some(Kind::Dir)
+    {
         return Err(BuildError::NoRecipe(format!(
-            "context '{}' is not a directory in the repository",
-            req.context.as_str()
+            "context '{context}' is not a directory in the repository"
         )));
     }
-    let recipe = find_recipe(req, &root, &context_dir)?;
+    let recipe = find_recipe(req, &tree, &context_rel)?;
     Ok(BuildSpec {
-        context_dir,
+        // `join("")` would add a trailing slash to the root.
+        context_dir: if context_rel.as_os_str().is_empty() {
+            root.clone()
+        } else {
+            root.join(&context_rel)
+        },
+        checkout_dir: root,
         recipe,
         image: naming.image,
         tags: naming.tags,
@@ -167,48 +186,51 @@ impl BuildSpec {
     }
 }
 
-/// Resolves symlinks and refuses anything that ends up outside the checkout.
-fn inside(root: &Path, path: &Path, field: &str) -> Result<PathBuf, BuildError> {
-    let resolved = path.canonicalize().map_err(|_| {
-        BuildError::NoRecipe(format!(
-            "{field} '{}' does not exist in the repository",
-            rel(root, path)
-        ))
-    })?;
-    if !resolved.starts_with(root) {
-        return Err(BuildError::NoRecipe(format!(
-            "{field} '{}' points outside the repository",
-            rel(root, path)
-        )));
-    }
-    Ok(resolved)
-}
-
-fn rel(root: &Path, path: &Path) -> String {
-    path.strip_prefix(root)
-        .unwrap_or(path)
-        .display()
-        .to_string()
-}
-
-/// An explicit `dockerfile`, else (unless `builder` is nixpacks) a Dockerfile or Containerfile in
-/// the context, else nixpacks (unless `builder` is dockerfile).
-fn find_recipe(req: &BuildRequest, root: &Path, context: &Path) -> Result<Recipe, BuildError> {
-    if let Some(path) = &req.dockerfile {
-        let file = inside(root, &context.join(path.as_str()), "dockerfile")?;
-        if !file.is_file() {
-            return Err(BuildError::NoRecipe(format!(
-                "dockerfile '{}' is not a file",
-                path.as_str()
-            )));
+/// A path of the request that cannot be used, as the user's fault naming the field.
+fn refused(field: &str, given: &str, why: Refused) -> BuildError {
+    match why {
+        Refused::Missing(_) => BuildError::NoRecipe(format!(
+            "{field} '{given}' does not exist in the repository"
+        )),
+        Refused::Outside(_) => {
+            BuildError::NoRecipe(format!("{field} '{given}' points outside the repository"))
         }
-        return Ok(Recipe::Dockerfile(file));
+        Refused::Io { .. } => why.into(),
+        other => BuildError::NoRecipe(format!("{field} '{given}': {other}")),
+    }
+}
+
+/// An explicit `dockerfile` (relative to the context), else (unless `builder` is nixpacks) a
+/// Dockerfile or Containerfile in the context, else nixpacks (unless `builder` is dockerfile).
+/// Every path is resolved beneath the checkout: symlinks may lead elsewhere inside, not out.
+fn find_recipe(req: &BuildRequest, tree: &Tree, context: &Path) -> Result<Recipe, BuildError> {
+    let dockerfile = |rel: &Path, given: &str| {
+        let resolved = tree
+            .resolve(rel)
+            .map_err(|why| refused("dockerfile", given, why))?;
+        match tree
+            .kind(&resolved)
+            .map_err(|why| refused("dockerfile", given, why))?
+        {
+            Some(Kind::File) => Ok(Recipe::Dockerfile(tree.path().join(resolved))),
+            Some(Kind::Special(kind)) => Err(BuildError::NoRecipe(format!(
+                "dockerfile '{given}' is a {kind}, not a file"
+            ))),
+            _ => Err(BuildError::NoRecipe(format!(
+                "dockerfile '{given}' is not a file"
+            ))),
+        }
+    };
+    if let Some(path) = &req.dockerfile {
+        return dockerfile(&context.join(path.as_str()), path.as_str());
     }
     if req.builder != BuilderKind::Nixpacks {
         for candidate in ["Dockerfile", "Containerfile"] {
-            let path = context.join(candidate);
-            if path.is_file() {
-                return inside(root, &path, "dockerfile").map(Recipe::Dockerfile);
+            let rel = context.join(candidate);
+            match tree.kind(&rel) {
+                Ok(Some(Kind::File)) => return dockerfile(&rel, candidate),
+                Ok(_) => {}
+                Err(why) => return Err(refused("dockerfile", candidate, why)),
             }
         }
     }
@@ -295,6 +317,7 @@ mod tests {
             commit: "0123456789abcdef0123456789abcdef01234567".into(),
             ref_name: "feature/login".into(),
             is_default_branch: default,
+            committed_at: 0,
         }
     }
 
@@ -382,6 +405,59 @@ mod tests {
         let req = request(r#","context":"escape""#);
         let err = plan_in(dir.path(), &req, &checkout(false)).expect_err("refused");
         assert!(err.to_string().contains("outside the repository"), "{err}");
+    }
+
+    #[test]
+    fn recipes_are_resolved_beneath_the_checkout() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("root");
+        std::fs::create_dir_all(root.join("services/api")).expect("dirs");
+        std::fs::write(root.join("services/api/Dockerfile"), "FROM scratch\n").expect("write");
+        std::fs::write(root.join("shared.Dockerfile"), "FROM scratch\n").expect("write");
+        let spec = plan_in(&root, &request(""), &checkout(false)).expect("plan");
+        assert_eq!(
+            spec.context_dir.as_os_str(),
+            root.as_os_str(),
+            "no trailing slash"
+        );
+        // Links that stay inside are followed, to their real place.
+        symlink("services/api", root.join("api")).expect("symlink");
+        let spec = plan_in(&root, &request(r#","context":"api""#), &checkout(false)).expect("plan");
+        assert_eq!(spec.checkout_dir, root);
+        assert_eq!(spec.context_dir, root.join("services/api"));
+        assert_eq!(
+            spec.recipe,
+            Recipe::Dockerfile(root.join("services/api/Dockerfile"))
+        );
+        symlink("../../shared.Dockerfile", root.join("services/api/linked")).expect("symlink");
+        let req = request(r#","context":"services/api","dockerfile":"linked""#);
+        let spec = plan_in(&root, &req, &checkout(false)).expect("plan");
+        assert_eq!(
+            spec.recipe,
+            Recipe::Dockerfile(root.join("shared.Dockerfile"))
+        );
+
+        // Links that lead out are refused, through any component.
+        symlink("/", root.join("h")).expect("symlink");
+        symlink("/etc/passwd", root.join("passwd")).expect("symlink");
+        for extra in [
+            r#","dockerfile":"h/etc/passwd""#,
+            r#","dockerfile":"passwd""#,
+            r#","context":"h/etc""#,
+        ] {
+            let err = plan_in(&root, &request(extra), &checkout(false)).expect_err(extra);
+            assert!(
+                err.to_string().contains("points outside the repository"),
+                "{extra}: {err}"
+            );
+            assert_eq!(err.classify(), crate::error::Fault::User);
+        }
+        std::fs::create_dir(root.join("evil")).expect("dir");
+        symlink("/etc/passwd", root.join("evil/Dockerfile")).expect("symlink");
+        let err = plan_in(&root, &request(r#","context":"evil""#), &checkout(false))
+            .expect_err("a found Dockerfile leading out");
+        assert!(err.to_string().contains("points outside"), "{err}");
     }
 
     #[test]

@@ -5,14 +5,13 @@ use std::path::{Path, PathBuf};
 
 use crate::error::BuildError;
 
-/// Writes `<scratch>/Containerfile`: the original plus the labels; returns its path.
+/// Writes `<scratch>/Containerfile`: the original's text plus the labels; returns its path.
 pub fn labelled_dockerfile(
-    original: &Path,
+    original: &str,
     labels: &[(String, String)],
     scratch: &Path,
 ) -> Result<PathBuf, BuildError> {
-    let text = std::fs::read_to_string(original)
-        .map_err(|e| BuildError::NoRecipe(format!("failed to read the Dockerfile: {e}")))?;
+    let text = original.to_owned();
     let escape = escape_char(&text);
     let quote = |s: &str| {
         let mut out = String::with_capacity(s.len() + 2);
@@ -71,13 +70,11 @@ mod tests {
     #[test]
     fn labels_are_one_quoted_instruction() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let original = dir.path().join("Dockerfile");
-        std::fs::write(&original, "FROM scratch").expect("write");
         let labels = vec![
             ("a.b".to_owned(), "plain".to_owned()),
             ("q".to_owned(), r#"say "hi" $HOME \ ok"#.to_owned()),
         ];
-        let path = labelled_dockerfile(&original, &labels, dir.path()).expect("written");
+        let path = labelled_dockerfile("FROM scratch", &labels, dir.path()).expect("written");
         let text = std::fs::read_to_string(path).expect("read");
         assert_eq!(
             text,

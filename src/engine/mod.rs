@@ -9,6 +9,8 @@ mod nixpacks;
 mod podman;
 mod sandbox;
 
+use std::path::{Path, PathBuf};
+
 use async_trait::async_trait;
 
 pub use cgroup::remove_stale as remove_stale_cgroups;
@@ -16,9 +18,68 @@ pub use docker::{DockerEngine, DockerHost};
 pub(crate) use labels::escape_char;
 pub use podman::Podman;
 
+use crate::confined::{Refused, Tree};
 use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::plan::{BuildSpec, Recipe};
+
+/// Dockerfiles are text of a few KiB; one past this size is refused rather than read.
+pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// What an engine builds from: the request's Dockerfile and context, or what nixpacks generated.
+struct Input {
+    dockerfile: PathBuf,
+    context: PathBuf,
+    /// The Dockerfile's text, read beneath the checkout (or nixpacks' output), never through a
+    /// symlink that leads out of it.
+    text: String,
+}
+
+impl Input {
+    async fn new(
+        spec: &BuildSpec,
+        nixpacks_program: &str,
+        ctx: &BuildCtx,
+    ) -> Result<Self, BuildError> {
+        let (dockerfile, context, root) = match &spec.recipe {
+            Recipe::Dockerfile(path) => (
+                path.clone(),
+                spec.context_dir.clone(),
+                spec.checkout_dir.clone(),
+            ),
+            Recipe::Nixpacks => {
+                let (dockerfile, out) =
+                    nixpacks::generate(nixpacks_program, &spec.context_dir, ctx).await?;
+                (dockerfile, out.clone(), out)
+            }
+        };
+        let text = read_dockerfile(&root, &dockerfile)?;
+        Ok(Self {
+            dockerfile,
+            context,
+            text,
+        })
+    }
+}
+
+/// The text of `dockerfile`, read beneath `root`.
+fn read_dockerfile(root: &Path, dockerfile: &Path) -> Result<String, BuildError> {
+    let rel = dockerfile.strip_prefix(root).map_err(|_| {
+        BuildError::Internal(anyhow::anyhow!(
+            "the Dockerfile {} is not inside {}",
+            dockerfile.display(),
+            root.display()
+        ))
+    })?;
+    let tree = Tree::open(root).map_err(|e| {
+        BuildError::Internal(anyhow::anyhow!("failed to open {}: {e}", root.display()))
+    })?;
+    tree.read_to_string(rel, MAX_DOCKERFILE_BYTES)
+        .map_err(|why| match why {
+            Refused::Io { .. } => why.into(),
+            other => BuildError::NoRecipe(format!("failed to read the Dockerfile: {other}")),
+        })
+}
 
 /// How often an engine prunes its local layer cache (at most).
 const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(600);

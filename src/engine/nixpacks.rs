@@ -1,8 +1,13 @@
 //! nixpacks hand-off: `nixpacks build <context> --out <dir>` writes the app and a generated
 //! `.nixpacks/Dockerfile` into `<dir>`, which podman then builds like any other Dockerfile.
+//!
+//! nixpacks reads the context by path and follows symlinks, wherever they lead. So it never
+//! sees the checkout: it gets a copy made through `confined::Tree` (regular files, directories,
+//! and only the symlinks that resolve inside the context; special files refuse the build).
 
 use std::path::{Path, PathBuf};
 
+use crate::confined::Tree;
 use crate::error::BuildError;
 use crate::pipeline::BuildCtx;
 use crate::process::{self, Invocation, ProcessError};
@@ -14,12 +19,13 @@ pub async fn generate(
     ctx: &BuildCtx,
 ) -> Result<(PathBuf, PathBuf), BuildError> {
     let out = ctx.scratch_dir.join("nixpacks");
+    ctx.log.push("no Dockerfile: generating one with nixpacks");
+    let input = confined_copy(context, &ctx.scratch_dir.join("nixpacks-input"), ctx).await?;
     let inv = Invocation::new(program, ctx.remaining())
         .arg("build")
-        .arg(context)
+        .arg(&input)
         .arg("--out")
         .arg(&out);
-    ctx.log.push("no Dockerfile: generating one with nixpacks");
     process::run(inv, &ctx.log, &ctx.cancel)
         .await
         .map_err(|e| match e {
@@ -43,6 +49,31 @@ pub async fn generate(
         )));
     }
     Ok((dockerfile, out))
+}
+
+/// Copies `context` into `dest` for nixpacks; symlinks left out are named in the build log.
+async fn confined_copy(context: &Path, dest: &Path, ctx: &BuildCtx) -> Result<PathBuf, BuildError> {
+    let (source, target) = (context.to_owned(), dest.to_owned());
+    let (stats, skipped) = tokio::task::spawn_blocking(move || {
+        let tree = Tree::open(&source).map_err(|e| {
+            BuildError::Internal(anyhow::anyhow!("failed to open the build context: {e}"))
+        })?;
+        let mut skipped = Vec::new();
+        let stats = tree.copy_into(&target, &mut |line| skipped.push(line))?;
+        Ok::<_, BuildError>((stats, skipped))
+    })
+    .await
+    .map_err(|e| BuildError::Internal(anyhow::anyhow!("context copy task failed: {e}")))??;
+    for line in &skipped {
+        ctx.log.push(line);
+    }
+    ctx.log.push(&format!(
+        "nixpacks reads a copy of the context: {} file(s), {} symlink(s), {} left out",
+        stats.files,
+        stats.symlinks,
+        skipped.len()
+    ));
+    Ok(dest.to_owned())
 }
 
 /// The images a Dockerfile builds `FROM` (stage names excluded), to name them when a pull fails.

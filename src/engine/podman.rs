@@ -22,7 +22,7 @@ use crate::config::{BuildLimits, BuildNetwork, BuildSettings, Isolation, Registr
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
-use crate::plan::{BuildSpec, Recipe};
+use crate::plan::BuildSpec;
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
 
@@ -195,13 +195,11 @@ impl ImageEngine for Podman {
     }
 
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
-        let (source_dockerfile, context_dir) = match &spec.recipe {
-            Recipe::Dockerfile(path) => (path.clone(), spec.context_dir.clone()),
-            Recipe::Nixpacks => nixpacks::generate(&self.nixpacks, &spec.context_dir, ctx).await?,
-        };
+        let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
+        let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
         // A manifest list cannot be relabelled in the registry as cheaply: label while building.
         let dockerfile = if self.labels_at_build(spec) {
-            labelled_dockerfile(&source_dockerfile, &spec.labels, &ctx.scratch_dir)?
+            labelled_dockerfile(&input.text, &spec.labels, &ctx.scratch_dir)?
         } else {
             source_dockerfile.clone()
         };
@@ -236,15 +234,14 @@ impl ImageEngine for Podman {
                 inv = inv.arg("--layers=false");
             }
         }
-        inv = inv.arg(&context_dir);
+        inv = inv.arg(context_dir);
         ctx.log.push(&format!(
             "building {} with podman from {}",
             spec.image,
-            super::shown_dockerfile(&source_dockerfile, &context_dir)
+            super::shown_dockerfile(source_dockerfile, context_dir)
         ));
-        let bases = std::fs::read_to_string(&dockerfile)
-            .map(|text| nixpacks::base_images(&text))
-            .unwrap_or_default();
+        // The labels add no FROM: the original names the same base images.
+        let bases = nixpacks::base_images(&input.text);
         let Some(sandbox) = sandbox else {
             return process::run(inv, &ctx.log, &ctx.cancel)
                 .await

@@ -14,7 +14,7 @@ const MANIFEST_TYPES: [&str; 2] = [
 pub(super) struct NewLayer {
     pub digest: String,
     pub diff_id: String,
-    pub size: usize,
+    pub size: u64,
 }
 
 /// The config and manifest of the previous image, checked to end in `replaced` COPY layers.

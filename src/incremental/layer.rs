@@ -1,42 +1,71 @@
 //! One `COPY` step as an OCI layer (gzip tar), from the checked-out context, with the step's
-//! semantics: a directory source contributes its contents, a file source itself; owner root;
-//! modes and modification times from the checkout, as podman's COPY keeps them.
+//! semantics: a directory source contributes its contents, a file source itself; owner root.
 //! Parent directories of the destination are left out: unpacking creates missing ones and keeps
 //! existing ones (and their modes) as the lower layers have them.
+//!
+//! The context is read through `confined::Tree` and no symlink is followed, not even one that
+//! stays inside (the engine's COPY has its own rules for them): a source that is or passes
+//! through a symlink, or a special file, leaves the build to the engine. Each file is read from
+//! the descriptor that was measured, exactly as many bytes as the header says.
+//!
+//! The layer is a pure function of the commit: fixed owner (0:0, no names), modes reduced to
+//! what git records (0644, 0755 if executable; directories 0755), every mtime the commit's
+//! committer time, entries in name order, gzip without a timestamp. The same commit gives the
+//! same digest on any worker. It is written to the build's scratch dir and uploaded from there.
 
-use std::io::Write;
-use std::path::Path;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
 use super::dockerfile::CopyStep;
-use crate::registry::content_digest;
+use crate::confined::{Entry, Node, Opened, Refused, Tree};
 
-/// Sources above this size are built by the engine instead (the layer is held in memory).
-const MAX_SOURCE_BYTES: u64 = 256 * 1024 * 1024;
+/// Sources above this size are built by the engine instead (the layer goes through the
+/// scratch disk, compressed, before its upload).
+const MAX_SOURCE_BYTES: u64 = 1024 * 1024 * 1024;
 
 pub(super) struct Layer {
-    /// The compressed layer as uploaded.
-    pub blob: Vec<u8>,
-    /// `sha256:` of `blob`.
+    /// The compressed layer as uploaded, in the build's scratch dir.
+    pub path: PathBuf,
+    /// `sha256:` of the file.
     pub digest: String,
+    /// Its size in bytes.
+    pub size: u64,
     /// `sha256:` of the uncompressed tar (the config's `rootfs.diff_ids`).
     pub diff_id: String,
     pub files: usize,
 }
 
-/// Hashes the uncompressed stream on its way to the compressor.
+/// Hashes and counts a stream on its way through.
 struct Hashing<W> {
     inner: W,
     hasher: Sha256,
+    bytes: u64,
+}
+
+impl<W> Hashing<W> {
+    fn new(inner: W) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+            bytes: 0,
+        }
+    }
+}
+
+fn sha256(hasher: Sha256) -> String {
+    format!("sha256:{}", hex::encode(hasher.finalize()))
 }
 
 impl<W: Write> Write for Hashing<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
         Ok(n)
     }
     fn flush(&mut self) -> std::io::Result<()> {
@@ -44,53 +73,95 @@ impl<W: Write> Write for Hashing<W> {
     }
 }
 
-pub(super) fn build(context: &Path, step: &CopyStep) -> Result<Layer, String> {
-    let gz = GzEncoder::new(Vec::new(), Compression::fast());
-    let mut tar = tar::Builder::new(Hashing {
-        inner: gz,
-        hasher: Sha256::new(),
-    });
+/// Why a step cannot be made here (the build then goes to the engine).
+enum Why {
+    /// What the context holds (named relative to the COPY source).
+    Refused(Refused),
+    Other(String),
+}
+
+impl From<Refused> for Why {
+    fn from(refused: Refused) -> Self {
+        Self::Refused(refused)
+    }
+}
+
+impl Why {
+    fn about(self, source: &str) -> String {
+        match self {
+            Self::Refused(why) => format!("COPY source {source}: {why}"),
+            Self::Other(why) => why,
+        }
+    }
+}
+
+type LayerTar = tar::Builder<Hashing<GzEncoder<Hashing<BufWriter<File>>>>>;
+
+/// Writes the layer of `step` to `out`. `mtime` goes into every entry.
+pub(super) fn build(
+    context: &Tree,
+    step: &CopyStep,
+    mtime: u64,
+    out: &Path,
+) -> Result<Layer, String> {
+    let file = File::create(out).map_err(|e| format!("failed to create the layer file: {e}"))?;
+    let compressed = Hashing::new(BufWriter::new(file));
+    let gz = GzEncoder::new(compressed, Compression::fast());
+    let mut tar = tar::Builder::new(Hashing::new(gz));
     tar.follow_symlinks(false);
-    let mut state = Walk { files: 0, bytes: 0 };
+    let mut state = Walk {
+        files: 0,
+        bytes: 0,
+        mtime,
+    };
     let into_dir = step.dest.ends_with('/');
     let dest = step.dest.trim_matches('/');
     for source in &step.sources {
-        let path = if source == "." {
-            context.to_owned()
-        } else {
-            context.join(source)
-        };
-        let meta = std::fs::symlink_metadata(&path)
-            .map_err(|_| format!("COPY source {source} is not in the context"))?;
-        if meta.is_dir() {
-            add_tree(&mut tar, &path, dest, &mut state)?;
-        } else if meta.is_file() {
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .ok_or_else(|| format!("COPY source {source} has no usable name"))?;
-            let target = if into_dir {
-                format!("{dest}/{name}")
-            } else {
-                dest.to_owned()
-            };
-            add_file(&mut tar, &path, &target, &meta, &mut state)?;
-        } else {
-            return Err(format!("COPY source {source} is a symlink or special file"));
+        let node = context
+            .open_nofollow(Path::new(source))
+            .map_err(|why| match why {
+                Refused::Missing(_) => format!("COPY source {source} is not in the context"),
+                other => format!("COPY source {source}: {other}"),
+            })?;
+        match node {
+            Node::Dir(tree) => {
+                add_tree(&mut tar, &tree, dest, &mut state).map_err(|w| w.about(source))?;
+            }
+            Node::File(opened) => {
+                let name = Path::new(source)
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .ok_or_else(|| format!("COPY source {source} has no usable name"))?;
+                let target = if into_dir {
+                    format!("{dest}/{name}")
+                } else {
+                    dest.to_owned()
+                };
+                add_file(&mut tar, opened, &target, &mut state).map_err(|w| w.about(source))?;
+            }
         }
     }
     let hashing = tar
         .into_inner()
         .map_err(|e| format!("failed to finish the layer: {e}"))?;
-    let diff_id = format!("sha256:{}", hex::encode(hashing.hasher.finalize()));
-    let blob = hashing
+    let diff_id = sha256(hashing.hasher);
+    let mut compressed = hashing
         .inner
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
-    let digest = content_digest(&blob);
+    compressed
+        .flush()
+        .map_err(|e| format!("failed to write the layer: {e}"))?;
+    let file = compressed
+        .inner
+        .into_inner()
+        .map_err(|e| format!("failed to write the layer: {e}"))?;
+    file.sync_all()
+        .map_err(|e| format!("failed to write the layer: {e}"))?;
     Ok(Layer {
-        blob,
-        digest,
+        path: out.to_owned(),
+        digest: sha256(compressed.hasher),
+        size: compressed.bytes,
         diff_id,
         files: state.files,
     })
@@ -99,74 +170,62 @@ pub(super) fn build(context: &Path, step: &CopyStep) -> Result<Layer, String> {
 struct Walk {
     files: usize,
     bytes: u64,
+    mtime: u64,
 }
 
-type LayerTar = tar::Builder<Hashing<GzEncoder<Vec<u8>>>>;
-
-/// The contents of `dir` under `dest`, sorted, directories before what they hold.
-fn add_tree(tar: &mut LayerTar, dir: &Path, dest: &str, state: &mut Walk) -> Result<(), String> {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("failed to read {}: {e}", dir.display()))?
-        .filter_map(Result::ok)
-        .collect();
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        let name = name
+/// The contents of `tree` under `dest`, in name order, directories before what they hold.
+fn add_tree(tar: &mut LayerTar, tree: &Tree, dest: &str, state: &mut Walk) -> Result<(), Why> {
+    tree.walk(&mut |rel: &Path, entry| {
+        let rel = rel
             .to_str()
-            .ok_or_else(|| format!("a file name in {} is not UTF-8", dir.display()))?;
+            .ok_or_else(|| Why::Other(format!("{} is not a UTF-8 name", rel.display())))?;
         let target = if dest.is_empty() {
-            name.to_owned()
+            rel.to_owned()
         } else {
-            format!("{dest}/{name}")
+            format!("{dest}/{rel}")
         };
-        let meta = entry
-            .metadata()
-            .map_err(|e| format!("failed to read {target}: {e}"))?;
-        if meta.is_dir() {
-            let mut header = header(&meta, tar::EntryType::Directory, 0);
-            tar.append_data(&mut header, format!("{target}/"), std::io::empty())
-                .map_err(|e| format!("failed to add {target}: {e}"))?;
-            add_tree(tar, &entry.path(), &target, state)?;
-        } else if meta.is_file() {
-            add_file(tar, &entry.path(), &target, &meta, state)?;
-        } else {
-            return Err(format!("{target} is a symlink or special file"));
+        match entry {
+            Entry::Dir { .. } => {
+                let mut header = header(tar::EntryType::Directory, 0o755, 0, state.mtime);
+                tar.append_data(&mut header, format!("{target}/"), std::io::empty())
+                    .map_err(|e| Why::Other(format!("failed to add {target}: {e}")))
+            }
+            Entry::File(opened) => add_file(tar, opened, &target, state),
+            Entry::Symlink(_) => Err(Refused::Symlink(rel.to_owned()).into()),
         }
-    }
-    Ok(())
+    })
 }
 
-fn add_file(
-    tar: &mut LayerTar,
-    path: &Path,
-    target: &str,
-    meta: &std::fs::Metadata,
-    state: &mut Walk,
-) -> Result<(), String> {
+fn add_file(tar: &mut LayerTar, opened: Opened, target: &str, state: &mut Walk) -> Result<(), Why> {
+    use std::os::unix::fs::MetadataExt;
+    let size = opened.meta.len();
     state.files += 1;
-    state.bytes += meta.len();
+    state.bytes += size;
     if state.bytes > MAX_SOURCE_BYTES {
-        return Err(format!(
+        return Err(Why::Other(format!(
             "the COPY sources exceed {} MiB",
             MAX_SOURCE_BYTES >> 20
-        ));
+        )));
     }
-    let file = std::fs::File::open(path).map_err(|e| format!("failed to read {target}: {e}"))?;
-    let mut header = header(meta, tar::EntryType::Regular, meta.len());
-    tar.append_data(&mut header, target, file)
-        .map_err(|e| format!("failed to add {target}: {e}"))
+    let mode = if opened.meta.mode() & 0o111 == 0 {
+        0o644
+    } else {
+        0o755
+    };
+    let mut header = header(tar::EntryType::Regular, mode, size, state.mtime);
+    // Exactly `size` bytes or an error: the header never disagrees with the data.
+    tar.append_data(&mut header, target, opened.exact())
+        .map_err(|e| Why::Other(format!("failed to add {target}: {e}")))
 }
 
-fn header(meta: &std::fs::Metadata, kind: tar::EntryType, size: u64) -> tar::Header {
-    use std::os::unix::fs::MetadataExt;
+fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_size(size);
-    header.set_mode(meta.mode() & 0o7777);
+    header.set_mode(mode);
     header.set_uid(0);
     header.set_gid(0);
-    header.set_mtime(u64::try_from(meta.mtime()).unwrap_or(0));
+    header.set_mtime(mtime);
     header
 }
 
@@ -175,69 +234,142 @@ mod tests {
     use super::*;
     use std::io::Read;
 
+    /// (path, mode, content) of every entry; asserts each header's size is what the entry holds.
     fn entries(layer: &Layer) -> Vec<(String, u32, String)> {
+        let file = File::open(&layer.path).expect("layer file");
         let mut out = Vec::new();
-        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(layer.blob.as_slice()));
+        let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
         for entry in archive.entries().expect("entries") {
             let mut entry = entry.expect("entry");
             let path = entry.path().expect("path").display().to_string();
-            let mode = entry.header().mode().expect("mode");
+            let header = entry.header();
+            let (mode, size) = (header.mode().expect("mode"), header.size().expect("size"));
+            assert_eq!(header.uid().expect("uid"), 0);
+            assert_eq!(header.username().expect("uname"), Some(""));
             let mut text = String::new();
             entry.read_to_string(&mut text).expect("read");
+            assert_eq!(size, text.len() as u64, "{path}: header size = data");
             out.push((path, mode, text));
         }
         out
     }
 
+    fn layer(dir: &Path, step: &CopyStep, out: &str) -> Result<Layer, String> {
+        let tree = Tree::open(dir).expect("tree");
+        build(&tree, step, 1_700_000_000, &dir.join(out))
+    }
+
+    fn step(sources: &[&str], dest: &str) -> CopyStep {
+        CopyStep {
+            sources: sources.iter().map(|s| (*s).to_owned()).collect(),
+            dest: dest.into(),
+        }
+    }
+
+    /// A context of its own next to the scratch dir the layers go to.
+    fn context() -> (tempfile::TempDir, PathBuf) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let ctx = tmp.path().join("ctx");
+        std::fs::create_dir_all(ctx.join("src/sub")).expect("dirs");
+        std::fs::write(ctx.join("src/main.txt"), "main").expect("write");
+        std::fs::write(ctx.join("src/sub/run.sh"), "run").expect("write");
+        std::fs::write(ctx.join("a.txt"), "a").expect("write");
+        (tmp, ctx)
+    }
+
     #[test]
     fn directory_sources_give_their_contents_and_files_land_by_name() {
         use std::os::unix::fs::PermissionsExt;
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir_all(dir.path().join("src/sub")).expect("dirs");
-        std::fs::write(dir.path().join("src/main.txt"), "main").expect("write");
-        std::fs::write(dir.path().join("src/sub/run.sh"), "run").expect("write");
+        let (tmp, ctx) = context();
         std::fs::set_permissions(
-            dir.path().join("src/sub/run.sh"),
-            std::fs::Permissions::from_mode(0o755),
+            ctx.join("src/sub/run.sh"),
+            std::fs::Permissions::from_mode(0o775),
         )
         .expect("chmod");
-        std::fs::write(dir.path().join("a.txt"), "a").expect("write");
-
-        let step = CopyStep {
-            sources: vec!["src".into()],
-            dest: "/app/src/".into(),
-        };
-        let layer = build(dir.path(), &step).expect("layer");
-        let listed = entries(&layer);
+        let tree = Tree::open(&ctx).expect("tree");
+        let out = tmp.path().join("layer.tar.gz");
+        let built = build(&tree, &step(&["src"], "/app/src/"), 7, &out).expect("layer");
+        let listed = entries(&built);
         let names: Vec<&str> = listed.iter().map(|(p, _, _)| p.as_str()).collect();
         assert_eq!(
             names,
             ["app/src/main.txt", "app/src/sub/", "app/src/sub/run.sh"]
         );
-        assert_eq!(listed[2].1 & 0o777, 0o755);
+        assert_eq!(listed[0].1, 0o644);
+        assert_eq!(listed[1].1, 0o755);
+        assert_eq!(listed[2].1, 0o755, "executable");
         assert_eq!(listed[0].2, "main");
-        assert_eq!(layer.files, 2);
-        assert!(layer.digest.starts_with("sha256:") && layer.diff_id != layer.digest);
+        assert_eq!(built.files, 2);
+        assert_eq!(built.size, std::fs::metadata(&out).expect("meta").len());
+        let bytes = std::fs::read(&out).expect("read");
+        assert_eq!(built.digest, crate::registry::content_digest(&bytes));
+        assert!(built.diff_id.starts_with("sha256:") && built.diff_id != built.digest);
 
-        let step = CopyStep {
-            sources: vec!["a.txt".into()],
-            dest: "/etc/b.txt".into(),
-        };
-        let listed = entries(&build(dir.path(), &step).expect("layer"));
+        let listed =
+            entries(&build(&tree, &step(&["a.txt"], "/etc/b.txt"), 7, &out).expect("layer"));
         assert_eq!(listed[0].0, "etc/b.txt");
         assert_eq!(listed[0].2, "a");
     }
 
     #[test]
-    fn missing_sources_and_symlinks_are_left_to_the_engine() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("link")).expect("symlink");
-        for source in ["nope", "link"] {
-            let step = CopyStep {
-                sources: vec![source.into()],
-                dest: "/x".into(),
-            };
-            assert!(build(dir.path(), &step).is_err(), "{source}");
+    fn one_commit_gives_one_layer() {
+        let (tmp, ctx) = context();
+        let copy = step(&["src", "a.txt"], "/app/");
+        let first = layer(&ctx, &copy, "../one.tar.gz").expect("layer");
+        // Different file times and a looser umask on the same content: the same bytes.
+        std::fs::write(ctx.join("src/main.txt"), "main").expect("rewrite");
+        let touched = std::process::Command::new("touch")
+            .args(["-d", "2001-01-01"])
+            .arg(ctx.join("a.txt"))
+            .status()
+            .expect("touch");
+        assert!(touched.success());
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(ctx.join("a.txt"), std::fs::Permissions::from_mode(0o664))
+                .expect("chmod");
+        }
+        let second = layer(&ctx, &copy, "../two.tar.gz").expect("layer");
+        assert_eq!(first.digest, second.digest);
+        assert_eq!(first.diff_id, second.diff_id);
+        assert_eq!(
+            std::fs::read(tmp.path().join("one.tar.gz")).expect("one"),
+            std::fs::read(tmp.path().join("two.tar.gz")).expect("two")
+        );
+        std::fs::write(ctx.join("a.txt"), "b").expect("change");
+        let third = layer(&ctx, &copy, "../three.tar.gz").expect("layer");
+        assert_ne!(first.digest, third.digest);
+    }
+
+    #[test]
+    fn missing_sources_symlinks_and_special_files_are_left_to_the_engine() {
+        let (_tmp, ctx) = context();
+        std::os::unix::fs::symlink("/etc/passwd", ctx.join("link")).expect("symlink");
+        std::os::unix::fs::symlink("/", ctx.join("h")).expect("symlink");
+        std::os::unix::fs::symlink("src", ctx.join("inside")).expect("symlink");
+        std::fs::create_dir(ctx.join("tree")).expect("dir");
+        std::os::unix::fs::symlink("../a.txt", ctx.join("tree/back")).expect("symlink");
+        std::fs::create_dir(ctx.join("pipes")).expect("dir");
+        let made = std::process::Command::new("mkfifo")
+            .arg(ctx.join("pipes/fifo"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        for (source, why) in [
+            ("nope", "is not in the context"),
+            ("link", "link is a symlink"),
+            ("h/proc/self/environ", "h is a symlink"),
+            ("h/etc/passwd", "h is a symlink"),
+            ("inside/main.txt", "inside is a symlink"),
+            ("tree", "COPY source tree: back is a symlink"),
+            ("pipes", "COPY source pipes: fifo is a FIFO"),
+            ("pipes/fifo", "pipes/fifo is a FIFO"),
+        ] {
+            let err = layer(&ctx, &step(&[source], "/x/"), "../out.tar.gz").err();
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains(why)),
+                "{source}: {err:?}"
+            );
         }
     }
 }

@@ -18,6 +18,7 @@ mod layer;
 use std::path::Path;
 
 use crate::build_log::BuildLog;
+use crate::confined::Tree;
 use crate::error::BuildError;
 use crate::pipeline::Environment;
 use crate::plan::{BuildSpec, Recipe};
@@ -32,7 +33,8 @@ pub struct Attempt<'a> {
     pub spec: &'a BuildSpec,
     pub source: &'a SourceSpec,
     pub checkout: &'a Checkout,
-    pub checkout_dir: &'a Path,
+    /// Where the layers are written before their upload (removed with the build).
+    pub scratch_dir: &'a Path,
     /// The registry's name for the image (`ns/name`).
     pub repository: &'a str,
     /// The first tag to write; the pipeline writes the others as after a push.
@@ -64,14 +66,29 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
     }
-    // Ignore files change what a COPY reads; podman honours both names.
+    let tree = match Tree::open(&spec.checkout_dir) {
+        Ok(tree) => tree,
+        Err(e) => return Ok(Err(format!("the checkout cannot be opened: {e}"))),
+    };
+    let context_rel = relative(&spec.checkout_dir, &spec.context_dir)?;
+    let context = match tree.subtree(&context_rel) {
+        Ok(tree) => tree,
+        Err(why) => return Ok(Err(format!("the context cannot be read: {why}"))),
+    };
+    // Ignore files change what a COPY reads; podman honours both names. Any entry of that name
+    // counts, a symlink included.
     for ignore in [".dockerignore", ".containerignore"] {
-        if spec.context_dir.join(ignore).exists() {
+        if context.has_entry(Path::new(ignore)) {
             return Ok(Err(format!("the context has a {ignore}")));
         }
     }
-    let text = std::fs::read_to_string(dockerfile)
-        .map_err(|e| BuildError::NoRecipe(format!("failed to read the Dockerfile: {e}")))?;
+    let text = match tree.read_to_string(
+        &relative(&spec.checkout_dir, dockerfile)?,
+        crate::engine::MAX_DOCKERFILE_BYTES,
+    ) {
+        Ok(text) => text,
+        Err(why) => return Ok(Err(format!("the Dockerfile cannot be read: {why}"))),
+    };
     let tail = match dockerfile::analyse(&text, crate::engine::escape_char(&text)) {
         Ok(tail) => tail,
         Err(reason) => return Ok(Err(reason)),
@@ -111,12 +128,18 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         return Ok(Err(reason));
     }
 
-    let context = spec.context_dir.clone();
     let copies = tail.copies.clone();
+    let scratch = a.scratch_dir.to_owned();
+    // The commit's time in every entry: see `layer`.
+    let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
     let layers = tokio::task::spawn_blocking(move || {
         copies
             .iter()
-            .map(|step| layer::build(&context, step))
+            .enumerate()
+            .map(|(n, step)| {
+                let out = scratch.join(format!("layer-{n}.tar.gz"));
+                layer::build(&context, step, mtime, &out)
+            })
             .collect::<Result<Vec<_>, _>>()
     })
     .await
@@ -128,14 +151,16 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     let files: usize = layers.iter().map(|l| l.files).sum();
     let mut new_layers = Vec::with_capacity(layers.len());
     for built in layers {
-        new_layers.push(NewLayer {
-            digest: built.digest.clone(),
-            diff_id: built.diff_id,
-            size: built.blob.len(),
-        });
         store
-            .upload_blob(a.repository, &built.digest, built.blob)
+            .upload_blob_file(a.repository, &built.digest, &built.path, built.size)
             .await?;
+        // Uploaded: the scratch disk need not hold it until the build ends.
+        let _ = std::fs::remove_file(&built.path);
+        new_layers.push(NewLayer {
+            digest: built.digest,
+            diff_id: built.diff_id,
+            size: built.size,
+        });
     }
 
     let created = rfc3339(a.created);
@@ -239,12 +264,9 @@ fn changes_fit_the_tail(
     tail: &dockerfile::Tail,
     changed: &[String],
 ) -> Result<(), String> {
-    let root = a
-        .checkout_dir
-        .canonicalize()
-        .map_err(|e| format!("the checkout cannot be resolved: {e}"))?;
+    let root = &a.spec.checkout_dir;
     let relative = |path: &Path| {
-        path.strip_prefix(&root)
+        path.strip_prefix(root)
             .ok()
             .and_then(|p| p.to_str())
             .map(str::to_owned)
@@ -273,4 +295,16 @@ fn changes_fit_the_tail(
         }
     }
     Ok(())
+}
+
+/// `path` (inside the checkout, as `plan` resolved it) relative to the checkout.
+fn relative(checkout: &Path, path: &Path) -> Result<std::path::PathBuf, BuildError> {
+    path.strip_prefix(checkout)
+        .map(Path::to_owned)
+        .map_err(|_| {
+            BuildError::Internal(anyhow::anyhow!(
+                "{} is not inside the checkout",
+                path.display()
+            ))
+        })
 }

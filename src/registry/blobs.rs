@@ -1,8 +1,12 @@
 //! Blob reads and uploads (distribution API: POST an upload, PUT its bytes with the digest).
 //! Used by incremental rebuilds, which write new layers and a new config next to existing ones.
 
+use std::path::Path;
+use std::time::Duration;
+
 use reqwest::StatusCode;
-use reqwest::header::{CONTENT_TYPE, LOCATION};
+use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use tokio_util::io::ReaderStream;
 
 use super::{RegistryClient, unreachable_registry};
 use crate::error::BuildError;
@@ -31,11 +35,48 @@ impl RegistryClient {
         }
     }
 
+    /// Uploads `bytes` (small: a config) as the blob `digest`.
     pub(super) async fn put_blob(
         &self,
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
+    ) -> Result<(), BuildError> {
+        let len = bytes.len() as u64;
+        self.upload(repository, digest, len, || {
+            reqwest::Body::from(bytes.clone())
+        })
+        .await
+    }
+
+    /// Uploads the file at `path` (`len` bytes: a layer, maybe large) as the blob `digest`,
+    /// streamed from disk. The file is opened again for each try.
+    pub(super) async fn put_blob_file(
+        &self,
+        repository: &str,
+        digest: &str,
+        path: &Path,
+        len: u64,
+    ) -> Result<(), BuildError> {
+        let body = || match std::fs::File::open(path) {
+            Ok(file) => {
+                reqwest::Body::wrap_stream(ReaderStream::new(tokio::fs::File::from_std(file)))
+            }
+            // Reported as the request's failure, by `send`, like any other.
+            Err(e) => reqwest::Body::wrap_stream(futures_util::stream::once(async move {
+                Err::<Vec<u8>, _>(e)
+            })),
+        };
+        self.upload(repository, digest, len, body).await
+    }
+
+    /// POST an upload, PUT its bytes with the digest (a monolithic upload).
+    async fn upload(
+        &self,
+        repository: &str,
+        digest: &str,
+        len: u64,
+        body: impl Fn() -> reqwest::Body,
     ) -> Result<(), BuildError> {
         let scope = format!("repository:{repository}:pull,push");
         let start = format!("{}/v2/{repository}/blobs/uploads/", self.base);
@@ -60,12 +101,16 @@ impl RegistryClient {
                 BuildError::PushFailed(format!("registry gave a bad upload location: {e}"))
             })?;
         url.query_pairs_mut().append_pair("digest", digest);
+        // The client's 30 s covers small requests; a layer gets a second per MiB on top.
+        let timeout = Duration::from_secs(30 + (len >> 20));
         let response = self
             .send(&scope, || {
                 self.http
                     .put(url.as_str())
+                    .timeout(timeout)
                     .header(CONTENT_TYPE, "application/octet-stream")
-                    .body(bytes.clone())
+                    .header(CONTENT_LENGTH, len)
+                    .body(body())
             })
             .await?;
         if response.status() == StatusCode::CREATED {

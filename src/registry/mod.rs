@@ -53,12 +53,23 @@ pub trait ImageStore: Send + Sync {
     /// A blob's bytes (an image config: small), if the registry has it.
     async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError>;
 
-    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes).
+    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
+    /// (configs) held in memory anyway.
     async fn upload_blob(
         &self,
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
+    ) -> Result<(), BuildError>;
+
+    /// Uploads the `len`-byte file at `path` as the blob `digest`, streamed from disk: for
+    /// layers, which may be large.
+    async fn upload_blob_file(
+        &self,
+        repository: &str,
+        digest: &str,
+        path: &std::path::Path,
+        len: u64,
     ) -> Result<(), BuildError>;
 
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
@@ -249,6 +260,16 @@ impl ImageStore for RegistryClient {
         bytes: Vec<u8>,
     ) -> Result<(), BuildError> {
         self.put_blob(repository, digest, bytes).await
+    }
+
+    async fn upload_blob_file(
+        &self,
+        repository: &str,
+        digest: &str,
+        path: &std::path::Path,
+        len: u64,
+    ) -> Result<(), BuildError> {
+        self.put_blob_file(repository, digest, path, len).await
     }
 }
 

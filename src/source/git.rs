@@ -205,10 +205,17 @@ fn resolve_in_mirror(
 ) -> Result<Checkout, BuildError> {
     let (_lock, repo) = open_for_reading(mirror, stop)?;
     let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
+    let committed_at = repo
+        .find_commit(oid)
+        .map_err(|e| internal("read the commit", &e))?
+        .committer()
+        .when()
+        .seconds();
     Ok(Checkout {
         commit: oid.to_string(),
         ref_name,
         is_default_branch,
+        committed_at,
     })
 }
 

@@ -38,6 +38,9 @@ pub struct Checkout {
     /// Branch or tag name (or the SHA itself when a SHA was requested).
     pub ref_name: String,
     pub is_default_branch: bool,
+    /// The commit's committer time (seconds since the epoch): the modification time of files
+    /// in layers the worker writes itself, so one commit always gives the same bytes.
+    pub committed_at: i64,
 }
 
 #[async_trait]

@@ -254,6 +254,8 @@ async fn without_a_dockerfile_nixpacks_generates_one_and_podman_builds_it() {
     );
     let git = GitServer::start().await;
     let repo = RepoFixture::create(git.root.path(), "acme/node");
+    // nixpacks follows symlinks wherever they lead: it reads a copy without this one.
+    repo.symlink("host", "/");
     repo.commit(
         &[
             (
@@ -275,6 +277,10 @@ async fn without_a_dockerfile_nixpacks_generates_one_and_podman_builds_it() {
     assert!(
         log.contains("generating one with nixpacks") && log.contains(".nixpacks/Dockerfile"),
         "nixpacks planned the build and podman got its Dockerfile:\n{log}"
+    );
+    assert!(
+        log.contains("left out symlink host -> /"),
+        "nixpacks read a confined copy of the context:\n{log}"
     );
     // nixpacks' base image lives on ghcr.io, which these machines cannot reach; with internet
     // the same request builds. Without, the failure is ours (service) and names the image.

@@ -10,3 +10,4 @@ mod docker_engine;
 mod fast_builds;
 mod faults;
 mod git_limits;
+mod hostile_checkout;

@@ -1,9 +1,10 @@
 //! The build context as the Engine API wants it: one tar, with the Dockerfile inside.
 
 use std::fs::File;
-use std::io::BufWriter;
+use std::io::{BufWriter, Read};
 use std::path::{Path, PathBuf};
 
+use crate::confined::{Entry, Refused, Tree};
 use crate::error::BuildError;
 
 /// The tar written into the scratch dir and the name the Dockerfile has in it.
@@ -12,55 +13,53 @@ pub struct Archive {
     pub dockerfile: String,
 }
 
-/// Packs `context` into `<scratch>/context.tar`, adds `dockerfile` (which may live outside the
-/// context, as nixpacks' does) under a name no file of the context has, and lists that name in
-/// the tar's `.dockerignore` -- what the docker CLI does, so `COPY . /app` leaves it out (dockerd
-/// drops it; podman's compat service was seen to honour the entry too). Symlinks are stored as
-/// symlinks: following one could pack a file from outside the checkout. Blocking: call it from
+/// A repository's `.dockerignore` larger than this is refused (it is a list of patterns).
+const MAX_IGNORE_BYTES: u64 = 1024 * 1024;
+
+/// Packs `context` into `<scratch>/context.tar`, adds the Dockerfile's text (the Dockerfile may
+/// live outside the context, as nixpacks' does) under a name no file of the context has, and
+/// lists that name in the tar's `.dockerignore` -- what the docker CLI does, so `COPY . /app`
+/// leaves it out (dockerd drops it; podman's compat service was seen to honour the entry too).
+/// The context is walked through `confined::Tree`: no symlink is followed (a symlink is stored
+/// as one, which the daemon resolves inside the context), each file is read from the descriptor
+/// that was measured, and a special file is refused by name. Blocking: call it from
 /// `spawn_blocking`.
-pub fn archive(context: &Path, dockerfile: &Path, scratch: &Path) -> Result<Archive, BuildError> {
-    let name = free_name(context)?;
+pub fn archive(context: &Path, dockerfile: &[u8], scratch: &Path) -> Result<Archive, BuildError> {
+    let tree = Tree::open(context).map_err(|e| failed("open the build context", &e))?;
+    let name = free_name(&tree)?;
     let path = scratch.join("context.tar");
     let file = File::create(&path).map_err(|e| failed("create the context archive", &e))?;
     let mut tar = tar::Builder::new(BufWriter::new(file));
     tar.follow_symlinks(false);
 
-    let mut entries: Vec<_> = std::fs::read_dir(context)
-        .map_err(|e| failed("read the build context", &e))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| failed("read the build context", &e))?;
-    // A stable order: the same checkout gives the same archive.
-    entries.sort_by_key(std::fs::DirEntry::file_name);
     let mut ignore = Vec::new();
-    for entry in entries {
-        let file_name = entry.file_name();
-        let kind = entry
-            .file_type()
-            .map_err(|e| failed("read the build context", &e))?;
-        if file_name == ".dockerignore" {
+    tree.walk(&mut |rel: &Path, entry| {
+        if rel == Path::new(".dockerignore") {
             // Rewritten below. A symlinked one is not followed (it could point anywhere).
-            if kind.is_file() {
-                ignore =
-                    std::fs::read(entry.path()).map_err(|e| failed("read .dockerignore", &e))?;
+            if let Entry::File(opened) = entry {
+                if opened.meta.len() > MAX_IGNORE_BYTES {
+                    return Err(BuildError::from(Refused::TooLarge {
+                        path: opened.path,
+                        limit: MAX_IGNORE_BYTES,
+                    }));
+                }
+                let path = opened.path.clone();
+                opened
+                    .exact()
+                    .read_to_end(&mut ignore)
+                    .map_err(|e| failed(&format!("read {path}"), &e))?;
             }
-            continue;
+            return Ok(());
         }
-        let packed = if kind.is_dir() {
-            tar.append_dir_all(&file_name, entry.path())
-        } else {
-            tar.append_path_with_name(entry.path(), &file_name)
-        };
-        packed.map_err(|e| failed(&format!("pack {}", file_name.to_string_lossy()), &e))?;
-    }
+        pack(&mut tar, rel, entry)
+    })?;
 
     if !ignore.is_empty() && !ignore.ends_with(b"\n") {
         ignore.push(b'\n');
     }
     ignore.extend_from_slice(format!("{name}\n").as_bytes());
     append_file(&mut tar, ".dockerignore", &ignore)?;
-    let text = std::fs::read(dockerfile)
-        .map_err(|e| BuildError::NoRecipe(format!("failed to read the Dockerfile: {e}")))?;
-    append_file(&mut tar, &name, &text)?;
+    append_file(&mut tar, &name, dockerfile)?;
 
     tar.into_inner()
         .and_then(|mut w| std::io::Write::flush(&mut w))
@@ -71,14 +70,50 @@ pub fn archive(context: &Path, dockerfile: &Path, scratch: &Path) -> Result<Arch
     })
 }
 
+/// One entry of the context, with its mode and time, owned by root.
+fn pack(
+    tar: &mut tar::Builder<BufWriter<File>>,
+    rel: &Path,
+    entry: Entry,
+) -> Result<(), BuildError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut header = tar::Header::new_gnu();
+    header.set_uid(0);
+    header.set_gid(0);
+    let packed = match entry {
+        Entry::Dir { mode, mtime } => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(mode);
+            header.set_mtime(u64::try_from(mtime).unwrap_or(0));
+            header.set_size(0);
+            tar.append_data(&mut header, rel, std::io::empty())
+        }
+        Entry::File(opened) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(opened.meta.mode() & 0o7777);
+            header.set_mtime(u64::try_from(opened.meta.mtime()).unwrap_or(0));
+            header.set_size(opened.meta.len());
+            // Exactly the measured size, or an error: the header never disagrees with the data.
+            tar.append_data(&mut header, rel, opened.exact())
+        }
+        Entry::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            tar.append_link(&mut header, rel, &target)
+        }
+    };
+    packed.map_err(|e| failed(&format!("pack {}", rel.display()), &e))
+}
+
 /// `.image-builder.Dockerfile`, or a numbered variant if the context has a file of that name.
-fn free_name(context: &Path) -> Result<String, BuildError> {
+fn free_name(context: &Tree) -> Result<String, BuildError> {
     (0..100)
         .map(|n| match n {
             0 => ".image-builder.Dockerfile".to_owned(),
             n => format!(".image-builder-{n}.Dockerfile"),
         })
-        .find(|name| context.join(name).symlink_metadata().is_err())
+        .find(|name| !context.has_entry(Path::new(name)))
         .ok_or_else(|| {
             BuildError::NoRecipe("the context has no free name for the Dockerfile".into())
         })
@@ -142,10 +177,9 @@ mod tests {
         // Taken by the repository: the Dockerfile needs another name.
         std::fs::write(context.join(".image-builder.Dockerfile"), "theirs").expect("write");
         std::os::unix::fs::symlink("/etc/passwd", context.join("passwd")).expect("symlink");
-        let dockerfile = dir.path().join("outside.Dockerfile");
-        std::fs::write(&dockerfile, "FROM scratch\n").expect("write");
+        std::os::unix::fs::symlink("/", context.join("h")).expect("symlink");
 
-        let archive = archive(&context, &dockerfile, dir.path()).expect("packed");
+        let archive = archive(&context, b"FROM scratch\n", dir.path()).expect("packed");
         assert_eq!(archive.dockerfile, ".image-builder-1.Dockerfile");
         let entries = entries(&archive.path);
         let find = |name: &str| entries.iter().find(|(n, _, _)| n == name).cloned();
@@ -171,10 +205,32 @@ mod tests {
             Some(("passwd".into(), 'l', "/etc/passwd".into())),
             "symlinks are not followed"
         );
+        assert_eq!(find("h").map(|e| e.1), Some('l'), "stored as a symlink");
+        assert!(
+            !entries.iter().any(|(n, _, _)| n.starts_with("h/")),
+            "a symlinked directory is not walked: {entries:?}"
+        );
         let ignores = entries
             .iter()
             .filter(|(n, _, _)| n == ".dockerignore")
             .count();
         assert_eq!(ignores, 1, "{entries:?}");
+    }
+
+    #[test]
+    fn special_files_are_refused_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let context = dir.path().join("ctx");
+        std::fs::create_dir_all(context.join("run")).expect("dirs");
+        let made = std::process::Command::new("mkfifo")
+            .arg(context.join("run/pipe"))
+            .status()
+            .expect("mkfifo");
+        assert!(made.success());
+        let err = archive(&context, b"FROM scratch\n", dir.path())
+            .err()
+            .expect("refused");
+        assert_eq!(err.classify(), crate::error::Fault::User, "{err}");
+        assert!(err.to_string().contains("run/pipe is a FIFO"), "{err}");
     }
 }

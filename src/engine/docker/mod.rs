@@ -24,12 +24,11 @@ pub use host::DockerHost;
 use stream::BuildOutput;
 
 use super::ImageEngine;
-use super::nixpacks;
 use crate::config::{BuildSettings, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
-use crate::plan::{BuildSpec, Recipe};
+use crate::plan::BuildSpec;
 use crate::request::Rejection;
 
 /// Builds and pushes through one Docker Engine API daemon. Holds the registry password, so it
@@ -128,14 +127,12 @@ impl DockerEngine {
         ctx: &BuildCtx,
         platform: Option<&str>,
     ) -> Result<(), BuildError> {
-        let (source_dockerfile, context_dir) = match &spec.recipe {
-            Recipe::Dockerfile(path) => (path.clone(), spec.context_dir.clone()),
-            Recipe::Nixpacks => nixpacks::generate(&self.nixpacks, &spec.context_dir, ctx).await?,
-        };
+        let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
+        let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
         let archive = {
-            let (dir, file) = (context_dir.clone(), source_dockerfile.clone());
+            let (dir, text) = (context_dir.clone(), input.text.clone());
             let scratch = ctx.scratch_dir.clone();
-            tokio::task::spawn_blocking(move || context::archive(&dir, &file, &scratch))
+            tokio::task::spawn_blocking(move || context::archive(&dir, text.as_bytes(), &scratch))
                 .await
                 .map_err(|e| BuildError::Internal(anyhow::anyhow!("context task failed: {e}")))??
         };
@@ -167,7 +164,7 @@ impl DockerEngine {
             "building {} with the docker daemon at {} from {}",
             spec.image,
             self.host,
-            super::shown_dockerfile(&source_dockerfile, &context_dir)
+            super::shown_dockerfile(source_dockerfile, context_dir)
         ));
         let mut output = BuildOutput::new(&ctx.log);
         let mut stream = docker.build_image(options.build(), self.pull_credentials(), Some(body));

@@ -41,6 +41,25 @@ impl RepoFixture {
         git(self.work.path(), &["rm", "-q", path]);
     }
 
+    /// Puts a symlink `path` -> `target` into the next commit.
+    pub fn symlink(&self, path: &str, target: &str) {
+        let link = self.work.path().join(path);
+        if let Some(parent) = link.parent() {
+            std::fs::create_dir_all(parent).expect("dirs");
+        }
+        std::os::unix::fs::symlink(target, link).expect("symlink");
+    }
+
+    /// Replaces `path` (a file or a whole folder) with a symlink to `target` in the next commit.
+    pub fn replace_with_symlink(&self, path: &str, target: &str) {
+        git(self.work.path(), &["rm", "-rq", path]);
+        let link = self.work.path().join(path);
+        if link.exists() {
+            std::fs::remove_dir_all(&link).expect("remove what git left");
+        }
+        self.symlink(path, target);
+    }
+
     pub fn head(&self) -> String {
         git(self.work.path(), &["rev-parse", "HEAD"])
             .trim()

@@ -7,6 +7,7 @@ pub mod api;
 pub mod fixtures;
 pub mod git_server;
 pub mod hostile_repos;
+pub mod image_blobs;
 pub mod registry;
 
 use std::path::{Path, PathBuf};
