@@ -102,9 +102,14 @@ impl Podman {
         // A build killed on timeout, cancel or a worker's death leaves podman no chance to
         // remove its working container (and the layer a RUN step was writing): any older than
         // a build can run is such a leftover.
-        let leftovers = Invocation::new(&program, Duration::from_secs(60))
-            .args(["ps", "--external", "--quiet", "--filter"])
-            .arg(format!("until={}s", self.leftover_age.as_secs()));
+        // (podman 4.3's `until` filter does not apply to these: seen listing new ones.)
+        let leftovers = Invocation::new(&program, Duration::from_secs(60)).args([
+            "ps",
+            "--external",
+            "--format",
+            "{{.ID}} {{.Created.Unix}}",
+        ]);
+        let max_age = self.leftover_age;
         tokio::spawn(async move {
             let log = BuildLog::new(Redactor::default());
             let cancel = CancellationToken::new();
@@ -116,7 +121,7 @@ impl Podman {
                 tracing::warn!("failed to list leftover build containers: {e}");
                 return;
             }
-            let ids = ids.tail(10_000);
+            let ids = created_before(&ids.tail(10_000), max_age);
             if ids.is_empty() {
                 return;
             }
@@ -306,6 +311,21 @@ impl ImageEngine for Podman {
     }
 }
 
+/// IDs from `ID CREATED-UNIX-SECONDS` lines whose container is older than `age`.
+fn created_before(lines: &[String], age: Duration) -> Vec<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    lines
+        .iter()
+        .filter_map(|line| {
+            let (id, created) = line.trim().split_once(' ')?;
+            let created: u64 = created.parse().ok()?;
+            (now.saturating_sub(created) > age.as_secs()).then(|| id.to_owned())
+        })
+        .collect()
+}
+
 /// Several platforms are built into one local manifest list and pushed as one.
 fn is_multi_platform(spec: &BuildSpec) -> bool {
     spec.platforms.len() > 1
@@ -359,5 +379,26 @@ fn build_error(err: ProcessError, tail: &[String], bases: &[String]) -> BuildErr
             }
         }
         other => BuildError::Engine(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_containers_older_than_any_build_are_leftovers() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let lines = vec![
+            format!("old {}", now - 4000),
+            format!("new {}", now - 10),
+            "garbage".to_owned(),
+        ];
+        assert_eq!(
+            created_before(&lines, Duration::from_secs(2400)),
+            vec!["old".to_owned()]
+        );
     }
 }
