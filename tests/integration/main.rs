@@ -8,3 +8,4 @@ mod core_worker;
 mod docker_engine;
 mod fast_builds;
 mod faults;
+mod process_lifetime;
