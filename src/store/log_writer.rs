@@ -64,8 +64,14 @@ impl BuildStore {
         let mut batch = Vec::with_capacity(BATCH + 1);
         loop {
             let open = source.lines.recv_many(&mut batch, BATCH).await > 0;
-            // Lines that found the queue full came after the ones queued: say so after them.
-            let not_sent = source.not_sent.swap(0, Ordering::Relaxed);
+            // Lines that found the queue full came after the ones queued: say so once those are
+            // stored.
+            let drained = source.lines.is_empty();
+            let not_sent = if drained {
+                source.not_sent.swap(0, Ordering::Relaxed)
+            } else {
+                0
+            };
             if not_sent > 0 {
                 batch.push(format!(
                     "[{not_sent} lines not stored: the build printed faster than the store wrote]"
@@ -100,5 +106,39 @@ impl BuildStore {
             batch.clear();
             tx.commit().await?;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::build_log::BuildLog;
+    use crate::redact::Redactor;
+
+    #[tokio::test]
+    async fn a_log_faster_than_the_store_loses_lines_and_says_how_many() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        let store = BuildStore::connect(&url).await.expect("store");
+        let writer = store.log_writer("b1");
+        let log = BuildLog::with_sink(Redactor::default(), writer.sender());
+        // No await in between: the writer cannot take any line until all are pushed.
+        let pushed = QUEUED_LINES + 100;
+        for i in 0..pushed {
+            log.push(&format!("line {i}"));
+        }
+        log.detach_sink();
+        writer.finish().await;
+        let stored = store.log_lines("b1", 0, 10_000).await.expect("lines");
+        let lines: Vec<&str> = stored.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines.len(), QUEUED_LINES + 1);
+        assert_eq!(
+            lines[QUEUED_LINES - 1],
+            format!("line {}", QUEUED_LINES - 1)
+        );
+        assert_eq!(
+            lines[QUEUED_LINES],
+            "[100 lines not stored: the build printed faster than the store wrote]"
+        );
     }
 }
