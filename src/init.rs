@@ -26,6 +26,11 @@ const FORWARDED: [Signal; 4] = [
 /// status; otherwise returns `None` at once. Call first thing in `main`, before any thread.
 pub fn supervise_if_pid1() -> Option<ExitCode> {
     if std::process::id() != 1 {
+        // A child inherits its parent's signal mask (std does not clear it; seen: the worker
+        // started by this init ignored SIGTERM). The worker needs these, and so do its children.
+        if let Err(e) = awaited().thread_unblock() {
+            eprintln!("warning: failed to unblock the stop signals: {e}");
+        }
         return None;
     }
     Some(supervise().unwrap_or_else(|e| {
@@ -34,14 +39,20 @@ pub fn supervise_if_pid1() -> Option<ExitCode> {
     }))
 }
 
-fn supervise() -> anyhow::Result<ExitCode> {
-    let mut awaited = SigSet::empty();
+/// The signals the init takes with `sigwait`.
+fn awaited() -> SigSet {
+    let mut set = SigSet::empty();
     for signal in FORWARDED {
-        awaited.add(signal);
+        set.add(signal);
     }
-    awaited.add(Signal::SIGCHLD);
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+fn supervise() -> anyhow::Result<ExitCode> {
+    let awaited = awaited();
     // Blocked before the child exists, so no signal is missed; they are taken with `wait`.
-    // The child starts with an empty mask (std resets it between fork and exec).
+    // The child inherits the mask and unblocks them itself (above).
     awaited.thread_block()?;
     let child = std::process::Command::new(std::env::current_exe()?)
         .args(std::env::args_os().skip(1))

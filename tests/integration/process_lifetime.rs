@@ -193,7 +193,7 @@ async fn the_worker_as_pid1_reaps_the_processes_its_timed_out_builds_leave() {
         ("IMAGE_BUILDER__RETRY__MAX_ATTEMPTS", "1"),
         ("CONTAINERS_CONF", conf.as_str()),
     ];
-    let worker = Worker::spawn_as_pid1(&stack, &git, &env).await;
+    let mut worker = Worker::spawn_as_pid1(&stack, &git, &env).await;
     let init = child_of(worker.pid()).expect("the worker's init runs");
     let id = unique("orphans-");
     stack
@@ -220,7 +220,15 @@ async fn the_worker_as_pid1_reaps_the_processes_its_timed_out_builds_leave() {
         "the init is gone:\n{}",
         worker.log()
     );
-    worker.stop().await;
+
+    // SIGTERM to PID 1 reaches the worker, which stops cleanly; PID 1 exits with its status.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), Signal::SIGTERM).expect("signal");
+    assert_eq!(
+        worker.wait_exit(GONE_WITHIN).await,
+        Some(0),
+        "{}",
+        worker.log()
+    );
     stack.cleanup().await;
 }
 
