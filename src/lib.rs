@@ -15,6 +15,7 @@ pub mod error;
 pub mod events;
 pub(crate) mod fresh;
 pub mod incremental;
+pub mod init;
 pub mod metrics;
 pub(crate) mod now_and_then;
 pub mod pipeline;

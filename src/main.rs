@@ -68,8 +68,22 @@ struct SubmitArgs {
     timeout_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // As PID 1 (a container's entry point) this process only reaps and forwards signals; the
+    // worker runs as its child.
+    if let Some(code) = image_builder::init::supervise_if_pid1() {
+        return code;
+    }
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(async_main()),
+        Err(e) => {
+            eprintln!("error: failed to start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn async_main() -> ExitCode {
     let cli = Cli::parse();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,

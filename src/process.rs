@@ -1,16 +1,23 @@
-//! Every external command goes through here: its own process group (so a timeout or cancel kills
-//! the whole tree), output streamed line by line into the build log, and errors that name the
-//! command.
+//! Every external command goes through here: started from an empty environment inside a PID
+//! namespace that dies with the worker (`command`), forked on a thread that lives as long as the
+//! worker (`spawner`), its output read in bounded chunks into the build log (`pump`), killed
+//! whole on timeout or cancel, and errors that name the command.
+
+mod command;
+mod pump;
+mod spawner;
+#[cfg(test)]
+mod tests;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::{ExitStatus, Stdio};
+use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
-use tokio::process::Command;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
@@ -68,7 +75,12 @@ pub enum ProcessError {
     Failed { program: String, status: ExitStatus },
 }
 
+/// How long the output of a killed child is still read.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
+
 /// Kills the process group if the run is abandoned (timeout, cancel, or the future dropped).
+/// The group holds `setpriv`/`unshare` and the program; everything the program started dies
+/// with its PID namespace when the program does.
 struct GroupGuard(Option<Pid>);
 
 impl GroupGuard {
@@ -86,64 +98,95 @@ impl Drop for GroupGuard {
     }
 }
 
-/// Runs `inv` to completion, streaming stdout and stderr lines into `log`.
+/// The output readers of one child: stopped when the run ends, however it ends.
+struct Pumps(Vec<JoinHandle<()>>);
+
+impl Pumps {
+    async fn finish(&mut self) {
+        for pump in &mut self.0 {
+            let _ = pump.await;
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Pumps {
+    fn drop(&mut self) {
+        for pump in &self.0 {
+            pump.abort();
+        }
+    }
+}
+
+enum Stopped {
+    TimedOut,
+    Cancelled,
+}
+
+/// Runs `inv` to completion, streaming stdout and stderr lines into `log`. The timeout covers
+/// reading the output to its end too.
 pub async fn run(
     inv: Invocation,
     log: &BuildLog,
     cancel: &CancellationToken,
 ) -> Result<(), ProcessError> {
+    let deadline = Instant::now() + inv.timeout;
     let program = inv.program.clone();
-    let mut cmd = Command::new(&inv.program);
-    cmd.args(&inv.args)
-        .envs(inv.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    if let Some(dir) = &inv.cwd {
-        cmd.current_dir(dir);
-    }
-    let mut child = cmd.spawn().map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => ProcessError::NotInstalled {
-            program: program.clone(),
-        },
-        _ => ProcessError::Io {
+    let cmd = command::confined(&inv)?;
+    let mut child = spawner::spawn(cmd)
+        .await
+        .map_err(|source| ProcessError::Io {
             program: program.clone(),
             source,
-        },
-    })?;
+        })?;
     let mut guard = GroupGuard(
         child
             .id()
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw),
     );
+    let mut pumps = Pumps(
+        [
+            child.stdout.take().map(|s| pump::pump(s, log.clone())),
+            child.stderr.take().map(|s| pump::pump(s, log.clone())),
+        ]
+        .into_iter()
+        .flatten()
+        .collect(),
+    );
 
-    let stdout = child.stdout.take().map(|s| pump(s, log.clone()));
-    let stderr = child.stderr.take().map(|s| pump(s, log.clone()));
-
+    let stopped = |why: Stopped| match why {
+        Stopped::TimedOut => ProcessError::TimedOut {
+            program: program.clone(),
+            after: inv.timeout,
+        },
+        Stopped::Cancelled => ProcessError::Cancelled {
+            program: program.clone(),
+        },
+    };
     let waited = tokio::select! {
-        status = child.wait() => Some(status),
-        _ = tokio::time::sleep(inv.timeout) => None,
-        _ = cancel.cancelled() => {
+        status = child.wait() => Ok(status),
+        _ = tokio::time::sleep_until(deadline) => Err(Stopped::TimedOut),
+        _ = cancel.cancelled() => Err(Stopped::Cancelled),
+    };
+    let status = match waited {
+        Ok(status) => status,
+        Err(why) => {
             guard.kill();
             let _ = child.wait().await;
-            return Err(ProcessError::Cancelled { program });
+            // Its last lines (an endless line's cut prefix) while the namespace dies; a process
+            // stuck in the kernel could hold the pipe open, so this wait is bounded.
+            let _ = tokio::time::timeout(DRAIN_AFTER_KILL, pumps.finish()).await;
+            return Err(stopped(why));
         }
     };
-    let Some(status) = waited else {
-        guard.kill();
-        let _ = child.wait().await;
-        return Err(ProcessError::TimedOut {
-            program,
-            after: inv.timeout,
-        });
-    };
-    // Finished by itself: its group is no longer ours to kill.
+    // Exited by itself: its group is no longer ours to kill, and its namespace is gone, so
+    // nothing holds the pipes open for long.
     guard.0 = None;
-    for pumped in [stdout, stderr].into_iter().flatten() {
-        let _ = pumped.await;
+    tokio::select! {
+        _ = pumps.finish() => {}
+        _ = tokio::time::sleep_until(deadline) => return Err(stopped(Stopped::TimedOut)),
+        _ = cancel.cancelled() => return Err(stopped(Stopped::Cancelled)),
     }
     let status = status.map_err(|source| ProcessError::Io {
         program: program.clone(),
@@ -153,90 +196,5 @@ pub async fn run(
         Ok(())
     } else {
         Err(ProcessError::Failed { program, status })
-    }
-}
-
-fn pump<R: AsyncRead + Unpin + Send + 'static>(
-    reader: R,
-    log: BuildLog,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(reader);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match reader.read_until(b'\n', &mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(_) => log.push(&String::from_utf8_lossy(&buf)),
-            }
-        }
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::redact::Redactor;
-
-    fn log() -> BuildLog {
-        BuildLog::new(Redactor::default())
-    }
-
-    #[tokio::test]
-    async fn output_lands_in_the_log_and_env_reaches_the_child() {
-        let log = log();
-        let inv = Invocation::new("sh", Duration::from_secs(5))
-            .args(["-c", "echo out; echo err >&2; echo \"$X\""])
-            .env("X", "from-env");
-        run(inv, &log, &CancellationToken::new())
-            .await
-            .expect("runs");
-        let mut lines = log.tail(10);
-        lines.sort();
-        assert_eq!(lines, vec!["err", "from-env", "out"]);
-    }
-
-    #[tokio::test]
-    async fn missing_program_says_not_installed() {
-        let inv = Invocation::new("no-such-tool-xyz", Duration::from_secs(1));
-        let err = run(inv, &log(), &CancellationToken::new())
-            .await
-            .expect_err("fails");
-        assert_eq!(
-            err.to_string(),
-            "no-such-tool-xyz is not installed (or not on PATH)"
-        );
-    }
-
-    #[tokio::test]
-    async fn timeout_kills_the_whole_tree() {
-        let marker = tempfile::tempdir().expect("tempdir");
-        let pidfile = marker.path().join("grandchild.pid");
-        let script = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let inv = Invocation::new("sh", Duration::from_millis(300)).args(["-c", &script]);
-        let err = run(inv, &log(), &CancellationToken::new())
-            .await
-            .expect_err("times out");
-        assert!(matches!(err, ProcessError::TimedOut { .. }), "{err}");
-        let pid: i32 = std::fs::read_to_string(&pidfile)
-            .expect("pid written")
-            .trim()
-            .parse()
-            .expect("pid");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let alive = std::path::Path::new(&format!("/proc/{pid}")).exists()
-            && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .unwrap_or_default()
-                .contains(") Z ");
-        assert!(!alive, "grandchild {pid} survived the timeout");
-    }
-
-    #[tokio::test]
-    async fn failure_reports_the_status() {
-        let inv = Invocation::new("sh", Duration::from_secs(5)).args(["-c", "exit 3"]);
-        let err = run(inv, &log(), &CancellationToken::new())
-            .await
-            .expect_err("fails");
-        assert!(err.to_string().starts_with("sh exited with"), "{err}");
     }
 }

@@ -140,11 +140,13 @@ async fn monorepo_context_and_dockerfile_paths() {
 async fn build_timeout_kills_the_process_tree() {
     let git = GitServer::start().await;
     let repo = RepoFixture::create(git.root.path(), "acme/slow");
-    // A sleep of an unusual length, so its process can be looked for.
+    // A sleep of a length unique to this run, so its process can be looked for (a fixed one
+    // matched a stray process of another run).
+    let seconds = 1000 + std::process::id() % 5000;
     repo.commit(
         &[(
             "Dockerfile",
-            "FROM localhost/busybox:latest\nRUN sleep 977\n",
+            &format!("FROM localhost/busybox:latest\nRUN sleep {seconds}\n"),
         )],
         "slow",
     );
@@ -171,7 +173,7 @@ async fn build_timeout_kills_the_process_tree() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let survivors = std::process::Command::new("pgrep")
-        .args(["-f", "sleep 977"])
+        .args(["-f", &format!("sleep {seconds}")])
         .output()
         .expect("pgrep runs");
     assert!(

@@ -11,3 +11,4 @@ mod fast_builds;
 mod faults;
 mod git_limits;
 mod hostile_checkout;
+mod process_lifetime;

@@ -272,6 +272,31 @@ impl Worker {
         git: &GitServer,
         extra_env: &[(&str, &str)],
     ) -> Self {
+        Self::launch(&[], subcommand, stack, git, extra_env).await
+    }
+
+    /// A worker that is PID 1 of a new PID namespace, as a container's entry point is. `pid()`
+    /// is then the `unshare` outside it.
+    pub async fn spawn_as_pid1(stack: &Stack, git: &GitServer, extra_env: &[(&str, &str)]) -> Self {
+        let unshare = [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ];
+        Self::launch(&unshare, "worker", stack, git, extra_env).await
+    }
+
+    /// Runs the worker binary through `launcher` (a command line it is appended to), if any.
+    async fn launch(
+        launcher: &[&str],
+        subcommand: &str,
+        stack: &Stack,
+        git: &GitServer,
+        extra_env: &[(&str, &str)],
+    ) -> Self {
         let data_dir = tempfile::tempdir().expect("data dir");
         let log_path = data_dir.path().join("worker.log");
         let log = std::fs::File::create(&log_path).expect("log file");
@@ -282,7 +307,15 @@ impl Worker {
             .iter()
             .map(u64::to_string)
             .collect();
-        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_image-builder"));
+        let binary = env!("CARGO_BIN_EXE_image-builder");
+        let mut cmd = match launcher.split_first() {
+            Some((program, args)) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args).arg(binary);
+                cmd
+            }
+            None => tokio::process::Command::new(binary),
+        };
         cmd.arg(subcommand)
             .current_dir(project_dir())
             .env("IMAGE_BUILDER_ENV", "local")
