@@ -275,6 +275,53 @@ fn counter(text: &str, key: &str) -> Option<u64> {
 mod tests {
     use super::*;
 
+    fn limits() -> BuildLimits {
+        BuildLimits {
+            memory_mb: 96,
+            cpus: 1.5,
+            pids: 77,
+            disk_mb: 10,
+            checkout_mb: 10,
+            fetch_mb: 10,
+            git_stall_secs: 10,
+        }
+    }
+
+    /// Real cgroupfs (the worker runs as root with a writable hierarchy, as the tests do).
+    #[test]
+    fn limits_are_written_where_steps_go_and_removed_after() {
+        let name = new_name();
+        let cgroup = BuildCgroup::create(&name, &limits()).expect("cgroup created");
+        assert_eq!(
+            cgroup.parent_for_steps(),
+            format!("/image-builder/{name}/steps")
+        );
+        let value = |controller: &str, file: &str| {
+            read(&cgroup.dir(controller), file).map(|v| v.trim().to_owned())
+        };
+        match cgroup.layout {
+            Layout::V1 => {
+                assert_eq!(value("pids", "pids.max").as_deref(), Some("77"));
+                assert_eq!(
+                    value("memory", "memory.limit_in_bytes").as_deref(),
+                    Some("100663296")
+                );
+                assert_eq!(value("cpu", "cpu.cfs_quota_us").as_deref(), Some("150000"));
+            }
+            Layout::V2 => {
+                assert_eq!(value("", "pids.max").as_deref(), Some("77"));
+                assert_eq!(value("", "memory.max").as_deref(), Some("100663296"));
+                assert_eq!(value("", "cpu.max").as_deref(), Some("150000 100000"));
+            }
+        }
+        assert_eq!(cgroup.exceeded(), None, "a fresh cgroup hit nothing");
+        let dirs = [cgroup.dir("pids"), cgroup.dir("memory"), cgroup.dir("cpu")];
+        drop(cgroup);
+        for dir in dirs {
+            assert!(!dir.exists(), "{} removed", dir.display());
+        }
+    }
+
     #[test]
     fn counters_and_quota() {
         assert_eq!(counter("max 3\n", "max"), Some(3));

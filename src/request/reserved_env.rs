@@ -56,7 +56,7 @@ pub(super) fn reserved(name: &str) -> Option<&'static str> {
     if PROXIES.iter().any(|p| name.eq_ignore_ascii_case(p)) {
         return Some(
             "proxy variables would also redirect the worker's own registry traffic; \
-             the operator sets proxies in the worker's environment",
+             podman's proxy is the operator's, set in containers.conf",
         );
     }
     if EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p)) {

@@ -3,19 +3,14 @@
 use std::time::Duration;
 
 use image_builder::error::Fault;
-use image_builder::events::{Event, ImageUpdated};
+use image_builder::events::Event;
 use serde_json::json;
 
-use crate::support::{GitServer, REGISTRY, RepoFixture, Stack, Worker, registry_image, unique};
+use crate::support::{
+    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_image, registry_image, unique,
+};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn expect_image(event: Event) -> ImageUpdated {
-    match event {
-        Event::ImageUpdated(updated) => updated,
-        other => panic!("expected image.updated, got {other:?}"),
-    }
-}
 
 /// Lines of the worker log that belong to one build.
 fn build_lines(log: &str, build_id: &str) -> Vec<String> {

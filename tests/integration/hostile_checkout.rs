@@ -7,22 +7,15 @@
 use std::time::Duration;
 
 use image_builder::error::Fault;
-use image_builder::events::{Event, ImageUpdated};
+use image_builder::events::Event;
 use serde_json::json;
 
 use crate::support::image_blobs::{stored_images, valid_tar_entries};
 use crate::support::{
-    GitServer, REGISTRY, RepoFixture, Stack, Worker, assert_secret_absent, unique,
+    GitServer, REGISTRY, RepoFixture, Stack, Worker, assert_secret_absent, expect_image, unique,
 };
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
-
-fn expect_image(event: Event) -> ImageUpdated {
-    match event {
-        Event::ImageUpdated(updated) => updated,
-        other => panic!("expected image.updated, got {other:?}"),
-    }
-}
 
 fn build_lines(log: &str, build_id: &str) -> Vec<String> {
     let span = format!("build_id={build_id} ");

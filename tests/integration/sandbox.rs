@@ -7,10 +7,10 @@
 use std::time::Duration;
 
 use image_builder::error::Fault;
-use image_builder::events::{BuildFailed, Event};
+use image_builder::events::Event;
 use serde_json::json;
 
-use crate::support::{GitServer, RepoFixture, Stack, Worker, unique};
+use crate::support::{GitServer, RepoFixture, Stack, Worker, expect_failed, unique};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -35,13 +35,6 @@ fn probe_dockerfile(marker: &str) -> String {
                echo 'REACHED the worker environment'; exit 1; fi; \
              echo 'probe: nothing of the host reached'\n"
     )
-}
-
-fn failed(event: Event) -> BuildFailed {
-    match event {
-        Event::Failed(failed) => failed,
-        other => panic!("expected build.failed, got {other:?}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -85,7 +78,7 @@ async fn run_steps_reach_nothing_of_the_host() {
         // A build arg of its own: podman's layer cache would otherwise reuse the boxed run.
         .publish_json(&json!({"id": "loose", "repo": "acme/probe", "user_id": user, "build_args": {"RUN_ID": "loose"}}))
         .await;
-    let control = failed(stack.outcome("loose", BUILD_TIMEOUT).await);
+    let control = expect_failed(stack.outcome("loose", BUILD_TIMEOUT).await);
     assert!(
         control
             .log_tail

@@ -479,3 +479,19 @@ pub async fn registry_image_at(
         .unwrap_or_default();
     (digest, labels)
 }
+
+/// The `image.updated` an outcome must be.
+pub fn expect_image(event: image_builder::events::Event) -> image_builder::events::ImageUpdated {
+    match event {
+        image_builder::events::Event::ImageUpdated(updated) => updated,
+        other => panic!("expected image.updated, got {other:?}"),
+    }
+}
+
+/// The `build.failed` an outcome must be.
+pub fn expect_failed(event: image_builder::events::Event) -> image_builder::events::BuildFailed {
+    match event {
+        image_builder::events::Event::Failed(failed) => failed,
+        other => panic!("expected build.failed, got {other:?}"),
+    }
+}
