@@ -165,9 +165,8 @@ impl Podman {
     async fn check_image_size(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         let size = match self.image_size(spec, ctx).await {
             Ok(size) => size,
-            // Seen once under a full test suite, with no message kept: podman repairs a store
-            // that a killed build left half-written on its next command, and a reader racing
-            // that repair fails. A second look settles it.
+            // Seen once under the full test suite (exit 125, message not kept), likely a reader
+            // racing podman's repair of a store a killed build left half-written: look again.
             Err(first) => {
                 tracing::warn!("inspecting the built image again: {first}");
                 self.image_size(spec, ctx).await?
