@@ -6,7 +6,8 @@
 #     the host) is dropped: the broker, the store, the registry and the API are out of reach
 #     even if one listens beyond loopback;
 #   - traffic from the build subnet to loopback, private, shared, link-local (cloud metadata
-#     169.254.169.254 included), multicast and reserved ranges is dropped;
+#     169.254.169.254 included), multicast and reserved ranges is dropped, and so is traffic
+#     between two builds on the bridge (bridge netfilter is switched on for that);
 #   - except the DNS servers of /etc/resolv.conf (port 53 only: builds resolve names through
 #     them) and the operator's allowlist (internal package mirrors).
 #
@@ -77,6 +78,13 @@ apply() {
   if [ ${#dns[@]} -gt 0 ]; then
     dns_rules="ip saddr { $builds } ip daddr { $(joined "${dns[@]}") } meta l4proto { tcp, udp } th dport 53 accept"
   fi
+  # Builds on one bridge talk to each other without routing: only with these on does that
+  # traffic pass the forward chain (and the rule keeping builds apart).
+  if [ -d /proc/sys/net/bridge ]; then
+    sysctl -qw net.bridge.bridge-nf-call-iptables=1 net.bridge.bridge-nf-call-ip6tables=1
+  else
+    log "warning: no bridge netfilter (modprobe br_netfilter): builds running at once can reach each other"
+  fi
   # Replaced as a whole, atomically: `nft -f` applies the file in one transaction.
   nft -f - <<EOF
 table inet $table
@@ -91,6 +99,7 @@ table inet $table {
     type filter hook forward priority filter - 10; policy accept;
     $dns_rules
     $allow_rules
+    ip saddr { $builds } ip daddr { $builds } counter drop comment "builds never reach each other"
     ip saddr { $builds } ip daddr { $closed } counter drop comment "builds never reach private, link-local or reserved ranges"
     meta nfproto ipv6 iifname "$iface" counter drop comment "builds get no IPv6"
   }

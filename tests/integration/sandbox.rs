@@ -265,5 +265,12 @@ fn host_services_listen_on_loopback_and_the_firewall_fences_the_build_network() 
             "the build network cannot reach {closed}:\n{rules}"
         );
     }
-    assert!(rules.contains("drop"), "{rules}");
+    assert!(
+        rules.contains(&format!("ip saddr {subnet} ip daddr {subnet}")),
+        "builds cannot reach each other:\n{rules}"
+    );
+    // Bridged traffic between two builds only meets those rules with bridge netfilter on.
+    let bridged =
+        std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").unwrap_or_default();
+    assert_eq!(bridged.trim(), "1", "bridge netfilter is on");
 }
