@@ -72,7 +72,13 @@ pub enum ProcessError {
     #[error("{program} was cancelled")]
     Cancelled { program: String },
     #[error("{program} exited with {status}")]
-    Failed { program: String, status: ExitStatus },
+    Failed {
+        program: String,
+        status: ExitStatus,
+        /// The last line the program wrote to stderr (redacted, cut): where a failing program
+        /// says why, after anything its own children printed there.
+        last_stderr: Option<String>,
+    },
 }
 
 /// How long the output of a killed child is still read.
@@ -145,10 +151,17 @@ pub async fn run(
             .and_then(|id| i32::try_from(id).ok())
             .map(Pid::from_raw),
     );
+    let last_stderr = pump::LastLine::default();
     let mut pumps = Pumps(
         [
-            child.stdout.take().map(|s| pump::pump(s, log.clone())),
-            child.stderr.take().map(|s| pump::pump(s, log.clone())),
+            child
+                .stdout
+                .take()
+                .map(|s| pump::pump(s, log.clone(), None)),
+            child
+                .stderr
+                .take()
+                .map(|s| pump::pump(s, log.clone(), Some(last_stderr.clone()))),
         ]
         .into_iter()
         .flatten()
@@ -195,6 +208,10 @@ pub async fn run(
     if status.success() {
         Ok(())
     } else {
-        Err(ProcessError::Failed { program, status })
+        Err(ProcessError::Failed {
+            program,
+            status,
+            last_stderr: last_stderr.get(),
+        })
     }
 }

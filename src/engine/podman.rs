@@ -37,6 +37,8 @@ pub struct Podman {
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
     layer_cache_max_age: Duration,
+    /// `build.timeout_secs`, named when a build's steps run out of it.
+    build_timeout: Duration,
     /// Working containers older than this belong to no running build.
     leftover_age: Duration,
     pruning: NowAndThen,
@@ -57,6 +59,7 @@ impl Podman {
             tls_verify: !registry.insecure,
             credentials,
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
+            build_timeout: Duration::from_secs(build.timeout_secs),
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
         }
@@ -267,14 +270,14 @@ impl ImageEngine for Podman {
         let Some(sandbox) = sandbox else {
             return process::run(inv, &ctx.log, &ctx.cancel)
                 .await
-                .map_err(|e| build_error(e, &ctx.log.tail(20), &bases));
+                .map_err(|e| build_error(e, &ctx.log.tail(20), &bases, self.build_timeout));
         };
         let watched = sandbox.watch(&ctx.cancel);
         let result = process::run(inv, &ctx.log, watched.cancel()).await;
         let tail = ctx.log.tail(20);
         result.map_err(|e| match watched.finish(&tail) {
             Some(limit) => BuildError::LimitExceeded(limit),
-            None => build_error(e, &tail, &bases),
+            None => build_error(e, &tail, &bases, self.build_timeout),
         })?;
         if !is_multi_platform(spec) {
             self.check_image_size(spec, ctx).await?;
@@ -361,37 +364,44 @@ fn native_platform() -> &'static str {
     }
 }
 
-/// podman exits non-zero for a failing Dockerfile step (the user's), for a base image it cannot
-/// pull (a registry we cannot reach: ours to fix, named in the error) and for its own trouble.
-fn build_error(err: ProcessError, tail: &[String], bases: &[String]) -> BuildError {
+/// Whose fault a failed `podman build` is, decided by the stage that failed as podman itself
+/// reports it: the last line podman writes to stderr, after anything a RUN step printed there
+/// (a step that prints podman's pull error and exits 1 is still a failing step, not a registry
+/// to retry). A step's exit status is its own and says nothing about podman.
+fn build_error(
+    err: ProcessError,
+    tail: &[String],
+    bases: &[String],
+    timeout: Duration,
+) -> BuildError {
     match err {
         ProcessError::Cancelled { .. } => BuildError::Cancelled,
-        ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
-        ProcessError::Failed { .. } => {
-            let pull = tail.iter().rev().find(|line| {
-                line.contains("initializing source docker://")
-                    || line.contains("pinging container registry")
-                    || line.contains("creating build container")
-            });
-            if let Some(line) = pull {
-                let named = bases.iter().find(|b| line.contains(b.as_str()));
-                let image = named.or(bases.first()).map_or("?", String::as_str);
-                return BuildError::Engine(format!(
-                    "failed to pull base image {image}: {}",
-                    line.trim()
-                ));
-            }
-            let user_fault = tail.iter().rev().find(|line| {
-                line.contains("building at STEP")
-                    || line.contains("dockerfile parse error")
-                    || line.contains("no such file or directory")
-                        && (line.contains("COPY") || line.contains("ADD"))
-            });
-            match user_fault {
-                Some(line) => BuildError::StepFailed(line.trim().to_owned()),
-                None => BuildError::Engine(format!(
+        // The build's steps ran out of the build's time: the repository's to fix, not retried.
+        ProcessError::TimedOut { .. } => BuildError::LimitExceeded(format!(
+            "the build ran longer than build.timeout_secs = {} s (timed out)",
+            timeout.as_secs()
+        )),
+        ProcessError::Failed {
+            ref last_stderr, ..
+        } => {
+            let last = last_stderr.as_deref().unwrap_or("").trim();
+            match failed_stage(last) {
+                Stage::Instruction => BuildError::StepFailed(last.to_owned()),
+                Stage::BaseImage { missing: true } => {
+                    BuildError::StepFailed(format!("the base image does not exist: {last}"))
+                }
+                Stage::BaseImage { missing: false } => {
+                    let named = bases.iter().find(|b| last.contains(b.as_str()));
+                    let image = named.or(bases.first()).map_or("?", String::as_str);
+                    BuildError::Engine(format!("failed to pull base image {image}: {last}"))
+                }
+                Stage::Podman => BuildError::Engine(format!(
                     "{err}: {}",
-                    tail.last().map(String::as_str).unwrap_or("no output")
+                    if last.is_empty() {
+                        tail.last().map(String::as_str).unwrap_or("no output")
+                    } else {
+                        last
+                    }
                 )),
             }
         }
@@ -399,9 +409,54 @@ fn build_error(err: ProcessError, tail: &[String], bases: &[String]) -> BuildErr
     }
 }
 
+/// Where a `podman build` failed, from podman's own last line.
+#[derive(Debug, PartialEq, Eq)]
+enum Stage {
+    /// A Dockerfile instruction failed (a RUN step's exit, a missing COPY source, a parse error).
+    Instruction,
+    /// Getting the base image failed: a name the registry does not have is the user's, an
+    /// unreachable registry ours.
+    BaseImage { missing: bool },
+    /// podman itself (storage, runtime): ours.
+    Podman,
+}
+
+fn failed_stage(last: &str) -> Stage {
+    if last.contains("building at STEP") || last.contains("dockerfile parse error") {
+        Stage::Instruction
+    } else if last.contains("creating build container")
+        || last.contains("initializing source docker://")
+        || last.contains("pinging container registry")
+    {
+        let missing = ["manifest unknown", "name unknown", "not found"]
+            .iter()
+            .any(|m| last.contains(m));
+        Stage::BaseImage { missing }
+    } else {
+        Stage::Podman
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stage_comes_from_podmans_last_line_not_from_what_a_step_printed() {
+        let step = r#"Error: building at STEP "RUN echo 'Error: creating build container: initializing source docker://x'; exit 1": while running runtime: exit status 1"#;
+        assert_eq!(failed_stage(step), Stage::Instruction);
+        let unreachable = "Error: creating build container: initializing source \
+                           docker://127.0.0.1:5999/a:1: pinging container registry 127.0.0.1:5999: \
+                           connect: connection refused";
+        assert_eq!(
+            failed_stage(unreachable),
+            Stage::BaseImage { missing: false }
+        );
+        let missing = "Error: creating build container: initializing source docker://r/a:1: \
+                       reading manifest 1 in r/a: manifest unknown";
+        assert_eq!(failed_stage(missing), Stage::BaseImage { missing: true });
+        assert_eq!(failed_stage("Error: layer not known"), Stage::Podman);
+    }
 
     #[test]
     fn only_containers_older_than_any_build_are_leftovers() {

@@ -2,6 +2,8 @@
 //! child prints (`RUN cat /dev/zero` is one endless line), and every line is whole when it is
 //! redacted, however the pipe split it.
 
+use std::sync::{Arc, Mutex};
+
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
@@ -13,16 +15,50 @@ const CHUNK: usize = 64 * 1024;
 /// rest lets it see a secret that starts just before its cut whole (see `BuildLog::push_cut`).
 const KEEP: usize = 2 * MAX_LINE;
 
-/// Reads `reader` to its end into `log`. The task holds one chunk and one line at most.
+/// The last line of one stream, redacted and cut to a few hundred bytes.
+#[derive(Clone, Default)]
+pub(super) struct LastLine(Arc<Mutex<Option<String>>>);
+
+impl LastLine {
+    const MAX: usize = 512;
+
+    fn set(&self, log: &BuildLog, line: &str) {
+        let mut line = log.redactor().redact(line).into_owned();
+        if line.len() > Self::MAX {
+            let mut cut = Self::MAX;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+        }
+        if let Ok(mut last) = self.0.lock() {
+            *last = Some(line);
+        }
+    }
+
+    pub(super) fn get(&self) -> Option<String> {
+        self.0.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+/// Reads `reader` to its end into `log` (and its last line into `last`). The task holds one
+/// chunk and one line at most.
 pub(super) fn pump<R: AsyncRead + Unpin + Send + 'static>(
     mut reader: R,
     log: BuildLog,
+    last: Option<LastLine>,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut chunk = vec![0u8; CHUNK];
         let mut lines = LineSplitter::default();
         let mut emit = |line: &[u8], dropped: usize| {
-            log.push_cut(&String::from_utf8_lossy(line), dropped);
+            let line = String::from_utf8_lossy(line);
+            if let Some(last) = &last
+                && !line.trim().is_empty()
+            {
+                last.set(&log, &line);
+            }
+            log.push_cut(&line, dropped);
         };
         loop {
             match reader.read(&mut chunk).await {

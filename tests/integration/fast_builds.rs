@@ -160,9 +160,14 @@ async fn build_timeout_kills_the_process_tree() {
         .publish_json(&json!({"id": "slow", "repo": "acme/slow", "user_id": unique("u")}))
         .await;
     match stack.outcome("slow", BUILD_TIMEOUT).await {
+        // The steps ran out of the build's time: the repository's to fix, not retried.
         Event::Failed(failed) => {
-            assert_eq!(failed.fault, Fault::Service);
-            assert!(failed.reason.contains("timed out"), "{}", failed.reason);
+            assert_eq!(failed.fault, Fault::User);
+            assert!(
+                failed.reason.contains("build.timeout_secs = 4"),
+                "{}",
+                failed.reason
+            );
         }
         other => panic!("expected build.failed, got {other:?}"),
     }

@@ -8,6 +8,7 @@ mod support;
 mod core_worker;
 mod docker_engine;
 mod fast_builds;
+mod fault_stages;
 mod faults;
 mod git_limits;
 mod hostile_checkout;
