@@ -18,6 +18,7 @@ use crate::plan::{self, PlanInput};
 use crate::registry::{ImageStore, Manifest};
 use crate::request::BuildRequest;
 use crate::source::{self, SourceFetcher};
+use crate::store::RecordedImages;
 
 /// External clients, built once at start and shared by every build.
 #[derive(Clone)]
@@ -26,6 +27,8 @@ pub struct Environment {
     pub source: Arc<dyn SourceFetcher>,
     pub engine: Arc<dyn ImageEngine>,
     pub store: Arc<dyn ImageStore>,
+    /// This service's record of what it pushed: a registry tag is trusted only through it.
+    pub records: Arc<dyn RecordedImages>,
     /// This replica's name, reported in events.
     pub host: String,
     /// Build slots (`amqp.prefetch`): checkout, build and push wait for one; a cached answer
@@ -139,6 +142,17 @@ pub async fn run(
     } else {
         env.store.manifest(repository, &naming.key_tag).await?
     };
+    let existing = match existing {
+        Some(manifest) if recorded(env, &image, &manifest.digest).await? => Some(manifest),
+        Some(manifest) => {
+            log.push(&format!(
+                "{image}:{} points at {}, which this service did not record building: built again",
+                naming.key_tag, manifest.digest
+            ));
+            None
+        }
+        None => None,
+    };
     if let Some(manifest) = existing {
         let names: Vec<&str> = naming.tags.iter().map(String::as_str).collect();
         env.store.tag_all(repository, &names, &manifest).await?;
@@ -248,6 +262,18 @@ async fn produce(
         labelled.digest
     ));
     Ok(labelled)
+}
+
+/// Whether `digest` is one of this service's recorded successes for `image`.
+pub(crate) async fn recorded(
+    env: &Environment,
+    image: &str,
+    digest: &str,
+) -> Result<bool, BuildError> {
+    env.records
+        .recorded(image, digest)
+        .await
+        .map_err(|e| BuildError::Internal(e.context("failed to look up the build records")))
 }
 
 /// `registry/ns/name` -> `ns/name`, the repository path of the distribution API.

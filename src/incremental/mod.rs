@@ -98,6 +98,12 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
         return Ok(Err("no earlier image of this configuration".into()));
     };
+    if !crate::pipeline::recorded(a.env, &spec.image, &previous.digest).await? {
+        return Ok(Err(format!(
+            "the lineage tag points at {}, which this service did not record building",
+            previous.digest
+        )));
+    }
     let Some(config_digest) = config_digest(&previous) else {
         return Ok(Err("the earlier image has no config".into()));
     };

@@ -107,6 +107,14 @@ fn each_bad_field_is_named() {
             "tags[1]",
         ),
         (
+            r#"{"repo":"a/b","user_id":"u","tags":["ok","ib-0123abcd"]}"#,
+            "tags[1]",
+        ),
+        (
+            r#"{"repo":"a/b","user_id":"u","tags":["IB-line-0123"]}"#,
+            "tags[0]",
+        ),
+        (
             r#"{"repo":"a/b","user_id":"u","build_args":{"1X":"v"}}"#,
             "build_args.1X",
         ),

@@ -218,6 +218,15 @@ impl ImageName {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag(String);
 
+/// Tags image-builder writes itself (`ib-<key>`, `ib-line-<key>`): whoever could write them
+/// could plant an image a later identical request receives as built.
+pub const RESERVED_PREFIX: &str = "ib-";
+
+fn is_reserved(tag: &str) -> bool {
+    tag.get(..RESERVED_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(RESERVED_PREFIX))
+}
+
 impl Tag {
     pub fn parse(raw: &str) -> Result<Self, String> {
         let mut chars = raw.chars();
@@ -229,6 +238,11 @@ impl Tag {
             return Err(
                 "must match [A-Za-z0-9_][A-Za-z0-9_.-]* and be at most 128 characters".into(),
             );
+        }
+        if is_reserved(raw) {
+            return Err(format!(
+                "tags starting with {RESERVED_PREFIX} are reserved for image-builder's build keys"
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -246,7 +260,13 @@ impl Tag {
             })
             .collect();
         let trimmed = mapped.trim_start_matches(['.', '-']);
-        let short: String = trimmed.chars().take(128).collect();
+        // A branch may be called `ib-line-...`: its tag must not land in the reserved names.
+        let unreserved = if is_reserved(trimmed) {
+            format!("ref-{trimmed}")
+        } else {
+            trimmed.to_owned()
+        };
+        let short: String = unreserved.chars().take(128).collect();
         Self::parse(&short).ok()
     }
 
@@ -364,6 +384,12 @@ mod tests {
             Tag::sanitized("feature/login").map(|t| t.0),
             Some("feature-login".into())
         );
+        // A branch named like a build key gets a tag outside the reserved names.
+        assert_eq!(
+            Tag::sanitized("ib-line-0123").map(|t| t.0),
+            Some("ref-ib-line-0123".into())
+        );
+        assert!(Tag::parse("ib-0123").is_err());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod log_writer;
 mod queries;
 mod record;
+mod recorded_images;
 mod writes;
 
 use std::time::Duration;
@@ -17,6 +18,7 @@ use sqlx::any::AnyPoolOptions;
 pub use log_writer::LogWriter;
 pub use queries::{BuildFilter, Page, RepoSummary};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
+pub use recorded_images::RecordedImages;
 pub use writes::Start;
 
 use crate::config::Settings;

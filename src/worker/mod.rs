@@ -56,6 +56,7 @@ pub async fn run(
         )),
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),
+        records: Arc::new(records.clone()),
         host: host_name(),
         build_slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
             settings.amqp.prefetch.max(1),
