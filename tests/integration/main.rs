@@ -2,6 +2,7 @@
 //! Start the services first: `scripts/services.sh up` (`make test` does it).
 
 mod records_api;
+mod request_ids;
 mod sandbox;
 mod support;
 
