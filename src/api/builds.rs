@@ -15,7 +15,7 @@ use super::error::ApiError;
 use crate::amqp::Control;
 use crate::events::{BuildCancelled, BuildRef, Event};
 use crate::request::BuildRequest;
-use crate::store::{BuildFilter, BuildRecord, BuildState, NewBuild};
+use crate::store::{BuildFilter, BuildRecord, BuildState, Claim, NewBuild};
 
 const DEFAULT_PAGE: u32 = 50;
 const LOG_PAGE: u32 = 1000;
@@ -30,7 +30,8 @@ fn links(id: &str) -> Value {
     })
 }
 
-/// POST /v1/builds. Idempotent on the request id: a repeat answers 200 with the existing build.
+/// POST /v1/builds. Idempotent on the request id: the identical request again answers 200 with
+/// the recorded build; a different request under a taken id is 409 (the id is not its own).
 pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let request = BuildRequest::parse(&body, &state.policy, None)?;
     enqueue(&state, &request, &body, None).await
@@ -52,15 +53,20 @@ pub(super) async fn enqueue(
         git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
         request: request.public_view(),
         rebuild_of: rebuild_of.clone(),
+        fingerprint: Some(request.fingerprint()),
     };
-    if !state.records.create(&new, BuildState::Queued).await? {
-        let existing = state.records.get(id).await?;
-        let current = existing.map_or("unknown", |b| b.state.as_str());
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"id": id, "state": current, "duplicate": true, "links": links(id)})),
-        )
-            .into_response());
+    match state.records.create(&new, BuildState::Queued).await? {
+        Claim::New => {}
+        Claim::Same(_) => return recorded_outcome(state, id).await,
+        Claim::Foreign => {
+            return Err(ApiError::conflict_on(
+                "id",
+                format!(
+                    "build id {id:?} belongs to a different request (another repository, ref, \
+                     user or configuration); send a new id"
+                ),
+            ));
+        }
     }
     if let Err(e) = state.broker.submit(body, id, id).await {
         tracing::warn!(build_id = id, "failed to publish a submitted build: {e:#}");
@@ -74,6 +80,25 @@ pub(super) async fn enqueue(
         answer["rebuild_of"] = json!(original);
     }
     Ok((StatusCode::ACCEPTED, Json(answer)).into_response())
+}
+
+/// The identical request again: 200 with what is recorded for it (state, and the image once
+/// built), nothing queued.
+async fn recorded_outcome(state: &AppState, id: &str) -> Result<Response, ApiError> {
+    let existing = state.records.get(id).await?;
+    let mut answer = json!({
+        "id": id,
+        "state": existing.as_ref().map_or("unknown", |b| b.state.as_str()),
+        "duplicate": true,
+        "links": links(id),
+    });
+    if let Some(build) = existing.filter(|b| b.state == BuildState::Succeeded) {
+        answer["image"] = json!(build.image);
+        answer["digest"] = json!(build.digest);
+        answer["commit"] = json!(build.commit);
+        answer["tags"] = json!(build.tags);
+    }
+    Ok((StatusCode::OK, Json(answer)).into_response())
 }
 
 /// GET /v1/builds?repo&ref&state&user_id&limit&cursor, newest first.

@@ -50,6 +50,14 @@ impl ApiError {
         }
     }
 
+    /// A conflict caused by one field of the request (e.g. an `id` already taken).
+    pub fn conflict_on(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::conflict(message)
+        }
+    }
+
     pub fn unavailable(message: impl Into<String>) -> Self {
         Self {
             status: StatusCode::SERVICE_UNAVAILABLE,

@@ -37,9 +37,10 @@ async fn main() -> anyhow::Result<()> {
                 "context": ".", "builder": "auto", "build_args": {}, "platforms": [],
                 "tags": [], "labels": {}, "has_token": false}),
             rebuild_of: None,
+            fingerprint: Some(format!("seed:{id}")),
         };
         store.create(&new, BuildState::Queued).await?;
-        store.start(&new, 1, "seed:1").await?;
+        store.start(&new, 1, "seed:1", false).await?;
         if i % 10 == 9 {
             store
                 .failed(&id, 1, "user", "build step failed: RUN exited 1")

@@ -2,6 +2,7 @@
 //! refusal. Nothing downstream handles unvalidated input.
 
 mod fields;
+mod fingerprint;
 mod repo;
 mod reserved_env;
 pub mod types;

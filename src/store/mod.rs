@@ -3,6 +3,7 @@
 //! (shared by replicas) run the same queries and the same migrations.
 
 mod log_writer;
+mod ownership;
 mod queries;
 mod record;
 mod recorded_images;
@@ -16,6 +17,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 pub use log_writer::LogWriter;
+pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
 pub use recorded_images::RecordedImages;

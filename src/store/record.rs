@@ -55,6 +55,8 @@ pub struct NewBuild {
     /// The request without its secrets (see `BuildRequest::public_view`).
     pub request: serde_json::Value,
     pub rebuild_of: Option<String>,
+    /// `BuildRequest::fingerprint`; None for a rejected request (it never parsed).
+    pub fingerprint: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -4,6 +4,7 @@
 use sqlx::AnyConnection;
 
 use super::BuildStore;
+use super::ownership::{Claim, Holder};
 use super::record::{BuildState, NewBuild, now_millis};
 use crate::events::ImageUpdated;
 
@@ -11,35 +12,69 @@ use crate::events::ImageUpdated;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     Run,
-    /// Already succeeded (a redelivery of a completed build) or cancelled: nothing to do.
+    /// The same request is done (succeeded, failed, cancelled) or already running elsewhere:
+    /// nothing to do, its recorded outcome stands.
     Skip(BuildState),
+    /// The id belongs to a different request: never built, the record untouched.
+    Foreign,
 }
 
 impl BuildStore {
-    /// Records a new build; returns false when one with this id already exists (idempotent submit).
-    pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<bool> {
+    /// Records a new build, unless its id is taken: then says whether by this same request.
+    pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<Claim> {
         let mut tx = self.writer.begin().await?;
-        let inserted = insert(&mut tx, new, state).await?;
+        let claim = if insert(&mut tx, new, state).await? {
+            Claim::New
+        } else {
+            match Holder::read(&mut tx, &new.id).await? {
+                Some(holder) if holder.is(new) => Claim::Same(holder.state),
+                _ => Claim::Foreign,
+            }
+        };
         tx.commit().await?;
-        Ok(inserted)
+        Ok(claim)
     }
 
     /// A worker took a delivery: record it (first sight of a queue-submitted build) and move it to
-    /// running, unless it already succeeded or was cancelled. One transaction: this is on the path
-    /// of every cached answer.
-    pub async fn start(&self, new: &NewBuild, attempt: u32, host: &str) -> anyhow::Result<Start> {
+    /// running. Only the request that first used the id runs under it, and only from `queued`,
+    /// or from `running` when the broker redelivered it (the worker that had it is gone) or it
+    /// is a later attempt. A failed build runs again only through the retry tiers (which set it
+    /// back to queued) or the rebuild route (a new id), never because a message was re-published.
+    /// One transaction: this is on the path of every cached answer.
+    pub async fn start(
+        &self,
+        new: &NewBuild,
+        attempt: u32,
+        host: &str,
+        redelivered: bool,
+    ) -> anyhow::Result<Start> {
         let mut tx = self.writer.begin().await?;
-        insert(&mut tx, new, BuildState::Queued).await?;
+        if !insert(&mut tx, new, BuildState::Queued).await? {
+            match Holder::read(&mut tx, &new.id).await? {
+                Some(holder) if !holder.is(new) => {
+                    tx.commit().await?;
+                    return Ok(Start::Foreign);
+                }
+                None => {
+                    // Deleted between the insert and the read: treat it as cancelled.
+                    tx.commit().await?;
+                    return Ok(Start::Skip(BuildState::Cancelled));
+                }
+                Some(_) => {}
+            }
+        }
         let now = now_millis();
         let moved = sqlx::query(
             "UPDATE builds SET state = 'running', attempts = $2, host = $3, \
              started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL \
-             WHERE id = $1 AND state IN ('queued', 'running', 'failed')",
+             WHERE id = $1 AND (state = 'queued' \
+             OR (state = 'running' AND ($5 = 1 OR attempts < $2)))",
         )
         .bind(&new.id)
         .bind(i64::from(attempt))
         .bind(host)
         .bind(now)
+        .bind(i64::from(redelivered))
         .execute(&mut *tx)
         .await?
         .rows_affected();
@@ -182,7 +217,7 @@ async fn insert(
 ) -> anyhow::Result<bool> {
     let inserted = sqlx::query(
         "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         fingerprint, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&new.id)
@@ -193,6 +228,7 @@ async fn insert(
     .bind(&new.git_ref)
     .bind(new.request.to_string())
     .bind(&new.rebuild_of)
+    .bind(&new.fingerprint)
     .bind(now_millis())
     .execute(&mut *conn)
     .await?

@@ -18,8 +18,8 @@ use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildS
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Environment, Job};
 use crate::redact::Redactor;
-use crate::request::{BuildRequest, RequestId, RequestPolicy, RequestSummary};
-use crate::store::{BuildState, BuildStore, NewBuild, Start};
+use crate::request::{BuildRequest, Rejection, RequestId, RequestPolicy, RequestSummary};
+use crate::store::{BuildState, BuildStore, Claim, NewBuild, Start};
 
 /// What every delivery handler shares.
 pub struct Shared {
@@ -72,17 +72,10 @@ enum Requeue {
 
 pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     let meta = MessageMeta::from_properties(&delivery.properties);
-    // A request's first delivery has no build id yet: its request id becomes the build id, so a
-    // request submitted twice is one build (and one record).
-    let build_id = meta
-        .build_id
-        .clone()
-        .or_else(|| {
-            RequestSummary::sniff(&delivery.data)
-                .request_id
-                .filter(|id| RequestId::parse(id).is_ok())
-        })
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let assigned = assigned_build_id(&meta, &delivery.data);
+    let build_id = assigned
+        .as_ref()
+        .map_or_else(|_| uuid::Uuid::new_v4().to_string(), Clone::clone);
     let span = tracing::info_span!(
         "build",
         %build_id,
@@ -97,9 +90,18 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
         span.in_scope(|| tracing::info!("outcome already published; acking the redelivery"));
         Ok(())
     } else {
-        process(&shared, &delivery.data, &meta, build_id)
-            .instrument(span.clone())
-            .await
+        let bad_header = assigned.err();
+        let redelivered = delivery.redelivered;
+        process(
+            &shared,
+            &delivery.data,
+            &meta,
+            build_id,
+            redelivered,
+            bad_header,
+        )
+        .instrument(span.clone())
+        .await
     };
     let _enter = span.enter();
     let settled = match outcome {
@@ -130,13 +132,41 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
     }
 }
 
+/// The build id of a delivery: the id the worker put in `x-build-id` for a retry, else the
+/// request id, so a request submitted twice is one build (and one record); a fresh uuid for a
+/// body without one. Headers come from producers too: an invalid one is a rejection naming it.
+fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejection> {
+    for (field, value) in [
+        ("x-build-id", &meta.build_id),
+        ("x-request-id", &meta.request_id),
+    ] {
+        if let Some(raw) = value {
+            RequestId::parse(raw).map_err(|reason| Rejection::new(field, reason))?;
+        }
+    }
+    Ok(meta
+        .build_id
+        .clone()
+        .or_else(|| {
+            RequestSummary::sniff(body)
+                .request_id
+                .filter(|id| RequestId::parse(id).is_ok())
+        })
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
+}
+
 async fn process(
     shared: &Shared,
     body: &[u8],
     meta: &MessageMeta,
     build_id: String,
+    redelivered: bool,
+    bad_header: Option<Rejection>,
 ) -> Result<(), Requeue> {
     let env = &shared.env;
+    if let Some(rejection) = bad_header {
+        return reject(shared, body, meta, build_id, rejection).await;
+    }
     let fallback_id = meta
         .request_id
         .as_deref()
@@ -160,17 +190,31 @@ async fn process(
         git_ref: job.request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
         request: job.request.public_view(),
         rebuild_of: None,
+        fingerprint: Some(job.request.fingerprint()),
     };
-    match shared.records.start(&record, job.attempt, &env.host).await {
+    match shared
+        .records
+        .start(&record, job.attempt, &env.host, redelivered)
+        .await
+    {
         Ok(Start::Run) => {}
         Ok(Start::Skip(state)) => {
-            // A redelivery of a completed build, or a build cancelled while queued.
+            // The same request again: a redelivery, a re-publish, or a build cancelled while
+            // queued. Its recorded outcome stands (GET /v1/builds/{id}); no second build or event.
             tracing::info!(
                 state = state.as_str(),
                 "build already {}; acking",
                 state.as_str()
             );
             return Ok(());
+        }
+        Ok(Start::Foreign) => {
+            let rejection = Rejection::new(
+                "id",
+                "belongs to a different request (another repository, ref, user or \
+                 configuration); send a new id",
+            );
+            return reject(shared, body, meta, job.build_id, rejection).await;
         }
         Err(e) => tracing::warn!("build store unavailable, building without a record: {e:#}"),
     }
@@ -319,7 +363,7 @@ async fn reject(
     body: &[u8],
     meta: &MessageMeta,
     build_id: String,
-    rejection: crate::request::Rejection,
+    rejection: Rejection,
 ) -> Result<(), Requeue> {
     tracing::warn!(field = %rejection.field, "rejected: {rejection}");
     let summary = RequestSummary::sniff(body);
@@ -328,7 +372,10 @@ async fn reject(
         request_id: summary
             .request_id
             .clone()
-            .or(meta.request_id.clone())
+            .or(meta
+                .request_id
+                .clone()
+                .filter(|id| RequestId::parse(id).is_ok()))
             .unwrap_or_default(),
         user_id: summary.user_id.clone(),
         repo: summary.repo.clone(),
@@ -352,10 +399,14 @@ async fn reject(
         // Only what the sniffer could read safely: never the body, which may hold a token.
         request: serde_json::to_value(&summary).unwrap_or_default(),
         rebuild_of: None,
+        fingerprint: None,
     };
     let records = &shared.records;
     let result = async {
-        records.create(&record, BuildState::Queued).await?;
+        // An id already taken keeps its record: a rejection never overwrites another build.
+        if records.create(&record, BuildState::Queued).await? != Claim::New {
+            return Ok(());
+        }
         records
             .failed(
                 &record.id,

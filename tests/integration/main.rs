@@ -3,6 +3,7 @@
 
 mod records_api;
 mod reserved_tags;
+mod request_ids;
 mod sandbox;
 mod support;
 

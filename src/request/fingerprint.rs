@@ -1,0 +1,149 @@
+//! A request's identity: what it asks to be built, without its id, its secrets or how it is
+//! built. The first request under an id records it; a later message under the same id is the
+//! same request only if its fingerprint is equal (see the store's `start`).
+//!
+//! Build-arg values are left out on purpose: they are often secrets that rotate, and a keyed hash
+//! would need a key every replica shares. The arg names are in, and so is the owner (`user_id`),
+//! so another tenant cannot pass as the first request by changing only values.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use super::{BuildRequest, BuilderKind, RepoSpec};
+
+/// Bumped whenever the fields below change, so old and new fingerprints never compare equal.
+const VERSION: &str = "v1";
+
+#[derive(Serialize)]
+struct Identity<'a> {
+    repo: String,
+    connector: &'a str,
+    git_ref: Option<&'a str>,
+    user_id: &'a str,
+    context: &'a str,
+    dockerfile: Option<&'a str>,
+    builder: BuilderKind,
+    platforms: Vec<&'a str>,
+    image: Option<&'a str>,
+    tags: Vec<&'a str>,
+    labels: &'a std::collections::BTreeMap<String, String>,
+    build_arg_names: Vec<&'a str>,
+}
+
+impl BuildRequest {
+    /// `v1:` and the hex SHA-256 of the identity fields, in a fixed order. Lists whose order does
+    /// not change the image (platforms, tags) are sorted and deduplicated.
+    pub fn fingerprint(&self) -> String {
+        let identity = Identity {
+            repo: normalised_repo(&self.repo),
+            connector: self.connector.as_str(),
+            git_ref: self.git_ref.as_ref().map(|r| r.as_str()),
+            user_id: self.user_id.as_str(),
+            context: self.context.as_str(),
+            dockerfile: self.dockerfile.as_ref().map(|d| d.as_str()),
+            builder: self.builder,
+            platforms: sorted(self.platforms.iter().map(|p| p.as_str()).collect()),
+            image: self.image.as_ref().map(|i| i.as_str()),
+            tags: sorted(self.tags.iter().map(|t| t.as_str()).collect()),
+            labels: &self.labels,
+            build_arg_names: self.build_args.keys().collect(),
+        };
+        // Serialising strings, options and a string map cannot fail.
+        let canonical = serde_json::to_vec(&identity).unwrap_or_default();
+        format!("{VERSION}:{}", hex::encode(Sha256::digest(&canonical)))
+    }
+}
+
+fn sorted(mut list: Vec<&str>) -> Vec<&str> {
+    list.sort_unstable();
+    list.dedup();
+    list
+}
+
+/// One spelling per repository: no `.git` suffix, no trailing slash (the URL parser already
+/// lowercases the scheme and host).
+fn normalised_repo(repo: &RepoSpec) -> String {
+    let raw = repo.display();
+    let trimmed = raw.trim_end_matches('/');
+    trimmed.strip_suffix(".git").unwrap_or(trimmed).to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::RequestPolicy;
+    use super::*;
+    use serde_json::{Value, json};
+
+    fn parse(body: &Value) -> BuildRequest {
+        let policy = RequestPolicy {
+            max_body_bytes: 65536,
+            allowed_schemes: vec!["https".into()],
+        };
+        BuildRequest::parse(body.to_string().as_bytes(), &policy, None).expect("valid request")
+    }
+
+    fn base() -> Value {
+        json!({
+            "id": "r-1", "repo": "https://git.example/acme/app.git", "connector": "git",
+            "ref": "main", "user_id": "alice", "tags": ["b", "a"], "platforms": ["linux/amd64"],
+            "labels": {"k": "v"}, "build_args": {"SECRET": "one"}, "token": "t-1"
+        })
+    }
+
+    fn with(change: impl FnOnce(&mut serde_json::Map<String, Value>)) -> String {
+        let mut body = base();
+        if let Value::Object(map) = &mut body {
+            change(map);
+        }
+        parse(&body).fingerprint()
+    }
+
+    #[test]
+    fn id_token_arg_values_and_spelling_do_not_change_it() {
+        let first = parse(&base()).fingerprint();
+        assert!(first.starts_with("v1:") && first.len() == 3 + 64, "{first}");
+        assert_eq!(with(|m| drop(m.insert("id".into(), json!("r-2")))), first);
+        assert_eq!(
+            with(|m| drop(m.insert("token".into(), json!("t-2")))),
+            first
+        );
+        assert_eq!(with(|m| drop(m.remove("token"))), first);
+        assert_eq!(
+            with(|m| drop(m.insert("build_args".into(), json!({"SECRET": "rotated"})))),
+            first
+        );
+        assert_eq!(
+            with(|m| drop(m.insert("tags".into(), json!(["a", "b"])))),
+            first
+        );
+        assert_eq!(
+            with(|m| drop(m.insert("no_cache".into(), json!(true)))),
+            first
+        );
+        let plain = "https://git.example/acme/app";
+        assert_eq!(with(|m| drop(m.insert("repo".into(), json!(plain)))), first);
+    }
+
+    #[test]
+    fn every_identity_field_changes_it() {
+        let first = parse(&base()).fingerprint();
+        let changes: Vec<(&str, Value)> = vec![
+            ("repo", json!("https://git.example/mallory/app")),
+            ("connector", json!("gitlab")),
+            ("ref", json!("dev")),
+            ("user_id", json!("mallory")),
+            ("context", json!("sub")),
+            ("dockerfile", json!("Other.Dockerfile")),
+            ("builder", json!("nixpacks")),
+            ("platforms", json!(["linux/arm64"])),
+            ("image", json!("other")),
+            ("tags", json!(["a"])),
+            ("labels", json!({"k": "w"})),
+            ("build_args", json!({"OTHER": "one"})),
+        ];
+        for (field, value) in changes {
+            let changed = with(|m| drop(m.insert(field.into(), value)));
+            assert_ne!(changed, first, "{field} must be part of the identity");
+        }
+    }
+}
