@@ -2,8 +2,8 @@
 //! Start the services first: `scripts/services.sh up` (`make test` does it).
 
 mod records_api;
-mod reserved_tags;
 mod request_ids;
+mod reserved_tags;
 mod sandbox;
 mod support;
 
