@@ -16,7 +16,8 @@ pub enum Role {
     Read,
     /// Read, plus submit, cancel and rebuild.
     Submit,
-    /// Everything for every user id, delete included.
+    /// Everything, delete included, for its user ids (an admin key may also have ["*"]: every
+    /// user id).
     Admin,
 }
 
@@ -137,21 +138,24 @@ fn key_scope(entry: &KeyEntry) -> Result<KeyScope, String> {
         )
     })?;
     let every_user = entry.users.iter().any(|u| u == "*");
-    let users = match role {
-        Role::Admin if entry.users.is_empty() || entry.users == ["*"] => None,
-        Role::Admin => {
+    let users = if every_user || (role == Role::Admin && entry.users.is_empty()) {
+        if role != Role::Admin {
+            return Err("users may be [\"*\"] (every user id) only for an admin key".into());
+        }
+        if entry.users.len() > 1 {
+            return Err("users: \"*\" already means every user id; list no others".into());
+        }
+        None
+    } else {
+        if entry.users.is_empty() {
             return Err(
-                "users of an admin key must be [\"*\"] (admin acts for every user id)".into(),
+                "users must name at least one user id (or [\"*\"] for an admin key)".into(),
             );
         }
-        _ if every_user => return Err("users may be [\"*\"] only for an admin key".into()),
-        _ if entry.users.is_empty() => return Err("users must name at least one user id".into()),
-        _ => {
-            for user in &entry.users {
-                UserId::parse(user).map_err(|why| format!("users: {user:?} {why}"))?;
-            }
-            Some(entry.users.clone())
+        for user in &entry.users {
+            UserId::parse(user).map_err(|why| format!("users: {user:?} {why}"))?;
         }
+        Some(entry.users.clone())
     };
     Ok(KeyScope {
         digest,
@@ -232,7 +236,9 @@ mod tests {
         assert!(err(&format!("{HASH}:root:acme")).starts_with("api.keys[0].role"));
         assert!(err(&format!("{HASH}:read:*")).starts_with("api.keys[0].users"));
         assert!(err(&format!("{HASH}:read:Acme")).starts_with("api.keys[0].users"));
-        assert!(err(&format!("{HASH}:admin:acme")).starts_with("api.keys[0].users"));
+        assert!(err(&format!("{HASH}:admin:*,acme")).starts_with("api.keys[0].users"));
+        let scoped_admin = compact(&format!("{HASH}:admin:acme")).expect("valid");
+        assert_eq!(scoped_admin[0].users, Some(vec!["acme".into()]));
         assert!(err(&format!("{HASH}:read:a;abc:read:a")).starts_with("api.keys[1].hash"));
         assert!(err("nocolons").starts_with("api.keys[0] must be"));
         let old = key_scopes(&["zz".into()], &KeysSetting::default()).expect_err("refused");

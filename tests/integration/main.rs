@@ -4,6 +4,7 @@
 mod records_api;
 mod sandbox;
 mod support;
+mod tenancy_api;
 
 mod core_worker;
 mod docker_engine;
