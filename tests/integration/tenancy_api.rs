@@ -7,7 +7,7 @@ use image_builder::events::Event;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::support::api::{Caller, sign_github};
+use crate::support::api::{Caller, postgres_database, sign_github};
 use crate::support::{Api, GitServer, RepoFixture, Stack, unique};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -193,10 +193,13 @@ async fn webhooks_build_mapped_repositories_once_and_refuse_oversize_bodies_unsi
     let secret = unique("hook-");
     let tenant = unique("t");
     let mapping = format!("Acme/Mapped={tenant}");
+    // Seen deliveries live in the store replicas share.
+    let store = postgres_database().await;
     let api = Api::spawn(
         &stack,
         &git,
         &[
+            ("IMAGE_BUILDER__STORE__URL", store.as_str()),
             ("IMAGE_BUILDER__WEBHOOKS__GITHUB_SECRET", secret.as_str()),
             ("IMAGE_BUILDER__WEBHOOKS__GITHUB_REPOS", mapping.as_str()),
             ("IMAGE_BUILDER__WEBHOOKS__MAX_BODY_BYTES", "8192"),
