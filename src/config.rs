@@ -8,6 +8,10 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod tenancy;
+
+pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
+
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -217,8 +221,13 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub listen: String,
-    /// SHA-256 (hex) of each accepted bearer key; the keys themselves are never stored.
+    /// SHA-256 (hex) of admin bearer keys (every user id, every route); kept from before scoped
+    /// keys. The keys themselves are never stored.
+    #[serde(default)]
     pub key_hashes: Vec<String>,
+    /// Scoped keys: a SHA-256, a role and the user ids the key acts for.
+    #[serde(default)]
+    pub keys: KeysSetting,
     /// Largest `limit` of a list request.
     pub max_page: u32,
 }
@@ -229,6 +238,28 @@ pub struct WebhookSettings {
     pub github_secret: SecretString,
     /// Connector the pushed repositories are fetched through (its base URL comes from config).
     pub github_connector: String,
+    /// The platform user each GitHub repository (`owner/name`) builds for; pushes of any other
+    /// repository build nothing.
+    #[serde(default)]
+    pub github_repos: ReposSetting,
+    /// Largest webhook body read (and so signed-checked); larger ones answer 413 unread.
+    pub max_body_bytes: usize,
+    /// How long a delivery id or a signed body is remembered to refuse its replay.
+    pub replay_window_secs: u64,
+}
+
+impl ApiSettings {
+    /// Every accepted key with its scope (checked at load, so this fails only on a changed copy).
+    pub fn key_scopes(&self) -> anyhow::Result<Vec<KeyScope>> {
+        tenancy::key_scopes(&self.key_hashes, &self.keys)
+    }
+}
+
+impl WebhookSettings {
+    /// `owner/name` (lowercase) -> user id.
+    pub fn github_repos(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        tenancy::github_repos(&self.github_repos)
+    }
 }
 
 impl Settings {
@@ -307,6 +338,16 @@ impl Settings {
         );
         crate::engine::DockerHost::parse(&self.build.docker_host)
             .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
+        self.api.key_scopes()?;
+        self.webhooks.github_repos()?;
+        anyhow::ensure!(
+            self.webhooks.max_body_bytes > 0,
+            "webhooks.max_body_bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            self.webhooks.replay_window_secs > 0,
+            "webhooks.replay_window_secs must be at least 1"
+        );
         Ok(())
     }
 
@@ -384,6 +425,17 @@ mod tests {
         bad.build.docker_host = "ssh://builder".into();
         let err = bad.check().expect_err("refused").to_string();
         assert!(err.starts_with("build.docker_host"), "{err}");
+    }
+
+    #[test]
+    fn local_dev_key_submits_for_the_demo_user_only() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let settings = Settings::load(&dir, "local").expect("config loads");
+        let keys = settings.api.key_scopes().expect("valid keys");
+        assert_eq!(keys.len(), 1, "{keys:?}");
+        assert_eq!(keys[0].role, Role::Submit);
+        assert_eq!(keys[0].users, Some(vec!["demo".to_owned()]));
+        assert!(settings.webhooks.github_repos().expect("valid").is_empty());
     }
 
     #[test]

@@ -6,12 +6,14 @@ use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
+use subtle::{ConditionallySelectable, ConstantTimeEq};
 
 use super::AppState;
 use super::error::ApiError;
+use super::scope::Scope;
+use crate::config::KeyScope;
 
-/// Lowercase hex SHA-256 of a key, the form `api.key_hashes` holds.
+/// Lowercase hex SHA-256 of a key, the form `api.keys` and `api.key_hashes` hold.
 pub fn hash_key(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
@@ -24,37 +26,33 @@ pub fn generate_key() -> String {
 }
 
 pub struct ApiKeys {
-    digests: Vec<[u8; 32]>,
+    keys: Vec<KeyScope>,
 }
 
 impl ApiKeys {
-    pub fn from_hashes(hashes: &[String]) -> anyhow::Result<Self> {
-        let digests = hashes
-            .iter()
-            .map(|h| {
-                let bytes = hex::decode(h.trim())
-                    .ok()
-                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                bytes.ok_or_else(|| {
-                    anyhow::anyhow!("api.key_hashes: an entry is not a 64-digit hex SHA-256")
-                })
-            })
-            .collect::<anyhow::Result<_>>()?;
-        Ok(Self { digests })
+    pub fn new(keys: Vec<KeyScope>) -> Self {
+        Self { keys }
     }
 
-    pub fn accepts(&self, key: &str) -> bool {
+    /// The scope of the key that matches, if any.
+    pub fn scope_of(&self, key: &str) -> Option<Scope> {
         let presented: [u8; 32] = Sha256::digest(key.as_bytes()).into();
-        // Check every entry, so timing says nothing about which one matched.
-        self.digests.iter().fold(false, |found, digest| {
-            found | bool::from(digest.ct_eq(&presented))
-        })
+        // Compare with every entry and pick the match without branching, so timing says nothing
+        // about which entry (if any) matched.
+        let mut matched = u64::MAX;
+        for (i, entry) in self.keys.iter().enumerate() {
+            let index = u64::try_from(i).unwrap_or(u64::MAX);
+            matched.conditional_assign(&index, entry.digest.ct_eq(&presented));
+        }
+        let entry = self.keys.get(usize::try_from(matched).ok()?)?;
+        Some(Scope::new(entry.role, entry.users.clone()))
     }
 }
 
+/// Checks the bearer key and hands its scope to the handlers as a request extension.
 pub async fn require_key(
     State(state): State<AppState>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
     let key = request
@@ -63,24 +61,47 @@ pub async fn require_key(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    match key {
-        None => Err(ApiError::unauthorized(
+    let Some(key) = key else {
+        return Err(ApiError::unauthorized(
             "missing API key: send `Authorization: Bearer <key>`",
-        )),
-        Some(key) if state.keys.accepts(key) => Ok(next.run(request).await),
-        Some(_) => Err(ApiError::unauthorized("the API key is not valid")),
-    }
+        ));
+    };
+    let scope = state
+        .keys
+        .scope_of(key)
+        .ok_or_else(|| ApiError::unauthorized("the API key is not valid"))?;
+    request.extensions_mut().insert(scope);
+    Ok(next.run(request).await)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Role;
+
+    fn entry(key: &str, role: Role, users: Option<&[&str]>) -> KeyScope {
+        KeyScope {
+            digest: Sha256::digest(key.as_bytes()).into(),
+            role,
+            users: users.map(|u| u.iter().map(|s| s.to_string()).collect()),
+        }
+    }
 
     #[test]
-    fn keys_match_by_hash_only() {
-        let keys = ApiKeys::from_hashes(&[hash_key("k1"), hash_key("k2")]).expect("hashes");
-        assert!(keys.accepts("k1") && keys.accepts("k2"));
-        assert!(!keys.accepts("k3") && !keys.accepts(""));
-        assert!(ApiKeys::from_hashes(&["k1".into()]).is_err());
+    fn each_key_gets_its_own_scope() {
+        let keys = ApiKeys::new(vec![
+            entry("k1", Role::Read, Some(&["acme"])),
+            entry("k2", Role::Admin, None),
+        ]);
+        let read = keys.scope_of("k1").expect("k1 accepted");
+        assert!(read.may_see(Some("acme")) && !read.may_see(Some("other")));
+        assert!(read.require(Role::Submit).is_err());
+        let admin = keys.scope_of("k2").expect("k2 accepted");
+        assert!(admin.may_see(Some("other")) && admin.may_see(None));
+        assert!(keys.scope_of("k3").is_none() && keys.scope_of("").is_none());
+        assert_eq!(
+            hash_key("k1"),
+            hex::encode(entry("k1", Role::Read, None).digest)
+        );
     }
 }

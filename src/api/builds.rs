@@ -5,14 +5,16 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::scope::Scope;
 use crate::amqp::Control;
+use crate::config::Role;
 use crate::events::{BuildCancelled, BuildRef, Event};
 use crate::request::BuildRequest;
 use crate::store::{BuildFilter, BuildRecord, BuildState, Claim, NewBuild};
@@ -32,8 +34,14 @@ fn links(id: &str) -> Value {
 
 /// POST /v1/builds. Idempotent on the request id: the identical request again answers 200 with
 /// the recorded build; a different request under a taken id is 409 (the id is not its own).
-pub async fn submit(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    scope.require(Role::Submit)?;
     let request = BuildRequest::parse(&body, &state.policy, None)?;
+    scope.may_submit_for(request.user_id.as_str())?;
     enqueue(&state, &request, &body, None).await
 }
 
@@ -104,6 +112,7 @@ async fn recorded_outcome(state: &AppState, id: &str) -> Result<Response, ApiErr
 /// GET /v1/builds?repo&ref&state&user_id&limit&cursor, newest first.
 pub async fn list(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let known = ["repo", "ref", "state", "user_id", "limit", "cursor"];
@@ -138,6 +147,7 @@ pub async fn list(
         git_ref: params.get("ref").cloned(),
         state: state_filter,
         user_id: params.get("user_id").cloned(),
+        users: scope.users().map(<[String]>::to_vec),
     };
     let page = state
         .records
@@ -147,20 +157,23 @@ pub async fn list(
     Ok(Json(json!(page)))
 }
 
-async fn find(state: &AppState, id: &str) -> Result<BuildRecord, ApiError> {
+/// The build if it is this key's to see; another tenant's answers exactly like an unknown id.
+async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, ApiError> {
     state
         .records
         .get(id)
         .await?
+        .filter(|build| scope.may_see(build.user_id.as_deref()))
         .ok_or_else(|| ApiError::not_found(&format!("build {id:?}")))
 }
 
 /// GET /v1/builds/{id}: the record, its state history and links.
 pub async fn details(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let build = find(&state, &id).await?;
+    let build = find(&state, &scope, &id).await?;
     let history = state.records.history_of(&id).await?;
     let mut answer = json!(build);
     answer["states"] = json!(history);
@@ -171,10 +184,11 @@ pub async fn details(
 /// GET /v1/builds/{id}/logs[?follow=true]: plain text; following streams until the build ends.
 pub async fn logs(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    find(&state, &id).await?;
+    find(&state, &scope, &id).await?;
     let follow = match params.get("follow").map(String::as_str) {
         None | Some("false") | Some("0") => false,
         Some("true") | Some("1") | Some("") => true,
@@ -258,9 +272,11 @@ impl Follow {
 /// build's process tree and reports `build.cancelled`.
 pub async fn cancel(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let build = find(&state, &id).await?;
+    scope.require(Role::Submit)?;
+    let build = find(&state, &scope, &id).await?;
     if build.state.is_final() {
         return Err(ApiError::conflict(format!(
             "build {id} already {}",
@@ -312,10 +328,12 @@ pub async fn cancel(
 /// body: `{"token": "...", "build_args": {...}}`.
 pub async fn rebuild(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let build = find(&state, &id).await?;
+    scope.require(Role::Submit)?;
+    let build = find(&state, &scope, &id).await?;
     let supplied: serde_json::Map<String, Value> = if body.is_empty() {
         serde_json::Map::new()
     } else {
@@ -387,9 +405,11 @@ fn truncate_id(id: &str) -> &str {
 /// cancelled first. The image stays in the registry.
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let build = find(&state, &id).await?;
+    scope.require(Role::Admin)?;
+    let build = find(&state, &scope, &id).await?;
     if !build.state.is_final() {
         return Err(ApiError::conflict(format!(
             "build {id} is {}; cancel it first",

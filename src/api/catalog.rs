@@ -4,19 +4,21 @@
 use std::collections::HashMap;
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::scope::Scope;
 use crate::request::Platform;
 use crate::store::BuildRecord;
 
 const MAX_VERSIONS: u32 = 100;
 
-/// GET /v1/images?repo&ref&platform: the newest good image and how to pull it.
+/// GET /v1/images?repo&ref&platform: the newest good image of the key's users and how to pull it.
 pub async fn image(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let repo = params
@@ -33,7 +35,7 @@ pub async fn image(
     let platform = platform.as_ref().map(Platform::as_str);
     let build = state
         .records
-        .latest_image(repo, git_ref, platform)
+        .latest_image(repo, git_ref, platform, scope.users())
         .await?
         .ok_or_else(|| {
             let mut what = format!("an image of {repo}");
@@ -66,23 +68,37 @@ pub async fn image(
     })))
 }
 
-/// GET /v1/repos: every repository with builds.
-pub async fn repos(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "repos": state.records.repos().await? })))
+/// GET /v1/repos: every repository with builds of the key's users.
+pub async fn repos(
+    State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(
+        json!({ "repos": state.records.repos(scope.users()).await? }),
+    ))
 }
 
 /// GET /v1/repos/{name}/versions, where the name may contain slashes (`owner/name`, or a URL
 /// percent-encoded).
 pub async fn versions(
     State(state): State<AppState>,
+    Extension(scope): Extension<Scope>,
     Path(name_and_versions): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let name = name_and_versions
         .strip_suffix("/versions")
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::not_found("route"))?;
-    let builds = state.records.versions(name, MAX_VERSIONS).await?;
-    if builds.is_empty() && !state.records.repos().await?.iter().any(|r| r.name == name) {
+    let users = scope.users();
+    let builds = state.records.versions(name, MAX_VERSIONS, users).await?;
+    if builds.is_empty()
+        && !state
+            .records
+            .repos(users)
+            .await?
+            .iter()
+            .any(|r| r.name == name)
+    {
         return Err(ApiError::not_found(&format!("repository {name:?}")));
     }
     let versions: Vec<Value> = builds.iter().map(version).collect();

@@ -32,6 +32,16 @@ impl ApiError {
         }
     }
 
+    /// The key is valid but may not do this. Never for another tenant's build (that is a 404).
+    pub fn forbidden(field: Option<&str>, message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+            field: field.map(str::to_owned),
+        }
+    }
+
     pub fn not_found(what: &str) -> Self {
         Self {
             status: StatusCode::NOT_FOUND,

@@ -7,8 +7,10 @@ mod builds;
 mod catalog;
 mod error;
 mod health;
+mod scope;
 mod webhook;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Router;
@@ -26,9 +28,6 @@ use crate::metrics::Metrics;
 use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
-/// GitHub sends push payloads of up to 25 MB; ours are read whole to check the signature.
-const WEBHOOK_BODY_LIMIT: usize = 25 * 1024 * 1024;
-
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -39,6 +38,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     keys: Arc<auth::ApiKeys>,
     policy: Arc<RequestPolicy>,
+    /// GitHub `owner/name` (lowercase) -> the platform user its pushes build for.
+    github_repos: Arc<BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -51,7 +52,8 @@ impl AppState {
     ) -> anyhow::Result<Self> {
         Ok(Self {
             shutdown,
-            keys: Arc::new(auth::ApiKeys::from_hashes(&settings.api.key_hashes)?),
+            keys: Arc::new(auth::ApiKeys::new(settings.api.key_scopes()?)),
+            github_repos: Arc::new(settings.webhooks.github_repos()?),
             policy: Arc::new(RequestPolicy {
                 max_body_bytes: settings.request.max_body_bytes,
                 allowed_schemes: settings.request.allowed_schemes.clone(),
@@ -89,7 +91,10 @@ pub fn router(state: AppState) -> Router {
     let open = Router::new()
         .route(
             "/v1/webhooks/github",
-            post(webhook::github).layer(DefaultBodyLimit::max(WEBHOOK_BODY_LIMIT)),
+            // Bounded before the signature is computed over it.
+            post(webhook::github).layer(DefaultBodyLimit::max(
+                state.settings.webhooks.max_body_bytes,
+            )),
         )
         .route("/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))

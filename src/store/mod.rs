@@ -2,6 +2,7 @@
 //! `Any` driver with portable SQL, so SQLite (the default, a file in the data dir) and PostgreSQL
 //! (shared by replicas) run the same queries and the same migrations.
 
+mod deliveries;
 mod log_writer;
 mod ownership;
 mod queries;

@@ -16,6 +16,8 @@ pub struct BuildFilter {
     pub git_ref: Option<String>,
     pub state: Option<BuildState>,
     pub user_id: Option<String>,
+    /// The tenants whose builds may be listed (an API key's scope); `None`: every one.
+    pub users: Option<Vec<String>>,
 }
 
 /// One page of a newest-first list and the cursor of the next one.
@@ -59,6 +61,29 @@ impl Cursor {
 enum Bound {
     Text(String),
     Int(i64),
+}
+
+/// `user_id IN ($first, ...)` for a tenant scope, with its values; `None` for no scope. An empty
+/// scope matches nothing.
+fn users_condition(users: Option<&[String]>, first: usize) -> Option<(String, Vec<String>)> {
+    let users = users?;
+    if users.is_empty() {
+        return Some(("1 = 0".into(), Vec::new()));
+    }
+    let params: Vec<String> = (first..first + users.len())
+        .map(|n| format!("${n}"))
+        .collect();
+    Some((
+        format!("user_id IN ({})", params.join(", ")),
+        users.to_vec(),
+    ))
+}
+
+/// ` AND <scope condition>` to append to a WHERE clause, or nothing.
+fn scoped(users: Option<&[String]>, first: usize) -> (String, Vec<String>) {
+    users_condition(users, first)
+        .map(|(condition, values)| (format!(" AND {condition}"), values))
+        .unwrap_or_default()
 }
 
 /// A cursor that does not decode: the API answers 400 naming `cursor`.
@@ -128,6 +153,11 @@ impl BuildStore {
             filter.state.map(|s| Bound::Text(s.as_str().into())),
         );
         bind("user_id", filter.user_id.clone().map(Bound::Text));
+        if let Some((condition, users)) = users_condition(filter.users.as_deref(), values.len() + 1)
+        {
+            conditions.push(condition);
+            values.extend(users.into_iter().map(Bound::Text));
+        }
         if let Some(c) = &cursor {
             values.push(Bound::Int(c.created_at));
             values.push(Bound::Text(c.id.clone()));
@@ -177,39 +207,49 @@ impl BuildStore {
         }))
     }
 
-    /// The newest succeeded build of `repo` (and `git_ref`, and `platform` when given).
+    /// The newest succeeded build of `repo` (and `git_ref`, and `platform` when given) among the
+    /// builds of `users` (`None`: everyone's).
     pub async fn latest_image(
         &self,
         repo: &str,
         git_ref: Option<&str>,
         platform: Option<&str>,
+        users: Option<&[String]>,
     ) -> anyhow::Result<Option<BuildRecord>> {
         // A build without platforms is of the host's platform.
         let native = platform.is_some_and(|p| p == native_platform());
         let pattern = platform.map(|p| format!("%\"{p}\"%"));
+        let (scope, scope_users) = scoped(users, 5);
         let sql = format!(
             "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1 \
              AND ($2 IS NULL OR git_ref = $2) \
-             AND ($3 IS NULL OR platforms LIKE $3 OR ($4 = 1 AND platforms = '[]')) \
+             AND ($3 IS NULL OR platforms LIKE $3 OR ($4 = 1 AND platforms = '[]')){scope} \
              ORDER BY finished_at DESC, id DESC LIMIT 1"
         );
-        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(repo)
             .bind(git_ref)
             .bind(pattern)
-            .bind(i64::from(native))
-            .fetch_optional(&self.pool)
-            .await?;
+            .bind(i64::from(native));
+        for user in scope_users {
+            query = query.bind(user);
+        }
+        let row = query.fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(BuildRecord::from_row).transpose()?)
     }
 
-    pub async fn repos(&self) -> anyhow::Result<Vec<RepoSummary>> {
-        let rows = sqlx::query(
+    /// Repositories with builds of `users` (`None`: anyone's).
+    pub async fn repos(&self, users: Option<&[String]>) -> anyhow::Result<Vec<RepoSummary>> {
+        let (scope, scope_users) = scoped(users, 1);
+        let sql = format!(
             "SELECT repo, COUNT(*) AS builds, MAX(created_at) AS last FROM builds \
-             WHERE repo IS NOT NULL GROUP BY repo ORDER BY repo",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+             WHERE repo IS NOT NULL{scope} GROUP BY repo ORDER BY repo"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for user in scope_users {
+            query = query.bind(user);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         let summary = |row: &AnyRow| -> sqlx::Result<RepoSummary> {
             Ok(RepoSummary {
                 name: row.try_get("repo")?,
@@ -220,17 +260,25 @@ impl BuildStore {
         Ok(rows.iter().map(summary).collect::<sqlx::Result<_>>()?)
     }
 
-    /// Succeeded builds of `repo`, newest first: its built versions.
-    pub async fn versions(&self, repo: &str, limit: u32) -> anyhow::Result<Vec<BuildRecord>> {
+    /// Succeeded builds of `repo` by `users` (`None`: anyone), newest first: its built versions.
+    pub async fn versions(
+        &self,
+        repo: &str,
+        limit: u32,
+        users: Option<&[String]>,
+    ) -> anyhow::Result<Vec<BuildRecord>> {
+        let (scope, scope_users) = scoped(users, 3);
         let sql = format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1 \
+            "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1{scope} \
              ORDER BY finished_at DESC, id DESC LIMIT $2"
         );
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(repo)
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(i64::from(limit));
+        for user in scope_users {
+            query = query.bind(user);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(BuildRecord::from_row)

@@ -6,6 +6,7 @@ mod request_ids;
 mod reserved_tags;
 mod sandbox;
 mod support;
+mod tenancy_api;
 
 mod core_worker;
 mod docker_engine;

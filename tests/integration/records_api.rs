@@ -3,13 +3,11 @@
 
 use std::time::Duration;
 
-use hmac::{Hmac, KeyInit, Mac};
 use image_builder::events::Event;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sha2::Sha256;
 
-use crate::support::api::postgres_database;
+use crate::support::api::{postgres_database, sign_github as sign};
 use crate::support::{Api, GitServer, RepoFixture, Stack, assert_secret_absent, unique};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -429,12 +427,6 @@ async fn cancel_stops_queued_and_running_builds() {
     stack.cleanup().await;
 }
 
-fn sign(secret: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_github_push_builds_that_commit_and_bad_signatures_start_nothing() {
     let git = GitServer::start().await;
@@ -444,10 +436,16 @@ async fn signed_github_push_builds_that_commit_and_bad_signatures_start_nothing(
     repo.push();
     let mut stack = Stack::new().await;
     let secret = unique("hook-");
+    // The platform user the repository is mapped to; the GitHub login ("acme") means nothing.
+    let tenant = unique("t");
+    let mapping = format!("acme/hooked={tenant}");
     let api = Api::spawn(
         &stack,
         &git,
-        &[("IMAGE_BUILDER__WEBHOOKS__GITHUB_SECRET", secret.as_str())],
+        &[
+            ("IMAGE_BUILDER__WEBHOOKS__GITHUB_SECRET", secret.as_str()),
+            ("IMAGE_BUILDER__WEBHOOKS__GITHUB_REPOS", mapping.as_str()),
+        ],
     )
     .await;
     // The push of `first` (not the branch head): the build must be of exactly that commit.
@@ -519,7 +517,7 @@ async fn signed_github_push_builds_that_commit_and_bad_signatures_start_nothing(
         updated.commit, first,
         "the pushed commit, not the branch head"
     );
-    assert_eq!(updated.build.user_id.as_deref(), Some("acme"));
+    assert_eq!(updated.build.user_id.as_deref(), Some(tenant.as_str()));
     // GitHub redelivers the same delivery: the same build, nothing new.
     let again = hook(body, Some(good), "d-1").await.expect("answer");
     assert_eq!(again.status(), StatusCode::OK);
