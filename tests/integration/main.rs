@@ -3,6 +3,7 @@
 
 mod records_api;
 mod sandbox;
+mod secret_hygiene;
 mod support;
 
 mod core_worker;
