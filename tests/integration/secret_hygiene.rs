@@ -194,16 +194,16 @@ async fn the_token_is_not_offered_to_a_host_a_redirect_points_at() {
 
     let failed = expect_failed(stack.outcome(&id, BUILD_TIMEOUT).await);
     assert_eq!(failed.fault, Fault::User, "{failed:?}");
+    let offered = offered.lock().expect("lock").clone();
+    assert!(
+        offered.is_empty(),
+        "credentials went to the redirect's host: {offered:?}"
+    );
     assert!(
         failed.reason.contains("redirected to another host"),
         "the failure says why: {}\n{}",
         failed.reason,
         worker.log()
-    );
-    let offered = offered.lock().expect("lock").clone();
-    assert!(
-        offered.is_empty(),
-        "credentials went to the redirect's host: {offered:?}"
     );
 
     assert_secret_absent(&token, &worker, &stack);
