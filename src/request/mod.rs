@@ -14,7 +14,7 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
-pub use repo::{Connector, RepoSpec};
+pub use repo::{Connector, RepoSpec, strip_userinfo};
 pub use types::{GitRef, ImageName, Platform, RelPath, RequestId, Tag, UserId};
 
 use fields::Fields;
@@ -116,20 +116,18 @@ pub struct RequestSummary {
 
 impl RequestSummary {
     /// Reads what it can from a body that may be invalid; never fails, quotes at most 200 chars.
+    /// The repo loses its user-info before it is cut, so a cut cannot hide the '@' that ends it.
     pub fn sniff(body: &[u8]) -> Self {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(body) else {
             return Self::default();
         };
-        let get = |k: &str| {
-            map.get(k)
-                .and_then(Value::as_str)
-                .map(|s| truncate(&s.replace(|c: char| c.is_control(), "?"), 200))
-        };
+        let raw = |k: &str| map.get(k).and_then(Value::as_str);
+        let quote = |s: &str| truncate(&s.replace(|c: char| c.is_control(), "?"), 200);
         Self {
-            request_id: get("id"),
-            user_id: get("user_id").or_else(|| get("userID")),
-            repo: get("repo"),
-            git_ref: get("ref"),
+            request_id: raw("id").map(quote),
+            user_id: raw("user_id").or_else(|| raw("userID")).map(quote),
+            repo: raw("repo").map(|r| quote(&strip_userinfo(r))),
+            git_ref: raw("ref").map(quote),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The `repo` and `connector` fields: which git host, and which repository on it.
 
+use std::borrow::Cow;
+
 use url::Url;
 
 use super::types::truncate;
@@ -138,13 +140,47 @@ impl RepoSpec {
         last.strip_suffix(".git").unwrap_or(last)
     }
 
-    /// As the user wrote it (a URL never carries credentials, see `parse_url`).
+    /// As the user wrote it. `parse_url` refuses credentials; stripping again keeps that true
+    /// should the parser ever change.
     pub fn display(&self) -> String {
         match self {
             Self::Path(p) => p.clone(),
-            Self::Url(u) => u.to_string(),
+            Self::Url(u) => strip_userinfo(u.as_str()).into_owned(),
         }
     }
+}
+
+/// A repo string without user-info (`user:token@`), query or fragment (`?access_token=`): the
+/// one sanitiser for every repo string that reaches an event, a record or a log, valid or not.
+/// A URL the parser accepts is cleaned exactly; anything else loses everything up to its last
+/// '@', since parsers disagree on where a user-info holding '/' or '@' ends and removing too
+/// much from input that is refused anyway costs nothing.
+pub fn strip_userinfo(raw: &str) -> Cow<'_, str> {
+    if let Ok(mut url) = Url::parse(raw)
+        && url.has_host()
+    {
+        if url.username().is_empty()
+            && url.password().is_none()
+            && url.query().is_none()
+            && url.fragment().is_none()
+        {
+            return Cow::Borrowed(raw);
+        }
+        // Cannot fail on a URL with a host.
+        let _ = url.set_username("");
+        let _ = url.set_password(None);
+        url.set_query(None);
+        url.set_fragment(None);
+        return Cow::Owned(url.into());
+    }
+    let scheme_end = raw.find("://").map_or(0, |i| i + 3);
+    let rest = &raw[scheme_end..];
+    let rest = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let rest = rest.find(['?', '#']).map_or(rest, |cut| &rest[..cut]);
+    if rest.len() + scheme_end == raw.len() {
+        return Cow::Borrowed(raw);
+    }
+    Cow::Owned(format!("{}{rest}", &raw[..scheme_end]))
 }
 
 #[cfg(test)]
@@ -185,6 +221,37 @@ mod tests {
                 RepoSpec::parse(bad, Connector::Github, &https()).is_err(),
                 "accepted {bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn user_info_query_and_fragment_are_stripped() {
+        for (raw, clean) in [
+            (
+                "https://x-access-token:gho_s3cret@github.com/acme/app",
+                "https://github.com/acme/app",
+            ),
+            (
+                "https://gho_s3cret@github.com/acme/app",
+                "https://github.com/acme/app",
+            ),
+            (
+                "https://u:gho%40s3cret@host:8443/a/b",
+                "https://host:8443/a/b",
+            ),
+            (
+                "https://host/a/b?access_token=gho_s3cret#x",
+                "https://host/a/b",
+            ),
+            // Refused by the URL parser (a '/' in the password): everything up to the last '@'.
+            ("https://u:gho/s3cret@host/a/b", "https://host/a/b"),
+            ("https://u:a@b@c", "https://c/"),
+            ("gho_s3cret@github.com:acme/app", "github.com:acme/app"),
+        ] {
+            assert_eq!(strip_userinfo(raw), clean, "{raw}");
+        }
+        for clean in ["acme/app", "https://github.com/acme/app", "not a url"] {
+            assert!(matches!(strip_userinfo(clean), Cow::Borrowed(_)), "{clean}");
         }
     }
 

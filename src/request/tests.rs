@@ -170,3 +170,18 @@ fn summary_sniffs_what_it_can() {
     assert_eq!(s.git_ref.as_deref(), Some("bad?ref"));
     assert!(RequestSummary::sniff(b"garbage").repo.is_none());
 }
+
+#[test]
+fn summary_never_quotes_a_token_in_the_repo() {
+    let long = "t".repeat(300);
+    for token in ["gho_s3cret_value", long.as_str()] {
+        let body =
+            format!(r#"{{"id":"r1","repo":"https://x-access-token:{token}@github.com/acme/app"}}"#);
+        let s = RequestSummary::sniff(body.as_bytes());
+        assert_eq!(s.repo.as_deref(), Some("https://github.com/acme/app"));
+        let rejected = BuildRequest::parse(body.as_bytes(), &policy(), None)
+            .expect_err("credentials in the repo are refused");
+        assert_eq!(rejected.field, "repo");
+        assert!(!rejected.to_string().contains(token), "{rejected}");
+    }
+}

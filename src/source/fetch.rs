@@ -30,6 +30,8 @@ enum AuthSeen {
     Asked,
     NoToken,
     Refused,
+    /// Asked for credentials by a host other than the request's remote (a redirect).
+    OtherHost,
 }
 
 /// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
@@ -46,7 +48,7 @@ pub(super) fn fetch(
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|_url, _user_from_url, allowed| credentials(spec, &seen, allowed));
+    callbacks.credentials(|url, _user_from_url, allowed| credentials(spec, url, &seen, allowed));
     let max_bytes = limits.fetch_bytes();
     callbacks.transfer_progress(|progress| {
         let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
@@ -89,11 +91,20 @@ fn keep_going(aborted: &RefCell<Option<BuildError>>, stop: Option<BuildError>) -
     false
 }
 
+/// The token goes only to the scheme, host and port of the request's remote: a redirect to
+/// another host gets nothing, whatever libgit2 would allow.
 fn credentials(
     spec: &SourceSpec,
+    asked_by: &str,
     seen: &Cell<AuthSeen>,
     allowed: CredentialType,
 ) -> Result<Cred, git2::Error> {
+    if !same_origin(&spec.remote, asked_by) {
+        seen.set(AuthSeen::OtherHost);
+        return Err(git2::Error::from_str(
+            "a host other than the request's remote asked for the token",
+        ));
+    }
     if seen.get() == AuthSeen::Asked {
         // libgit2 asks again when the first answer was refused: do not loop.
         seen.set(AuthSeen::Refused);
@@ -115,6 +126,15 @@ fn credentials(
     Cred::userpass_plaintext(&spec.username, token.expose_secret())
 }
 
+/// Whether `asked_by` is the remote's scheme, host and port (an unparsable URL is not).
+fn same_origin(remote: &url::Url, asked_by: &str) -> bool {
+    url::Url::parse(asked_by).is_ok_and(|asked| {
+        asked.scheme() == remote.scheme()
+            && asked.host() == remote.host()
+            && asked.port_or_known_default() == remote.port_or_known_default()
+    })
+}
+
 /// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
 fn fetch_error(
     err: &git2::Error,
@@ -132,6 +152,13 @@ fn fetch_error(
         }
         AuthSeen::Refused => {
             return BuildError::AuthRefused(format!("{url} refused the token"));
+        }
+        AuthSeen::OtherHost => {
+            return BuildError::AuthRefused(format!(
+                "{url} redirected to another host, which asked for credentials; the token is \
+                 only offered to {}",
+                origin(&spec.remote)
+            ));
         }
         AuthSeen::NotAsked | AuthSeen::Asked => {}
     }
@@ -161,6 +188,15 @@ fn fetch_error(
     }
 }
 
+/// `scheme://host:port` of a URL, for messages.
+fn origin(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("");
+    match url.port_or_known_default() {
+        Some(port) => format!("{}://{host}:{port}", url.scheme()),
+        None => format!("{}://{host}", url.scheme()),
+    }
+}
+
 /// Sets libgit2's socket timeouts, which are process-wide: a read or write that waits longer
 /// than `stall` fails (smart HTTP, https and git:// all read through libgit2's socket stream).
 /// Only the first call in a process takes effect.
@@ -180,4 +216,40 @@ pub(super) fn configure_timeouts(stall: Duration) {
             tracing::warn!("failed to set git network timeouts: {e}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(remote: &str) -> SourceSpec {
+        SourceSpec {
+            remote: url::Url::parse(remote).expect("test URL"),
+            username: "x-access-token".into(),
+            token: Some("gho_s3cret".to_owned().into()),
+            git_ref: None,
+        }
+    }
+
+    #[test]
+    fn the_token_goes_only_to_the_remotes_origin() {
+        let spec = spec("https://git.example.com/acme/app.git");
+        let userpass = CredentialType::USER_PASS_PLAINTEXT;
+        for other in [
+            "https://evil.example.com/acme/app.git",
+            "https://git.example.com:8443/acme/app.git",
+            "http://git.example.com/acme/app.git",
+            "not a url",
+        ] {
+            let seen = Cell::new(AuthSeen::NotAsked);
+            assert!(
+                credentials(&spec, other, &seen, userpass).is_err(),
+                "{other}"
+            );
+            assert!(seen.get() == AuthSeen::OtherHost, "{other}");
+        }
+        let seen = Cell::new(AuthSeen::NotAsked);
+        let same = "https://git.example.com:443/acme/app.git/info/refs";
+        assert!(credentials(&spec, same, &seen, userpass).is_ok());
+    }
 }

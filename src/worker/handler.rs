@@ -8,7 +8,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::policy::{Disposition, decide};
+use super::policy::{Disposition, dead_message, decide};
 use super::recent::RecentOutcomes;
 use super::running::RunningBuilds;
 use crate::amqp::{MessageMeta, PublisherSlot, Topology};
@@ -338,8 +338,10 @@ async fn process(
             return Ok(());
         }
         Disposition::Dead => {
+            // Without the token and build arg values, unlike a retry (see `dead_message`).
+            let dead = dead_message(&job.request, &job.build_id, job.attempt, &reason);
             shared
-                .to_queue(&topology.dead_queue, body, &next_meta(job.attempt))
+                .to_queue(&topology.dead_queue, &dead, &next_meta(job.attempt))
                 .await?;
             shared.event(&failed(job.attempt)).await?;
         }

@@ -1,7 +1,10 @@
 //! The retry policy, separate from the work: given whose fault and which attempt, what next.
 
+use serde_json::Value;
+
 use crate::config::RetrySettings;
 use crate::error::Fault;
+use crate::request::BuildRequest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
@@ -31,9 +34,57 @@ pub fn decide(fault: Fault, attempt: u32, retry: &RetrySettings) -> Disposition 
     }
 }
 
+/// The body parked in the dead queue. A retry needs the token to fetch again, so retry tiers
+/// carry the request as sent; the dead queue is a parking lot that people read, so it gets the
+/// request without secrets (`public_view`: no token, build arg values null, `has_token`) plus
+/// what the connector manager needs to ask the user again and resubmit.
+pub fn dead_message(
+    request: &BuildRequest,
+    build_id: &str,
+    attempts: u32,
+    last_error: &str,
+) -> Vec<u8> {
+    let mut body = request.public_view();
+    if let Value::Object(map) = &mut body {
+        map.insert("build_id".into(), build_id.into());
+        map.insert("attempts".into(), attempts.into());
+        map.insert("last_error".into(), last_error.into());
+    }
+    serde_json::to_vec(&body).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::request::RequestPolicy;
+
+    #[test]
+    fn the_dead_message_keeps_no_secret() {
+        let policy = RequestPolicy {
+            max_body_bytes: 65536,
+            allowed_schemes: vec!["https".into()],
+        };
+        let body = br#"{"id":"r1","repo":"acme/app","ref":"main","user_id":"u1",
+            "token":"gho_s3cret","build_args":{"KEY":"v4lue-s3cret"}}"#;
+        let request = BuildRequest::parse(body, &policy, None).expect("valid request");
+        let dead = dead_message(&request, "b1", 5, "push failed");
+        let text = String::from_utf8_lossy(&dead);
+        assert!(!text.contains("s3cret"), "{text}");
+        let value: Value = serde_json::from_slice(&dead).expect("JSON");
+        for (key, expected) in [
+            ("id", Value::from("r1")),
+            ("user_id", "u1".into()),
+            ("repo", "acme/app".into()),
+            ("ref", "main".into()),
+            ("build_id", "b1".into()),
+            ("attempts", 5.into()),
+            ("last_error", "push failed".into()),
+            ("has_token", true.into()),
+        ] {
+            assert_eq!(value[key], expected, "{key}");
+        }
+        assert!(value["build_args"]["KEY"].is_null());
+    }
 
     fn settings(retry_user_faults: bool) -> RetrySettings {
         RetrySettings {

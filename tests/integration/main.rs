@@ -5,6 +5,7 @@ mod records_api;
 mod request_ids;
 mod reserved_tags;
 mod sandbox;
+mod secret_hygiene;
 mod support;
 mod tenancy_api;
 

@@ -9,6 +9,7 @@ pub mod git_server;
 pub mod hostile_repos;
 pub mod image_blobs;
 pub mod registry;
+pub mod secrets;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use api::Api;
 pub use fixtures::{DOCKERFILE_WITH_RUN, RepoFixture};
 pub use git_server::GitServer;
 pub use registry::TestRegistry;
+pub use secrets::{assert_secret_absent, encoded_forms};
 
 pub const REGISTRY: &str = "127.0.0.1:5000";
 const SERVICES_HINT: &str = "start the services with `scripts/services.sh up` (or `make services`)";
@@ -391,46 +393,6 @@ impl Worker {
             .expect("wait for worker");
         status.code()
     }
-}
-
-/// Asserts `secret` is nowhere: not in the worker's log, not in any event, not in any file the
-/// worker left in its data dir.
-pub fn assert_secret_absent(secret: &str, worker: &Worker, stack: &Stack) {
-    let log = worker.log();
-    assert!(
-        !log.is_empty(),
-        "the worker log is empty: nothing was checked"
-    );
-    assert!(
-        !log.contains(secret),
-        "the worker log leaked the secret:\n{log}"
-    );
-    for raw in &stack.raw_events {
-        let text = String::from_utf8_lossy(raw);
-        assert!(!text.contains(secret), "an event leaked the secret: {text}");
-    }
-    let data = worker.data_dir.path().join("data");
-    for file in files_under(&data) {
-        let bytes = std::fs::read(&file).unwrap_or_default();
-        let found = bytes.windows(secret.len()).any(|w| w == secret.as_bytes());
-        assert!(!found, "{} contains the secret", file.display());
-    }
-}
-
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return out;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.is_dir() {
-            out.extend(files_under(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
 }
 
 /// The digest the shared registry reports for `name:tag`, and the image config's labels.
