@@ -63,6 +63,37 @@ pub struct RetrySettings {
 pub struct RequestSettings {
     pub max_body_bytes: usize,
     pub allowed_schemes: Vec<String>,
+    /// Non-public networks a repository URL may resolve to (CIDR; public addresses are always
+    /// allowed). A cloud metadata address needs an entry naming it alone.
+    #[serde(default)]
+    pub allowed_networks: AllowedNetworks,
+}
+
+/// `request.allowed_networks`, parsed; an empty item (an empty env override) is ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct AllowedNetworks(pub Vec<ipnet::IpNet>);
+
+impl TryFrom<Vec<String>> for AllowedNetworks {
+    type Error = String;
+
+    fn try_from(items: Vec<String>) -> Result<Self, Self::Error> {
+        let parse = |item: &str| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    let item: String = item.chars().take(60).collect();
+                    format!("request.allowed_networks: '{item}' is not a CIDR network (like 127.0.0.0/8)")
+                })
+        };
+        items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty())
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -250,6 +281,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("retry.delays_ms")
                     .with_list_parse_key("request.allowed_schemes")
+                    .with_list_parse_key("request.allowed_networks")
                     .with_list_parse_key("api.key_hashes")
                     .try_parsing(true),
             )

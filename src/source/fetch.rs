@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
-    RemoteCallbacks, Repository,
+    ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository,
 };
 use secrecy::ExposeSecret;
 
+use super::egress::Route;
 use super::stop::Stop;
 use super::{GitLimits, SourceSpec};
 use crate::error::BuildError;
@@ -32,15 +33,17 @@ enum AuthSeen {
     Refused,
 }
 
-/// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
+/// Fetches all branches and tags along `route`; returns the remote's default branch
+/// (`refs/heads/...`).
 pub(super) fn fetch(
     repo: &Repository,
     spec: &SourceSpec,
     limits: &GitLimits,
     stop: &Stop,
+    route: &Route,
 ) -> Result<Option<String>, BuildError> {
     let mut remote = repo
-        .remote_anonymous(spec.remote.as_str())
+        .remote_anonymous(route.fetch_url.as_str())
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
     let seen = Cell::new(AuthSeen::NotAsked);
     // Why a callback aborted the fetch, if one did.
@@ -65,7 +68,19 @@ pub(super) fn fetch(
         .prune(FetchPrune::On)
         .download_tags(AutotagOption::All)
         .update_fetchhead(false);
+    // Only the route's proxy: never one from the environment or git config.
+    let mut proxy = ProxyOptions::new();
+    if let Some(url) = &route.proxy {
+        proxy.url(url);
+    }
+    opts.proxy_options(proxy);
+    if !route.follows_redirects() {
+        opts.follow_redirects(RemoteRedirect::None);
+    }
     if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+        if let Some(why) = route.refused() {
+            return Err(why);
+        }
         if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
             return Err(why);
         }

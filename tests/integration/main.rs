@@ -7,6 +7,7 @@ mod support;
 
 mod core_worker;
 mod docker_engine;
+mod egress;
 mod fast_builds;
 mod faults;
 mod git_limits;
