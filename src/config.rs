@@ -399,6 +399,39 @@ mod tests {
     }
 
     #[test]
+    fn allowed_networks_parse_and_bad_entries_name_the_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let local = Settings::load(&dir, "local").expect("config loads");
+        let nets: Vec<String> = local
+            .request
+            .allowed_networks
+            .0
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+
+        let parsed =
+            AllowedNetworks::try_from(vec!["".into(), " 10.0.0.0/8 ".into(), "::1".into()]);
+        let parsed: Vec<String> = parsed
+            .expect("parsed")
+            .0
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            parsed,
+            ["10.0.0.0/8", "::1/128"],
+            "a bare address is a /32 or /128"
+        );
+        let err = AllowedNetworks::try_from(vec!["10.0.0.0/33".into()]).expect_err("refused");
+        assert!(
+            err.starts_with("request.allowed_networks: '10.0.0.0/33'"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn engine_defaults_to_podman_and_bad_values_name_the_field() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let settings = Settings::load(&dir, "local").expect("config loads");
