@@ -67,6 +67,37 @@ pub struct RetrySettings {
 pub struct RequestSettings {
     pub max_body_bytes: usize,
     pub allowed_schemes: Vec<String>,
+    /// Non-public networks a repository URL may resolve to (CIDR; public addresses are always
+    /// allowed). A cloud metadata address needs an entry naming it alone.
+    #[serde(default)]
+    pub allowed_networks: AllowedNetworks,
+}
+
+/// `request.allowed_networks`, parsed; an empty item (an empty env override) is ignored.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(try_from = "Vec<String>")]
+pub struct AllowedNetworks(pub Vec<ipnet::IpNet>);
+
+impl TryFrom<Vec<String>> for AllowedNetworks {
+    type Error = String;
+
+    fn try_from(items: Vec<String>) -> Result<Self, Self::Error> {
+        let parse = |item: &str| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    let item: String = item.chars().take(60).collect();
+                    format!("request.allowed_networks: '{item}' is not a CIDR network (like 127.0.0.0/8)")
+                })
+        };
+        items
+            .iter()
+            .map(|item| item.trim())
+            .filter(|item| !item.is_empty())
+            .map(parse)
+            .collect::<Result<_, _>>()
+            .map(Self)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -281,6 +312,7 @@ impl Settings {
                     .list_separator(",")
                     .with_list_parse_key("retry.delays_ms")
                     .with_list_parse_key("request.allowed_schemes")
+                    .with_list_parse_key("request.allowed_networks")
                     .with_list_parse_key("api.key_hashes")
                     .try_parsing(true),
             )
@@ -405,6 +437,39 @@ mod tests {
         );
         assert!(settings.connectors.contains_key("github"));
         assert_eq!(settings.retry.max_attempts, 5);
+    }
+
+    #[test]
+    fn allowed_networks_parse_and_bad_entries_name_the_field() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let local = Settings::load(&dir, "local").expect("config loads");
+        let nets: Vec<String> = local
+            .request
+            .allowed_networks
+            .0
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+
+        let parsed =
+            AllowedNetworks::try_from(vec!["".into(), " 10.0.0.0/8 ".into(), "::1".into()]);
+        let parsed: Vec<String> = parsed
+            .expect("parsed")
+            .0
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(
+            parsed,
+            ["10.0.0.0/8", "::1/128"],
+            "a bare address is a /32 or /128"
+        );
+        let err = AllowedNetworks::try_from(vec!["10.0.0.0/33".into()]).expect_err("refused");
+        assert!(
+            err.starts_with("request.allowed_networks: '10.0.0.0/33'"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use git2::{
     AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
-    RemoteCallbacks, Repository,
+    ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository,
 };
 use secrecy::ExposeSecret;
 
+use super::egress::Route;
 use super::stop::Stop;
 use super::{GitLimits, SourceSpec};
 use crate::error::BuildError;
@@ -34,21 +35,27 @@ enum AuthSeen {
     OtherHost,
 }
 
-/// Fetches all branches and tags; returns the remote's default branch (`refs/heads/...`).
+/// Fetches all branches and tags along `route`; returns the remote's default branch
+/// (`refs/heads/...`).
 pub(super) fn fetch(
     repo: &Repository,
     spec: &SourceSpec,
     limits: &GitLimits,
     stop: &Stop,
+    route: &Route,
 ) -> Result<Option<String>, BuildError> {
     let mut remote = repo
-        .remote_anonymous(spec.remote.as_str())
+        .remote_anonymous(route.fetch_url.as_str())
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
     let seen = Cell::new(AuthSeen::NotAsked);
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
     let mut callbacks = RemoteCallbacks::new();
-    callbacks.credentials(|url, _user_from_url, allowed| credentials(spec, url, &seen, allowed));
+    // The URL libgit2 was given: for an http remote the relay's (which forwards only to the
+    // checked remote host), for https the remote itself.
+    callbacks.credentials(|url, _user_from_url, allowed| {
+        credentials(spec, &route.fetch_url, url, &seen, allowed)
+    });
     let max_bytes = limits.fetch_bytes();
     callbacks.transfer_progress(|progress| {
         let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
@@ -67,7 +74,19 @@ pub(super) fn fetch(
         .prune(FetchPrune::On)
         .download_tags(AutotagOption::All)
         .update_fetchhead(false);
+    // Only the route's proxy: never one from the environment or git config.
+    let mut proxy = ProxyOptions::new();
+    if let Some(url) = &route.proxy {
+        proxy.url(url);
+    }
+    opts.proxy_options(proxy);
+    if !route.follows_redirects() {
+        opts.follow_redirects(RemoteRedirect::None);
+    }
     if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+        if let Some(why) = route.refused() {
+            return Err(why);
+        }
         if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
             return Err(why);
         }
@@ -95,11 +114,12 @@ fn keep_going(aborted: &RefCell<Option<BuildError>>, stop: Option<BuildError>) -
 /// another host gets nothing, whatever libgit2 would allow.
 fn credentials(
     spec: &SourceSpec,
+    fetched: &url::Url,
     asked_by: &str,
     seen: &Cell<AuthSeen>,
     allowed: CredentialType,
 ) -> Result<Cred, git2::Error> {
-    if !same_origin(&spec.remote, asked_by) {
+    if !same_origin(fetched, asked_by) {
         seen.set(AuthSeen::OtherHost);
         return Err(git2::Error::from_str(
             "a host other than the request's remote asked for the token",
@@ -243,13 +263,13 @@ mod tests {
         ] {
             let seen = Cell::new(AuthSeen::NotAsked);
             assert!(
-                credentials(&spec, other, &seen, userpass).is_err(),
+                credentials(&spec, &spec.remote, other, &seen, userpass).is_err(),
                 "{other}"
             );
             assert!(seen.get() == AuthSeen::OtherHost, "{other}");
         }
         let seen = Cell::new(AuthSeen::NotAsked);
         let same = "https://git.example.com:443/acme/app.git/info/refs";
-        assert!(credentials(&spec, same, &seen, userpass).is_ok());
+        assert!(credentials(&spec, &spec.remote, same, &seen, userpass).is_ok());
     }
 }

@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
+use super::egress::{NetworkPolicy, Route};
 use super::stop::Stop;
 use super::{Checkout, GitLimits, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
@@ -23,6 +24,8 @@ pub struct GitMirrors {
     cache_dir: PathBuf,
     max_bytes: u64,
     limits: GitLimits,
+    /// Where fetches may connect (`request.allowed_networks`).
+    policy: NetworkPolicy,
     /// Concurrent requests for one mirror (and credentials) share fresh fetches.
     gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
@@ -33,12 +36,19 @@ const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl GitMirrors {
     /// `limits` bound each fetch and checkout. The stall bound itself is process-wide: see
-    /// `configure_git_timeouts`, which must be given the same `stall_secs`.
-    pub fn new(cache_dir: PathBuf, max_bytes: u64, limits: impl Into<GitLimits>) -> Self {
+    /// `configure_git_timeouts`, which must be given the same `stall_secs`. Fetches connect
+    /// only where `policy` allows.
+    pub fn new(
+        cache_dir: PathBuf,
+        max_bytes: u64,
+        limits: impl Into<GitLimits>,
+        policy: NetworkPolicy,
+    ) -> Self {
         Self {
             cache_dir,
             max_bytes,
             limits: limits.into(),
+            policy,
             gates: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
         }
@@ -83,7 +93,12 @@ impl SourceFetcher for GitMirrors {
         let fetch = {
             let (mirror, spec, limits, stop) =
                 (mirror.clone(), spec.clone(), self.limits, stop.clone());
-            move || blocking(move || fetch_mirror(&mirror, &spec, &limits, &stop))
+            let policy = self.policy.clone();
+            move || async move {
+                // Opened per fetch, dropped (relay closed) when the fetch returns.
+                let route = Route::open(&policy, &spec.remote, &stop).await?;
+                blocking(move || fetch_mirror(&mirror, &spec, &limits, &stop, &route)).await
+            }
         };
         let key = gate_key(&mirror, spec);
         let default_branch = tokio::select! {
@@ -186,13 +201,14 @@ fn fetch_mirror(
     spec: &SourceSpec,
     limits: &GitLimits,
     stop: &Stop,
+    route: &Route,
 ) -> Result<Option<String>, BuildError> {
     let _lock = lock_mirror(mirror, true, stop)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
     };
-    super::fetch::fetch(&repo, spec, limits, stop)
+    super::fetch::fetch(&repo, spec, limits, stop, route)
 }
 
 /// Resolves a ref in a freshly fetched mirror. Shared lock: another fetch may only add commits

@@ -2,6 +2,7 @@
 //! checkout of exactly the requested commit.
 
 mod checkout_size;
+mod egress;
 mod eviction;
 mod fetch;
 mod git;
@@ -15,6 +16,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use url::Url;
 
+pub use egress::NetworkPolicy;
 pub use git::GitMirrors;
 
 use crate::config::{BuildLimits, ConnectorSettings};

@@ -51,6 +51,18 @@ impl Stop {
         None
     }
 
+    /// Completes when the work must stop (cancelled or past the deadline): for async work
+    /// serving the blocking fetch, such as its egress relay.
+    pub(super) async fn reached(&self) {
+        match self.deadline {
+            Some(deadline) => tokio::select! {
+                _ = self.cancel.cancelled() => {}
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+            },
+            None => self.cancel.cancelled().await,
+        }
+    }
+
     /// Takes a file lock, waiting for it only as long as the work may go on: a waiter must not
     /// be pinned by another build's (or replica's) fetch any more than the fetch itself.
     pub(super) fn lock(&self, file: &File, exclusive: bool) -> Result<(), BuildError> {

@@ -25,7 +25,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::Environment;
 use crate::registry::RegistryClient;
 use crate::request::RequestPolicy;
-use crate::source::GitMirrors;
+use crate::source::{GitMirrors, NetworkPolicy};
 use crate::store::BuildStore;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
@@ -53,6 +53,7 @@ pub async fn run(
             settings.cache_dir(),
             settings.git_cache_max_mb.saturating_mul(1024 * 1024),
             &settings.build.limits,
+            NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
         )),
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),

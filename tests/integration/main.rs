@@ -11,6 +11,7 @@ mod tenancy_api;
 
 mod core_worker;
 mod docker_engine;
+mod egress;
 mod fast_builds;
 mod fault_stages;
 mod faults;
