@@ -35,7 +35,7 @@ enum Command {
     Run,
     /// Declare the RabbitMQ topology, migrate the build store, and exit.
     Setup,
-    /// Print a new random API key and the SHA-256 to put in `api.key_hashes`.
+    /// Print a new random API key and the SHA-256 to put in `api.keys` (with a role and user ids).
     ApiKey,
     /// Publish a build request; with --wait, print its outcome event.
     Submit(Box<SubmitArgs>),
@@ -148,7 +148,9 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let key = image_builder::api::generate_key();
             println!("key:  {key}");
             println!("hash: {}", image_builder::api::hash_key(&key));
-            println!("Give the key to the client; put only the hash in api.key_hashes.");
+            println!(
+                "Give the key to the client; put only the hash in config: [[api.keys]] hash, role, users (or api.key_hashes for an admin key)."
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Setup => {
