@@ -164,3 +164,48 @@ async fn a_trickling_git_host_is_cut_at_the_deadline_and_lets_go_of_the_mirror()
         .expect("fetch");
     assert_eq!(resolved.commit, fixture.head());
 }
+
+/// https remotes: the binary speaks TLS to the git host (git2's `https` feature; without it
+/// libgit2 answers "there is no TLS stream available"), straight to the checked address. A
+/// listener on 127.0.0.1 reads what arrives: a TLS ClientHello (record type 0x16, version 3.x).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_https_remote_gets_a_tls_client_hello_at_the_checked_address() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let hello = tokio::spawn(async move {
+        let (mut conn, _) = listener.accept().await.expect("a connection");
+        let mut head = [0u8; 3];
+        conn.read_exact(&mut head).await.expect("first bytes");
+        head
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let limits = GitLimits {
+        checkout_mb: 64,
+        fetch_mb: 64,
+        stall_secs: 3,
+    };
+    let mirrors = GitMirrors::new(dir.path().join("cache"), u64::MAX, limits, loopback());
+    let spec = SourceSpec {
+        remote: url::Url::parse(&format!("https://127.0.0.1:{port}/acme/tls.git")).expect("url"),
+        username: "test".into(),
+        token: None,
+        git_ref: None,
+    };
+    let ctx = BuildCtx {
+        log: BuildLog::new(Redactor::default()),
+        cancel: CancellationToken::new(),
+        deadline: Instant::now() + Duration::from_secs(20),
+        scratch_dir: dir.path().to_owned(),
+    };
+    // The listener never answers the handshake: the fetch fails, after the hello was sent.
+    let fetched = tokio::time::timeout(OUTER, mirrors.resolve(&spec, &ctx)).await;
+    let head = tokio::time::timeout(OUTER, hello)
+        .await
+        .expect("a connection arrived")
+        .expect("listener task");
+    assert_eq!(
+        head[0], 0x16,
+        "a TLS handshake record: {head:?} ({fetched:?})"
+    );
+    assert_eq!(head[1], 0x03, "TLS version 3.x: {head:?}");
+}
