@@ -51,6 +51,33 @@ fn assert_refused_repo(event: &Event, host: &str, worker: &Worker) {
     );
 }
 
+/// A mirror cache in `dir` with small limits and loopback allowed, and the spec of `url`.
+fn mirror_of(dir: &std::path::Path, url: &str) -> (GitMirrors, SourceSpec) {
+    let limits = GitLimits {
+        checkout_mb: 64,
+        fetch_mb: 64,
+        stall_secs: 3,
+    };
+    let mirrors = GitMirrors::new(dir.join("cache"), u64::MAX, limits, loopback());
+    let spec = SourceSpec {
+        remote: url::Url::parse(url).expect("url"),
+        username: "test".into(),
+        token: None,
+        git_ref: None,
+    };
+    (mirrors, spec)
+}
+
+/// A build context whose deadline is `time` from now.
+fn ctx_for(dir: &std::path::Path, time: Duration) -> BuildCtx {
+    BuildCtx {
+        log: BuildLog::new(Redactor::default()),
+        cancel: CancellationToken::new(),
+        deadline: Instant::now() + time,
+        scratch_dir: dir.to_owned(),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn loopback_repo_urls_are_refused_before_any_connection() {
     let git = GitServer::start().await;
@@ -132,24 +159,11 @@ async fn a_trickling_git_host_is_cut_at_the_deadline_and_lets_go_of_the_mirror()
     fixture.push();
     let trickle = Trickle::start(git.base_url.trim_start_matches("http://").to_owned()).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let limits = GitLimits {
-        checkout_mb: 64,
-        fetch_mb: 64,
-        stall_secs: 3,
-    };
-    let mirrors = GitMirrors::new(dir.path().join("cache"), u64::MAX, limits, loopback());
-    let spec = SourceSpec {
-        remote: url::Url::parse(&format!("{}/acme/trickle.git", trickle.base_url)).expect("url"),
-        username: "test".into(),
-        token: None,
-        git_ref: None,
-    };
-    let ctx = |time: Duration| BuildCtx {
-        log: BuildLog::new(Redactor::default()),
-        cancel: CancellationToken::new(),
-        deadline: Instant::now() + time,
-        scratch_dir: dir.path().to_owned(),
-    };
+    let (mirrors, spec) = mirror_of(
+        dir.path(),
+        &format!("{}/acme/trickle.git", trickle.base_url),
+    );
+    let ctx = |time: Duration| ctx_for(dir.path(), time);
 
     let cut = tokio::time::timeout(OUTER, mirrors.resolve(&spec, &ctx(Duration::from_secs(4))))
         .await
@@ -179,24 +193,11 @@ async fn an_https_remote_gets_a_tls_client_hello_at_the_checked_address() {
         head
     });
     let dir = tempfile::tempdir().expect("tempdir");
-    let limits = GitLimits {
-        checkout_mb: 64,
-        fetch_mb: 64,
-        stall_secs: 3,
-    };
-    let mirrors = GitMirrors::new(dir.path().join("cache"), u64::MAX, limits, loopback());
-    let spec = SourceSpec {
-        remote: url::Url::parse(&format!("https://127.0.0.1:{port}/acme/tls.git")).expect("url"),
-        username: "test".into(),
-        token: None,
-        git_ref: None,
-    };
-    let ctx = BuildCtx {
-        log: BuildLog::new(Redactor::default()),
-        cancel: CancellationToken::new(),
-        deadline: Instant::now() + Duration::from_secs(20),
-        scratch_dir: dir.path().to_owned(),
-    };
+    let (mirrors, spec) = mirror_of(
+        dir.path(),
+        &format!("https://127.0.0.1:{port}/acme/tls.git"),
+    );
+    let ctx = ctx_for(dir.path(), Duration::from_secs(20));
     // The listener never answers the handshake: the fetch fails, after the hello was sent.
     let fetched = tokio::time::timeout(OUTER, mirrors.resolve(&spec, &ctx)).await;
     let head = tokio::time::timeout(OUTER, hello)
