@@ -1,7 +1,7 @@
 //! Hostile git hosts and repositories: a fetch or checkout fails naming the bound it passed,
 //! releases its thread and the mirror's lock, and writes nothing big.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use image_builder::build_log::BuildLog;
@@ -28,6 +28,11 @@ fn limits(checkout_mb: u64, fetch_mb: u64) -> GitLimits {
         fetch_mb,
         stall_secs: STALL.as_secs(),
     }
+}
+
+/// A mirror cache at `cache` (unbounded) with these limits, reaching loopback.
+fn mirrors(cache: PathBuf, checkout_mb: u64, fetch_mb: u64) -> GitMirrors {
+    GitMirrors::new(cache, u64::MAX, limits(checkout_mb, fetch_mb), loopback())
 }
 
 /// The local git server listens on loopback, which fetches reach only when allowed.
@@ -89,12 +94,7 @@ async fn a_git_bomb_fails_the_checkout_before_anything_is_written() {
     // 1 MiB listed 16 times, three levels deep: 4 GiB once checked out.
     hostile_repos::git_bomb(git.root.path(), "acme/bomb", 1, 16, 3);
     let dir = tempfile::tempdir().expect("tempdir");
-    let mirrors = GitMirrors::new(
-        dir.path().join("cache"),
-        u64::MAX,
-        limits(8, 64),
-        loopback(),
-    );
+    let mirrors = mirrors(dir.path().join("cache"), 8, 64);
     let ctx = build_ctx(dir.path(), OUTER);
     let spec = spec(&git.base_url, "acme/bomb");
 
@@ -116,7 +116,7 @@ async fn a_file_of_zeros_is_measured_as_it_would_be_written() {
     let spec = spec(&git.base_url, "acme/zeros");
     let dest = dir.path().join("src");
 
-    let tight = GitMirrors::new(cache.clone(), u64::MAX, limits(16, 64), loopback());
+    let tight = mirrors(cache.clone(), 16, 64);
     let resolved = bounded(tight.resolve(&spec, &ctx)).await.expect("fetch");
     assert!(
         size_of(&cache) < 4 << 20,
@@ -127,7 +127,7 @@ async fn a_file_of_zeros_is_measured_as_it_would_be_written() {
     assert_eq!(size_of(&dest), 0, "nothing is checked out");
 
     // Under a bound it fits, it is written whole: the measure is the written size.
-    let roomy = GitMirrors::new(cache, u64::MAX, limits(41, 64), loopback());
+    let roomy = mirrors(cache, 41, 64);
     bounded(roomy.checkout(&spec, &resolved.commit, &dest, &ctx))
         .await
         .expect("checkout");
@@ -144,7 +144,7 @@ async fn a_fetch_past_fetch_mb_is_aborted_and_leaves_the_mirror_usable() {
     let ctx = build_ctx(dir.path(), OUTER);
     let spec = spec(&git.base_url, "acme/big");
 
-    let tight = GitMirrors::new(cache.clone(), u64::MAX, limits(64, 1), loopback());
+    let tight = mirrors(cache.clone(), 64, 1);
     assert_limit(
         bounded(tight.resolve(&spec, &ctx)).await,
         "build.limits.fetch_mb = 1",
@@ -155,7 +155,7 @@ async fn a_fetch_past_fetch_mb_is_aborted_and_leaves_the_mirror_usable() {
         size_of(&cache)
     );
 
-    let roomy = GitMirrors::new(cache, u64::MAX, limits(64, 8), loopback());
+    let roomy = mirrors(cache, 64, 8);
     let resolved = bounded(roomy.resolve(&spec, &ctx))
         .await
         .expect("the same mirror fetches once the bound allows it");
@@ -168,12 +168,7 @@ async fn a_silent_git_host_fails_the_fetch_naming_the_stall_bound() {
     hostile_repos::incompressible(git.root.path(), "acme/silent", 1);
     let relay = Relay::start(&git.base_url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mirrors = GitMirrors::new(
-        dir.path().join("cache"),
-        u64::MAX,
-        limits(64, 64),
-        loopback(),
-    );
+    let mirrors = mirrors(dir.path().join("cache"), 64, 64);
     let ctx = build_ctx(dir.path(), OUTER);
     let spec = spec(&relay.base_url, "acme/silent");
 
@@ -202,12 +197,7 @@ async fn a_slow_fetch_stops_at_the_deadline() {
     hostile_repos::incompressible(git.root.path(), "acme/slow", 8);
     let relay = Relay::start(&git.base_url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mirrors = GitMirrors::new(
-        dir.path().join("cache"),
-        u64::MAX,
-        limits(64, 64),
-        loopback(),
-    );
+    let mirrors = mirrors(dir.path().join("cache"), 64, 64);
     let spec = spec(&relay.base_url, "acme/slow");
 
     relay.set(Mode::Slow);
@@ -230,12 +220,7 @@ async fn a_cancelled_fetch_lets_go_of_the_mirror() {
     hostile_repos::incompressible(git.root.path(), "acme/cancel", 8);
     let relay = Relay::start(&git.base_url).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let mirrors = GitMirrors::new(
-        dir.path().join("cache"),
-        u64::MAX,
-        limits(64, 64),
-        loopback(),
-    );
+    let mirrors = mirrors(dir.path().join("cache"), 64, 64);
     let spec = spec(&relay.base_url, "acme/cancel");
 
     relay.set(Mode::Slow);
