@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Firewall rules for the build sandbox (build.network = "isolated"): a RUN step gets its own
-# network namespace on podman's bridge with NAT egress, so package installs work, but nothing of
-# this host and nothing on private networks may be reached from it:
+# Firewall rules for the build sandbox (build.network = "isolated"): each build gets a network
+# namespace of its own on image-builder's bridge (build.bridge, build.subnet; the worker creates
+# the bridge on demand), and these rules give it NAT egress, so package installs work, but
+# nothing of this host and nothing on private networks may be reached from it:
 #   - traffic from the build subnet to this host itself (the bridge gateway, or any address of
 #     the host) is dropped: the broker, the store, the registry and the API are out of reach
 #     even if one listens beyond loopback;
@@ -16,13 +17,16 @@
 #   scripts/sandbox-firewall.sh remove             remove them
 #   scripts/sandbox-firewall.sh show               print them
 #
-# Also read: IMAGE_BUILDER_SANDBOX_ALLOW="10.1.2.3/32 10.9.0.0/16" (same as CIDR arguments).
+# Also read: IMAGE_BUILDER_SANDBOX_ALLOW="10.1.2.3/32 10.9.0.0/16" (same as CIDR arguments), and
+# the worker's own overrides of the bridge and its subnet, IMAGE_BUILDER__BUILD__BRIDGE and
+# IMAGE_BUILDER__BUILD__SUBNET (defaults as in config/default.toml).
 # One nftables table of its own (inet image_builder_sandbox); podman's and iptables' own rules
 # are left alone. Needs root and nftables.
 set -euo pipefail
 
 table=image_builder_sandbox
-network=${IMAGE_BUILDER_SANDBOX_NETWORK:-podman}
+bridge=${IMAGE_BUILDER__BUILD__BRIDGE:-ibbuild0}
+subnet=${IMAGE_BUILDER__BUILD__SUBNET:-10.231.0.0/24}
 
 log() { printf '[sandbox-firewall] %s\n' "$*" >&2; }
 
@@ -31,15 +35,6 @@ need_nft() {
     log "nft is not installed (apt-get install nftables)"
     exit 1
   }
-}
-
-# The build network's IPv4 subnets and bridge, as podman configured them.
-subnets() {
-  podman network inspect "$network" --format '{{range .Subnets}}{{.Subnet}} {{end}}' | tr ' ' '\n' | grep -F '.' || true
-}
-
-bridge() {
-  podman network inspect "$network" --format '{{.NetworkInterface}}'
 }
 
 # What builds resolve names through: podman copies the host's resolv.conf into a step, or, when
@@ -57,12 +52,12 @@ joined() { local IFS=,; echo "$*"; }
 apply() {
   need_nft
   local nets allow dns iface
-  mapfile -t nets < <(subnets)
-  if [ ${#nets[@]} -eq 0 ]; then
-    log "podman network '$network' has no IPv4 subnet"
+  if ! [[ $bridge =~ ^[A-Za-z0-9_-]{1,15}$ && $subnet =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+/[0-9]+$ ]]; then
+    log "bridge '$bridge' or subnet '$subnet' is not valid"
     exit 1
   fi
-  iface=$(bridge)
+  nets=("$subnet")
+  iface=$bridge
   # shellcheck disable=SC2206
   allow=($@ ${IMAGE_BUILDER_SANDBOX_ALLOW:-})
   mapfile -t dns < <(nameservers)
@@ -85,6 +80,8 @@ apply() {
   else
     log "warning: no bridge netfilter (modprobe br_netfilter): builds running at once can reach each other"
   fi
+  # The builds' traffic is routed out through this host (podman's own networks switch it on too).
+  sysctl -qw net.ipv4.ip_forward=1
   # Replaced as a whole, atomically: `nft -f` applies the file in one transaction.
   nft -f - <<EOF
 table inet $table
@@ -97,11 +94,16 @@ table inet $table {
   }
   chain forward {
     type filter hook forward priority filter - 10; policy accept;
+    iifname "$iface" ip saddr != { $builds } counter drop comment "no spoofed sources"
     $dns_rules
     $allow_rules
     ip saddr { $builds } ip daddr { $builds } counter drop comment "builds never reach each other"
     ip saddr { $builds } ip daddr { $closed } counter drop comment "builds never reach private, link-local or reserved ranges"
     meta nfproto ipv6 iifname "$iface" counter drop comment "builds get no IPv6"
+  }
+  chain postrouting {
+    type nat hook postrouting priority srcnat; policy accept;
+    ip saddr { $builds } oifname != "$iface" counter masquerade comment "builds' egress"
   }
 }
 EOF

@@ -8,8 +8,10 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod bridge;
 mod tenancy;
 
+pub use bridge::{BridgeName, BuildSubnet};
 pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
 
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
@@ -124,6 +126,10 @@ pub struct BuildSettings {
     pub runtime: String,
     /// The network a RUN step gets.
     pub network: BuildNetwork,
+    /// With `isolated`: the bridge each build's own network namespace is attached to.
+    pub bridge: BridgeName,
+    /// With `isolated`: the bridge's subnet (gateway first, then one address per build).
+    pub subnet: BuildSubnet,
     pub limits: BuildLimits,
     pub timeout_secs: u64,
     pub log_tail_lines: usize,

@@ -1,6 +1,7 @@
 //! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
 //! a Docker Engine API daemon through bollard.
 
+mod build_net;
 mod cgroup;
 mod disk_watch;
 mod docker;

@@ -16,9 +16,9 @@ use super::labels::labelled_dockerfile;
 use super::nixpacks;
 use tokio_util::sync::CancellationToken;
 
-use super::sandbox::Sandbox;
+use super::sandbox::{Sandbox, SandboxSettings};
 use crate::build_log::BuildLog;
-use crate::config::{BuildLimits, BuildNetwork, BuildSettings, Isolation, RegistrySettings};
+use crate::config::{BuildSettings, Isolation, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
 use crate::pipeline::BuildCtx;
@@ -30,9 +30,7 @@ pub struct Podman {
     program: String,
     nixpacks: String,
     isolation: Isolation,
-    runtime: String,
-    network: BuildNetwork,
-    limits: BuildLimits,
+    sandbox: SandboxSettings,
     registry_host: String,
     tls_verify: bool,
     credentials: Option<(String, SecretString)>,
@@ -52,9 +50,13 @@ impl Podman {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
             isolation: build.isolation,
-            runtime: build.runtime.clone(),
-            network: build.network,
-            limits: build.limits.clone(),
+            sandbox: SandboxSettings {
+                runtime: build.runtime.clone(),
+                network: build.network,
+                bridge: build.bridge.clone(),
+                subnet: build.subnet,
+                limits: build.limits.clone(),
+            },
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
             credentials,
@@ -139,10 +141,10 @@ impl Podman {
     }
 
     /// The build's box: None only with `chroot`, which the operator chose knowing it has none.
-    fn sandbox(&self) -> Result<Option<Sandbox>, BuildError> {
+    async fn sandbox(&self) -> Result<Option<Sandbox>, BuildError> {
         match self.isolation {
             Isolation::Chroot => Ok(None),
-            Isolation::Oci => Sandbox::create(&self.runtime, self.network, &self.limits).map(Some),
+            Isolation::Oci => Sandbox::create(&self.sandbox).await.map(Some),
         }
     }
 
@@ -175,7 +177,7 @@ impl Podman {
                 self.image_size(spec, ctx).await?
             }
         };
-        let limit_mb = self.limits.disk_mb;
+        let limit_mb = self.sandbox.limits.disk_mb;
         if size > limit_mb.saturating_mul(1024 * 1024) {
             self.forget_local(spec, ctx).await;
             return Err(BuildError::LimitExceeded(format!(
@@ -228,7 +230,7 @@ impl ImageEngine for Podman {
         } else {
             source_dockerfile.clone()
         };
-        let sandbox = self.sandbox()?;
+        let sandbox = self.sandbox().await?;
         let mut inv = self
             .invocation(ctx)
             .args(["build", "--layers"])

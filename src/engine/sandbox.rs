@@ -8,42 +8,59 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio_util::sync::CancellationToken;
 
+use super::build_net::BuildNet;
 use super::cgroup::BuildCgroup;
 use super::disk_watch;
-use crate::config::{BuildLimits, BuildNetwork};
+use crate::config::{BridgeName, BuildLimits, BuildNetwork, BuildSubnet};
 use crate::error::BuildError;
+
+/// What a sandbox is made of, from `[build]`.
+pub struct SandboxSettings {
+    pub runtime: String,
+    pub network: BuildNetwork,
+    pub bridge: BridgeName,
+    pub subnet: BuildSubnet,
+    pub limits: BuildLimits,
+}
 
 pub struct Sandbox {
     runtime: String,
-    network: BuildNetwork,
+    /// podman's `--network` for the steps.
+    network: String,
     limits: BuildLimits,
     cgroup: Arc<BuildCgroup>,
+    /// The build's own network namespace (`isolated`); removed with the sandbox.
+    _net: Option<BuildNet>,
 }
 
 impl Sandbox {
-    pub fn create(
-        runtime: &str,
-        network: BuildNetwork,
-        limits: &BuildLimits,
-    ) -> Result<Self, BuildError> {
-        let cgroup = BuildCgroup::create(&super::cgroup::new_name(), limits)
+    pub async fn create(settings: &SandboxSettings) -> Result<Self, BuildError> {
+        let cgroup = BuildCgroup::create(&super::cgroup::new_name(), &settings.limits)
             .map_err(|e| BuildError::Engine(format!("failed to create the build's cgroup: {e}")))?;
+        let (network, net) = match settings.network {
+            // One namespace for all the build's steps, on the bridge the firewall fences (NAT
+            // egress; this host, private ranges and other builds closed).
+            BuildNetwork::Isolated => {
+                let net = BuildNet::create(&settings.bridge, &settings.subnet)
+                    .await
+                    .map_err(|e| BuildError::Engine(e.to_string()))?;
+                (net.podman_network(), Some(net))
+            }
+            BuildNetwork::None => ("none".to_owned(), None),
+            BuildNetwork::Host => ("host".to_owned(), None),
+        };
         Ok(Self {
-            runtime: runtime.to_owned(),
+            runtime: settings.runtime.clone(),
             network,
-            limits: limits.clone(),
+            limits: settings.limits.clone(),
             cgroup: Arc::new(cgroup),
+            _net: net,
         })
     }
 
     /// `podman build` flags that put every RUN step in the box.
     pub fn podman_args(&self) -> Vec<String> {
-        let network = match self.network {
-            // podman's default bridge: NAT egress; the firewall closes the host and private ranges.
-            BuildNetwork::Isolated => "private",
-            BuildNetwork::None => "none",
-            BuildNetwork::Host => "host",
-        };
+        let network = &self.network;
         let file_bytes = self.disk_bytes();
         vec![
             "--isolation=oci".to_owned(),

@@ -104,7 +104,14 @@ async fn a_worker_killed_with_sigkill_leaves_nothing_building() {
     let dockerfile = format!("FROM localhost/busybox:latest\nRUN {sleep}\n");
     repo_with(&git, "acme/killed", &dockerfile);
     let stack = Stack::new().await;
-    let mut worker = Worker::spawn(&stack, &git, &[]).await;
+    // A bridge and subnet of this test's own: the address the killed build held is the first
+    // one, and no other test's build takes it over.
+    let net = [
+        ("IMAGE_BUILDER__BUILD__BRIDGE", "ibtest1"),
+        ("IMAGE_BUILDER__BUILD__SUBNET", "10.231.255.8/29"),
+    ];
+    let netns = std::path::Path::new("/run/netns").join("ib0ae7ff0a"); // 10.231.255.10
+    let mut worker = Worker::spawn(&stack, &git, &net).await;
     let data_dir = worker.data_dir.path().to_string_lossy().into_owned();
     stack
         .publish_json(&json!({"id": unique("killed-"), "repo": "acme/killed", "user_id": "u1"}))
@@ -135,6 +142,31 @@ async fn a_worker_killed_with_sigkill_leaves_nothing_building() {
         left.into_iter().map(|p| p.cmdline).collect()
     })
     .await;
+
+    // The killed build's network namespace is left; the next build given its address removes
+    // it first, and its own is gone once it ends.
+    assert!(netns.exists(), "the killed build had {}", netns.display());
+    // (Queues of their own: the killed build's message, redelivered, would hold that address.)
+    let mut after = Stack::new().await;
+    repo_with(&git, "acme/after-kill", DOCKERFILE_WITH_RUN);
+    let worker = Worker::spawn(&after, &git, &net).await;
+    let id = unique("after-kill-");
+    after
+        .publish_json(&json!({"id": id, "repo": "acme/after-kill", "user_id": "u1"}))
+        .await;
+    match after.outcome(&id, BUILD_TIMEOUT).await {
+        Event::ImageUpdated(_) => {}
+        other => panic!("a build after the kill: {other:?}\n{}", worker.log()),
+    }
+    until_none("network namespaces of ended builds", || {
+        [&netns]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect::<Vec<_>>()
+    })
+    .await;
+    worker.stop().await;
+    after.cleanup().await;
     stack.cleanup().await;
 }
 

@@ -241,16 +241,20 @@ fn host_services_listen_on_loopback_and_the_firewall_fences_the_build_network() 
         .output()
         .expect("nft runs");
     let rules = String::from_utf8_lossy(&rules.stdout);
-    let subnet = std::process::Command::new("podman")
-        .args(["network", "inspect", "podman", "--format"])
-        .arg("{{range .Subnets}}{{.Subnet}} {{end}}")
-        .output()
-        .expect("podman runs");
-    let subnet = String::from_utf8_lossy(&subnet.stdout);
-    let subnet = subnet.split_whitespace().next().expect("a build subnet");
+    let settings = image_builder::config::Settings::load(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
+        "local",
+    )
+    .expect("project config loads");
+    let subnet = settings.build.subnet.net().to_string();
+    let bridge = settings.build.bridge.as_str();
     assert!(
         rules.contains(&format!("ip saddr {subnet}")) && rules.contains("hook input"),
         "input from the build network is dropped (scripts/sandbox-firewall.sh apply):\n{rules}"
+    );
+    assert!(
+        rules.contains(&format!("iifname \"{bridge}\"")) && rules.contains("masquerade"),
+        "the build bridge is fenced and its egress NATed:\n{rules}"
     );
     for closed in [
         "10.0.0.0/8",
@@ -273,4 +277,106 @@ fn host_services_listen_on_loopback_and_the_firewall_fences_the_build_network() 
     let bridged =
         std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables").unwrap_or_default();
     assert_eq!(bridged.trim(), "1", "bridge netfilter is on");
+}
+
+/// The bridge and subnet of the namespace test: its own, so no other test's build takes an
+/// address over between a build ending and the check that its namespace is gone.
+const TEST_BRIDGE: &str = "ibtest0";
+const TEST_SUBNET: &str = "10.231.255.0/29";
+
+/// The name `build_net` gives the namespace of a build holding `address`.
+fn namespace_of(address: &str) -> std::path::PathBuf {
+    let ip: std::net::Ipv4Addr = address.parse().expect("an IPv4 address");
+    std::path::Path::new("/run/netns").join(format!("ib{:08x}", u32::from(ip)))
+}
+
+/// `isolated`: every build gets a network namespace of its own, shared by all its RUN steps,
+/// with its own address on the build bridge; it is removed when the build ends. Nothing is
+/// sent anywhere: the steps only read their own interface.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_build_has_one_network_namespace_of_its_own() {
+    let git = GitServer::start().await;
+    let run = unique("run");
+    let repo = RepoFixture::create(git.root.path(), "acme/netns");
+    repo.commit(
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM localhost/busybox:latest\n\
+                 ARG N\n\
+                 RUN echo {run} $N; cat /sys/class/net/eth0/address > /mac; \
+                     busybox ip -4 -o addr show eth0 | busybox sed 's/.*inet \\([0-9.]*\\).*/address=\\1/'; \
+                     sleep 3\n\
+                 RUN test \"$(cat /sys/class/net/eth0/address)\" = \"$(cat /mac)\" && echo \"one-namespace-$N\"\n"
+            ),
+        )],
+        "netns",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER__BUILD__BRIDGE", TEST_BRIDGE),
+            ("IMAGE_BUILDER__BUILD__SUBNET", TEST_SUBNET),
+            ("IMAGE_BUILDER__AMQP__PREFETCH", "2"),
+        ],
+    )
+    .await;
+    let user = unique("u");
+    for n in ["a", "b"] {
+        stack
+            .publish_json(&json!({"id": format!("netns-{n}"), "repo": "acme/netns", "user_id": user, "build_args": {"N": n}}))
+            .await;
+    }
+    for n in ["a", "b"] {
+        match stack.outcome(&format!("netns-{n}"), BUILD_TIMEOUT).await {
+            Event::ImageUpdated(_) => {}
+            other => panic!("netns-{n}: {other:?}\n{}", worker.log()),
+        }
+    }
+    let log = worker.log();
+    let mut addresses: Vec<String> = log
+        .lines()
+        .filter_map(|l| l.split("address=").nth(1))
+        .filter_map(|a| a.split(|c: char| !(c.is_ascii_digit() || c == '.')).next())
+        // The step's own command line, echoed by podman, has `address=\1` in it.
+        .filter(|a| a.parse::<std::net::Ipv4Addr>().is_ok())
+        .map(str::to_owned)
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(
+        addresses.len(),
+        2,
+        "two builds running at once have an address each: {addresses:?}\n{log}"
+    );
+    for address in &addresses {
+        assert!(
+            address.starts_with("10.231.255."),
+            "{address} is of build.subnet"
+        );
+    }
+    for n in ["a", "b"] {
+        assert!(
+            log.contains(&format!("one-namespace-{n}")),
+            "the second step of build {n} runs in its first step's namespace:\n{log}"
+        );
+    }
+    // Removed when the build ends (off the build's path, so give it a moment).
+    for address in &addresses {
+        let netns = namespace_of(address);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while netns.exists() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !netns.exists(),
+            "{} is removed after the build",
+            netns.display()
+        );
+    }
+    worker.stop().await;
+    stack.cleanup().await;
 }
