@@ -25,6 +25,8 @@ use crate::config::{BridgeName, BuildSubnet};
 const LEASES: &str = "/run/image-builder/build-net";
 const NETNS_DIR: &str = "/run/netns";
 const IP_TIMEOUT: Duration = Duration::from_secs(20);
+/// The table `scripts/sandbox-firewall.sh` owns.
+const FIREWALL_TABLE: &str = "image_builder_sandbox";
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildNetError {
@@ -109,6 +111,33 @@ impl Drop for BuildNet {
             Err(_) => teardown(),
         }
     }
+}
+
+/// Why the build network is not fenced, if it is not: `scripts/sandbox-firewall.sh` installs
+/// the NAT and the rules that keep builds off this host and private ranges, for one bridge and
+/// subnet. Checked structurally at start (the table and its bridge), never by sending traffic.
+pub fn fence_missing(bridge: &BridgeName, subnet: &BuildSubnet) -> Option<String> {
+    let listed = std::process::Command::new("nft")
+        .args(["list", "table", "inet", FIREWALL_TABLE])
+        .env_clear()
+        .envs(std::env::var_os("PATH").map(|p| ("PATH", p)))
+        .stdin(Stdio::null())
+        .output();
+    let rules = match listed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(_) => return Some(format!("no nftables table inet {FIREWALL_TABLE}")),
+        Err(e) => return Some(format!("cannot run nft to check the firewall: {e}")),
+    };
+    let fenced = rules.contains(&format!("iifname \"{}\"", bridge.as_str()))
+        && rules.contains(&subnet.net().to_string());
+    (!fenced).then(|| {
+        format!(
+            "the nftables table inet {FIREWALL_TABLE} is for another bridge or subnet than \
+             build.bridge = {} / build.subnet = {}",
+            bridge.as_str(),
+            subnet.net()
+        )
+    })
 }
 
 /// Netns and host-side veth share this name: unique per address, within the 15 bytes an

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 
+pub use build_net::fence_missing as build_network_fence_missing;
 pub use cgroup::remove_stale as remove_stale_cgroups;
 pub use docker::{DockerEngine, DockerHost};
 pub(crate) use labels::escape_char;

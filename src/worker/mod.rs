@@ -40,6 +40,18 @@ pub async fn run(
     for warning in settings.sandbox_warnings() {
         tracing::warn!("sandbox loosened: {warning}");
     }
+    let isolated = settings.build.isolation == crate::config::Isolation::Oci
+        && settings.build.network == crate::config::BuildNetwork::Isolated;
+    if settings.build.engine == EngineKind::Podman && isolated {
+        let build = &settings.build;
+        if let Some(why) = crate::engine::build_network_fence_missing(&build.bridge, &build.subnet)
+        {
+            tracing::warn!(
+                "sandbox loosened: {why}: builds may reach this host and have no egress \
+                 (run scripts/sandbox-firewall.sh apply)"
+            );
+        }
+    }
     if settings.build.engine == EngineKind::Podman {
         // Older than any build can run, with a margin for its push.
         crate::engine::remove_stale_cgroups(settings.build_timeout() + Duration::from_secs(600));

@@ -60,6 +60,11 @@ async fn run_steps_reach_nothing_of_the_host() {
         other => panic!("the probe reached the host: {other:?}\n{}", worker.log()),
     }
     assert!(worker.log().contains("probe: nothing of the host reached"));
+    assert!(
+        !worker.log().contains("sandbox loosened"),
+        "the defaults with the firewall applied loosen nothing:\n{}",
+        worker.log()
+    );
     worker.stop().await;
 
     // Control: the operator's explicit chroot + host network. The same probe sees the broker.
@@ -337,6 +342,12 @@ async fn each_build_has_one_network_namespace_of_its_own() {
         }
     }
     let log = worker.log();
+    assert!(
+        log.contains(
+            "sandbox loosened: the nftables table inet image_builder_sandbox is for another bridge"
+        ),
+        "the firewall fences the default bridge, not this test's: the worker says so at start\n{log}"
+    );
     let mut addresses: Vec<String> = log
         .lines()
         .filter_map(|l| l.split("address=").nth(1))
