@@ -114,6 +114,14 @@ async fn docker_engine_builds_pushes_and_reports_user_faults() {
                 "broken/Dockerfile",
                 "FROM localhost/busybox:latest\nCOPY missing.txt /missing.txt\n",
             ),
+            // The docker CLI leaves out what .dockerignore excludes; so does this engine, so
+            // the daemon never gets the .env and the COPY fails as it does with `docker build`.
+            ("ignored/.dockerignore", "# local secrets\n.env\n"),
+            ("ignored/.env", "PASSWORD=hunter2\n"),
+            (
+                "ignored/Dockerfile",
+                "FROM localhost/busybox:latest\nCOPY .env /e\n",
+            ),
         ],
         "docker engine app",
     );
@@ -178,6 +186,13 @@ async fn docker_engine_builds_pushes_and_reports_user_faults() {
         "{}",
         failed.reason
     );
+
+    stack
+        .publish_json(&json!({"id": "ignored", "repo": "acme/engine-api", "user_id": user, "context": "ignored"}))
+        .await;
+    let failed = expect_failed(stack.outcome("ignored", BUILD_TIMEOUT).await, &worker);
+    assert_eq!(failed.fault, Fault::User, "{failed:?}");
+    assert!(failed.reason.contains(".env"), "{}", failed.reason);
 
     stack
         .publish_json(&json!({"id": "multi", "repo": "acme/engine-api", "user_id": user, "platforms": ["linux/amd64", "linux/arm64"]}))

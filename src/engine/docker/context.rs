@@ -1,10 +1,11 @@
 //! The build context as the Engine API wants it: one tar, with the Dockerfile inside.
 
 use std::fs::File;
-use std::io::{BufWriter, Read};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
-use crate::confined::{Entry, Refused, Tree};
+use crate::confined::{Entry, Tree};
+use crate::dockerignore::IgnoreRules;
 use crate::error::BuildError;
 
 /// The tar written into the scratch dir and the name the Dockerfile has in it.
@@ -22,7 +23,8 @@ const MAX_IGNORE_BYTES: u64 = 1024 * 1024;
 /// leaves it out (dockerd drops it; podman's compat service was seen to honour the entry too).
 /// The context is walked through `confined::Tree`: no symlink is followed (a symlink is stored
 /// as one, which the daemon resolves inside the context), each file is read from the descriptor
-/// that was measured, and a special file is refused by name. Blocking: call it from
+/// that was measured, and a special file is refused by name. What the ignore rules exclude
+/// (see `ignore_rules`) is left out. Blocking: call it from
 /// `spawn_blocking`.
 pub fn archive(context: &Path, dockerfile: &[u8], scratch: &Path) -> Result<Archive, BuildError> {
     let tree = Tree::open(context).map_err(|e| failed("open the build context", &e))?;
@@ -32,33 +34,21 @@ pub fn archive(context: &Path, dockerfile: &[u8], scratch: &Path) -> Result<Arch
     let mut tar = tar::Builder::new(BufWriter::new(file));
     tar.follow_symlinks(false);
 
-    let mut ignore = Vec::new();
+    let (rules, mut ignore) = ignore_rules(&tree)?;
     tree.walk(&mut |rel: &Path, entry| {
-        if rel == Path::new(".dockerignore") {
-            // Rewritten below. A symlinked one is not followed (it could point anywhere).
-            if let Entry::File(opened) = entry {
-                if opened.meta.len() > MAX_IGNORE_BYTES {
-                    return Err(BuildError::from(Refused::TooLarge {
-                        path: opened.path,
-                        limit: MAX_IGNORE_BYTES,
-                    }));
-                }
-                let path = opened.path.clone();
-                opened
-                    .exact()
-                    .read_to_end(&mut ignore)
-                    .map_err(|e| failed(&format!("read {path}"), &e))?;
-            }
+        let shown = rel.to_string_lossy();
+        // Both are rewritten below as one `.dockerignore` holding the rules applied here.
+        if shown == ".dockerignore" || shown == ".containerignore" || rules.excludes(&shown) {
             return Ok(());
         }
         pack(&mut tar, rel, entry)
     })?;
 
-    if !ignore.is_empty() && !ignore.ends_with(b"\n") {
-        ignore.push(b'\n');
+    if !ignore.is_empty() && !ignore.ends_with('\n') {
+        ignore.push('\n');
     }
-    ignore.extend_from_slice(format!("{name}\n").as_bytes());
-    append_file(&mut tar, ".dockerignore", &ignore)?;
+    ignore.push_str(&format!("{name}\n"));
+    append_file(&mut tar, ".dockerignore", ignore.as_bytes())?;
     append_file(&mut tar, &name, dockerfile)?;
 
     tar.into_inner()
@@ -68,6 +58,23 @@ pub fn archive(context: &Path, dockerfile: &[u8], scratch: &Path) -> Result<Arch
         path,
         dockerfile: name,
     })
+}
+
+/// The context's ignore rules and their text: `.containerignore` if there is one, else
+/// `.dockerignore` (podman's order, so both engines leave out the same files), applied here as
+/// the docker CLI applies them, since the Engine API daemon does not.
+fn ignore_rules(tree: &Tree) -> Result<(IgnoreRules, String), BuildError> {
+    for name in [".containerignore", ".dockerignore"] {
+        let rel = Path::new(name);
+        if tree.kind(rel)?.is_none() {
+            continue;
+        }
+        let text = tree.read_to_string(rel, MAX_IGNORE_BYTES)?;
+        let rules =
+            IgnoreRules::parse(&text).map_err(|e| BuildError::NoRecipe(format!("{name} {e}")))?;
+        return Ok((rules, text));
+    }
+    Ok((IgnoreRules::default(), String::new()))
 }
 
 /// One entry of the context, with its mode and time, owned by root.
@@ -215,6 +222,65 @@ mod tests {
             .filter(|(n, _, _)| n == ".dockerignore")
             .count();
         assert_eq!(ignores, 1, "{entries:?}");
+    }
+
+    fn packed_names(context: &Path, scratch: &Path) -> Vec<String> {
+        let archive = archive(context, b"FROM scratch\n", scratch).expect("packed");
+        let mut names: Vec<String> = entries(&archive.path).into_iter().map(|e| e.0).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn what_the_ignore_file_excludes_is_not_sent() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let context = dir.path().join("ctx");
+        for path in [
+            "secrets/key.pem",
+            "secrets/public.txt",
+            "src/a.log",
+            "src/main.rs",
+        ] {
+            let path = context.join(path);
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("dirs");
+            std::fs::write(path, "x").expect("write");
+        }
+        std::fs::write(context.join(".env"), "PASSWORD=1").expect("write");
+        std::fs::write(
+            context.join(".dockerignore"),
+            "# local only\n.env\nsecrets\n!secrets/public.txt\n**/*.log\n",
+        )
+        .expect("write");
+        assert_eq!(
+            packed_names(&context, dir.path()),
+            [
+                ".dockerignore",
+                ".image-builder.Dockerfile",
+                "secrets/public.txt",
+                "src",
+                "src/main.rs"
+            ]
+        );
+
+        // podman's order: a .containerignore wins over the .dockerignore.
+        std::fs::write(context.join(".containerignore"), "src\n").expect("write");
+        let names = packed_names(&context, dir.path());
+        assert!(names.contains(&".env".to_owned()), "{names:?}");
+        assert!(!names.iter().any(|n| n.starts_with("src")), "{names:?}");
+        assert!(!names.contains(&".containerignore".to_owned()), "{names:?}");
+    }
+
+    #[test]
+    fn a_bad_ignore_file_is_a_user_fault_naming_its_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let context = dir.path().join("ctx");
+        std::fs::create_dir_all(&context).expect("dirs");
+        std::fs::write(context.join(".dockerignore"), "ok\n[abc\n").expect("write");
+        let err = archive(&context, b"FROM scratch\n", dir.path())
+            .err()
+            .expect("refused");
+        assert_eq!(err.classify(), crate::error::Fault::User, "{err}");
+        assert!(err.to_string().contains(".dockerignore line 2"), "{err}");
     }
 
     #[test]
