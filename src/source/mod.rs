@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use url::Url;
 
-pub use egress::NetworkPolicy;
+pub use egress::{Lookup, NetworkPolicy};
 pub use git::GitMirrors;
 
 use crate::config::{BuildLimits, ConnectorSettings};

@@ -16,7 +16,7 @@ mod relay;
 
 use url::{Host, Url};
 
-pub use policy::NetworkPolicy;
+pub use policy::{Lookup, NetworkPolicy};
 
 use self::policy::Denied;
 use self::relay::{Mode, Relay};
