@@ -2,6 +2,7 @@
 //! checkout of exactly the requested commit.
 
 mod checkout_size;
+mod credentials;
 mod egress;
 mod eviction;
 mod fetch;
