@@ -1,5 +1,6 @@
 //! The request's token for one fetch: offered only to the scheme, host and port the fetch was
-//! given, and at most once without an answer.
+//! given, and at most once without an answer. Both libgit2's credential callback (http, through
+//! the relay) and the pinned https transport ask here, so they refuse alike.
 
 use std::sync::Mutex;
 
@@ -45,6 +46,13 @@ impl Token {
         if let Ok(mut slot) = self.seen.lock() {
             *slot = seen;
         }
+    }
+
+    /// The user name and token, once a host asked and got them (the same origin asks again
+    /// only when it refused them).
+    pub(super) fn granted(&self) -> Option<(&str, &SecretString)> {
+        let token = self.token.as_ref()?;
+        (self.seen() == AuthSeen::Asked).then_some((self.username.as_str(), token))
     }
 
     /// The user name and token for `asked_by`, which accepts a plain user and password when

@@ -1,11 +1,11 @@
 //! One bounded fetch into a mirror. While data flows, the transfer callbacks stop it on cancel,
 //! at the build's deadline and past `build.limits.fetch_mb`; a host that goes silent is cut off
-//! by libgit2's socket timeout (`build.limits.git_stall_secs`, set once at start by
-//! `configure_timeouts`). An aborted fetch leaves the mirror as it was: libgit2 deletes the
+//! by the pinned transports (https, git://) or libgit2's socket timeout (http, set once at start
+//! by `configure_timeouts`), both `build.limits.git_stall_secs`. An aborted fetch leaves the mirror as it was: libgit2 deletes the
 //! partial pack and moves no ref.
 
 use std::cell::RefCell;
-use std::sync::Once;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use git2::{
@@ -15,15 +15,12 @@ use git2::{
 use secrecy::ExposeSecret;
 
 use super::credentials::{AuthSeen, Token};
-use super::egress::Route;
+use super::egress::{CONNECT_TIMEOUT, Route};
 use super::stop::Stop;
 use super::{GitLimits, SourceSpec};
 use crate::error::BuildError;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
-
-/// Connecting gives up after this (or the stall bound, when shorter).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Fetches all branches and tags along `route`; returns the remote's default branch
 /// (`refs/heads/...`).
@@ -38,11 +35,12 @@ pub(super) fn fetch(
         .remote_anonymous(route.fetch_url.as_str())
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
     // Offered to the URL libgit2 was given: for an http remote the relay's (which forwards
-    // only to the checked remote host), for https the remote itself.
-    let token = Token::new(spec, &route.fetch_url);
+    // only to the checked remote host), otherwise the remote itself.
+    let token = Arc::new(Token::new(spec, &route.fetch_url));
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
     let mut callbacks = RemoteCallbacks::new();
+    // Asked by libgit2's http transport; the pinned https transport asks `token` itself.
     callbacks.credentials(|url, _user_from_url, allowed| {
         let plaintext = allowed.contains(CredentialType::USER_PASS_PLAINTEXT);
         let (user, secret) = token.ask(url, plaintext).map_err(git2::Error::from_str)?;
@@ -66,16 +64,15 @@ pub(super) fn fetch(
         .prune(FetchPrune::On)
         .download_tags(AutotagOption::All)
         .update_fetchhead(false);
-    // Only the route's proxy: never one from the environment or git config.
-    let mut proxy = ProxyOptions::new();
-    if let Some(url) = &route.proxy {
-        proxy.url(url);
-    }
-    opts.proxy_options(proxy);
-    if !route.follows_redirects() {
-        opts.follow_redirects(RemoteRedirect::None);
-    }
-    if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+    // No proxy from the environment or git config, and no redirect around the relay (the
+    // pinned transports follow only those that stay on the checked host).
+    opts.proxy_options(ProxyOptions::new())
+        .follow_redirects(RemoteRedirect::None);
+    // The transport libgit2 creates on this thread connects to the checked addresses.
+    let entered = route.enter(&token);
+    let fetched = remote.fetch(&REFSPECS, Some(&mut opts), None);
+    drop(entered);
+    if let Err(err) = fetched {
         if let Some(why) = route.refused() {
             return Err(why);
         }
@@ -165,8 +162,9 @@ fn origin(url: &url::Url) -> String {
 }
 
 /// Sets libgit2's socket timeouts, which are process-wide: a read or write that waits longer
-/// than `stall` fails (smart HTTP, https and git:// all read through libgit2's socket stream).
-/// Only the first call in a process takes effect.
+/// than `stall` fails (http reads through libgit2's socket stream; https and git:// go through
+/// the pinned transports, which bound each fetch themselves). Only the first call in a process
+/// takes effect.
 #[allow(unsafe_code)]
 pub(super) fn configure_timeouts(stall: Duration) {
     static ONCE: Once = Once::new();
