@@ -73,6 +73,20 @@ pub struct RequestSettings {
     /// allowed). A cloud metadata address needs an entry naming it alone.
     #[serde(default)]
     pub allowed_networks: AllowedNetworks,
+    /// PEM file of CA certificates https git hosts are also verified against, besides the
+    /// system's roots (empty: none).
+    #[serde(default)]
+    pub git_ca_file: PathBuf,
+}
+
+impl RequestSettings {
+    /// The certificates of `git_ca_file`, read now (none when it is empty).
+    pub fn git_roots(&self) -> anyhow::Result<crate::source::ExtraRoots> {
+        if self.git_ca_file.as_os_str().is_empty() {
+            return Ok(crate::source::ExtraRoots::default());
+        }
+        crate::source::ExtraRoots::from_pem_file(&self.git_ca_file).map_err(anyhow::Error::msg)
+    }
 }
 
 /// `request.allowed_networks`, parsed; an empty item (an empty env override) is ignored.
@@ -376,6 +390,7 @@ impl Settings {
         );
         crate::engine::DockerHost::parse(&self.build.docker_host)
             .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
+        self.request.git_roots()?;
         self.api.key_scopes()?;
         self.webhooks.github_repos()?;
         anyhow::ensure!(

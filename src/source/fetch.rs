@@ -1,11 +1,11 @@
 //! One bounded fetch into a mirror. While data flows, the transfer callbacks stop it on cancel,
 //! at the build's deadline and past `build.limits.fetch_mb`; a host that goes silent is cut off
-//! by libgit2's socket timeout (`build.limits.git_stall_secs`, set once at start by
-//! `configure_timeouts`). An aborted fetch leaves the mirror as it was: libgit2 deletes the
+//! by the pinned transports (https, git://) or libgit2's socket timeout (http, set once at start
+//! by `configure_timeouts`), both `build.limits.git_stall_secs`. An aborted fetch leaves the mirror as it was: libgit2 deletes the
 //! partial pack and moves no ref.
 
-use std::cell::{Cell, RefCell};
-use std::sync::Once;
+use std::cell::RefCell;
+use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use git2::{
@@ -14,26 +14,13 @@ use git2::{
 };
 use secrecy::ExposeSecret;
 
-use super::egress::Route;
+use super::credentials::{AuthSeen, Token};
+use super::egress::{CONNECT_TIMEOUT, Route};
 use super::stop::Stop;
 use super::{GitLimits, SourceSpec};
 use crate::error::BuildError;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
-
-/// Connecting gives up after this (or the stall bound, when shorter).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// What the credential callback saw, to tell "no token" from "token refused" afterwards.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum AuthSeen {
-    NotAsked,
-    Asked,
-    NoToken,
-    Refused,
-    /// Asked for credentials by a host other than the request's remote (a redirect).
-    OtherHost,
-}
 
 /// Fetches all branches and tags along `route`; returns the remote's default branch
 /// (`refs/heads/...`).
@@ -47,14 +34,17 @@ pub(super) fn fetch(
     let mut remote = repo
         .remote_anonymous(route.fetch_url.as_str())
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
-    let seen = Cell::new(AuthSeen::NotAsked);
+    // Offered to the URL libgit2 was given: for an http remote the relay's (which forwards
+    // only to the checked remote host), otherwise the remote itself.
+    let token = Arc::new(Token::new(spec, &route.fetch_url));
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
     let mut callbacks = RemoteCallbacks::new();
-    // The URL libgit2 was given: for an http remote the relay's (which forwards only to the
-    // checked remote host), for https the remote itself.
+    // Asked by libgit2's http transport; the pinned https transport asks `token` itself.
     callbacks.credentials(|url, _user_from_url, allowed| {
-        credentials(spec, &route.fetch_url, url, &seen, allowed)
+        let plaintext = allowed.contains(CredentialType::USER_PASS_PLAINTEXT);
+        let (user, secret) = token.ask(url, plaintext).map_err(git2::Error::from_str)?;
+        Cred::userpass_plaintext(user, secret.expose_secret())
     });
     let max_bytes = limits.fetch_bytes();
     callbacks.transfer_progress(|progress| {
@@ -74,23 +64,22 @@ pub(super) fn fetch(
         .prune(FetchPrune::On)
         .download_tags(AutotagOption::All)
         .update_fetchhead(false);
-    // Only the route's proxy: never one from the environment or git config.
-    let mut proxy = ProxyOptions::new();
-    if let Some(url) = &route.proxy {
-        proxy.url(url);
-    }
-    opts.proxy_options(proxy);
-    if !route.follows_redirects() {
-        opts.follow_redirects(RemoteRedirect::None);
-    }
-    if let Err(err) = remote.fetch(&REFSPECS, Some(&mut opts), None) {
+    // No proxy from the environment or git config, and no redirect around the relay (the
+    // pinned transports follow only those that stay on the checked host).
+    opts.proxy_options(ProxyOptions::new())
+        .follow_redirects(RemoteRedirect::None);
+    // The transport libgit2 creates on this thread connects to the checked addresses.
+    let entered = route.enter(&token);
+    let fetched = remote.fetch(&REFSPECS, Some(&mut opts), None);
+    drop(entered);
+    if let Err(err) = fetched {
         if let Some(why) = route.refused() {
             return Err(why);
         }
         if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
             return Err(why);
         }
-        return Err(fetch_error(&err, seen.get(), limits, spec));
+        return Err(fetch_error(&err, token.seen(), limits, spec));
     }
     // Available after the fetch has disconnected.
     let default = remote
@@ -108,51 +97,6 @@ fn keep_going(aborted: &RefCell<Option<BuildError>>, stop: Option<BuildError>) -
     let Some(why) = stop else { return true };
     aborted.borrow_mut().get_or_insert(why);
     false
-}
-
-/// The token goes only to the scheme, host and port of the request's remote: a redirect to
-/// another host gets nothing, whatever libgit2 would allow.
-fn credentials(
-    spec: &SourceSpec,
-    fetched: &url::Url,
-    asked_by: &str,
-    seen: &Cell<AuthSeen>,
-    allowed: CredentialType,
-) -> Result<Cred, git2::Error> {
-    if !same_origin(fetched, asked_by) {
-        seen.set(AuthSeen::OtherHost);
-        return Err(git2::Error::from_str(
-            "a host other than the request's remote asked for the token",
-        ));
-    }
-    if seen.get() == AuthSeen::Asked {
-        // libgit2 asks again when the first answer was refused: do not loop.
-        seen.set(AuthSeen::Refused);
-        return Err(git2::Error::from_str("the git host refused the token"));
-    }
-    let Some(token) = spec.token.as_ref() else {
-        seen.set(AuthSeen::NoToken);
-        return Err(git2::Error::from_str(
-            "the git host asks for credentials and the request has no token",
-        ));
-    };
-    if !allowed.contains(CredentialType::USER_PASS_PLAINTEXT) {
-        seen.set(AuthSeen::Refused);
-        return Err(git2::Error::from_str(
-            "the git host wants a credential type other than a token",
-        ));
-    }
-    seen.set(AuthSeen::Asked);
-    Cred::userpass_plaintext(&spec.username, token.expose_secret())
-}
-
-/// Whether `asked_by` is the remote's scheme, host and port (an unparsable URL is not).
-fn same_origin(remote: &url::Url, asked_by: &str) -> bool {
-    url::Url::parse(asked_by).is_ok_and(|asked| {
-        asked.scheme() == remote.scheme()
-            && asked.host() == remote.host()
-            && asked.port_or_known_default() == remote.port_or_known_default()
-    })
 }
 
 /// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
@@ -218,8 +162,9 @@ fn origin(url: &url::Url) -> String {
 }
 
 /// Sets libgit2's socket timeouts, which are process-wide: a read or write that waits longer
-/// than `stall` fails (smart HTTP, https and git:// all read through libgit2's socket stream).
-/// Only the first call in a process takes effect.
+/// than `stall` fails (http reads through libgit2's socket stream; https and git:// go through
+/// the pinned transports, which bound each fetch themselves). Only the first call in a process
+/// takes effect.
 #[allow(unsafe_code)]
 pub(super) fn configure_timeouts(stall: Duration) {
     static ONCE: Once = Once::new();
@@ -236,40 +181,4 @@ pub(super) fn configure_timeouts(stall: Duration) {
             tracing::warn!("failed to set git network timeouts: {e}");
         }
     });
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn spec(remote: &str) -> SourceSpec {
-        SourceSpec {
-            remote: url::Url::parse(remote).expect("test URL"),
-            username: "x-access-token".into(),
-            token: Some("gho_s3cret".to_owned().into()),
-            git_ref: None,
-        }
-    }
-
-    #[test]
-    fn the_token_goes_only_to_the_remotes_origin() {
-        let spec = spec("https://git.example.com/acme/app.git");
-        let userpass = CredentialType::USER_PASS_PLAINTEXT;
-        for other in [
-            "https://evil.example.com/acme/app.git",
-            "https://git.example.com:8443/acme/app.git",
-            "http://git.example.com/acme/app.git",
-            "not a url",
-        ] {
-            let seen = Cell::new(AuthSeen::NotAsked);
-            assert!(
-                credentials(&spec, &spec.remote, other, &seen, userpass).is_err(),
-                "{other}"
-            );
-            assert!(seen.get() == AuthSeen::OtherHost, "{other}");
-        }
-        let seen = Cell::new(AuthSeen::NotAsked);
-        let same = "https://git.example.com:443/acme/app.git/info/refs";
-        assert!(credentials(&spec, &spec.remote, same, &seen, userpass).is_ok());
-    }
 }

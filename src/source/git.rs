@@ -11,7 +11,7 @@ use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
-use super::egress::{NetworkPolicy, Route};
+use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
 use super::stop::Stop;
 use super::{Checkout, GitLimits, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
@@ -26,6 +26,8 @@ pub struct GitMirrors {
     limits: GitLimits,
     /// Where fetches may connect (`request.allowed_networks`).
     policy: NetworkPolicy,
+    /// Trusted for https hosts besides the system's roots (`request.git_ca_file`).
+    roots: ExtraRoots,
     /// Concurrent requests for one mirror (and credentials) share fresh fetches.
     gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
@@ -37,21 +39,30 @@ const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 impl GitMirrors {
     /// `limits` bound each fetch and checkout. The stall bound itself is process-wide: see
     /// `configure_git_timeouts`, which must be given the same `stall_secs`. Fetches connect
-    /// only where `policy` allows.
+    /// only where `policy` allows; https hosts are verified against the system's roots.
     pub fn new(
         cache_dir: PathBuf,
         max_bytes: u64,
         limits: impl Into<GitLimits>,
         policy: NetworkPolicy,
     ) -> Self {
+        // Before any fetch: libgit2 does not lock its transport list against registration.
+        egress::install();
         Self {
             cache_dir,
             max_bytes,
             limits: limits.into(),
             policy,
+            roots: ExtraRoots::default(),
             gates: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
         }
+    }
+
+    /// Also trusts `roots` for https hosts (an internal CA).
+    pub fn trusting(mut self, roots: ExtraRoots) -> Self {
+        self.roots = roots;
+        self
     }
 
     /// Runs eviction off the async threads, at most once per `EVICTION_EVERY`.
@@ -93,10 +104,11 @@ impl SourceFetcher for GitMirrors {
         let fetch = {
             let (mirror, spec, limits, stop) =
                 (mirror.clone(), spec.clone(), self.limits, stop.clone());
-            let policy = self.policy.clone();
+            let (policy, roots) = (self.policy.clone(), self.roots.clone());
             move || async move {
                 // Opened per fetch, dropped (relay closed) when the fetch returns.
-                let route = Route::open(&policy, &spec.remote, &stop).await?;
+                let stall = std::time::Duration::from_secs(limits.stall_secs);
+                let route = Route::open(&policy, &roots, &spec.remote, &stop, stall).await?;
                 blocking(move || fetch_mirror(&mirror, &spec, &limits, &stop, &route)).await
             }
         };

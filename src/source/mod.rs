@@ -2,6 +2,7 @@
 //! checkout of exactly the requested commit.
 
 mod checkout_size;
+mod credentials;
 mod egress;
 mod eviction;
 mod fetch;
@@ -16,7 +17,7 @@ use async_trait::async_trait;
 use secrecy::SecretString;
 use url::Url;
 
-pub use egress::NetworkPolicy;
+pub use egress::{ExtraRoots, Lookup, NetworkPolicy};
 pub use git::GitMirrors;
 
 use crate::config::{BuildLimits, ConnectorSettings};
@@ -112,7 +113,8 @@ pub fn source_spec(
 pub struct GitLimits {
     pub checkout_mb: u64,
     pub fetch_mb: u64,
-    /// Enforced process-wide by `configure_git_timeouts`; kept here to name it in errors.
+    /// Bounds each read of an https or git:// fetch; for http, enforced process-wide by
+    /// `configure_git_timeouts` (which must be given the same value).
     pub stall_secs: u64,
 }
 
@@ -132,8 +134,9 @@ impl From<&BuildLimits> for GitLimits {
     }
 }
 
-/// Fails a read from a git host that sends nothing for `stall` (libgit2's socket timeouts are
-/// process-wide). Called once at start; later calls change nothing.
+/// Fails a read from an http git host that sends nothing for `stall` (libgit2's socket timeouts
+/// are process-wide; https and git:// fetches bound their reads themselves). Called once at
+/// start; later calls change nothing.
 pub fn configure_git_timeouts(stall: Duration) {
     fetch::configure_timeouts(stall);
 }

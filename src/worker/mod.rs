@@ -61,12 +61,15 @@ pub async fn run(
         EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),
     };
     let env = Arc::new(Environment {
-        source: Arc::new(GitMirrors::new(
-            settings.cache_dir(),
-            settings.git_cache_max_mb.saturating_mul(1024 * 1024),
-            &settings.build.limits,
-            NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
-        )),
+        source: Arc::new(
+            GitMirrors::new(
+                settings.cache_dir(),
+                settings.git_cache_max_mb.saturating_mul(1024 * 1024),
+                &settings.build.limits,
+                NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
+            )
+            .trusting(settings.request.git_roots()?),
+        ),
         engine,
         store: Arc::new(RegistryClient::new(&settings.registry)),
         records: Arc::new(records.clone()),

@@ -69,7 +69,7 @@ fn mirror_of(dir: &std::path::Path, url: &str) -> (GitMirrors, SourceSpec) {
 }
 
 /// A build context whose deadline is `time` from now.
-fn ctx_for(dir: &std::path::Path, time: Duration) -> BuildCtx {
+pub(crate) fn ctx_for(dir: &std::path::Path, time: Duration) -> BuildCtx {
     BuildCtx {
         log: BuildLog::new(Redactor::default()),
         cancel: CancellationToken::new(),
@@ -108,6 +108,17 @@ async fn loopback_repo_urls_are_refused_before_any_connection() {
         }))
         .await;
     assert_refused_repo(&stack.outcome(&by_name, OUTER).await, "localhost", &worker);
+
+    // https too (its own transport), before any connection.
+    let https = unique("egress-https-");
+    stack
+        .publish_json(&json!({
+            "id": https,
+            "repo": format!("https://localhost:{port}/acme/x.git"),
+            "user_id": unique("u"),
+        }))
+        .await;
+    assert_refused_repo(&stack.outcome(&https, OUTER).await, "localhost", &worker);
 
     assert!(!reached_before(&target).await, "the worker connected");
     worker.stop().await;
@@ -179,9 +190,9 @@ async fn a_trickling_git_host_is_cut_at_the_deadline_and_lets_go_of_the_mirror()
     assert_eq!(resolved.commit, fixture.head());
 }
 
-/// https remotes: the binary speaks TLS to the git host (git2's `https` feature; without it
-/// libgit2 answers "there is no TLS stream available"), straight to the checked address. A
-/// listener on 127.0.0.1 reads what arrives: a TLS ClientHello (record type 0x16, version 3.x).
+/// https remotes: the fetch speaks TLS to the git host (the pinned transport), straight to the
+/// checked address. A listener on 127.0.0.1 reads what arrives: a TLS ClientHello (record
+/// type 0x16, version 3.x). See egress_https for the rest of https.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_https_remote_gets_a_tls_client_hello_at_the_checked_address() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

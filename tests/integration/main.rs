@@ -12,6 +12,7 @@ mod tenancy_api;
 mod core_worker;
 mod docker_engine;
 mod egress;
+mod egress_https;
 mod fast_builds;
 mod fault_stages;
 mod faults;

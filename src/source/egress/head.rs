@@ -1,5 +1,5 @@
-//! The first request on a connection from libgit2: read and parsed (httparse), then either a
-//! CONNECT target or a request to pass on with its Host set to the real git host.
+//! The first request on a connection from libgit2: read and parsed (httparse), then passed on
+//! with its Host set to the real git host.
 //!
 //! Header values are never logged or put into errors: an http remote's Authorization header
 //! passes through here.
@@ -23,7 +23,7 @@ const HOP_HEADERS: [&str; 6] = [
 
 pub(super) struct Head {
     pub method: String,
-    /// Origin-form path, or the authority of a CONNECT.
+    /// Origin-form path.
     pub target: String,
     headers: Vec<(String, Vec<u8>)>,
     /// Bytes read past the head (the start of a body): passed on as they are.
@@ -92,18 +92,6 @@ impl Head {
     }
 }
 
-/// Splits a CONNECT authority ("host:port", "[v6]:port") into host (no brackets) and port.
-pub(super) fn authority(target: &str) -> Option<(String, u16)> {
-    let (host, port) = target.rsplit_once(':')?;
-    let port = port.parse().ok()?;
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.strip_suffix(']')?,
-        None if host.contains(':') => return None,
-        None => host,
-    };
-    (!host.is_empty()).then(|| (host.to_owned(), port))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,18 +117,5 @@ mod tests {
         assert!(Head::read(&mut garbage).await.is_err());
         let endless = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(MAX_HEAD));
         assert!(Head::read(&mut endless.as_bytes()).await.is_err());
-    }
-
-    #[test]
-    fn connect_authorities() {
-        assert_eq!(
-            authority("github.com:443"),
-            Some(("github.com".into(), 443))
-        );
-        assert_eq!(authority("[::1]:8443"), Some(("::1".into(), 8443)));
-        assert_eq!(authority("::1:443"), None);
-        assert_eq!(authority("github.com"), None);
-        assert_eq!(authority(":443"), None);
-        assert_eq!(authority("h:99999"), None);
     }
 }

@@ -41,10 +41,24 @@ const SPECIAL: [(&str, &str); 20] = [
     ("2001:db8::/32", "a documentation address"),
 ];
 
+/// Looks a host name up: `(name, port) -> addresses`. Must not block for long.
+pub type Lookup = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+
 /// The outbound policy for git hosts; cheap to clone.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct NetworkPolicy {
     allowed: Arc<Vec<IpNet>>,
+    /// The system's resolver when `None`.
+    lookup: Option<Lookup>,
+}
+
+impl std::fmt::Debug for NetworkPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkPolicy")
+            .field("allowed", &self.allowed)
+            .field("lookup", &self.lookup.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 /// A refused address, said as: "<url> resolves to <addr>, <what>, which ...".
@@ -69,7 +83,15 @@ impl NetworkPolicy {
     pub fn allowing(allowed: Vec<IpNet>) -> Self {
         Self {
             allowed: Arc::new(allowed),
+            lookup: None,
         }
+    }
+
+    /// Resolves names with `lookup` instead of the system's resolver. Whatever it answers is
+    /// checked and is where connections go: no other lookup happens for a fetch.
+    pub fn resolving_with(mut self, lookup: Lookup) -> Self {
+        self.lookup = Some(lookup);
+        self
     }
 
     /// Whether a connection may go to `addr`.
@@ -104,10 +126,13 @@ impl NetworkPolicy {
     pub(crate) async fn resolve(&self, host: &str, port: u16) -> Result<Vec<SocketAddr>, Denied> {
         let addrs: Vec<SocketAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => tokio::net::lookup_host((host, port))
-                .await
-                .map_err(|e| Denied::Unresolved(format!("failed to resolve {host}: {e}")))?
-                .collect(),
+            Err(_) => match &self.lookup {
+                Some(lookup) => lookup(host, port),
+                None => tokio::net::lookup_host((host, port))
+                    .await
+                    .map(Iterator::collect),
+            }
+            .map_err(|e| Denied::Unresolved(format!("failed to resolve {host}: {e}")))?,
         };
         if addrs.is_empty() {
             return Err(Denied::Unresolved(format!("{host} has no address")));
@@ -281,5 +306,24 @@ mod tests {
             .await
             .expect("allowed");
         assert!(allowed.iter().all(|a| a.ip().is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn a_given_lookup_replaces_the_system_resolver_and_is_checked() {
+        let lookup: Lookup = Arc::new(|_, port| Ok(vec![SocketAddr::new(ip("10.9.9.9"), port)]));
+        let refused = NetworkPolicy::default()
+            .resolving_with(lookup.clone())
+            .resolve("localhost", 443)
+            .await;
+        assert!(
+            matches!(&refused, Err(Denied::Refused(r)) if r.what == "a private address"),
+            "{refused:?}"
+        );
+        let allowed = nets(&["10.9.0.0/16"])
+            .resolving_with(lookup)
+            .resolve("localhost", 443)
+            .await
+            .expect("allowed");
+        assert_eq!(allowed, vec![SocketAddr::new(ip("10.9.9.9"), 443)]);
     }
 }

@@ -11,24 +11,17 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use super::head::{self, Head};
+use super::head::Head;
 use super::policy::{Denied, NetworkPolicy};
 use crate::source::stop::Stop;
 
-/// What libgit2 asks of the relay.
+/// The http host the relay stands in for: libgit2 1.9 sends http requests straight to the
+/// server, never through a proxy, so the relay takes them as the server and passes them on.
 #[derive(Clone)]
-pub(super) enum Mode {
-    /// An https remote: libgit2 sends `CONNECT host:port` (the relay is its proxy). Not routed
-    /// yet: libgit2 1.9 hangs after the proxy's `200` (see `egress` module docs).
-    #[allow(dead_code)]
-    Connect,
-    /// An http remote: libgit2 1.9 sends http requests straight to the server, never through a
-    /// proxy, so the relay stands in for the server itself and passes requests on to it.
-    Forward {
-        host: String,
-        port: u16,
-        host_header: String,
-    },
+pub(super) struct Target {
+    pub host: String,
+    pub port: u16,
+    pub host_header: String,
 }
 
 pub(super) struct Relay {
@@ -41,7 +34,7 @@ pub(super) struct Relay {
 impl Relay {
     pub(super) async fn start(
         policy: NetworkPolicy,
-        mode: Mode,
+        target: Target,
         stop: Stop,
     ) -> std::io::Result<Self> {
         let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0)).await?;
@@ -50,7 +43,7 @@ impl Relay {
         let lifetime = CancellationToken::new();
         let conn = Conn {
             policy,
-            mode,
+            target,
             refusal: refusal.clone(),
         };
         tokio::spawn(accept(listener, conn, stop, lifetime.clone()));
@@ -89,7 +82,7 @@ async fn accept(listener: TcpListener, conn: Conn, stop: Stop, lifetime: Cancell
 #[derive(Clone)]
 struct Conn {
     policy: NetworkPolicy,
-    mode: Mode,
+    target: Target,
     refusal: Arc<Mutex<Option<String>>>,
 }
 
@@ -102,20 +95,16 @@ impl Conn {
                 return;
             }
         };
-        let target = match &self.mode {
-            Mode::Connect if head.method.eq_ignore_ascii_case("CONNECT") => {
-                head::authority(&head.target)
-            }
-            Mode::Forward { host, port, .. } if head.target.starts_with('/') => {
-                Some((host.clone(), *port))
-            }
-            _ => None,
-        };
-        let Some((host, port)) = target else {
+        if !head.target.starts_with('/') {
             let _ = client.write_all(&status(400, "Bad Request")).await;
             return;
-        };
-        let addrs = match self.policy.resolve(&host, port).await {
+        }
+        let Target {
+            host,
+            port,
+            host_header,
+        } = &self.target;
+        let addrs = match self.policy.resolve(host, *port).await {
             Ok(addrs) => addrs,
             Err(Denied::Refused(refused)) => {
                 if let Ok(mut slot) = self.refusal.lock() {
@@ -135,16 +124,7 @@ impl Conn {
             let _ = client.write_all(&status(502, "Bad Gateway")).await;
             return;
         };
-        let first = match &self.mode {
-            Mode::Connect => {
-                let established = b"HTTP/1.1 200 Connection established\r\n\r\n";
-                if client.write_all(established).await.is_err() {
-                    return;
-                }
-                head.rest
-            }
-            Mode::Forward { host_header, .. } => head.forwarded(host_header),
-        };
+        let first = head.forwarded(host_header);
         if server.write_all(&first).await.is_err() {
             return;
         }
@@ -171,23 +151,33 @@ mod tests {
         )
     }
 
-    async fn connect_through(relay: &Relay, target: SocketAddr) -> (TcpStream, String) {
+    fn target(addr: SocketAddr) -> Target {
+        Target {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            host_header: addr.to_string(),
+        }
+    }
+
+    /// Sends a request head to the relay; returns the connection.
+    async fn ask(relay: &Relay) -> TcpStream {
         let mut client = TcpStream::connect(relay.addr).await.expect("relay");
-        let ask = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n");
+        let ask = "GET /a.git/info/refs HTTP/1.1\r\nHost: x\r\n\r\n";
         client.write_all(ask.as_bytes()).await.expect("ask");
-        let mut answer = vec![0; 128];
-        let n = client.read(&mut answer).await.expect("answer");
-        (client, String::from_utf8_lossy(&answer[..n]).into_owned())
+        client
     }
 
     #[tokio::test]
-    async fn a_refused_connect_never_reaches_the_target() {
+    async fn a_refused_target_is_never_connected_to() {
         let target = TcpListener::bind("127.0.0.1:0").await.expect("target");
         let addr = target.local_addr().expect("addr");
-        let relay = Relay::start(NetworkPolicy::default(), Mode::Connect, stop())
+        let relay = Relay::start(NetworkPolicy::default(), self::target(addr), stop())
             .await
             .expect("relay");
-        let (_client, answer) = connect_through(&relay, addr).await;
+        let mut client = ask(&relay).await;
+        let mut answer = vec![0; 128];
+        let n = client.read(&mut answer).await.expect("answer");
+        let answer = String::from_utf8_lossy(&answer[..n]);
         assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
         let refusal = relay.refusal().expect("recorded");
         assert!(refusal.contains("a loopback address"), "{refusal}");
@@ -202,18 +192,21 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_allowed_connect_pipes_bytes_and_is_cut_on_cancel() {
+    async fn an_allowed_target_gets_the_request_and_is_cut_on_cancel() {
         let target = TcpListener::bind("127.0.0.1:0").await.expect("target");
         let addr = target.local_addr().expect("addr");
         let cancel = CancellationToken::new();
         let stop = Stop::new(&cancel, Instant::now() + Duration::from_secs(600));
         let policy = NetworkPolicy::allowing(vec!["127.0.0.0/8".parse().expect("cidr")]);
-        let relay = Relay::start(policy, Mode::Connect, stop)
+        let relay = Relay::start(policy, self::target(addr), stop)
             .await
             .expect("relay");
-        let (mut client, answer) = connect_through(&relay, addr).await;
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let mut client = ask(&relay).await;
         let (mut server, _) = target.accept().await.expect("accepted");
+        let mut head = vec![0; 256];
+        let n = server.read(&mut head).await.expect("request");
+        let head = String::from_utf8_lossy(&head[..n]);
+        assert!(head.contains(&format!("Host: {addr}\r\n")), "{head}");
         server.write_all(b"hello").await.expect("write");
         let mut got = [0; 5];
         client.read_exact(&mut got).await.expect("read");

@@ -10,6 +10,7 @@ pub mod hostile_repos;
 pub mod image_blobs;
 pub mod registry;
 pub mod secrets;
+pub mod tls_git;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
