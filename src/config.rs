@@ -8,8 +8,10 @@ use anyhow::Context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod docker_host;
 mod tenancy;
 
+pub use docker_host::{DockerAddress, DockerHost};
 pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
 
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
@@ -114,7 +116,7 @@ pub struct BuildSettings {
     pub engine: EngineKind,
     /// Where the docker engine's daemon listens (`unix:///path`, `tcp://host:port`,
     /// `http://host:port`); checked at load, used only when `engine` is docker.
-    pub docker_host: String,
+    pub docker_host: DockerHost,
     pub podman: String,
     pub nixpacks: String,
     /// How RUN steps are isolated: `oci` (own PID and network namespaces, cgroup limits) or
@@ -368,8 +370,6 @@ impl Settings {
             "build.isolation = \"chroot\" shares the host's network: set build.network = \"host\" \
              to say so, or use isolation \"oci\""
         );
-        crate::engine::DockerHost::parse(&self.build.docker_host)
-            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
         self.api.key_scopes()?;
         self.webhooks.github_repos()?;
         anyhow::ensure!(
@@ -477,7 +477,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let settings = Settings::load(&dir, "local").expect("config loads");
         assert_eq!(settings.build.engine, EngineKind::Podman);
-        assert_eq!(settings.build.docker_host, "unix:///var/run/docker.sock");
+        assert_eq!(
+            settings.build.docker_host.to_string(),
+            "unix:///var/run/docker.sock"
+        );
 
         let err = EngineKind::try_from("buildkit".to_owned()).expect_err("refused");
         assert!(err.starts_with("build.engine must be"), "{err}");
@@ -486,10 +489,8 @@ mod tests {
             Ok(EngineKind::Docker)
         );
 
-        let mut bad = settings.clone();
-        bad.build.docker_host = "ssh://builder".into();
-        let err = bad.check().expect_err("refused").to_string();
-        assert!(err.starts_with("build.docker_host"), "{err}");
+        let err = DockerHost::try_from("ssh://builder".to_owned()).expect_err("refused");
+        assert!(err.starts_with("build.docker_host must be"), "{err}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! OCI distribution API adapter: look a manifest up and tag it again, without pulling or pushing
-//! any layer. This is what answers an identical request in milliseconds.
+//! OCI distribution API adapter of the registry port (`ports::ImageRegistry`): look a manifest up
+//! and tag it again, read and upload blobs, without pulling or pushing whole images.
 
 mod blobs;
 
@@ -17,88 +17,14 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::RegistrySettings;
 use crate::error::BuildError;
 use crate::fresh::FreshGates;
+use crate::ports::{ImageRegistry, Manifest, content_digest};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// The registry's name for `bytes`: `sha256:<hex>`.
-pub fn content_digest(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub media_type: String,
-    pub bytes: Vec<u8>,
-    pub digest: String,
-}
-
-#[async_trait]
-pub trait ImageStore: Send + Sync {
-    /// The manifest of `repository:reference`, if the registry has it.
-    async fn manifest(
-        &self,
-        repository: &str,
-        reference: &str,
-    ) -> Result<Option<Manifest>, BuildError>;
-
-    /// The digest `repository:reference` points at, if any: a HEAD, no body.
-    async fn digest(&self, repository: &str, reference: &str)
-    -> Result<Option<String>, BuildError>;
-
-    /// A blob's bytes (an image config: small), if the registry has it.
-    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError>;
-
-    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
-    /// (configs) held in memory anyway.
-    async fn upload_blob(
-        &self,
-        repository: &str,
-        digest: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), BuildError>;
-
-    /// Uploads the `len`-byte file at `path` as the blob `digest`, streamed from disk: for
-    /// layers, which may be large.
-    async fn upload_blob_file(
-        &self,
-        repository: &str,
-        digest: &str,
-        path: &std::path::Path,
-        len: u64,
-    ) -> Result<(), BuildError>;
-
-    /// Points `repository:tag` at `manifest` (same digest; no layer moves).
-    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
-    -> Result<(), BuildError>;
-
-    /// Points every tag at `manifest`, writing only those that point elsewhere: the common
-    /// identical re-request writes nothing (and concurrent writes of one tag race in some
-    /// registries' storage).
-    async fn tag_all(
-        &self,
-        repository: &str,
-        tags: &[&str],
-        manifest: &Manifest,
-    ) -> Result<(), BuildError> {
-        // Side by side, each tag once: concurrent writes of one tag race in some registries.
-        let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
-        futures_util::future::try_join_all(distinct.into_iter().map(|tag| async move {
-            let current = self.digest(repository, tag).await?;
-            if current.as_deref() != Some(manifest.digest.as_str()) {
-                self.tag(repository, tag, manifest).await?;
-            }
-            Ok::<_, BuildError>(())
-        }))
-        .await?;
-        Ok(())
-    }
-}
-
+/// Talks to one registry (`registry.host`), with its credentials when it asks for them.
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
@@ -217,7 +143,7 @@ impl RegistryClient {
 }
 
 #[async_trait]
-impl ImageStore for RegistryClient {
+impl ImageRegistry for RegistryClient {
     async fn manifest(
         &self,
         repository: &str,

@@ -14,10 +14,11 @@ use git2::{
 };
 use secrecy::ExposeSecret;
 
+use super::GitLimits;
 use super::egress::Route;
 use super::stop::Stop;
-use super::{GitLimits, SourceSpec};
 use crate::error::BuildError;
+use crate::ports::SourceSpec;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 

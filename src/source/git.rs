@@ -10,14 +10,14 @@ use git2::{Oid, Repository, build::CheckoutBuilder};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
+use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
 use super::egress::{NetworkPolicy, Route};
 use super::stop::Stop;
-use super::{Checkout, GitLimits, SourceFetcher, SourceSpec};
 use crate::error::BuildError;
 use crate::fresh::FreshGates;
 use crate::now_and_then::NowAndThen;
-use crate::pipeline::BuildCtx;
+use crate::ports::{BuildCtx, Checkout, SourceFetcher, SourceSpec};
 use crate::request::GitRef;
 
 pub struct GitMirrors {

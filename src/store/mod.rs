@@ -21,7 +21,6 @@ pub use log_writer::LogWriter;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
-pub use recorded_images::RecordedImages;
 pub use writes::Start;
 
 use crate::config::Settings;

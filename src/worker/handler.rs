@@ -13,10 +13,12 @@ use super::recent::RecentOutcomes;
 use super::running::RunningBuilds;
 use crate::amqp::{MessageMeta, PublisherSlot, Topology};
 use crate::build_log::BuildLog;
+use crate::config::Settings;
 use crate::error::{BuildError, Fault};
 use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Environment, Job};
+use crate::pipeline::{self, Job};
+use crate::ports::Environment;
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, Rejection, RequestId, RequestPolicy, RequestSummary};
 use crate::store::{BuildState, BuildStore, Claim, NewBuild, Start};
@@ -31,8 +33,12 @@ pub struct Shared {
     pub policy: RequestPolicy,
     /// Cancelled when the shutdown grace period is over: running builds stop and are requeued.
     pub hard_stop: CancellationToken,
-    /// Build records. A store failure is logged and never fails or blocks a build.
-    pub records: BuildStore,
+    /// The build store (records, states, logs). A store failure is logged and never fails or
+    /// blocks a build.
+    pub store: BuildStore,
+    /// This replica's name, reported in events and records.
+    pub host: String,
+    pub settings: Arc<Settings>,
     pub running: RunningBuilds,
     pub metrics: Arc<Metrics>,
 }
@@ -193,8 +199,8 @@ async fn process(
         fingerprint: Some(job.request.fingerprint()),
     };
     match shared
-        .records
-        .start(&record, job.attempt, &env.host, redelivered)
+        .store
+        .start(&record, job.attempt, &shared.host, redelivered)
         .await
     {
         Ok(Start::Run) => {}
@@ -219,17 +225,20 @@ async fn process(
         Err(e) => tracing::warn!("build store unavailable, building without a record: {e:#}"),
     }
 
-    let redactor = secrets_of(&job, env);
-    let writer = shared.records.log_writer(&job.build_id);
+    let redactor = secrets_of(&job, &shared.settings);
+    let writer = shared.store.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
     let started_event = Event::Started(BuildStarted {
         build: job.build_ref(None),
         attempt: job.attempt,
-        host: env.host.clone(),
+        host: shared.host.clone(),
     });
     tracing::info!(repo = %job.request.repo.display(), "build started");
     if job.attempt > 1 {
-        log.push(&format!("--- attempt {} on {} ---", job.attempt, env.host));
+        log.push(&format!(
+            "--- attempt {} on {} ---",
+            job.attempt, shared.host
+        ));
     }
 
     let started = std::time::Instant::now();
@@ -256,7 +265,7 @@ async fn process(
             shared.recorded(
                 "success",
                 shared
-                    .records
+                    .store
                     .succeeded(&job.build_id, job.attempt, &updated)
                     .await,
             );
@@ -277,12 +286,12 @@ async fn process(
                 build: job.build_ref(None),
                 attempts: job.attempt,
                 was_running: true,
-                log_tail: log.tail(env.settings.build.log_tail_lines),
+                log_tail: log.tail(shared.settings.build.log_tail_lines),
             }))
             .await?;
         shared.recorded(
             "a cancellation",
-            shared.records.cancelled(&job.build_id, job.attempt).await,
+            shared.store.cancelled(&job.build_id, job.attempt).await,
         );
         shared.metrics.finished("cancelled", "", false, seconds);
         return Ok(());
@@ -300,7 +309,7 @@ async fn process(
                 BuildError::Rejected(r) => Some(r.field.clone()),
                 _ => None,
             },
-            log_tail: log.tail(env.settings.build.log_tail_lines),
+            log_tail: log.tail(shared.settings.build.log_tail_lines),
         })
     };
     let next_meta = |attempt| MessageMeta {
@@ -311,7 +320,7 @@ async fn process(
     };
     let topology = &shared.topology;
     let fault_name = fault.as_str();
-    match decide(fault, job.attempt, &env.settings.retry) {
+    match decide(fault, job.attempt, &shared.settings.retry) {
         Disposition::Done => shared.event(&failed(job.attempt)).await?,
         Disposition::Retry { next_attempt } => {
             let (queue, delay) = topology.retry_queue(job.attempt);
@@ -330,7 +339,7 @@ async fn process(
             shared.recorded(
                 "a retry",
                 shared
-                    .records
+                    .store
                     .retrying(&job.build_id, job.attempt, &reason)
                     .await,
             );
@@ -349,7 +358,7 @@ async fn process(
     shared.recorded(
         "a failure",
         shared
-            .records
+            .store
             .failed(&job.build_id, job.attempt, fault_name, &reason)
             .await,
     );
@@ -403,13 +412,13 @@ async fn reject(
         rebuild_of: None,
         fingerprint: None,
     };
-    let records = &shared.records;
+    let store = &shared.store;
     let result = async {
         // An id already taken keeps its record: a rejection never overwrites another build.
-        if records.create(&record, BuildState::Queued).await? != Claim::New {
+        if store.create(&record, BuildState::Queued).await? != Claim::New {
             return Ok(());
         }
-        records
+        store
             .failed(
                 &record.id,
                 meta.attempt,
@@ -425,12 +434,12 @@ async fn reject(
 }
 
 /// Everything that must never be shown: the token, build arg values, the registry password.
-fn secrets_of(job: &Job, env: &Environment) -> Redactor {
+fn secrets_of(job: &Job, settings: &Settings) -> Redactor {
     use secrecy::ExposeSecret;
     let mut secrets: Vec<String> = job.request.build_args.values().map(str::to_owned).collect();
     if let Some(token) = &job.request.token {
         secrets.push(token.expose_secret().to_owned());
     }
-    secrets.push(env.settings.registry.password.expose_secret().to_owned());
+    secrets.push(settings.registry.password.expose_secret().to_owned());
     Redactor::new(secrets)
 }

@@ -19,51 +19,21 @@ use tokio_util::task::TaskTracker;
 pub use policy::{Disposition, decide};
 
 use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
-use crate::config::{EngineKind, Settings};
-use crate::engine::{DockerEngine, ImageEngine, Podman};
+use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::pipeline::Environment;
-use crate::registry::RegistryClient;
+use crate::ports::Environment;
 use crate::request::RequestPolicy;
-use crate::source::{GitMirrors, NetworkPolicy};
 use crate::store::BuildStore;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
 /// the grace period, stops (and requeues) the rest, and returns.
 pub async fn run(
     settings: Arc<Settings>,
-    records: BuildStore,
+    env: Arc<Environment>,
+    store: BuildStore,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::source::configure_git_timeouts(settings.build.limits.git_stall());
-    for warning in settings.sandbox_warnings() {
-        tracing::warn!("sandbox loosened: {warning}");
-    }
-    if settings.build.engine == EngineKind::Podman {
-        // Older than any build can run, with a margin for its push.
-        crate::engine::remove_stale_cgroups(settings.build_timeout() + Duration::from_secs(600));
-    }
-    let engine: Arc<dyn ImageEngine> = match settings.build.engine {
-        EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
-        EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),
-    };
-    let env = Arc::new(Environment {
-        source: Arc::new(GitMirrors::new(
-            settings.cache_dir(),
-            settings.git_cache_max_mb.saturating_mul(1024 * 1024),
-            &settings.build.limits,
-            NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
-        )),
-        engine,
-        store: Arc::new(RegistryClient::new(&settings.registry)),
-        records: Arc::new(records.clone()),
-        host: host_name(),
-        build_slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
-            settings.amqp.prefetch.max(1),
-        ))),
-        settings: settings.clone(),
-    });
     let topology = Arc::new(Topology::from_settings(&settings));
     let tracker = TaskTracker::new();
     let (slot, publishers) = publisher_slot();
@@ -77,7 +47,9 @@ pub async fn run(
             allowed_schemes: settings.request.allowed_schemes.clone(),
         },
         hard_stop: CancellationToken::new(),
-        records,
+        store,
+        host: host_name(),
+        settings: settings.clone(),
         running: running::RunningBuilds::default(),
         metrics,
     });
@@ -213,7 +185,7 @@ async fn consume(
                     tracing::warn!("failed to cancel the consumer: {e}");
                 }
                 // Keep the connection open while builds finish: they still ack on it.
-                drain(tracker, &shared.env.settings, &shared.hard_stop).await;
+                drain(tracker, &shared.settings, &shared.hard_stop).await;
                 slot.set(None);
                 let _ = session.connection.close(200, "worker shutting down".into()).await;
                 return Ok(());

@@ -20,15 +20,13 @@ use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
 use secrecy::{ExposeSecret, SecretString};
 
-pub use host::DockerHost;
 use stream::BuildOutput;
 
 use super::ImageEngine;
-use crate::config::{BuildSettings, RegistrySettings};
+use crate::config::{BuildSettings, DockerHost, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
-use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::ports::{BuildCtx, BuildSpec};
 use crate::request::Rejection;
 
 /// Builds and pushes through one Docker Engine API daemon. Holds the registry password, so it
@@ -45,15 +43,12 @@ pub struct DockerEngine {
 }
 
 impl DockerEngine {
-    /// Fails only on a `build.docker_host` that `Settings::load` refuses as well.
     /// `registry.insecure` has no say here: the Engine API has no TLS switch per request, so a
     /// plain-HTTP registry must be marked insecure in the daemon's own configuration (dockerd's
     /// `insecure-registries`, podman's registries.conf).
-    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> anyhow::Result<Self> {
-        let host = DockerHost::parse(&build.docker_host)
-            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
-        Ok(Self {
-            host,
+    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
+        Self {
+            host: build.docker_host.clone(),
             nixpacks: build.nixpacks.clone(),
             registry_host: registry.host.clone(),
             credentials: (!registry.username.is_empty())
@@ -61,7 +56,7 @@ impl DockerEngine {
             timeout: Duration::from_secs(build.timeout_secs),
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
-        })
+        }
     }
 
     /// A client that has spoken to the daemon once, to settle the API version (podman's compat
@@ -74,10 +69,8 @@ impl DockerEngine {
                 chain(&e)
             ))
         };
-        let docker = self
-            .host
-            .client(self.timeout.as_secs().max(1))
-            .map_err(unreachable)?;
+        let docker =
+            host::client(&self.host, self.timeout.as_secs().max(1)).map_err(unreachable)?;
         docker.negotiate_version().await.map_err(unreachable)
     }
 

@@ -14,8 +14,7 @@ use futures_util::StreamExt;
 use super::stream::{self, PushOutput};
 use super::{DockerEngine, chain};
 use crate::error::BuildError;
-use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::ports::{BuildCtx, BuildSpec};
 
 const FORGET_WITHIN: Duration = Duration::from_secs(30);
 
