@@ -18,6 +18,8 @@ pub mod events;
 pub(crate) mod fresh;
 pub mod incremental;
 pub mod init;
+#[cfg(test)]
+mod layering;
 pub mod metrics;
 pub(crate) mod now_and_then;
 pub mod pipeline;
