@@ -2,6 +2,8 @@
 //! requests with prefetch = build slots, and drain in-flight builds on shutdown.
 
 mod handler;
+mod outbox;
+mod outcome;
 mod policy;
 mod recent;
 mod running;
@@ -16,13 +18,12 @@ use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use policy::{Disposition, decide};
+pub use policy::{Disposition, RetryPolicy};
 
 use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::ports::Environment;
-use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
@@ -34,25 +35,17 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let topology = Arc::new(Topology::from_settings(&settings));
     let tracker = TaskTracker::new();
     let (slot, publishers) = publisher_slot();
-    let shared = Arc::new(handler::Shared {
-        env,
-        topology: topology.clone(),
+    let hard_stop = CancellationToken::new();
+    let outbox = Arc::new(outbox::BrokerOutbox {
         publishers,
-        recent: recent::RecentOutcomes::new(10_000),
-        policy: RequestPolicy {
-            max_body_bytes: settings.request.max_body_bytes,
-            allowed_schemes: settings.request.allowed_schemes.clone(),
-        },
-        hard_stop: CancellationToken::new(),
-        store,
-        host: host_name(),
-        settings: settings.clone(),
-        running: running::RunningBuilds::default(),
-        metrics,
+        stop: hard_stop.clone(),
     });
+    let shared = Arc::new(handler::Shared::new(
+        &settings, env, store, metrics, outbox, hard_stop,
+    ));
+    let topology = shared.topology.clone();
 
     while !shutdown.is_cancelled() {
         let session = tokio::select! {
@@ -67,7 +60,7 @@ pub async fn run(
             }
         };
         slot.set(Some(session.publisher.clone()));
-        let consumed = consume(session, &shared, &tracker, &shutdown, &slot).await;
+        let consumed = consume(session, &shared, &settings, &tracker, &shutdown, &slot).await;
         slot.set(None);
         match consumed {
             Ok(()) => break,
@@ -164,6 +157,7 @@ async fn connect_with_backoff(
 async fn consume(
     mut session: Session,
     shared: &Arc<handler::Shared>,
+    settings: &Settings,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     slot: &PublisherSlotSetter,
@@ -185,7 +179,7 @@ async fn consume(
                     tracing::warn!("failed to cancel the consumer: {e}");
                 }
                 // Keep the connection open while builds finish: they still ack on it.
-                drain(tracker, &shared.settings, &shared.hard_stop).await;
+                drain(tracker, settings, &shared.hard_stop).await;
                 slot.set(None);
                 let _ = session.connection.close(200, "worker shutting down".into()).await;
                 return Ok(());
@@ -217,12 +211,4 @@ async fn on_control(shared: &handler::Shared, delivery: &lapin::message::Deliver
     {
         tracing::warn!("failed to ack a control message: {e}");
     }
-}
-
-/// This replica's name in events: host and pid, since replicas may share a host.
-fn host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{host}:{}", std::process::id())
 }
