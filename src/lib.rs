@@ -34,4 +34,6 @@ pub mod startup;
 pub mod store;
 pub mod submit;
 pub mod telemetry;
+#[cfg(test)]
+mod testing;
 pub mod worker;

@@ -230,3 +230,6 @@ fn repository_path<'a>(image: &'a str, registry: &str) -> &'a str {
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or(image)
 }
+
+#[cfg(test)]
+mod tests;

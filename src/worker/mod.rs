@@ -7,6 +7,8 @@ mod outcome;
 mod policy;
 mod recent;
 mod running;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
