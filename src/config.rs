@@ -244,6 +244,23 @@ pub struct RegistrySettings {
     pub password: SecretString,
 }
 
+/// A registry login, when `registry.username` is set.
+#[derive(Debug, Clone)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl RegistrySettings {
+    /// The login every client of the registry uses; none without a user name.
+    pub fn credentials(&self) -> Option<RegistryCredentials> {
+        (!self.username.is_empty()).then(|| RegistryCredentials {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     /// `postgres://...` or `sqlite://...`; empty: SQLite file `<data_dir>/builds.db`. May hold a

@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Job, run};
 use crate::build_log::BuildLog;
-use crate::error::{BuildError, Fault};
+use crate::error::{BuildError, Fault, RegistryError};
 use crate::ports::Environment;
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, RequestPolicy};
@@ -143,8 +143,10 @@ async fn errors_keep_their_fault() {
     let err = build(&f, "r2").await.expect_err("fails");
     assert_eq!(err.classify(), Fault::Service, "{err}");
 
-    f.registry
-        .fail_next_lookup(BuildError::PushFailed("registry unreachable".into()));
+    f.registry.fail_next_lookup(RegistryError::Status {
+        status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        doing: "for u1/app:latest".into(),
+    });
     let err = build(&f, "r3").await.expect_err("fails");
     assert_eq!(err.classify(), Fault::Service, "{err}");
 }

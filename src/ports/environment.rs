@@ -55,8 +55,5 @@ pub struct Environment {
 
 /// Whether `digest` is one of this service's recorded successes for `image`.
 pub async fn recorded(env: &Environment, image: &str, digest: &str) -> Result<bool, BuildError> {
-    env.recorded_images
-        .recorded(image, digest)
-        .await
-        .map_err(|e| BuildError::Internal(e.context("failed to look up the build records")))
+    Ok(env.recorded_images.recorded(image, digest).await?)
 }

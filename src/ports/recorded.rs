@@ -4,9 +4,11 @@
 
 use async_trait::async_trait;
 
+use crate::error::StoreError;
+
 /// Whether an image digest is one of this service's finished builds.
 #[async_trait]
 pub trait RecordedImages: Send + Sync {
     /// True when a succeeded build of `image` (registry/ns/name) recorded `digest`.
-    async fn recorded(&self, image: &str, digest: &str) -> anyhow::Result<bool>;
+    async fn recorded(&self, image: &str, digest: &str) -> Result<bool, StoreError>;
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use crate::error::BuildError;
+use crate::error::RegistryError;
 
 /// The registry's name for `bytes`: `sha256:<hex>`.
 pub fn content_digest(bytes: &[u8]) -> String {
@@ -26,14 +26,17 @@ pub trait ImageRegistry: Send + Sync {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<Manifest>, BuildError>;
+    ) -> Result<Option<Manifest>, RegistryError>;
 
     /// The digest `repository:reference` points at, if any: a HEAD, no body.
-    async fn digest(&self, repository: &str, reference: &str)
-    -> Result<Option<String>, BuildError>;
+    async fn digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<String>, RegistryError>;
 
     /// A blob's bytes (an image config: small), if the registry has it.
-    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError>;
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError>;
 
     /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
     /// (configs) held in memory anyway.
@@ -42,7 +45,7 @@ pub trait ImageRegistry: Send + Sync {
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), BuildError>;
+    ) -> Result<(), RegistryError>;
 
     /// Uploads the `len`-byte file at `path` as the blob `digest`, streamed from disk: for
     /// layers, which may be large.
@@ -52,11 +55,15 @@ pub trait ImageRegistry: Send + Sync {
         digest: &str,
         path: &std::path::Path,
         len: u64,
-    ) -> Result<(), BuildError>;
+    ) -> Result<(), RegistryError>;
 
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
-    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
-    -> Result<(), BuildError>;
+    async fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError>;
 
     /// Points every tag at `manifest`, writing only those that point elsewhere: the common
     /// identical re-request writes nothing.
@@ -65,7 +72,7 @@ pub trait ImageRegistry: Send + Sync {
         repository: &str,
         tags: &[&str],
         manifest: &Manifest,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         // Side by side, each tag once: concurrent writes of one tag race in some registries.
         let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
         futures_util::future::try_join_all(distinct.into_iter().map(|tag| async move {
@@ -73,7 +80,7 @@ pub trait ImageRegistry: Send + Sync {
             if current.as_deref() != Some(manifest.digest.as_str()) {
                 self.tag(repository, tag, manifest).await?;
             }
-            Ok::<_, BuildError>(())
+            Ok::<_, RegistryError>(())
         }))
         .await?;
         Ok(())

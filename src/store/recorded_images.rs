@@ -4,11 +4,12 @@
 use async_trait::async_trait;
 
 use super::BuildStore;
+use crate::error::StoreError;
 use crate::ports::RecordedImages;
 
 #[async_trait]
 impl RecordedImages for BuildStore {
-    async fn recorded(&self, image: &str, digest: &str) -> anyhow::Result<bool> {
+    async fn recorded(&self, image: &str, digest: &str) -> Result<bool, StoreError> {
         let found = sqlx::query(
             "SELECT 1 AS one FROM builds WHERE digest = $1 AND image = $2 AND state = 'succeeded' \
              LIMIT 1",

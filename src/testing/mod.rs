@@ -18,6 +18,7 @@ pub use registry::FakeRegistry;
 pub use source::FakeSource;
 
 use crate::config::ConnectorSettings;
+use crate::error::StoreError;
 use crate::ports::{Environment, PipelineSettings, RecordedImages};
 
 /// The registry host fake images are named under.
@@ -37,12 +38,11 @@ impl RecordedDigests {
 
 #[async_trait]
 impl RecordedImages for RecordedDigests {
-    async fn recorded(&self, image: &str, digest: &str) -> anyhow::Result<bool> {
-        let set = self
+    async fn recorded(&self, image: &str, digest: &str) -> Result<bool, StoreError> {
+        Ok(self
             .0
             .lock()
-            .map_err(|_| anyhow::anyhow!("poisoned lock"))?;
-        Ok(set.contains(&(image.to_owned(), digest.to_owned())))
+            .is_ok_and(|set| set.contains(&(image.to_owned(), digest.to_owned()))))
     }
 }
 

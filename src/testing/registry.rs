@@ -7,7 +7,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::error::BuildError;
+use crate::error::RegistryError;
 use crate::ports::{ImageRegistry, Manifest};
 
 #[derive(Default)]
@@ -18,7 +18,7 @@ pub struct FakeRegistry {
     /// (repository, tag) in the order `tag` wrote them.
     pub tag_writes: Mutex<Vec<(String, String)>>,
     /// Returned by the next manifest lookups, first in first out.
-    failures: Mutex<VecDeque<BuildError>>,
+    failures: Mutex<VecDeque<RegistryError>>,
 }
 
 impl FakeRegistry {
@@ -32,7 +32,7 @@ impl FakeRegistry {
         }
     }
 
-    pub fn fail_next_lookup(&self, error: BuildError) {
+    pub fn fail_next_lookup(&self, error: RegistryError) {
         if let Ok(mut failures) = self.failures.lock() {
             failures.push_back(error);
         }
@@ -52,14 +52,14 @@ impl ImageRegistry for FakeRegistry {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<Manifest>, BuildError> {
+    ) -> Result<Option<Manifest>, RegistryError> {
         if let Some(error) = self.failures.lock().ok().and_then(|mut f| f.pop_front()) {
             return Err(error);
         }
         let manifests = self
             .manifests
             .lock()
-            .map_err(|_| BuildError::Internal(anyhow::anyhow!("poisoned lock")))?;
+            .map_err(|_| RegistryError::Protocol("poisoned lock".into()))?;
         Ok(manifests
             .get(&(repository.to_owned(), reference.to_owned()))
             .cloned())
@@ -69,18 +69,18 @@ impl ImageRegistry for FakeRegistry {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<String>, BuildError> {
+    ) -> Result<Option<String>, RegistryError> {
         Ok(self
             .manifest(repository, reference)
             .await?
             .map(|m| m.digest))
     }
 
-    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError> {
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         let blobs = self
             .blobs
             .lock()
-            .map_err(|_| BuildError::Internal(anyhow::anyhow!("poisoned lock")))?;
+            .map_err(|_| RegistryError::Protocol("poisoned lock".into()))?;
         Ok(blobs
             .get(&(repository.to_owned(), digest.to_owned()))
             .cloned())
@@ -91,7 +91,7 @@ impl ImageRegistry for FakeRegistry {
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         if let Ok(mut blobs) = self.blobs.lock() {
             blobs.insert((repository.to_owned(), digest.to_owned()), bytes);
         }
@@ -104,8 +104,10 @@ impl ImageRegistry for FakeRegistry {
         digest: &str,
         path: &Path,
         _len: u64,
-    ) -> Result<(), BuildError> {
-        let bytes = std::fs::read(path).map_err(|e| BuildError::Internal(e.into()))?;
+    ) -> Result<(), RegistryError> {
+        let bytes = std::fs::read(path).map_err(|e| {
+            RegistryError::Protocol(format!("failed to read {}: {e}", path.display()))
+        })?;
         self.upload_blob(repository, digest, bytes).await
     }
 
@@ -114,7 +116,7 @@ impl ImageRegistry for FakeRegistry {
         repository: &str,
         tag: &str,
         manifest: &Manifest,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         self.put(repository, manifest);
         if let Ok(mut manifests) = self.manifests.lock() {
             manifests.insert((repository.to_owned(), tag.to_owned()), manifest.clone());

@@ -16,7 +16,7 @@ use super::running::RunningBuilds;
 use crate::amqp::{MessageMeta, Topology};
 use crate::build_log::BuildLog;
 use crate::config::Settings;
-use crate::error::{BuildError, Fault};
+use crate::error::{BuildError, Fault, cause_chain};
 use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Job};
@@ -204,7 +204,10 @@ async fn outcome_of(
             );
             return rejected(incoming, job.build_id, rejection);
         }
-        Err(e) => tracing::warn!("build store unavailable, building without a record: {e:#}"),
+        Err(e) => tracing::warn!(
+            "build store unavailable, building without a record: {}",
+            cause_chain(&e)
+        ),
     }
     build(shared, &job, &incoming.body).await
 }

@@ -6,6 +6,7 @@ use super::handler::Shared;
 use super::outbox::DeliveryAcker;
 use super::recent::Key;
 use crate::amqp::MessageMeta;
+use crate::error::{StoreError, cause_chain};
 use crate::events::{BuildCancelled, BuildFailed, BuildRetrying, Event, ImageUpdated};
 use crate::metrics::Metrics;
 use crate::store::{BuildState, BuildStore, Claim, NewBuild};
@@ -109,7 +110,10 @@ impl Outcome {
             ),
         };
         if let Err(e) = result {
-            tracing::warn!("failed to record {what} in the build store: {e:#}");
+            tracing::warn!(
+                "failed to record {what} in the build store: {}",
+                cause_chain(&e)
+            );
         }
     }
 
@@ -138,7 +142,7 @@ async fn record_rejection(
     store: &BuildStore,
     event: &BuildFailed,
     record: &NewBuild,
-) -> anyhow::Result<()> {
+) -> Result<(), StoreError> {
     if store.create(record, BuildState::Queued).await? != Claim::New {
         return Ok(());
     }

@@ -14,7 +14,7 @@ use super::handler::{Incoming, Shared, handle_message};
 use super::outbox::{DeliveryAcker, Outbox};
 use crate::amqp::MessageMeta;
 use crate::config::Settings;
-use crate::error::{BuildError, Fault};
+use crate::error::{BuildError, Fault, RegistryError};
 use crate::events::Event;
 use crate::metrics::Metrics;
 use crate::store::{BuildState, BuildStore};
@@ -330,8 +330,10 @@ async fn a_user_fault_fails_at_once() {
 #[tokio::test]
 async fn a_registry_lookup_failure_is_a_service_fault() {
     let h = Harness::new().await;
-    h.registry
-        .fail_next_lookup(BuildError::PushFailed("registry unreachable".into()));
+    h.registry.fail_next_lookup(RegistryError::Status {
+        status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        doing: "for u1/app:latest".into(),
+    });
     let sent = h.first(&request("r1")).await;
     let retry_queue = format!("queue {}.retry.1", h.prefix);
     assert_eq!(
@@ -342,6 +344,14 @@ async fn a_registry_lookup_failure_is_a_service_fault() {
             "build.retrying",
             "ack"
         ]
+    );
+    let Event::Retrying(retrying) = event(&sent, "build.retrying") else {
+        unreachable!()
+    };
+    assert_eq!(
+        retrying.reason,
+        "registry request failed: registry answered 503 Service Unavailable for u1/app:latest",
+        "the whole cause chain, not a push failure"
     );
 }
 

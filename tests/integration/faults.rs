@@ -118,7 +118,7 @@ async fn service_fault_ends_in_the_dead_queue_after_max_attempts() {
     };
     assert_eq!(failed.fault, Fault::Service);
     assert_eq!(failed.attempts, 3);
-    assert!(failed.reason.contains("push"), "{}", failed.reason);
+    assert!(failed.reason.contains("registry"), "{}", failed.reason);
 
     let events = stack.settle(&id, QUIET).await;
     assert_eq!(count(&events, "build.failed"), 1, "{events:?}");

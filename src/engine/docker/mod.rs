@@ -18,13 +18,13 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use stream::BuildOutput;
 
 use super::ImageEngine;
-use crate::config::{BuildSettings, DockerHost, RegistrySettings};
-use crate::error::BuildError;
+use crate::config::{BuildSettings, DockerHost, RegistryCredentials, RegistrySettings};
+use crate::error::{BuildError, cause_chain};
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::request::Rejection;
@@ -35,7 +35,7 @@ pub struct DockerEngine {
     host: DockerHost,
     nixpacks: String,
     registry_host: String,
-    credentials: Option<(String, SecretString)>,
+    credentials: Option<RegistryCredentials>,
     /// The build timeout: reported when a deadline passes, and bollard's per-request bound.
     timeout: Duration,
     layer_cache_max_age: Duration,
@@ -51,8 +51,7 @@ impl DockerEngine {
             host: build.docker_host.clone(),
             nixpacks: build.nixpacks.clone(),
             registry_host: registry.host.clone(),
-            credentials: (!registry.username.is_empty())
-                .then(|| (registry.username.clone(), registry.password.clone())),
+            credentials: registry.credentials(),
             timeout: Duration::from_secs(build.timeout_secs),
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
@@ -66,7 +65,7 @@ impl DockerEngine {
             BuildError::Engine(format!(
                 "failed to reach the docker daemon at {}: {}",
                 self.host,
-                chain(&e)
+                cause_chain(&e)
             ))
         };
         let docker =
@@ -79,7 +78,7 @@ impl DockerEngine {
         BuildError::Engine(format!(
             "lost the docker daemon at {}: {}",
             self.host,
-            chain(e)
+            cause_chain(e)
         ))
     }
 
@@ -104,14 +103,12 @@ impl DockerEngine {
     /// Registry credentials for the daemon: bollard sends them base64-encoded in the
     /// X-Registry-Auth (push) or X-Registry-Config (build: base image pulls) header.
     fn credentials(&self) -> Option<DockerCredentials> {
-        self.credentials
-            .as_ref()
-            .map(|(user, password)| DockerCredentials {
-                username: Some(user.clone()),
-                password: Some(password.expose_secret().to_owned()),
-                serveraddress: Some(self.registry_host.clone()),
-                ..Default::default()
-            })
+        self.credentials.as_ref().map(|login| DockerCredentials {
+            username: Some(login.username.clone()),
+            password: Some(login.password.expose_secret().to_owned()),
+            serveraddress: Some(self.registry_host.clone()),
+            ..Default::default()
+        })
     }
 
     async fn run_build(
@@ -182,7 +179,7 @@ impl DockerEngine {
             BuildError::Engine(format!(
                 "the docker daemon at {} ended the build without an image: {}",
                 self.host,
-                chain(&e)
+                cause_chain(&e)
             ))
         })?;
         Ok(())
@@ -232,17 +229,4 @@ fn one_platform(spec: &BuildSpec) -> Result<Option<&str>, BuildError> {
              (no manifest list); request one platform, or use a worker with the podman engine",
         ))),
     }
-}
-
-/// An error and its causes on one line: hyper's own message ("client error (Connect)") says
-/// little without them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
