@@ -13,7 +13,6 @@ mod tests;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
@@ -22,7 +21,9 @@ use tokio_util::task::TaskTracker;
 
 pub use policy::{Disposition, RetryPolicy};
 
-use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
+use crate::amqp::{
+    self, Control, Publisher, PublisherSlotSetter, SessionEnd, Topology, publisher_slot,
+};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::ports::Environment;
@@ -49,26 +50,31 @@ pub async fn run(
     ));
     let topology = shared.topology.clone();
 
-    while !shutdown.is_cancelled() {
-        let session = tokio::select! {
-            session = connect_with_backoff(&settings, &topology) => session,
-            _ = shutdown.cancelled() => break,
-        };
-        let session = match session {
-            Ok(session) => session,
-            Err(e) => {
-                tracing::error!("gave up connecting to the broker: {e:#}");
-                continue;
+    let (shared_ref, settings_ref) = (&shared, &*settings);
+    let (tracker_ref, shutdown_ref, slot_ref) = (&tracker, &shutdown, &slot);
+    amqp::keep_session(
+        "worker",
+        &shutdown,
+        || open_session(settings_ref, &topology),
+        |session: Session| async move {
+            slot_ref.set(Some(session.publisher.clone()));
+            let consumed = consume(
+                session,
+                shared_ref,
+                settings_ref,
+                tracker_ref,
+                shutdown_ref,
+                slot_ref,
+            )
+            .await;
+            slot_ref.set(None);
+            match consumed {
+                Ok(()) => SessionEnd::Shutdown,
+                Err(e) => SessionEnd::Lost(e),
             }
-        };
-        slot.set(Some(session.publisher.clone()));
-        let consumed = consume(session, &shared, &settings, &tracker, &shutdown, &slot).await;
-        slot.set(None);
-        match consumed {
-            Ok(()) => break,
-            Err(e) => tracing::warn!("lost the broker, reconnecting: {e:#}"),
-        }
-    }
+        },
+    )
+    .await;
 
     drain(&tracker, &settings, &shared.hard_stop).await;
     tracing::info!("worker stopped");
@@ -98,61 +104,45 @@ struct Session {
     control: lapin::Consumer,
 }
 
-async fn connect_with_backoff(
-    settings: &Settings,
-    topology: &Arc<Topology>,
-) -> anyhow::Result<Session> {
-    let attempt = || async {
-        let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        channel
-            .basic_qos(
-                settings
-                    .amqp
-                    .prefetch
-                    .saturating_add(settings.amqp.lookahead),
-                BasicQosOptions::default(),
-            )
-            .await?;
-        let publisher = Publisher::open(&connection, topology.clone()).await?;
-        let consumer = channel
-            .basic_consume(
-                topology.build_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let control = topology
-            .subscribe_control(&connection.create_channel().await?)
-            .await?;
-        tracing::info!(
-            queue = %topology.build_queue,
-            slots = settings.amqp.prefetch,
-            lookahead = settings.amqp.lookahead,
-            "consuming"
-        );
-        anyhow::Ok(Session {
-            connection,
-            publisher,
-            consumer,
-            channel,
-            control,
-        })
-    };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    // Retries until connected; the caller's select on shutdown ends the wait.
-    attempt
-        .retry(backoff)
-        .notify(|e: &anyhow::Error, wait| {
-            tracing::warn!("broker not ready, retrying in {wait:?}: {e:#}")
-        })
-        .await
+/// One try at a consuming session: connection, topology, prefetch, publisher, consumers.
+async fn open_session(settings: &Settings, topology: &Arc<Topology>) -> anyhow::Result<Session> {
+    let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(
+            settings
+                .amqp
+                .prefetch
+                .saturating_add(settings.amqp.lookahead),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    let consumer = channel
+        .basic_consume(
+            topology.build_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let control = topology
+        .subscribe_control(&connection.create_channel().await?)
+        .await?;
+    tracing::info!(
+        queue = %topology.build_queue,
+        slots = settings.amqp.prefetch,
+        lookahead = settings.amqp.lookahead,
+        "consuming"
+    );
+    Ok(Session {
+        connection,
+        publisher,
+        consumer,
+        channel,
+        control,
+    })
 }
 
 /// Consumes until shutdown (Ok) or until the connection is lost (Err).
