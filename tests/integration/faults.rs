@@ -138,7 +138,7 @@ async fn service_fault_ends_in_the_dead_queue_after_max_attempts() {
     assert!(
         meta.last_error
             .as_deref()
-            .is_some_and(|e| e.contains("push"))
+            .is_some_and(|e| e.contains("registry"))
     );
     worker.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
