@@ -1,7 +1,8 @@
 //! The pipeline's error type and its single classification into faults. Boundaries with an
-//! error type of their own (`RegistryError`, `StoreError`) keep it as the `#[source]` of a
+//! error type of their own (`GitError`, `RegistryError`, `StoreError`) keep it as the `#[source]` of a
 //! `BuildError` variant, so the whole cause chain reaches the log and the event (`chain`).
 
+mod git;
 mod registry;
 mod store;
 
@@ -9,6 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use git::GitError;
 pub use registry::RegistryError;
 pub use store::StoreError;
 
@@ -52,6 +54,8 @@ pub enum BuildError {
     AuthRefused(String),
     #[error("failed to reach the git host: {0}")]
     GitUnavailable(String),
+    #[error("git failed")]
+    Git(#[from] GitError),
     #[error("no way to build: {0}")]
     NoRecipe(String),
     #[error("build step failed: {0}")]
@@ -93,6 +97,7 @@ impl BuildError {
             | Self::StepFailed(_)
             | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
+            | Self::Git(_)
             | Self::PushFailed(_)
             | Self::Registry(_)
             | Self::Store(_)
@@ -111,6 +116,7 @@ impl BuildError {
             Self::RefNotFound(_) => "ref_not_found",
             Self::AuthRefused(_) => "auth_refused",
             Self::GitUnavailable(_) => "git_unavailable",
+            Self::Git(_) => "git",
             Self::NoRecipe(_) => "no_recipe",
             Self::StepFailed(_) => "step_failed",
             Self::PushFailed(_) => "push_failed",
@@ -175,6 +181,14 @@ mod tests {
         });
         assert_eq!(lookup.classify(), Fault::Service);
         assert_eq!(lookup.metric_label(), "registry");
+        let git = BuildError::from(GitError::git("open the mirror")(git2::Error::from_str(
+            "corrupt pack",
+        )));
+        assert_eq!(git.classify(), Fault::Service);
+        assert_eq!(
+            git.chain(),
+            "git failed: failed to open the mirror: corrupt pack"
+        );
     }
 
     #[test]

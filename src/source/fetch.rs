@@ -17,7 +17,7 @@ use secrecy::ExposeSecret;
 use super::GitLimits;
 use super::egress::Route;
 use super::stop::Stop;
-use crate::error::BuildError;
+use crate::error::{BuildError, GitError};
 use crate::ports::SourceSpec;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
@@ -47,7 +47,7 @@ pub(super) fn fetch(
 ) -> Result<Option<String>, BuildError> {
     let mut remote = repo
         .remote_anonymous(route.fetch_url.as_str())
-        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
+        .map_err(GitError::git("set up the remote"))?;
     let seen = Cell::new(AuthSeen::NotAsked);
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
@@ -91,7 +91,7 @@ pub(super) fn fetch(
         if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
             return Err(why);
         }
-        return Err(fetch_error(&err, seen.get(), limits, spec));
+        return Err(fetch_error(err, seen.get(), limits, spec));
     }
     // Available after the fetch has disconnected.
     let default = remote
@@ -158,7 +158,7 @@ fn same_origin(remote: &url::Url, asked_by: &str) -> bool {
 
 /// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
 fn fetch_error(
-    err: &git2::Error,
+    err: git2::Error,
     seen: AuthSeen,
     limits: &GitLimits,
     spec: &SourceSpec,
@@ -205,7 +205,11 @@ fn fetch_error(
         ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
             BuildError::GitUnavailable(format!("{url}: {}", err.message()))
         }
-        _ => BuildError::Internal(anyhow::anyhow!("failed to fetch {url}: {}", err.message())),
+        _ => GitError::Git {
+            what: format!("fetch {url}"),
+            source: err,
+        }
+        .into(),
     }
 }
 
