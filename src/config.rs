@@ -9,9 +9,11 @@ use secrecy::SecretString;
 use serde::Deserialize;
 
 mod bridge;
+mod docker_host;
 mod tenancy;
 
 pub use bridge::{BridgeName, BuildSubnet};
+pub use docker_host::{DockerAddress, DockerHost};
 pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
 
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
@@ -79,16 +81,6 @@ pub struct RequestSettings {
     pub git_ca_file: PathBuf,
 }
 
-impl RequestSettings {
-    /// The certificates of `git_ca_file`, read now (none when it is empty).
-    pub fn git_roots(&self) -> anyhow::Result<crate::source::ExtraRoots> {
-        if self.git_ca_file.as_os_str().is_empty() {
-            return Ok(crate::source::ExtraRoots::default());
-        }
-        crate::source::ExtraRoots::from_pem_file(&self.git_ca_file).map_err(anyhow::Error::msg)
-    }
-}
-
 /// `request.allowed_networks`, parsed; an empty item (an empty env override) is ignored.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(try_from = "Vec<String>")]
@@ -130,7 +122,7 @@ pub struct BuildSettings {
     pub engine: EngineKind,
     /// Where the docker engine's daemon listens (`unix:///path`, `tcp://host:port`,
     /// `http://host:port`); checked at load, used only when `engine` is docker.
-    pub docker_host: String,
+    pub docker_host: DockerHost,
     pub podman: String,
     pub nixpacks: String,
     /// How RUN steps are isolated: `oci` (own PID and network namespaces, cgroup limits) or
@@ -262,6 +254,23 @@ pub struct RegistrySettings {
     pub password: SecretString,
 }
 
+/// A registry login, when `registry.username` is set.
+#[derive(Debug, Clone)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: SecretString,
+}
+
+impl RegistrySettings {
+    /// The login every client of the registry uses; none without a user name.
+    pub fn credentials(&self) -> Option<RegistryCredentials> {
+        (!self.username.is_empty()).then(|| RegistryCredentials {
+            username: self.username.clone(),
+            password: self.password.clone(),
+        })
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct StoreSettings {
     /// `postgres://...` or `sqlite://...`; empty: SQLite file `<data_dir>/builds.db`. May hold a
@@ -388,9 +397,6 @@ impl Settings {
             "build.isolation = \"chroot\" shares the host's network: set build.network = \"host\" \
              to say so, or use isolation \"oci\""
         );
-        crate::engine::DockerHost::parse(&self.build.docker_host)
-            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
-        self.request.git_roots()?;
         self.api.key_scopes()?;
         self.webhooks.github_repos()?;
         anyhow::ensure!(
@@ -498,7 +504,10 @@ mod tests {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
         let settings = Settings::load(&dir, "local").expect("config loads");
         assert_eq!(settings.build.engine, EngineKind::Podman);
-        assert_eq!(settings.build.docker_host, "unix:///var/run/docker.sock");
+        assert_eq!(
+            settings.build.docker_host.to_string(),
+            "unix:///var/run/docker.sock"
+        );
 
         let err = EngineKind::try_from("buildkit".to_owned()).expect_err("refused");
         assert!(err.starts_with("build.engine must be"), "{err}");
@@ -507,10 +516,8 @@ mod tests {
             Ok(EngineKind::Docker)
         );
 
-        let mut bad = settings.clone();
-        bad.build.docker_host = "ssh://builder".into();
-        let err = bad.check().expect_err("refused").to_string();
-        assert!(err.starts_with("build.docker_host"), "{err}");
+        let err = DockerHost::try_from("ssh://builder".to_owned()).expect_err("refused");
+        assert!(err.starts_with("build.docker_host must be"), "{err}");
     }
 
     #[test]

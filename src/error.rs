@@ -1,8 +1,18 @@
-//! The pipeline's one error type and its single classification into faults.
+//! The pipeline's error type and its single classification into faults. Boundaries with an
+//! error type of their own (`GitError`, `RegistryError`, `StoreError`) keep it as the `#[source]` of a
+//! `BuildError` variant, so the whole cause chain reaches the log and the event (`chain`).
+
+mod git;
+mod registry;
+mod store;
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use git::GitError;
+pub use registry::RegistryError;
+pub use store::StoreError;
 
 use crate::request::Rejection;
 
@@ -33,8 +43,9 @@ impl Fault {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
+    // Not `#[from]`, which would make the rejection a source and print it twice in `chain`.
     #[error("invalid request: {0}")]
-    Rejected(#[from] Rejection),
+    Rejected(Rejection),
     #[error("repository not found: {0}")]
     RepoNotFound(String),
     #[error("ref not found: {0}")]
@@ -43,12 +54,18 @@ pub enum BuildError {
     AuthRefused(String),
     #[error("failed to reach the git host: {0}")]
     GitUnavailable(String),
+    #[error("git failed")]
+    Git(#[from] GitError),
     #[error("no way to build: {0}")]
     NoRecipe(String),
     #[error("build step failed: {0}")]
     StepFailed(String),
     #[error("failed to push the image: {0}")]
     PushFailed(String),
+    #[error("registry request failed")]
+    Registry(#[from] RegistryError),
+    #[error("build store lookup failed")]
+    Store(#[from] StoreError),
     #[error("build engine failed: {0}")]
     Engine(String),
     /// A bound of `build.limits` was passed; the message names it.
@@ -60,6 +77,12 @@ pub enum BuildError {
     Cancelled,
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
+}
+
+impl From<Rejection> for BuildError {
+    fn from(rejection: Rejection) -> Self {
+        Self::Rejected(rejection)
+    }
 }
 
 impl BuildError {
@@ -74,7 +97,10 @@ impl BuildError {
             | Self::StepFailed(_)
             | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
+            | Self::Git(_)
             | Self::PushFailed(_)
+            | Self::Registry(_)
+            | Self::Store(_)
             | Self::Engine(_)
             | Self::TimedOut(_)
             | Self::Internal(_) => Fault::Service,
@@ -90,9 +116,12 @@ impl BuildError {
             Self::RefNotFound(_) => "ref_not_found",
             Self::AuthRefused(_) => "auth_refused",
             Self::GitUnavailable(_) => "git_unavailable",
+            Self::Git(_) => "git",
             Self::NoRecipe(_) => "no_recipe",
             Self::StepFailed(_) => "step_failed",
             Self::PushFailed(_) => "push_failed",
+            Self::Registry(_) => "registry",
+            Self::Store(_) => "store",
             Self::Engine(_) => "engine",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::TimedOut(_) => "timed_out",
@@ -105,9 +134,21 @@ impl BuildError {
     pub fn chain(&self) -> String {
         match self {
             Self::Internal(e) => format!("{e:#}"),
-            other => other.to_string(),
+            other => cause_chain(other),
         }
     }
+}
+
+/// An error and every `source()` under it, on one line: `outer: inner: root`.
+pub fn cause_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        line.push_str(": ");
+        line.push_str(&e.to_string());
+        cause = e.source();
+    }
+    line
 }
 
 #[cfg(test)]
@@ -133,6 +174,40 @@ mod tests {
         assert_eq!(
             BuildError::Internal(anyhow::anyhow!("disk full")).classify(),
             Fault::Service
+        );
+        let lookup = BuildError::from(RegistryError::Status {
+            status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            doing: "for u1/app:latest".into(),
+        });
+        assert_eq!(lookup.classify(), Fault::Service);
+        assert_eq!(lookup.metric_label(), "registry");
+        let git = BuildError::from(GitError::git("open the mirror")(git2::Error::from_str(
+            "corrupt pack",
+        )));
+        assert_eq!(git.classify(), Fault::Service);
+        assert_eq!(
+            git.chain(),
+            "git failed: failed to open the mirror: corrupt pack"
+        );
+    }
+
+    #[test]
+    fn the_chain_names_every_cause_once() {
+        let io = std::io::Error::other("connection reset");
+        let err = BuildError::Internal(anyhow::Error::new(io).context("failed to fetch"));
+        assert_eq!(err.chain(), "failed to fetch: connection reset");
+        let err = BuildError::from(RegistryError::Protocol("the registry gave no token".into()));
+        assert_eq!(
+            err.chain(),
+            "registry request failed: the registry gave no token"
+        );
+        assert_eq!(
+            BuildError::StepFailed("RUN false".into()).chain(),
+            "build step failed: RUN false"
+        );
+        assert_eq!(
+            BuildError::from(Rejection::new("ref", "must not start with '-'")).chain(),
+            "invalid request: `ref` must not start with '-'"
         );
     }
 }

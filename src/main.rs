@@ -1,4 +1,5 @@
-//! Thin binary: parse flags, load config, wire the library, report how it ended.
+//! Thin binary: parse flags, load config, wire the library (`startup` picks the adapters),
+//! report how it ended.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -10,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use image_builder::config::Settings;
 use image_builder::events::Event;
 use image_builder::metrics::Metrics;
+use image_builder::startup;
 use image_builder::store::BuildStore;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
@@ -107,20 +109,26 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
     match command {
         Command::Worker | Command::Serve | Command::Run => {
             let settings = Arc::new(settings);
-            let records = BuildStore::open(&settings).await?;
+            let store = BuildStore::open(&settings).await?;
             let metrics = Metrics::new();
             let shutdown = CancellationToken::new();
             tokio::spawn(stop_on_signal(shutdown.clone()));
-            let worker = matches!(command, Command::Worker | Command::Run).then(|| {
-                image_builder::worker::run(
-                    settings.clone(),
-                    records.clone(),
-                    metrics.clone(),
-                    shutdown.clone(),
-                )
-            });
+            let worker = match command {
+                Command::Worker | Command::Run => {
+                    startup::prepare_build_host(&settings);
+                    let env = Arc::new(startup::environment(&settings, &store)?);
+                    Some(image_builder::worker::run(
+                        settings.clone(),
+                        env,
+                        store.clone(),
+                        metrics.clone(),
+                        shutdown.clone(),
+                    ))
+                }
+                _ => None,
+            };
             let api = matches!(command, Command::Serve | Command::Run)
-                .then(|| image_builder::api::serve(settings, records, metrics, shutdown.clone()));
+                .then(|| image_builder::api::serve(settings, store, metrics, shutdown.clone()));
             let (worker, api) = tokio::join!(
                 async {
                     match worker {

@@ -1,58 +1,17 @@
 //! One build, start to finish: source -> plan -> build -> push -> the `image.updated` body.
-//! Plain code over the `SourceFetcher` and `ImageEngine` traits; it never touches AMQP.
+//! Plain code over the ports (`ports::Environment`); it never touches AMQP or a concrete adapter.
 
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
-use crate::config::Settings;
-use crate::engine::ImageEngine;
 use crate::error::BuildError;
 use crate::events::{BuildRef, ImageUpdated};
 use crate::incremental;
 use crate::plan::{self, PlanInput};
-use crate::registry::{ImageStore, Manifest};
+use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
 use crate::request::BuildRequest;
-use crate::source::{self, SourceFetcher};
-use crate::store::RecordedImages;
-
-/// External clients, built once at start and shared by every build.
-#[derive(Clone)]
-pub struct Environment {
-    pub settings: Arc<Settings>,
-    pub source: Arc<dyn SourceFetcher>,
-    pub engine: Arc<dyn ImageEngine>,
-    pub store: Arc<dyn ImageStore>,
-    /// This service's record of what it pushed: a registry tag is trusted only through it.
-    pub records: Arc<dyn RecordedImages>,
-    /// This replica's name, reported in events.
-    pub host: String,
-    /// Build slots (`amqp.prefetch`): checkout, build and push wait for one; a cached answer
-    /// needs none.
-    pub build_slots: Arc<Semaphore>,
-}
-
-/// Per-build context handed to every stage.
-pub struct BuildCtx {
-    pub log: BuildLog,
-    pub cancel: CancellationToken,
-    pub deadline: Instant,
-    /// Private to this build and removed with it (auth file, digest file).
-    pub scratch_dir: PathBuf,
-}
-
-impl BuildCtx {
-    /// Time left before the build's timeout (never zero, so a command fails by timing out).
-    pub fn remaining(&self) -> Duration {
-        self.deadline
-            .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(1))
-    }
-}
 
 /// A request on its way through the worker: identity that survives retries, and the attempt.
 pub struct Job {
@@ -86,14 +45,14 @@ pub async fn run(
 ) -> Result<ImageUpdated, BuildError> {
     let started = Instant::now();
     let settings = &env.settings;
-    let spec = source::source_spec(&job.request, &settings.connectors)?;
-    let work_root = settings.work_dir();
-    tokio::fs::create_dir_all(&work_root)
+    let spec = SourceSpec::for_request(&job.request, &settings.connectors)?;
+    let work_root = &settings.work_dir;
+    tokio::fs::create_dir_all(work_root)
         .await
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to create the work dir: {e}")))?;
     let work = tempfile::Builder::new()
         .prefix(&format!("build-{}-", job.build_id))
-        .tempdir_in(&work_root)
+        .tempdir_in(work_root)
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to create the work dir: {e}")))?;
     let scratch_dir = work.path().join("scratch");
     std::fs::create_dir(&scratch_dir).map_err(|e| {
@@ -102,22 +61,22 @@ pub async fn run(
     let mut ctx = BuildCtx {
         log: log.clone(),
         cancel: cancel.clone(),
-        deadline: started + settings.build_timeout(),
+        deadline: started + settings.build_timeout,
         scratch_dir,
     };
 
     let checkout = tokio::select! {
         result = env.source.resolve(&spec, &ctx) => result?,
-        _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout())),
+        _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout)),
     };
     let naming = plan::naming(
         &job.request,
         &checkout,
-        &settings.registry.host,
+        &settings.registry_host,
         spec.remote.as_str(),
     )?;
     let image = naming.image.clone();
-    let repository = repository_path(&image, &settings.registry.host);
+    let repository = repository_path(&image, &settings.registry_host);
     let platforms: Vec<String> = job
         .request
         .platforms
@@ -140,7 +99,7 @@ pub async fn run(
     let existing = if job.request.no_cache {
         None
     } else {
-        env.store.manifest(repository, &naming.key_tag).await?
+        env.registry.manifest(repository, &naming.key_tag).await?
     };
     let existing = match existing {
         Some(manifest) if recorded(env, &image, &manifest.digest).await? => Some(manifest),
@@ -155,7 +114,7 @@ pub async fn run(
     };
     if let Some(manifest) = existing {
         let names: Vec<&str> = naming.tags.iter().map(String::as_str).collect();
-        env.store.tag_all(repository, &names, &manifest).await?;
+        env.registry.tag_all(repository, &names, &manifest).await?;
         log.push(&format!(
             "{image}@{} already built for this commit and configuration",
             manifest.digest
@@ -172,7 +131,7 @@ pub async fn run(
             .map_err(|e| BuildError::Internal(anyhow::anyhow!("no build slot: {e}")))?,
         _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
     };
-    ctx.deadline = Instant::now() + settings.build_timeout();
+    ctx.deadline = Instant::now() + settings.build_timeout;
 
     let checkout_dir = work.path().join("src");
     env.source
@@ -206,11 +165,11 @@ pub async fn run(
     let digest = manifest.digest.clone();
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
     for tag in tags {
-        env.store.tag(repository, tag, &manifest).await?;
+        env.registry.tag(repository, tag, &manifest).await?;
     }
     // After the build key: the base of the next commit's incremental rebuild.
     if build_spec.platforms.len() <= 1 {
-        env.store
+        env.registry
             .tag(repository, &build_spec.lineage_tag, &manifest)
             .await?;
     }
@@ -228,7 +187,7 @@ async fn produce(
 ) -> Result<Manifest, BuildError> {
     let (env, spec) = (a.env, a.spec);
     if !no_cache
-        && env.settings.build.incremental
+        && env.settings.incremental
         && let Some(edited) = incremental::rebuild(a).await?
     {
         return Ok(edited);
@@ -238,7 +197,7 @@ async fn produce(
         let digest = env.engine.push(spec, a.tag, ctx).await?;
         // Only the engine's push leaves the manifest to be read back.
         return env
-            .store
+            .registry
             .manifest(a.repository, &digest)
             .await?
             .ok_or_else(|| {
@@ -249,7 +208,7 @@ async fn produce(
     // under a tag a user reads.
     let pushed = env.engine.push(spec, &spec.lineage_tag, ctx).await?;
     let labelled = incremental::relabel(&incremental::Relabel {
-        store: env.store.as_ref(),
+        store: env.registry.as_ref(),
         repository: a.repository,
         digest: &pushed,
         labels: &spec.labels,
@@ -264,18 +223,6 @@ async fn produce(
     Ok(labelled)
 }
 
-/// Whether `digest` is one of this service's recorded successes for `image`.
-pub(crate) async fn recorded(
-    env: &Environment,
-    image: &str,
-    digest: &str,
-) -> Result<bool, BuildError> {
-    env.records
-        .recorded(image, digest)
-        .await
-        .map_err(|e| BuildError::Internal(e.context("failed to look up the build records")))
-}
-
 /// `registry/ns/name` -> `ns/name`, the repository path of the distribution API.
 fn repository_path<'a>(image: &'a str, registry: &str) -> &'a str {
     image
@@ -283,3 +230,6 @@ fn repository_path<'a>(image: &'a str, registry: &str) -> &'a str {
         .and_then(|rest| rest.strip_prefix('/'))
         .unwrap_or(image)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,48 +1,14 @@
 //! From a validated request and its checkout to exactly what the engine builds: paths inside the
 //! checkout (symlinks resolved and fenced in), the image name, tags and labels.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 use crate::confined::{Kind, Refused, Tree};
 use crate::error::BuildError;
-use crate::request::{BuildArgs, BuildRequest, BuilderKind, ImageName, Platform, Tag};
-use crate::source::Checkout;
-
-/// Everything an engine needs for one build.
-#[derive(Debug, Clone)]
-pub struct BuildSpec {
-    /// The checkout, canonical. Whatever the worker reads from it goes through
-    /// `confined::Tree`, beneath this directory.
-    pub checkout_dir: PathBuf,
-    /// Inside `checkout_dir`, canonical.
-    pub context_dir: PathBuf,
-    pub recipe: Recipe,
-    /// registry/namespace/name, without a tag.
-    pub image: String,
-    pub tags: Vec<String>,
-    /// Names this exact build configuration (see `build_key`); pushed after every other tag, so
-    /// its presence in the registry means the whole build was pushed.
-    pub key_tag: String,
-    /// See `Naming::lineage_tag`.
-    pub lineage_tag: String,
-    /// The image's local name while it is built and pushed, unique to this run of the build.
-    pub local_ref: String,
-    /// Applied in order; the builder's own labels come last so a request cannot forge them.
-    pub labels: Vec<(String, String)>,
-    pub build_args: BuildArgs,
-    pub platforms: Vec<Platform>,
-}
-
-/// How the image is described.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recipe {
-    /// A Dockerfile/Containerfile inside the checkout (canonical; usually in the context).
-    Dockerfile(PathBuf),
-    /// No Dockerfile: nixpacks generates one from the context.
-    Nixpacks,
-}
+use crate::ports::{BuildSpec, Checkout, Recipe};
+use crate::request::{BuildRequest, BuilderKind, ImageName, Tag};
 
 /// What the image is called. Known once the ref is resolved, before any checkout: enough to
 /// answer an identical request from the registry.
@@ -174,16 +140,6 @@ fn configuration_digest(req: &BuildRequest, source_url: &str, commit: Option<&st
     });
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     hex::encode(digest)[..32].to_owned()
-}
-
-impl BuildSpec {
-    /// Every tag to push, the build key last.
-    pub fn push_tags(&self) -> impl Iterator<Item = &str> {
-        self.tags
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(self.key_tag.as_str()))
-    }
 }
 
 /// A path of the request that cannot be used, as the user's fault naming the field.

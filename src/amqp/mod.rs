@@ -3,12 +3,14 @@
 mod control;
 mod headers;
 mod publisher;
+mod session;
 mod slot;
 mod topology;
 
 pub use control::Control;
 pub use headers::{Attempt, MessageMeta};
 pub use publisher::Publisher;
+pub use session::{SessionEnd, broker_backoff, keep_session};
 pub use slot::{PublisherSlot, PublisherSlotSetter, publisher_slot};
 pub use topology::{BUILD_ROUTING_KEY, Topology};
 

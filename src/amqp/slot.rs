@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
+use backon::Retryable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -51,11 +51,7 @@ impl PublisherSlot {
         Fut: std::future::Future<Output = anyhow::Result<()>>,
     {
         let attempt = || async { publish(self.current().await?).await };
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
+        let backoff = super::broker_backoff(Duration::from_millis(100), Duration::from_secs(5));
         tokio::select! {
             result = attempt
                 .retry(backoff)

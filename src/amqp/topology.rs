@@ -52,14 +52,13 @@ impl Topology {
         }
     }
 
-    /// The retry queue for a failed attempt: tier n for attempt n, the last tier beyond.
-    pub fn retry_queue(&self, failed_attempt: u32) -> &(String, Duration) {
-        let tiers = self.retry_queues.len();
-        let index = usize::try_from(failed_attempt)
-            .unwrap_or(usize::MAX)
-            .clamp(1, tiers)
-            - 1;
-        &self.retry_queues[index]
+    /// The queue of retry tier `tier` (1-based, as `worker::RetryPolicy` picks it); the last
+    /// tier for one past the end.
+    pub fn retry_queue(&self, tier: usize) -> &str {
+        let index = tier.clamp(1, self.retry_queues.len().max(1)) - 1;
+        self.retry_queues
+            .get(index)
+            .map_or(self.dead_queue.as_str(), |(name, _)| name.as_str())
     }
 
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {

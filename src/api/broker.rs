@@ -4,13 +4,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::amqp::{self, Control, MessageMeta, Publisher, Topology};
+use crate::amqp::{self, Control, MessageMeta, Publisher, SessionEnd, Topology};
 use crate::config::Settings;
 
 /// How long an API call waits for the broker before answering 503.
@@ -110,41 +109,29 @@ async fn keep_connected(
     tx: watch::Sender<Option<Live>>,
     shutdown: CancellationToken,
 ) {
-    let connect = || async {
+    let open = || async {
         let connection = amqp::connect(&settings.amqp.url, "image-builder api").await?;
         let channel = connection.create_channel().await?;
         topology.declare(&channel).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         anyhow::Ok((connection, Live { publisher, channel }))
     };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    while !shutdown.is_cancelled() {
-        let connected = tokio::select! {
-            c = connect.retry(backoff).notify(|e: &anyhow::Error, wait| {
-                tracing::warn!("API: broker not ready, retrying in {wait:?}: {e:#}")
-            }) => c,
-            _ = shutdown.cancelled() => return,
-        };
-        let Ok((connection, live)) = connected else {
-            continue;
-        };
+    let (tx, shutdown_ref) = (&tx, &shutdown);
+    let watch = |(connection, live): (lapin::Connection, Live)| async move {
         tx.send_replace(Some(live.clone()));
         // lapin has no "closed" future: look at the session every half second.
         while connection.status().connected() && live.channel.status().connected() {
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                _ = shutdown.cancelled() => {
+                _ = shutdown_ref.cancelled() => {
                     tx.send_replace(None);
                     let _ = connection.close(200, "API shutting down".into()).await;
-                    return;
+                    return SessionEnd::Shutdown;
                 }
             }
         }
-        tracing::warn!("API: lost the broker, reconnecting");
         tx.send_replace(None);
-    }
+        SessionEnd::Lost(anyhow::anyhow!("the connection closed"))
+    };
+    amqp::keep_session("API", &shutdown, open, watch).await;
 }

@@ -63,7 +63,7 @@ pub(super) async fn enqueue(
         rebuild_of: rebuild_of.clone(),
         fingerprint: Some(request.fingerprint()),
     };
-    match state.records.create(&new, BuildState::Queued).await? {
+    match state.store.create(&new, BuildState::Queued).await? {
         Claim::New => {}
         Claim::Same(_) => return recorded_outcome(state, id).await,
         Claim::Foreign => {
@@ -78,7 +78,7 @@ pub(super) async fn enqueue(
     }
     if let Err(e) = state.broker.submit(body, id, id).await {
         tracing::warn!(build_id = id, "failed to publish a submitted build: {e:#}");
-        state.records.delete(id).await?;
+        state.store.delete(id).await?;
         return Err(ApiError::unavailable(
             "the build queue is not reachable; nothing was queued, try again",
         ));
@@ -93,7 +93,7 @@ pub(super) async fn enqueue(
 /// The identical request again: 200 with what is recorded for it (state, and the image once
 /// built), nothing queued.
 async fn recorded_outcome(state: &AppState, id: &str) -> Result<Response, ApiError> {
-    let existing = state.records.get(id).await?;
+    let existing = state.store.get(id).await?;
     let mut answer = json!({
         "id": id,
         "state": existing.as_ref().map_or("unknown", |b| b.state.as_str()),
@@ -150,7 +150,7 @@ pub async fn list(
         users: scope.users().map(<[String]>::to_vec),
     };
     let page = state
-        .records
+        .store
         .list(&filter, limit, params.get("cursor").map(String::as_str))
         .await?
         .map_err(|e| ApiError::bad_request("cursor", e.to_string()))?;
@@ -160,7 +160,7 @@ pub async fn list(
 /// The build if it is this key's to see; another tenant's answers exactly like an unknown id.
 async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, ApiError> {
     state
-        .records
+        .store
         .get(id)
         .await?
         .filter(|build| scope.may_see(build.user_id.as_deref()))
@@ -174,7 +174,7 @@ pub async fn details(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let build = find(&state, &scope, &id).await?;
-    let history = state.records.history_of(&id).await?;
+    let history = state.store.history_of(&id).await?;
     let mut answer = json!(build);
     answer["states"] = json!(history);
     answer["links"] = links(&id);
@@ -199,7 +199,7 @@ pub async fn logs(
         let mut out = String::new();
         let mut after = 0;
         loop {
-            let lines = state.records.log_lines(&id, after, LOG_PAGE).await?;
+            let lines = state.store.log_lines(&id, after, LOG_PAGE).await?;
             let Some((last, _)) = lines.last() else { break };
             after = *last;
             for (_, line) in &lines {
@@ -237,14 +237,14 @@ impl Follow {
                 return None;
             }
             // Read the state first: lines stored before a final state are then all seen below.
-            let finished = match self.state.records.state(&self.id).await {
+            let finished = match self.state.store.state(&self.id).await {
                 Ok(Some(s)) => s.is_final(),
                 Ok(None) => true,
                 Err(e) => return Some((Err(std::io::Error::other(e.to_string())), self)),
             };
             let lines = match self
                 .state
-                .records
+                .store
                 .log_lines(&self.id, self.after, LOG_PAGE)
                 .await
             {
@@ -284,7 +284,7 @@ pub async fn cancel(
         )));
     }
     if build.state == BuildState::Queued
-        && state.records.cancel_if_queued(&id).await? == Some(BuildState::Cancelled)
+        && state.store.cancel_if_queued(&id).await? == Some(BuildState::Cancelled)
     {
         let event = Event::Cancelled(BuildCancelled {
             build: BuildRef {
@@ -416,6 +416,6 @@ pub async fn delete(
             build.state.as_str()
         )));
     }
-    state.records.delete(&id).await?;
+    state.store.delete(&id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

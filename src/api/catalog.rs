@@ -34,7 +34,7 @@ pub async fn image(
     };
     let platform = platform.as_ref().map(Platform::as_str);
     let build = state
-        .records
+        .store
         .latest_image(repo, git_ref, platform, scope.users())
         .await?
         .ok_or_else(|| {
@@ -74,7 +74,7 @@ pub async fn repos(
     Extension(scope): Extension<Scope>,
 ) -> Result<Json<Value>, ApiError> {
     Ok(Json(
-        json!({ "repos": state.records.repos(scope.users()).await? }),
+        json!({ "repos": state.store.repos(scope.users()).await? }),
     ))
 }
 
@@ -90,10 +90,10 @@ pub async fn versions(
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::not_found("route"))?;
     let users = scope.users();
-    let builds = state.records.versions(name, MAX_VERSIONS, users).await?;
+    let builds = state.store.versions(name, MAX_VERSIONS, users).await?;
     if builds.is_empty()
         && !state
-            .records
+            .store
             .repos(users)
             .await?
             .iter()

@@ -93,6 +93,12 @@ impl From<crate::request::Rejection> for ApiError {
     }
 }
 
+impl From<crate::error::StoreError> for ApiError {
+    fn from(e: crate::error::StoreError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
 /// Store and other internal failures: logged in full, answered without detail.
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {

@@ -19,7 +19,7 @@ pub async fn healthz() -> impl IntoResponse {
 /// The broker and the store are reachable: this replica can take and record work.
 pub async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let broker = state.broker.is_connected();
-    let store = tokio::time::timeout(Duration::from_secs(2), state.records.ping())
+    let store = tokio::time::timeout(Duration::from_secs(2), state.store.ping())
         .await
         .is_ok_and(|r| r.is_ok());
     let status = if broker && store {

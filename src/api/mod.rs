@@ -31,7 +31,7 @@ use crate::store::BuildStore;
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub records: BuildStore,
+    pub store: BuildStore,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
@@ -45,7 +45,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         settings: Arc<Settings>,
-        records: BuildStore,
+        store: BuildStore,
         broker: Broker,
         metrics: Arc<Metrics>,
         shutdown: CancellationToken,
@@ -59,7 +59,7 @@ impl AppState {
                 allowed_schemes: settings.request.allowed_schemes.clone(),
             }),
             settings,
-            records,
+            store,
             broker,
             metrics,
         })
@@ -108,12 +108,12 @@ pub fn router(state: AppState) -> Router {
 /// Serves the API until `shutdown`.
 pub async fn serve(
     settings: Arc<Settings>,
-    records: BuildStore,
+    store: BuildStore,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
-    let state = AppState::new(settings.clone(), records, broker, metrics, shutdown.clone())?;
+    let state = AppState::new(settings.clone(), store, broker, metrics, shutdown.clone())?;
     let listener = tokio::net::TcpListener::bind(&settings.api.listen)
         .await
         .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.api.listen))?;

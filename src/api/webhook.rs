@@ -93,7 +93,7 @@ pub async fn github(
         seen.push(format!("delivery:{delivery}"));
     }
     let window = Duration::from_secs(settings.replay_window_secs);
-    if !state.records.first_delivery(&seen, window).await? {
+    if !state.store.first_delivery(&seen, window).await? {
         return Ok((
             StatusCode::OK,
             Json(json!({"duplicate": true, "ignored": "this delivery was already received"})),
@@ -103,7 +103,7 @@ pub async fn github(
     let answer = super::builds::enqueue(&state, &parsed, &raw, None).await;
     if answer.is_err() {
         // Nothing was queued: GitHub's redelivery must be able to build it.
-        state.records.forget_delivery(&seen).await?;
+        state.store.forget_delivery(&seen).await?;
     }
     answer
 }

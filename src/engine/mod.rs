@@ -12,18 +12,15 @@ mod sandbox;
 
 use std::path::{Path, PathBuf};
 
-use async_trait::async_trait;
-
 pub use build_net::fence_missing as build_network_fence_missing;
 pub use cgroup::remove_stale as remove_stale_cgroups;
-pub use docker::{DockerEngine, DockerHost};
+pub use docker::DockerEngine;
 pub(crate) use labels::escape_char;
 pub use podman::Podman;
 
 use crate::confined::{Refused, Tree};
 use crate::error::BuildError;
-use crate::pipeline::BuildCtx;
-use crate::plan::{BuildSpec, Recipe};
+use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Recipe};
 
 /// Dockerfiles are text of a few KiB; one past this size is refused rather than read.
 pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -95,22 +92,4 @@ fn shown_dockerfile<'a>(
         .strip_prefix(context)
         .unwrap_or(dockerfile)
         .display()
-}
-
-#[async_trait]
-pub trait ImageEngine: Send + Sync {
-    /// Builds the image locally under `spec.local_ref`.
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError>;
-
-    /// Whether the built image carries `spec.labels`. When it does not, the pipeline writes them
-    /// into the pushed image's config through the registry (a few small requests, where a
-    /// podman LABEL step costs a whole commit).
-    fn labels_at_build(&self, _spec: &BuildSpec) -> bool {
-        true
-    }
-
-    /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
-    /// Further tags are set through the registry API (`ImageStore::tag`), which moves no layer.
-    async fn push(&self, spec: &BuildSpec, tag: &str, ctx: &BuildCtx)
-    -> Result<String, BuildError>;
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use crate::confined::Tree;
 use crate::error::BuildError;
-use crate::pipeline::BuildCtx;
+use crate::ports::BuildCtx;
 use crate::process::{self, Invocation, ProcessError};
 
 /// Returns (Dockerfile, build context) generated for `context`.

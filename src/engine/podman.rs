@@ -21,8 +21,7 @@ use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, Isolation, RegistrySettings};
 use crate::error::BuildError;
 use crate::now_and_then::NowAndThen;
-use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
 

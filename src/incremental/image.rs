@@ -1,7 +1,7 @@
 //! The previous image with its last layers replaced: a new config (diff ids, history, labels,
 //! creation time) and a new manifest pointing at it. Plain JSON edits; everything else is kept.
 
-use crate::registry::content_digest;
+use crate::ports::content_digest;
 use serde_json::{Value, json};
 
 /// Single-image manifests we can edit (an index for several platforms is not one of them).

@@ -302,7 +302,7 @@ mod tests {
         assert_eq!(built.files, 2);
         assert_eq!(built.size, std::fs::metadata(&out).expect("meta").len());
         let bytes = std::fs::read(&out).expect("read");
-        assert_eq!(built.digest, crate::registry::content_digest(&bytes));
+        assert_eq!(built.digest, crate::ports::content_digest(&bytes));
         assert!(built.diff_id.starts_with("sha256:") && built.diff_id != built.digest);
 
         let listed =

@@ -20,10 +20,9 @@ use std::path::Path;
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
 use crate::error::BuildError;
-use crate::pipeline::Environment;
-use crate::plan::{BuildSpec, Recipe};
-use crate::registry::{ImageStore, Manifest, content_digest};
-use crate::source::{Checkout, SourceSpec};
+use crate::ports::{
+    BuildSpec, Checkout, Environment, ImageRegistry, Manifest, Recipe, SourceSpec, content_digest,
+};
 
 use image::{NewLayer, Previous};
 
@@ -94,11 +93,11 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Err(reason) => return Ok(Err(reason)),
     };
 
-    let store = &a.env.store;
+    let store = &a.env.registry;
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
         return Ok(Err("no earlier image of this configuration".into()));
     };
-    if !crate::pipeline::recorded(a.env, &spec.image, &previous.digest).await? {
+    if !crate::ports::recorded(a.env, &spec.image, &previous.digest).await? {
         return Ok(Err(format!(
             "the lineage tag points at {}, which this service did not record building",
             previous.digest
@@ -196,7 +195,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
 
 /// Labels for an image pushed without them.
 pub struct Relabel<'a> {
-    pub store: &'a dyn ImageStore,
+    pub store: &'a dyn ImageRegistry,
     pub repository: &'a str,
     /// The pushed, unlabelled image.
     pub digest: &'a str,
@@ -233,7 +232,7 @@ pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
 
 /// Uploads an edited image's config, puts its manifest under `tag`; returns the manifest.
 async fn publish(
-    store: &dyn ImageStore,
+    store: &dyn ImageRegistry,
     repository: &str,
     tag: &str,
     media_type: String,

@@ -8,28 +8,32 @@ use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use tokio_util::io::ReaderStream;
 
-use super::{RegistryClient, unreachable_registry};
-use crate::error::BuildError;
+use super::RegistryClient;
+use crate::error::RegistryError;
 
 impl RegistryClient {
     pub(super) async fn get_blob(
         &self,
         repository: &str,
         digest: &str,
-    ) -> Result<Option<Vec<u8>>, BuildError> {
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
         let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
         let scope = format!("repository:{repository}:pull");
         let response = self.send(&scope, || self.http.get(&url)).await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            status if !status.is_success() => Err(BuildError::PushFailed(format!(
-                "registry answered {status} for blob {digest} of {repository}"
-            ))),
+            status if !status.is_success() => Err(RegistryError::Status {
+                status,
+                doing: format!("for blob {digest} of {repository}"),
+            }),
             _ => Ok(Some(
                 response
                     .bytes()
                     .await
-                    .map_err(unreachable_registry)?
+                    .map_err(|source| RegistryError::Unreadable {
+                        what: "a blob",
+                        source,
+                    })?
                     .to_vec(),
             )),
         }
@@ -41,7 +45,7 @@ impl RegistryClient {
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         let len = bytes.len() as u64;
         self.upload(repository, digest, len, || {
             reqwest::Body::from(bytes.clone())
@@ -57,7 +61,7 @@ impl RegistryClient {
         digest: &str,
         path: &Path,
         len: u64,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         let body = || match std::fs::File::open(path) {
             Ok(file) => {
                 reqwest::Body::wrap_stream(ReaderStream::new(tokio::fs::File::from_std(file)))
@@ -77,28 +81,30 @@ impl RegistryClient {
         digest: &str,
         len: u64,
         body: impl Fn() -> reqwest::Body,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         let scope = format!("repository:{repository}:pull,push");
         let start = format!("{}/v2/{repository}/blobs/uploads/", self.base);
         let started = self.send(&scope, || self.http.post(&start)).await?;
         if started.status() != StatusCode::ACCEPTED {
-            return Err(BuildError::PushFailed(format!(
-                "registry answered {} when starting an upload to {repository}",
-                started.status()
-            )));
+            return Err(RegistryError::Status {
+                status: started.status(),
+                doing: format!("when starting an upload to {repository}"),
+            });
         }
         let location = started
             .headers()
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                BuildError::PushFailed(format!("registry gave no upload location for {repository}"))
+                RegistryError::Protocol(format!(
+                    "the registry gave no upload location for {repository}"
+                ))
             })?;
         // The location may be relative and may carry its own query (upload state).
         let mut url = url::Url::parse(&self.base)
             .and_then(|base| base.join(location))
             .map_err(|e| {
-                BuildError::PushFailed(format!("registry gave a bad upload location: {e}"))
+                RegistryError::Protocol(format!("the registry gave a bad upload location: {e}"))
             })?;
         url.query_pairs_mut().append_pair("digest", digest);
         // The client's 30 s covers small requests; a layer gets a second per MiB on top.
@@ -116,10 +122,10 @@ impl RegistryClient {
         if response.status() == StatusCode::CREATED {
             Ok(())
         } else {
-            Err(BuildError::PushFailed(format!(
-                "registry answered {} when uploading {digest} to {repository}",
-                response.status()
-            )))
+            Err(RegistryError::Status {
+                status: response.status(),
+                doing: format!("when uploading {digest} to {repository}"),
+            })
         }
     }
 }

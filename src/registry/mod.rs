@@ -1,5 +1,5 @@
-//! OCI distribution API adapter: look a manifest up and tag it again, without pulling or pushing
-//! any layer. This is what answers an identical request in milliseconds.
+//! OCI distribution API adapter of the registry port (`ports::ImageRegistry`): look a manifest up
+//! and tag it again, read and upload blobs, without pulling or pushing whole images.
 
 mod blobs;
 
@@ -12,97 +12,23 @@ use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
-use crate::config::RegistrySettings;
-use crate::error::BuildError;
+use crate::config::{RegistryCredentials, RegistrySettings};
+use crate::error::RegistryError;
 use crate::fresh::FreshGates;
+use crate::ports::{ImageRegistry, Manifest, content_digest};
 
 const MANIFEST_TYPES: &str = "application/vnd.oci.image.index.v1+json, \
 application/vnd.oci.image.manifest.v1+json, \
 application/vnd.docker.distribution.manifest.list.v2+json, \
 application/vnd.docker.distribution.manifest.v2+json";
 
-/// The registry's name for `bytes`: `sha256:<hex>`.
-pub fn content_digest(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
-#[derive(Debug, Clone)]
-pub struct Manifest {
-    pub media_type: String,
-    pub bytes: Vec<u8>,
-    pub digest: String,
-}
-
-#[async_trait]
-pub trait ImageStore: Send + Sync {
-    /// The manifest of `repository:reference`, if the registry has it.
-    async fn manifest(
-        &self,
-        repository: &str,
-        reference: &str,
-    ) -> Result<Option<Manifest>, BuildError>;
-
-    /// The digest `repository:reference` points at, if any: a HEAD, no body.
-    async fn digest(&self, repository: &str, reference: &str)
-    -> Result<Option<String>, BuildError>;
-
-    /// A blob's bytes (an image config: small), if the registry has it.
-    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError>;
-
-    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
-    /// (configs) held in memory anyway.
-    async fn upload_blob(
-        &self,
-        repository: &str,
-        digest: &str,
-        bytes: Vec<u8>,
-    ) -> Result<(), BuildError>;
-
-    /// Uploads the `len`-byte file at `path` as the blob `digest`, streamed from disk: for
-    /// layers, which may be large.
-    async fn upload_blob_file(
-        &self,
-        repository: &str,
-        digest: &str,
-        path: &std::path::Path,
-        len: u64,
-    ) -> Result<(), BuildError>;
-
-    /// Points `repository:tag` at `manifest` (same digest; no layer moves).
-    async fn tag(&self, repository: &str, tag: &str, manifest: &Manifest)
-    -> Result<(), BuildError>;
-
-    /// Points every tag at `manifest`, writing only those that point elsewhere: the common
-    /// identical re-request writes nothing (and concurrent writes of one tag race in some
-    /// registries' storage).
-    async fn tag_all(
-        &self,
-        repository: &str,
-        tags: &[&str],
-        manifest: &Manifest,
-    ) -> Result<(), BuildError> {
-        // Side by side, each tag once: concurrent writes of one tag race in some registries.
-        let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
-        futures_util::future::try_join_all(distinct.into_iter().map(|tag| async move {
-            let current = self.digest(repository, tag).await?;
-            if current.as_deref() != Some(manifest.digest.as_str()) {
-                self.tag(repository, tag, manifest).await?;
-            }
-            Ok::<_, BuildError>(())
-        }))
-        .await?;
-        Ok(())
-    }
-}
-
+/// Talks to one registry (`registry.host`), with its credentials when it asks for them.
 pub struct RegistryClient {
     http: reqwest::Client,
     base: String,
-    credentials: Option<(String, SecretString)>,
+    credentials: Option<RegistryCredentials>,
     /// Bearer tokens by scope, for registries that use the token flow.
     tokens: Mutex<HashMap<String, String>>,
     /// Identical lookups in flight at once share a round trip (bursts of cached answers).
@@ -113,15 +39,13 @@ pub struct RegistryClient {
 impl RegistryClient {
     pub fn new(settings: &RegistrySettings) -> Self {
         let scheme = if settings.insecure { "http" } else { "https" };
-        let credentials = (!settings.username.is_empty())
-            .then(|| (settings.username.clone(), settings.password.clone()));
         Self {
             http: reqwest::Client::builder()
                 .timeout(std::time::Duration::from_secs(30))
                 .build()
                 .unwrap_or_default(),
             base: format!("{scheme}://{}", settings.host),
-            credentials,
+            credentials: settings.credentials(),
             tokens: Mutex::new(HashMap::new()),
             manifests: FreshGates::default(),
             digests: FreshGates::default(),
@@ -134,14 +58,14 @@ impl RegistryClient {
         &self,
         scope: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, BuildError> {
+    ) -> Result<reqwest::Response, RegistryError> {
         let attempt = || async {
             let response = self.send_once(scope, &build).await?;
             if response.status().is_server_error() {
-                return Err(BuildError::PushFailed(format!(
-                    "registry answered {}",
-                    response.status()
-                )));
+                return Err(RegistryError::Status {
+                    status: response.status(),
+                    doing: format!("for {scope}"),
+                });
             }
             Ok(response)
         };
@@ -157,13 +81,13 @@ impl RegistryClient {
         &self,
         scope: &str,
         build: impl Fn() -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, BuildError> {
+    ) -> Result<reqwest::Response, RegistryError> {
         let cached = self.tokens.lock().ok().and_then(|t| t.get(scope).cloned());
         let first = match &cached {
             Some(token) => build().bearer_auth(token),
             None => build(),
         };
-        let response = first.send().await.map_err(unreachable_registry)?;
+        let response = first.send().await.map_err(RegistryError::Unreachable)?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok(response);
         }
@@ -176,38 +100,41 @@ impl RegistryClient {
         let retry = if challenge.to_ascii_lowercase().starts_with("bearer") {
             let token = self.fetch_token(&challenge, scope).await?;
             build().bearer_auth(token)
-        } else if let Some((user, password)) = &self.credentials {
-            build().basic_auth(user, Some(password.expose_secret()))
+        } else if let Some(login) = &self.credentials {
+            build().basic_auth(&login.username, Some(login.password.expose_secret()))
         } else {
             return Ok(response);
         };
-        retry.send().await.map_err(unreachable_registry)
+        retry.send().await.map_err(RegistryError::Unreachable)
     }
 
-    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<String, BuildError> {
+    async fn fetch_token(&self, challenge: &str, scope: &str) -> Result<String, RegistryError> {
         let params = parse_challenge(challenge);
         let realm = params.get("realm").ok_or_else(|| {
-            BuildError::PushFailed("the registry's auth challenge has no realm".into())
+            RegistryError::Protocol("the registry's auth challenge has no realm".into())
         })?;
         let mut request = self.http.get(realm).query(&[("scope", scope)]);
         if let Some(service) = params.get("service") {
             request = request.query(&[("service", service)]);
         }
-        if let Some((user, password)) = &self.credentials {
-            request = request.basic_auth(user, Some(password.expose_secret()));
+        if let Some(login) = &self.credentials {
+            request = request.basic_auth(&login.username, Some(login.password.expose_secret()));
         }
         let body: serde_json::Value = request
             .send()
             .await
-            .map_err(unreachable_registry)?
+            .map_err(RegistryError::Unreachable)?
             .json()
             .await
-            .map_err(|e| BuildError::PushFailed(format!("failed to read a registry token: {e}")))?;
+            .map_err(|source| RegistryError::Unreadable {
+                what: "a token",
+                source,
+            })?;
         let token = body
             .get("token")
             .or_else(|| body.get("access_token"))
             .and_then(|t| t.as_str())
-            .ok_or_else(|| BuildError::PushFailed("the registry gave no token".into()))?
+            .ok_or_else(|| RegistryError::Protocol("the registry gave no token".into()))?
             .to_owned();
         if let Ok(mut tokens) = self.tokens.lock() {
             tokens.insert(scope.to_owned(), token.clone());
@@ -217,12 +144,12 @@ impl RegistryClient {
 }
 
 #[async_trait]
-impl ImageStore for RegistryClient {
+impl ImageRegistry for RegistryClient {
     async fn manifest(
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<Manifest>, BuildError> {
+    ) -> Result<Option<Manifest>, RegistryError> {
         let key = format!("{repository}:{reference}");
         self.manifests
             .fresh(&key, || self.get_manifest(repository, reference))
@@ -233,7 +160,7 @@ impl ImageStore for RegistryClient {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<String>, BuildError> {
+    ) -> Result<Option<String>, RegistryError> {
         let key = format!("{repository}:{reference}");
         self.digests
             .fresh(&key, || self.head_digest(repository, reference))
@@ -245,11 +172,11 @@ impl ImageStore for RegistryClient {
         repository: &str,
         tag: &str,
         manifest: &Manifest,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         self.put_manifest(repository, tag, manifest).await
     }
 
-    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, BuildError> {
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         self.get_blob(repository, digest).await
     }
 
@@ -258,7 +185,7 @@ impl ImageStore for RegistryClient {
         repository: &str,
         digest: &str,
         bytes: Vec<u8>,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         self.put_blob(repository, digest, bytes).await
     }
 
@@ -268,7 +195,7 @@ impl ImageStore for RegistryClient {
         digest: &str,
         path: &std::path::Path,
         len: u64,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         self.put_blob_file(repository, digest, path, len).await
     }
 }
@@ -278,7 +205,7 @@ impl RegistryClient {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<Manifest>, BuildError> {
+    ) -> Result<Option<Manifest>, RegistryError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let scope = format!("repository:{repository}:pull");
         let response = self
@@ -289,9 +216,10 @@ impl RegistryClient {
         match response.status() {
             StatusCode::NOT_FOUND => return Ok(None),
             status if !status.is_success() => {
-                return Err(BuildError::PushFailed(format!(
-                    "registry answered {status} for {repository}:{reference}"
-                )));
+                return Err(RegistryError::Status {
+                    status,
+                    doing: format!("for {repository}:{reference}"),
+                });
             }
             _ => {}
         }
@@ -307,7 +235,10 @@ impl RegistryClient {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| BuildError::PushFailed(format!("failed to read a manifest: {e}")))?
+            .map_err(|source| RegistryError::Unreadable {
+                what: "a manifest",
+                source,
+            })?
             .to_vec();
         let digest = digest.unwrap_or_else(|| content_digest(&bytes));
         Ok(Some(Manifest {
@@ -321,7 +252,7 @@ impl RegistryClient {
         &self,
         repository: &str,
         reference: &str,
-    ) -> Result<Option<String>, BuildError> {
+    ) -> Result<Option<String>, RegistryError> {
         let url = format!("{}/v2/{repository}/manifests/{reference}", self.base);
         let scope = format!("repository:{repository}:pull");
         let response = self
@@ -331,9 +262,10 @@ impl RegistryClient {
             .await?;
         match response.status() {
             StatusCode::NOT_FOUND => Ok(None),
-            status if !status.is_success() => Err(BuildError::PushFailed(format!(
-                "registry answered {status} for {repository}:{reference}"
-            ))),
+            status if !status.is_success() => Err(RegistryError::Status {
+                status,
+                doing: format!("for {repository}:{reference}"),
+            }),
             _ => match response
                 .headers()
                 .get("docker-content-digest")
@@ -354,7 +286,7 @@ impl RegistryClient {
         repository: &str,
         tag: &str,
         manifest: &Manifest,
-    ) -> Result<(), BuildError> {
+    ) -> Result<(), RegistryError> {
         let url = format!("{}/v2/{repository}/manifests/{tag}", self.base);
         let scope = format!("repository:{repository}:pull,push");
         let response = self
@@ -368,17 +300,12 @@ impl RegistryClient {
         if response.status().is_success() {
             Ok(())
         } else {
-            Err(BuildError::PushFailed(format!(
-                "registry answered {} when tagging {repository}:{tag}",
-                response.status()
-            )))
+            Err(RegistryError::Status {
+                status: response.status(),
+                doing: format!("when tagging {repository}:{tag}"),
+            })
         }
     }
-}
-
-pub(super) fn unreachable_registry(e: reqwest::Error) -> BuildError {
-    // The URL in reqwest's message has no credentials (they travel in headers).
-    BuildError::PushFailed(format!("failed to reach the registry: {e}"))
 }
 
 /// `Bearer realm="https://auth",service="registry",scope="..."` -> its key/value pairs.

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use git2::{ObjectType, Odb, Oid, Repository, Tree};
 
-use crate::error::BuildError;
+use crate::error::{BuildError, GitError};
 
 /// Files and directories one checkout may hold. Far above real repositories (a Linux kernel
 /// tree has about 90 000), far below what makes a checkout take hours.
@@ -51,9 +51,7 @@ pub(super) fn ensure_fits(
     tree: &Tree<'_>,
     bounds: &CheckoutBounds,
 ) -> Result<(), BuildError> {
-    let odb = repo
-        .odb()
-        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to open the mirror: {e}")))?;
+    let odb = repo.odb().map_err(GitError::git("open the mirror"))?;
     Walk {
         repo,
         odb,
@@ -114,7 +112,7 @@ impl<'r> Walk<'r, '_> {
                     if let Some(known) = self.subtrees.get(&id).copied() {
                         self.add(known)?;
                     } else {
-                        let tree = self.repo.find_tree(id).map_err(|e| read_error(id, &e))?;
+                        let tree = self.repo.find_tree(id).map_err(|e| read_error(id, e))?;
                         stack.push(Frame {
                             tree,
                             next: 0,
@@ -153,15 +151,15 @@ impl<'r> Walk<'r, '_> {
         if let Some(size) = self.blobs.get(&id) {
             return Ok(*size);
         }
-        let (size, _) = self.odb.read_header(id).map_err(|e| read_error(id, &e))?;
+        let (size, _) = self.odb.read_header(id).map_err(|e| read_error(id, e))?;
         let size = u64::try_from(size).unwrap_or(u64::MAX);
         self.blobs.insert(id, size);
         Ok(size)
     }
 }
 
-fn read_error(id: Oid, e: &git2::Error) -> BuildError {
-    BuildError::Internal(anyhow::anyhow!("failed to read object {id}: {e}"))
+fn read_error(id: Oid, e: git2::Error) -> BuildError {
+    GitError::git(format!("read object {id}"))(e).into()
 }
 
 #[cfg(test)]

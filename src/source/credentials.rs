@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use secrecy::SecretString;
 use url::Url;
 
-use super::SourceSpec;
+use crate::ports::SourceSpec;
 
 /// What asking for the token came to, to tell "no token" from "token refused" afterwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,11 +14,12 @@ use git2::{
 };
 use secrecy::ExposeSecret;
 
+use super::GitLimits;
 use super::credentials::{AuthSeen, Token};
 use super::egress::{CONNECT_TIMEOUT, Route};
 use super::stop::Stop;
-use super::{GitLimits, SourceSpec};
-use crate::error::BuildError;
+use crate::error::{BuildError, GitError};
+use crate::ports::SourceSpec;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
@@ -33,7 +34,7 @@ pub(super) fn fetch(
 ) -> Result<Option<String>, BuildError> {
     let mut remote = repo
         .remote_anonymous(route.fetch_url.as_str())
-        .map_err(|e| BuildError::Internal(anyhow::anyhow!("failed to set up the remote: {e}")))?;
+        .map_err(GitError::git("set up the remote"))?;
     // Offered to the URL libgit2 was given: for an http remote the relay's (which forwards
     // only to the checked remote host), otherwise the remote itself.
     let token = Arc::new(Token::new(spec, &route.fetch_url));
@@ -79,7 +80,7 @@ pub(super) fn fetch(
         if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
             return Err(why);
         }
-        return Err(fetch_error(&err, token.seen(), limits, spec));
+        return Err(fetch_error(err, token.seen(), limits, spec));
     }
     // Available after the fetch has disconnected.
     let default = remote
@@ -101,7 +102,7 @@ fn keep_going(aborted: &RefCell<Option<BuildError>>, stop: Option<BuildError>) -
 
 /// Maps a failed fetch to whose fault it is. The URL is in the message (it has no credentials).
 fn fetch_error(
-    err: &git2::Error,
+    err: git2::Error,
     seen: AuthSeen,
     limits: &GitLimits,
     spec: &SourceSpec,
@@ -148,7 +149,11 @@ fn fetch_error(
         ErrorClass::Net | ErrorClass::Os | ErrorClass::Ssl | ErrorClass::Http => {
             BuildError::GitUnavailable(format!("{url}: {}", err.message()))
         }
-        _ => BuildError::Internal(anyhow::anyhow!("failed to fetch {url}: {}", err.message())),
+        _ => GitError::Git {
+            what: format!("fetch {url}"),
+            source: err,
+        }
+        .into(),
     }
 }
 

@@ -10,14 +10,14 @@ use git2::{Oid, Repository, build::CheckoutBuilder};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
+use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
 use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
 use super::stop::Stop;
-use super::{Checkout, GitLimits, SourceFetcher, SourceSpec};
-use crate::error::BuildError;
+use crate::error::{BuildError, GitError};
 use crate::fresh::FreshGates;
 use crate::now_and_then::NowAndThen;
-use crate::pipeline::BuildCtx;
+use crate::ports::{BuildCtx, Checkout, SourceFetcher, SourceSpec};
 use crate::request::GitRef;
 
 pub struct GitMirrors {
@@ -166,22 +166,18 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| BuildError::Internal(anyhow::anyhow!("git task failed: {e}")))?
 }
 
-fn internal(what: &str, e: &dyn std::fmt::Display) -> BuildError {
-    BuildError::Internal(anyhow::anyhow!("failed to {what}: {e}"))
-}
-
 /// Opens the mirror's lock file: exclusive while fetching (refs change), shared while checking
 /// out (objects are only ever added), so replicas sharing the cache dir do not trip each other.
 fn lock_mirror(mirror: &Path, exclusive: bool, stop: &Stop) -> Result<File, BuildError> {
     if let Some(parent) = mirror.parent() {
-        std::fs::create_dir_all(parent).map_err(|e| internal("create the git cache dir", &e))?;
+        std::fs::create_dir_all(parent).map_err(GitError::io("create the git cache dir"))?;
     }
     let lock = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(mirror.with_extension("lock"))
-        .map_err(|e| internal("open the mirror lock", &e))?;
+        .map_err(GitError::io("open the mirror lock"))?;
     stop.lock(&lock, exclusive)?;
     super::eviction::touch(&lock);
     Ok(lock)
@@ -190,7 +186,7 @@ fn lock_mirror(mirror: &Path, exclusive: bool, stop: &Stop) -> Result<File, Buil
 /// The mirror under a shared lock: reads only (resolve, diff, checkout) while no fetch runs.
 fn open_for_reading(mirror: &Path, stop: &Stop) -> Result<(File, Repository), BuildError> {
     let lock = lock_mirror(mirror, false, stop)?;
-    let repo = Repository::open_bare(mirror).map_err(|e| internal("open the mirror", &e))?;
+    let repo = Repository::open_bare(mirror).map_err(GitError::git("open the mirror"))?;
     Ok((lock, repo))
 }
 
@@ -218,7 +214,7 @@ fn fetch_mirror(
     let _lock = lock_mirror(mirror, true, stop)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
-        Err(_) => Repository::init_bare(mirror).map_err(|e| internal("create the mirror", &e))?,
+        Err(_) => Repository::init_bare(mirror).map_err(GitError::git("create the mirror"))?,
     };
     super::fetch::fetch(&repo, spec, limits, stop, route)
 }
@@ -235,7 +231,7 @@ fn resolve_in_mirror(
     let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
     let committed_at = repo
         .find_commit(oid)
-        .map_err(|e| internal("read the commit", &e))?
+        .map_err(GitError::git("read the commit"))?
         .committer()
         .when()
         .seconds();
@@ -257,13 +253,13 @@ fn checkout_commit(
     stop: &Stop,
 ) -> Result<(), BuildError> {
     let (_lock, repo) = open_for_reading(mirror, stop)?;
-    let oid = Oid::from_str(commit).map_err(|e| internal("parse the commit id", &e))?;
+    let oid = Oid::from_str(commit).map_err(GitError::git("parse the commit id"))?;
     let commit = repo
         .find_commit(oid)
-        .map_err(|e| internal("read the commit", &e))?;
-    let tree = commit.tree().map_err(|e| internal("read the tree", &e))?;
+        .map_err(GitError::git("read the commit"))?;
+    let tree = commit.tree().map_err(GitError::git("read the tree"))?;
     checkout_size::ensure_fits(&repo, &tree, bounds)?;
-    std::fs::create_dir_all(dest).map_err(|e| internal("create the work dir", &e))?;
+    std::fs::create_dir_all(dest).map_err(GitError::io("create the work dir"))?;
     let mut opts = CheckoutBuilder::new();
     // No index update: the mirror's index is one file, and libgit2 locks it to update it, so
     // concurrent checkouts of one mirror would fail with "the index is locked".
@@ -275,7 +271,8 @@ fn checkout_commit(
         .update_index(false)
         .disable_filters(true);
     repo.checkout_tree(tree.as_object(), Some(&mut opts))
-        .map_err(|e| internal("check out the commit", &e))
+        .map_err(GitError::git("check out the commit"))?;
+    Ok(())
 }
 
 fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String>>, BuildError> {
@@ -288,11 +285,11 @@ fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String
     let (Some(old), Some(new)) = (commit(from), commit(to)) else {
         return Ok(None);
     };
-    let old = old.tree().map_err(|e| internal("read a tree", &e))?;
-    let new = new.tree().map_err(|e| internal("read a tree", &e))?;
+    let old = old.tree().map_err(GitError::git("read a tree"))?;
+    let new = new.tree().map_err(GitError::git("read a tree"))?;
     let diff = repo
         .diff_tree_to_tree(Some(&old), Some(&new), None)
-        .map_err(|e| internal("compare two commits", &e))?;
+        .map_err(GitError::git("compare two commits"))?;
     let mut paths = Vec::new();
     for delta in diff.deltas() {
         for file in [delta.old_file(), delta.new_file()] {

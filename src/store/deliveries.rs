@@ -4,11 +4,16 @@ use std::time::Duration;
 
 use super::BuildStore;
 use super::record::now_millis;
+use crate::error::StoreError;
 
 impl BuildStore {
     /// Records `keys` (a delivery id, a body digest...) as seen now. False when any of them was
     /// already seen within `window`: the delivery is a replay. Older rows are pruned first.
-    pub async fn first_delivery(&self, keys: &[String], window: Duration) -> anyhow::Result<bool> {
+    pub async fn first_delivery(
+        &self,
+        keys: &[String],
+        window: Duration,
+    ) -> Result<bool, StoreError> {
         let now = now_millis();
         let window_ms = i64::try_from(window.as_millis()).unwrap_or(i64::MAX);
         sqlx::query("DELETE FROM webhook_deliveries WHERE seen_at < $1")
@@ -33,7 +38,7 @@ impl BuildStore {
     }
 
     /// Forgets `keys`, so a delivery that could not be queued may be delivered again.
-    pub async fn forget_delivery(&self, keys: &[String]) -> anyhow::Result<()> {
+    pub async fn forget_delivery(&self, keys: &[String]) -> Result<(), StoreError> {
         for key in keys {
             sqlx::query("DELETE FROM webhook_deliveries WHERE seen_key = $1")
                 .bind(key)

@@ -8,6 +8,7 @@ use tokio::task::JoinHandle;
 
 use super::BuildStore;
 use crate::build_log::{LogSink, LogSource};
+use crate::error::StoreError;
 
 /// Per build and attempt, beyond this the stored log says it was cut (podman can be chatty).
 const MAX_STORED_BYTES: usize = 4 * 1024 * 1024;
@@ -45,13 +46,16 @@ impl BuildStore {
         let task = tokio::spawn(async move {
             if let Err(e) = store.write_lines(&build_id, source).await {
                 // The build goes on; its record just lacks part of the log.
-                tracing::warn!("failed to store build log lines: {e:#}");
+                tracing::warn!(
+                    "failed to store build log lines: {}",
+                    crate::error::cause_chain(&e)
+                );
             }
         });
         LogWriter { sink, task }
     }
 
-    async fn write_lines(&self, build_id: &str, mut source: LogSource) -> anyhow::Result<()> {
+    async fn write_lines(&self, build_id: &str, mut source: LogSource) -> Result<(), StoreError> {
         // A retry appends to the lines of earlier attempts.
         let last: Option<i64> =
             sqlx::query("SELECT MAX(n) AS last FROM build_logs WHERE build_id = $1")

@@ -12,7 +12,6 @@ mod writes;
 
 use std::time::Duration;
 
-use anyhow::Context;
 use secrecy::ExposeSecret;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
@@ -21,10 +20,10 @@ pub use log_writer::LogWriter;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
-pub use recorded_images::RecordedImages;
 pub use writes::Start;
 
 use crate::config::Settings;
+use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -58,11 +57,13 @@ fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
 
 impl BuildStore {
     /// Connects to `store.url` (SQLite file in the data dir when empty) and applies migrations.
-    pub async fn open(settings: &Settings) -> anyhow::Result<Self> {
+    pub async fn open(settings: &Settings) -> Result<Self, StoreError> {
         let url = settings.store.url.expose_secret();
         let url = if url.is_empty() {
-            std::fs::create_dir_all(&settings.data_dir)
-                .with_context(|| format!("failed to create {}", settings.data_dir.display()))?;
+            std::fs::create_dir_all(&settings.data_dir).map_err(|source| StoreError::DataDir {
+                path: settings.data_dir.clone(),
+                source,
+            })?;
             format!(
                 "sqlite://{}?mode=rwc",
                 settings.data_dir.join("builds.db").display()
@@ -73,7 +74,7 @@ impl BuildStore {
         Self::connect(&url).await
     }
 
-    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let sqlite = url.starts_with("sqlite:");
         let backend = if sqlite { "sqlite" } else { "postgres" };
@@ -81,7 +82,7 @@ impl BuildStore {
             .connect(url)
             .await
             // The URL may carry a password: say which backend, never the URL.
-            .with_context(|| format!("failed to open the build store ({backend})"))?;
+            .map_err(|source| StoreError::Open { backend, source })?;
         // SQLite has one writer at a time. Writers queued on a one-connection pool wait their
         // turn in-process; on a shared pool they would meet SQLite's busy handler, which sleeps
         // (1, 2, 5, 10... ms) and retries -- the slowest part of a cached answer under load.
@@ -89,19 +90,16 @@ impl BuildStore {
             pool_options(true, 1)
                 .connect(url)
                 .await
-                .with_context(|| format!("failed to open the build store ({backend})"))?
+                .map_err(|source| StoreError::Open { backend, source })?
         } else {
             pool.clone()
         };
-        MIGRATOR
-            .run(&writer)
-            .await
-            .context("failed to migrate the build store")?;
+        MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
         Ok(Self { pool, writer })
     }
 
     /// For /readyz.
-    pub async fn ping(&self) -> anyhow::Result<()> {
+    pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }

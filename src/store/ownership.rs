@@ -5,6 +5,7 @@
 use sqlx::{AnyConnection, Row};
 
 use super::record::{BuildState, NewBuild};
+use crate::error::StoreError;
 
 /// What recording a build found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,7 +28,10 @@ pub(super) struct Holder {
 }
 
 impl Holder {
-    pub(super) async fn read(conn: &mut AnyConnection, id: &str) -> anyhow::Result<Option<Self>> {
+    pub(super) async fn read(
+        conn: &mut AnyConnection,
+        id: &str,
+    ) -> Result<Option<Self>, StoreError> {
         let row = sqlx::query(
             "SELECT state, fingerprint, user_id, repo, git_ref FROM builds WHERE id = $1",
         )
@@ -38,7 +42,7 @@ impl Holder {
         let state: String = row.try_get("state")?;
         Ok(Some(Self {
             state: BuildState::parse(&state)
-                .ok_or_else(|| anyhow::anyhow!("unknown build state {state:?}"))?,
+                .ok_or_else(|| StoreError::UnknownState(state.clone()))?,
             fingerprint: row.try_get("fingerprint")?,
             user_id: row.try_get("user_id")?,
             repo: row.try_get("repo")?,

@@ -8,6 +8,7 @@ use sqlx::any::AnyRow;
 
 use super::BuildStore;
 use super::record::{BUILD_COLUMNS, BuildRecord, BuildState, StateChange, from_millis};
+use crate::error::StoreError;
 
 /// Filters of `GET /v1/builds`; `None` matches everything.
 #[derive(Debug, Clone, Default)]
@@ -92,7 +93,7 @@ fn scoped(users: Option<&[String]>, first: usize) -> (String, Vec<String>) {
 pub struct BadCursor;
 
 impl BuildStore {
-    pub async fn get(&self, id: &str) -> anyhow::Result<Option<BuildRecord>> {
+    pub async fn get(&self, id: &str) -> Result<Option<BuildRecord>, StoreError> {
         let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
         let row = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(id)
@@ -101,7 +102,7 @@ impl BuildStore {
         Ok(row.as_ref().map(BuildRecord::from_row).transpose()?)
     }
 
-    pub async fn state(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
+    pub async fn state(&self, id: &str) -> Result<Option<BuildState>, StoreError> {
         let row = sqlx::query("SELECT state FROM builds WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
@@ -112,7 +113,7 @@ impl BuildStore {
             .and_then(|s| BuildState::parse(&s)))
     }
 
-    pub async fn history_of(&self, id: &str) -> anyhow::Result<Vec<StateChange>> {
+    pub async fn history_of(&self, id: &str) -> Result<Vec<StateChange>, StoreError> {
         let rows = sqlx::query(
             "SELECT state, attempt, host, at FROM build_states WHERE build_id = $1 ORDER BY n",
         )
@@ -131,7 +132,7 @@ impl BuildStore {
         filter: &BuildFilter,
         limit: u32,
         cursor: Option<&str>,
-    ) -> anyhow::Result<Result<Page, BadCursor>> {
+    ) -> Result<Result<Page, BadCursor>, StoreError> {
         let cursor = match cursor.map(Cursor::decode) {
             Some(None) => return Ok(Err(BadCursor)),
             Some(Some(c)) => Some(c),
@@ -215,7 +216,7 @@ impl BuildStore {
         git_ref: Option<&str>,
         platform: Option<&str>,
         users: Option<&[String]>,
-    ) -> anyhow::Result<Option<BuildRecord>> {
+    ) -> Result<Option<BuildRecord>, StoreError> {
         // A build without platforms is of the host's platform.
         let native = platform.is_some_and(|p| p == native_platform());
         let pattern = platform.map(|p| format!("%\"{p}\"%"));
@@ -239,7 +240,7 @@ impl BuildStore {
     }
 
     /// Repositories with builds of `users` (`None`: anyone's).
-    pub async fn repos(&self, users: Option<&[String]>) -> anyhow::Result<Vec<RepoSummary>> {
+    pub async fn repos(&self, users: Option<&[String]>) -> Result<Vec<RepoSummary>, StoreError> {
         let (scope, scope_users) = scoped(users, 1);
         let sql = format!(
             "SELECT repo, COUNT(*) AS builds, MAX(created_at) AS last FROM builds \
@@ -266,7 +267,7 @@ impl BuildStore {
         repo: &str,
         limit: u32,
         users: Option<&[String]>,
-    ) -> anyhow::Result<Vec<BuildRecord>> {
+    ) -> Result<Vec<BuildRecord>, StoreError> {
         let (scope, scope_users) = scoped(users, 3);
         let sql = format!(
             "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1{scope} \
@@ -291,7 +292,7 @@ impl BuildStore {
         id: &str,
         after: i64,
         limit: u32,
-    ) -> anyhow::Result<Vec<(i64, String)>> {
+    ) -> Result<Vec<(i64, String)>, StoreError> {
         let rows = sqlx::query(
             "SELECT n, line FROM build_logs WHERE build_id = $1 AND n > $2 ORDER BY n LIMIT $3",
         )

@@ -1,21 +1,15 @@
-//! What this service pushed, as its records say: the trust anchor for answers taken from the
-//! registry. A tag alone proves nothing (anyone who can push into a namespace can move one), so
-//! a cached answer or an incremental base is used only when its digest is a recorded success.
+//! The store's side of `ports::RecordedImages`: a digest is trusted when a succeeded build
+//! recorded it.
 
 use async_trait::async_trait;
 
 use super::BuildStore;
-
-/// Whether an image digest is one of this service's finished builds.
-#[async_trait]
-pub trait RecordedImages: Send + Sync {
-    /// True when a succeeded build of `image` (registry/ns/name) recorded `digest`.
-    async fn recorded(&self, image: &str, digest: &str) -> anyhow::Result<bool>;
-}
+use crate::error::StoreError;
+use crate::ports::RecordedImages;
 
 #[async_trait]
 impl RecordedImages for BuildStore {
-    async fn recorded(&self, image: &str, digest: &str) -> anyhow::Result<bool> {
+    async fn recorded(&self, image: &str, digest: &str) -> Result<bool, StoreError> {
         let found = sqlx::query(
             "SELECT 1 AS one FROM builds WHERE digest = $1 AND image = $2 AND state = 'succeeded' \
              LIMIT 1",

@@ -6,6 +6,7 @@ use sqlx::AnyConnection;
 use super::BuildStore;
 use super::ownership::{Claim, Holder};
 use super::record::{BuildState, NewBuild, now_millis};
+use crate::error::StoreError;
 use crate::events::ImageUpdated;
 
 /// Whether a worker should build a delivery it just received.
@@ -21,7 +22,7 @@ pub enum Start {
 
 impl BuildStore {
     /// Records a new build, unless its id is taken: then says whether by this same request.
-    pub async fn create(&self, new: &NewBuild, state: BuildState) -> anyhow::Result<Claim> {
+    pub async fn create(&self, new: &NewBuild, state: BuildState) -> Result<Claim, StoreError> {
         let mut tx = self.writer.begin().await?;
         let claim = if insert(&mut tx, new, state).await? {
             Claim::New
@@ -47,7 +48,7 @@ impl BuildStore {
         attempt: u32,
         host: &str,
         redelivered: bool,
-    ) -> anyhow::Result<Start> {
+    ) -> Result<Start, StoreError> {
         let mut tx = self.writer.begin().await?;
         if !insert(&mut tx, new, BuildState::Queued).await? {
             match Holder::read(&mut tx, &new.id).await? {
@@ -89,7 +90,7 @@ impl BuildStore {
     }
 
     /// A service fault sent the build to a retry tier: queued again, for the next attempt.
-    pub async fn retrying(&self, id: &str, attempt: u32, error: &str) -> anyhow::Result<()> {
+    pub async fn retrying(&self, id: &str, attempt: u32, error: &str) -> Result<(), StoreError> {
         self.update_state(id, BuildState::Queued, attempt, None, Some(error))
             .await
     }
@@ -99,7 +100,7 @@ impl BuildStore {
         id: &str,
         attempt: u32,
         out: &ImageUpdated,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut tx = self.writer.begin().await?;
         sqlx::query(
@@ -129,18 +130,18 @@ impl BuildStore {
         attempt: u32,
         fault: &str,
         error: &str,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         self.update_state(id, BuildState::Failed, attempt, Some(fault), Some(error))
             .await
     }
 
-    pub async fn cancelled(&self, id: &str, attempt: u32) -> anyhow::Result<()> {
+    pub async fn cancelled(&self, id: &str, attempt: u32) -> Result<(), StoreError> {
         self.update_state(id, BuildState::Cancelled, attempt, None, Some("cancelled"))
             .await
     }
 
     /// Cancels a build that no worker has started; returns the state it is in afterwards.
-    pub async fn cancel_if_queued(&self, id: &str) -> anyhow::Result<Option<BuildState>> {
+    pub async fn cancel_if_queued(&self, id: &str) -> Result<Option<BuildState>, StoreError> {
         let now = now_millis();
         let mut tx = self.writer.begin().await?;
         let moved = sqlx::query(
@@ -160,7 +161,7 @@ impl BuildStore {
     }
 
     /// Removes a build with its history and log.
-    pub async fn delete(&self, id: &str) -> anyhow::Result<bool> {
+    pub async fn delete(&self, id: &str) -> Result<bool, StoreError> {
         let mut tx = self.writer.begin().await?;
         sqlx::query("DELETE FROM build_logs WHERE build_id = $1")
             .bind(id)
@@ -186,7 +187,7 @@ impl BuildStore {
         attempt: u32,
         fault: Option<&str>,
         error: Option<&str>,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), StoreError> {
         let now = now_millis();
         let finished = state.is_final().then_some(now);
         let mut tx = self.writer.begin().await?;
@@ -214,7 +215,7 @@ async fn insert(
     conn: &mut AnyConnection,
     new: &NewBuild,
     state: BuildState,
-) -> anyhow::Result<bool> {
+) -> Result<bool, StoreError> {
     let inserted = sqlx::query(
         "INSERT INTO builds (id, request_id, state, user_id, repo, git_ref, request, rebuild_of, \
          fingerprint, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
@@ -248,7 +249,7 @@ async fn history(
     state: BuildState,
     attempt: u32,
     host: Option<&str>,
-) -> anyhow::Result<()> {
+) -> Result<(), StoreError> {
     sqlx::query(
             "INSERT INTO build_states (build_id, n, state, attempt, host, at) \
              SELECT $1, COALESCE(MAX(n), 0) + 1, $2, $3, $4, $5 FROM build_states WHERE build_id = $1",

@@ -1,78 +1,103 @@
-//! One delivery: parse, build, then publish the outcome (event, retry or dead message) with
-//! confirms, and only then ack. Any publish failure leaves the delivery unacked for redelivery.
+//! One delivery: parse it, build it, and turn what happened into an `Outcome`, which
+//! `outcome::settle` publishes (confirmed) before it acks. Any publish failure leaves the
+//! delivery for redelivery.
 
 use std::sync::Arc;
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::policy::{Disposition, dead_message, decide};
+use super::outbox::{DeliveryAcker, Outbox};
+use super::outcome::{Outcome, Parked, Requeue, settle};
+use super::policy::{Disposition, RetryPolicy, dead_message};
 use super::recent::RecentOutcomes;
 use super::running::RunningBuilds;
-use crate::amqp::{MessageMeta, PublisherSlot, Topology};
+use crate::amqp::{MessageMeta, Topology};
 use crate::build_log::BuildLog;
-use crate::error::{BuildError, Fault};
+use crate::config::Settings;
+use crate::error::{BuildError, Fault, cause_chain};
 use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildStarted, Event};
 use crate::metrics::Metrics;
-use crate::pipeline::{self, Environment, Job};
+use crate::pipeline::{self, Job};
+use crate::ports::Environment;
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, Rejection, RequestId, RequestPolicy, RequestSummary};
-use crate::store::{BuildState, BuildStore, Claim, NewBuild, Start};
+use crate::store::{BuildStore, NewBuild, Start};
 
 /// What every delivery handler shares.
 pub struct Shared {
     pub env: Arc<Environment>,
     pub topology: Arc<Topology>,
-    pub publishers: PublisherSlot,
+    pub outbox: Arc<dyn Outbox>,
     pub recent: RecentOutcomes,
     /// What a request may contain, from config.
-    pub policy: RequestPolicy,
+    pub requests: RequestPolicy,
+    pub retry: RetryPolicy,
     /// Cancelled when the shutdown grace period is over: running builds stop and are requeued.
     pub hard_stop: CancellationToken,
-    /// Build records. A store failure is logged and never fails or blocks a build.
-    pub records: BuildStore,
+    /// The build store (records, states, logs). A store failure is logged and never fails or
+    /// blocks a build.
+    pub store: BuildStore,
+    /// This replica's name, reported in events and records.
+    pub host: String,
+    pub log_tail_lines: usize,
+    /// Redacted from every log line and reason, like the request's own secrets.
+    pub registry_password: SecretString,
     pub running: RunningBuilds,
     pub metrics: Arc<Metrics>,
 }
 
 impl Shared {
-    async fn event(&self, event: &Event) -> Result<(), Requeue> {
-        self.publishers
-            .reliably(&self.hard_stop, |p| async move { p.event(event).await })
-            .await
-            .map_err(Requeue::Publish)
-    }
-
-    /// Logs, and otherwise ignores, a failed write to the build store.
-    fn recorded(&self, what: &str, result: anyhow::Result<()>) {
-        if let Err(e) = result {
-            tracing::warn!("failed to record {what} in the build store: {e:#}");
+    pub fn new(
+        settings: &Settings,
+        env: Arc<Environment>,
+        store: BuildStore,
+        metrics: Arc<Metrics>,
+        outbox: Arc<dyn Outbox>,
+        hard_stop: CancellationToken,
+    ) -> Self {
+        Self {
+            env,
+            topology: Arc::new(Topology::from_settings(settings)),
+            outbox,
+            recent: RecentOutcomes::new(10_000),
+            requests: RequestPolicy {
+                max_body_bytes: settings.request.max_body_bytes,
+                allowed_schemes: settings.request.allowed_schemes.clone(),
+            },
+            retry: RetryPolicy::new(&settings.retry),
+            hard_stop,
+            store,
+            host: host_name(),
+            log_tail_lines: settings.build.log_tail_lines,
+            registry_password: settings.registry.password.clone(),
+            running: RunningBuilds::default(),
+            metrics,
         }
     }
-
-    async fn to_queue(&self, queue: &str, body: &[u8], meta: &MessageMeta) -> Result<(), Requeue> {
-        self.publishers
-            .reliably(&self.hard_stop, |p| async move {
-                p.to_queue(queue, body, meta.to_headers()).await
-            })
-            .await
-            .map_err(Requeue::Publish)
-    }
 }
 
-/// Why a delivery goes back to the queue unfinished.
-enum Requeue {
-    /// The broker did not confirm an outcome message before the worker had to stop.
-    Publish(anyhow::Error),
-    /// The worker is shutting down and the build was stopped.
-    Shutdown,
+/// A delivery as the handler needs it, whatever carried it.
+pub struct Incoming {
+    pub body: Vec<u8>,
+    pub meta: MessageMeta,
+    pub redelivered: bool,
 }
 
-pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
-    let meta = MessageMeta::from_properties(&delivery.properties);
-    let assigned = assigned_build_id(&meta, &delivery.data);
+pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
+    let incoming = Incoming {
+        meta: MessageMeta::from_properties(&delivery.properties),
+        body: delivery.data,
+        redelivered: delivery.redelivered,
+    };
+    handle_message(&shared, incoming, &delivery.acker).await;
+}
+
+/// Decides the delivery's outcome and settles it (publish, record, count, ack).
+pub async fn handle_message(shared: &Shared, incoming: Incoming, acker: &dyn DeliveryAcker) {
+    let meta = &incoming.meta;
+    let assigned = assigned_build_id(meta, &incoming.body);
     let build_id = assigned
         .as_ref()
         .map_or_else(|_| uuid::Uuid::new_v4().to_string(), Clone::clone);
@@ -82,54 +107,19 @@ pub async fn handle(shared: Arc<Shared>, delivery: Delivery) {
         request_id = tracing::field::Empty,
         attempt = meta.attempt
     );
-    let key = RecentOutcomes::key(&delivery.data, meta.attempt);
+    let key = RecentOutcomes::key(&incoming.body, meta.attempt);
     let _claim = shared.recent.claim(key).await;
     // Only a redelivery can be a copy of a message whose outcome is out: an identical fresh
     // message is a new request and gets built.
-    let outcome = if delivery.redelivered && shared.recent.contains(&key) {
+    let outcome = if incoming.redelivered && shared.recent.contains(&key) {
         span.in_scope(|| tracing::info!("outcome already published; acking the redelivery"));
-        Ok(())
+        Outcome::AlreadySettled
     } else {
-        let bad_header = assigned.err();
-        let redelivered = delivery.redelivered;
-        process(
-            &shared,
-            &delivery.data,
-            &meta,
-            build_id,
-            redelivered,
-            bad_header,
-        )
-        .instrument(span.clone())
-        .await
+        outcome_of(shared, &incoming, build_id, assigned.err())
+            .instrument(span.clone())
+            .await
     };
-    let _enter = span.enter();
-    let settled = match outcome {
-        Ok(()) => {
-            // Before the ack: if the ack is lost with the connection, the redelivery finds this.
-            shared.recent.insert(key);
-            delivery.acker.ack(BasicAckOptions::default()).await
-        }
-        Err(requeue) => {
-            match &requeue {
-                Requeue::Publish(e) => {
-                    tracing::error!("failed to publish the outcome, requeueing: {e:#}")
-                }
-                Requeue::Shutdown => tracing::warn!("stopped by shutdown mid-build, requeueing"),
-            }
-            delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-        }
-    };
-    if let Err(e) = settled {
-        // The channel is gone; the broker redelivers the message (see `RecentOutcomes`).
-        tracing::warn!("failed to settle the delivery: {e}");
-    }
+    settle(shared, key, outcome, acker).instrument(span).await;
 }
 
 /// The build id of a delivery: the id the worker put in `x-build-id` for a retry, else the
@@ -155,26 +145,24 @@ fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejectio
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
 }
 
-async fn process(
+async fn outcome_of(
     shared: &Shared,
-    body: &[u8],
-    meta: &MessageMeta,
+    incoming: &Incoming,
     build_id: String,
-    redelivered: bool,
     bad_header: Option<Rejection>,
-) -> Result<(), Requeue> {
-    let env = &shared.env;
+) -> Outcome {
+    let meta = &incoming.meta;
     if let Some(rejection) = bad_header {
-        return reject(shared, body, meta, build_id, rejection).await;
+        return rejected(incoming, build_id, rejection);
     }
     let fallback_id = meta
         .request_id
         .as_deref()
         .or(Some(build_id.as_str()))
         .and_then(|id| RequestId::parse(id).ok());
-    let request = match BuildRequest::parse(body, &shared.policy, fallback_id) {
+    let request = match BuildRequest::parse(&incoming.body, &shared.requests, fallback_id) {
         Ok(request) => request,
-        Err(rejection) => return reject(shared, body, meta, build_id, rejection).await,
+        Err(rejection) => return rejected(incoming, build_id, rejection),
     };
     tracing::Span::current().record("request_id", request.id.as_str());
     let job = Job {
@@ -193,8 +181,8 @@ async fn process(
         fingerprint: Some(job.request.fingerprint()),
     };
     match shared
-        .records
-        .start(&record, job.attempt, &env.host, redelivered)
+        .store
+        .start(&record, job.attempt, &shared.host, incoming.redelivered)
         .await
     {
         Ok(Start::Run) => {}
@@ -206,7 +194,7 @@ async fn process(
                 "build already {}; acking",
                 state.as_str()
             );
-            return Ok(());
+            return Outcome::AlreadySettled;
         }
         Ok(Start::Foreign) => {
             let rejection = Rejection::new(
@@ -214,161 +202,166 @@ async fn process(
                 "belongs to a different request (another repository, ref, user or \
                  configuration); send a new id",
             );
-            return reject(shared, body, meta, job.build_id, rejection).await;
+            return rejected(incoming, job.build_id, rejection);
         }
-        Err(e) => tracing::warn!("build store unavailable, building without a record: {e:#}"),
+        Err(e) => tracing::warn!(
+            "build store unavailable, building without a record: {}",
+            cause_chain(&e)
+        ),
     }
+    build(shared, &job, &incoming.body).await
+}
 
-    let redactor = secrets_of(&job, env);
-    let writer = shared.records.log_writer(&job.build_id);
+/// Runs the build, announcing it while it runs, and says how it ended.
+async fn build(shared: &Shared, job: &Job, body: &[u8]) -> Outcome {
+    let redactor = secrets_of(job, &shared.registry_password);
+    let writer = shared.store.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
     let started_event = Event::Started(BuildStarted {
         build: job.build_ref(None),
         attempt: job.attempt,
-        host: env.host.clone(),
+        host: shared.host.clone(),
     });
     tracing::info!(repo = %job.request.repo.display(), "build started");
     if job.attempt > 1 {
-        log.push(&format!("--- attempt {} on {} ---", job.attempt, env.host));
+        log.push(&format!(
+            "--- attempt {} on {} ---",
+            job.attempt, shared.host
+        ));
     }
 
     let started = std::time::Instant::now();
     shared.metrics.running.inc();
     // `build.started` is confirmed while the build runs, not before: one broker round trip less
     // on a cached answer. It still precedes the outcome, which is published after both.
-    let (announced, result) = tokio::join!(shared.event(&started_event), async {
+    let (announced, result) = tokio::join!(shared.outbox.event(&started_event), async {
         let running = shared
             .running
             .register(&job.build_id, shared.hard_stop.child_token());
-        pipeline::run(env, &job, &log, &running.token).await
+        pipeline::run(&shared.env, job, &log, &running.token).await
     });
     shared.metrics.running.dec();
-    announced?;
+    if let Err(e) = announced {
+        return Outcome::Requeue(Requeue::Publish(e));
+    }
     // Every line is stored before the final state, so a follower of the log sees all of it.
     log.detach_sink();
     writer.finish().await;
-    let seconds = Some(started.elapsed().as_secs_f64());
+    let seconds = started.elapsed().as_secs_f64();
 
-    let error = match result {
+    match result {
         Ok(updated) => {
             tracing::info!(image = %updated.image, digest = %updated.digest, ms = updated.duration_ms, "image pushed");
-            shared.event(&Event::ImageUpdated(updated.clone())).await?;
-            shared.recorded(
-                "success",
-                shared
-                    .records
-                    .succeeded(&job.build_id, job.attempt, &updated)
-                    .await,
-            );
-            shared
-                .metrics
-                .finished("succeeded", "", updated.cached, seconds);
-            return Ok(());
+            Outcome::Pushed {
+                updated,
+                attempt: job.attempt,
+                seconds,
+            }
         }
-        Err(error) => error,
-    };
-    if matches!(error, BuildError::Cancelled) {
-        if shared.hard_stop.is_cancelled() {
-            return Err(Requeue::Shutdown);
+        Err(BuildError::Cancelled) if shared.hard_stop.is_cancelled() => {
+            Outcome::Requeue(Requeue::Shutdown)
         }
-        tracing::info!("build cancelled on request");
-        shared
-            .event(&Event::Cancelled(BuildCancelled {
-                build: job.build_ref(None),
-                attempts: job.attempt,
-                was_running: true,
-                log_tail: log.tail(env.settings.build.log_tail_lines),
-            }))
-            .await?;
-        shared.recorded(
-            "a cancellation",
-            shared.records.cancelled(&job.build_id, job.attempt).await,
-        );
-        shared.metrics.finished("cancelled", "", false, seconds);
-        return Ok(());
+        Err(BuildError::Cancelled) => {
+            tracing::info!("build cancelled on request");
+            Outcome::Cancelled {
+                event: BuildCancelled {
+                    build: job.build_ref(None),
+                    attempts: job.attempt,
+                    was_running: true,
+                    log_tail: log.tail(shared.log_tail_lines),
+                },
+                seconds,
+            }
+        }
+        Err(error) => {
+            let failure = Failure {
+                error: &error,
+                reason: redactor.redact(&error.chain()).into_owned(),
+                log_tail: log.tail(shared.log_tail_lines),
+                seconds,
+            };
+            failed(shared, job, body, failure)
+        }
     }
+}
+
+struct Failure<'a> {
+    error: &'a BuildError,
+    /// The whole cause chain, redacted.
+    reason: String,
+    log_tail: Vec<String>,
+    seconds: f64,
+}
+
+/// A failed build: final, parked in a retry tier, or dead, as the retry policy decides.
+fn failed(shared: &Shared, job: &Job, body: &[u8], failure: Failure<'_>) -> Outcome {
+    let Failure {
+        error,
+        reason,
+        log_tail,
+        seconds,
+    } = failure;
     let fault = error.classify();
-    let reason = redactor.redact(&error.chain()).into_owned();
     tracing::warn!(fault = ?fault, kind = error.metric_label(), "build failed: {reason}");
-    let failed = |attempts| {
-        Event::Failed(BuildFailed {
-            build: job.build_ref(None),
-            attempts,
-            fault,
-            reason: reason.clone(),
-            field: match &error {
-                BuildError::Rejected(r) => Some(r.field.clone()),
-                _ => None,
-            },
-            log_tail: log.tail(env.settings.build.log_tail_lines),
-        })
-    };
-    let next_meta = |attempt| MessageMeta {
+    let parked_meta = |attempt| MessageMeta {
         attempt,
         request_id: Some(job.request.id.as_str().to_owned()),
         build_id: Some(job.build_id.clone()),
         last_error: Some(reason.clone()),
     };
-    let topology = &shared.topology;
-    let fault_name = fault.as_str();
-    match decide(fault, job.attempt, &env.settings.retry) {
-        Disposition::Done => shared.event(&failed(job.attempt)).await?,
-        Disposition::Retry { next_attempt } => {
-            let (queue, delay) = topology.retry_queue(job.attempt);
-            shared
-                .to_queue(queue, body, &next_meta(next_attempt))
-                .await?;
-            shared
-                .event(&Event::Retrying(BuildRetrying {
-                    build: job.build_ref(None),
-                    attempt: job.attempt,
-                    next_attempt,
-                    delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
-                    reason: reason.clone(),
-                }))
-                .await?;
-            shared.recorded(
-                "a retry",
-                shared
-                    .records
-                    .retrying(&job.build_id, job.attempt, &reason)
-                    .await,
-            );
-            shared.metrics.retries.inc();
-            return Ok(());
-        }
-        Disposition::Dead => {
+    let event = |reason: String| BuildFailed {
+        build: job.build_ref(None),
+        attempts: job.attempt,
+        fault,
+        reason,
+        field: match error {
+            BuildError::Rejected(r) => Some(r.field.clone()),
+            _ => None,
+        },
+        log_tail,
+    };
+    match shared.retry.decide(fault, job.attempt) {
+        Disposition::Done => Outcome::Failed {
+            event: event(reason),
+            dead: None,
+            seconds,
+        },
+        Disposition::Retry {
+            next_attempt,
+            tier,
+            delay,
+        } => Outcome::Retrying {
+            parked: Parked {
+                queue: shared.topology.retry_queue(tier).to_owned(),
+                body: body.to_vec(),
+                meta: parked_meta(next_attempt),
+            },
+            event: BuildRetrying {
+                build: job.build_ref(None),
+                attempt: job.attempt,
+                next_attempt,
+                delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+                reason,
+            },
+        },
+        Disposition::Dead => Outcome::Failed {
             // Without the token and build arg values, unlike a retry (see `dead_message`).
-            let dead = dead_message(&job.request, &job.build_id, job.attempt, &reason);
-            shared
-                .to_queue(&topology.dead_queue, &dead, &next_meta(job.attempt))
-                .await?;
-            shared.event(&failed(job.attempt)).await?;
-        }
+            dead: Some(Parked {
+                queue: shared.topology.dead_queue.clone(),
+                body: dead_message(&job.request, &job.build_id, job.attempt, &reason),
+                meta: parked_meta(job.attempt),
+            }),
+            event: event(reason),
+            seconds,
+        },
     }
-    shared.recorded(
-        "a failure",
-        shared
-            .records
-            .failed(&job.build_id, job.attempt, fault_name, &reason)
-            .await,
-    );
-    shared
-        .metrics
-        .finished("failed", fault_name, false, seconds);
-    Ok(())
 }
 
 /// An invalid request: one `build.rejected` naming the field, a failed record, never a build.
-async fn reject(
-    shared: &Shared,
-    body: &[u8],
-    meta: &MessageMeta,
-    build_id: String,
-    rejection: Rejection,
-) -> Result<(), Requeue> {
+fn rejected(incoming: &Incoming, build_id: String, rejection: Rejection) -> Outcome {
     tracing::warn!(field = %rejection.field, "rejected: {rejection}");
-    let summary = RequestSummary::sniff(body);
+    let meta = &incoming.meta;
+    let summary = RequestSummary::sniff(&incoming.body);
     let build = BuildRef {
         build_id,
         request_id: summary
@@ -383,54 +376,44 @@ async fn reject(
         repo: summary.repo.clone(),
         git_ref: summary.git_ref.clone(),
     };
-    let event = Event::Rejected(BuildFailed {
-        build: build.clone(),
-        attempts: meta.attempt,
-        fault: Fault::Rejected,
-        reason: rejection.to_string(),
-        field: Some(rejection.field.clone()),
-        log_tail: Vec::new(),
-    });
-    shared.event(&event).await?;
     let record = NewBuild {
         id: build.build_id.clone(),
-        request_id: build.request_id,
-        user_id: build.user_id,
-        repo: build.repo,
-        git_ref: build.git_ref,
+        request_id: build.request_id.clone(),
+        user_id: build.user_id.clone(),
+        repo: build.repo.clone(),
+        git_ref: build.git_ref.clone(),
         // Only what the sniffer could read safely: never the body, which may hold a token.
         request: serde_json::to_value(&summary).unwrap_or_default(),
         rebuild_of: None,
         fingerprint: None,
     };
-    let records = &shared.records;
-    let result = async {
-        // An id already taken keeps its record: a rejection never overwrites another build.
-        if records.create(&record, BuildState::Queued).await? != Claim::New {
-            return Ok(());
-        }
-        records
-            .failed(
-                &record.id,
-                meta.attempt,
-                Fault::Rejected.as_str(),
-                &rejection.to_string(),
-            )
-            .await
+    Outcome::Rejected {
+        event: BuildFailed {
+            build,
+            attempts: meta.attempt,
+            fault: Fault::Rejected,
+            reason: rejection.to_string(),
+            field: Some(rejection.field.clone()),
+            log_tail: Vec::new(),
+        },
+        record,
     }
-    .await;
-    shared.recorded("a rejection", result);
-    shared.metrics.finished("rejected", "rejected", false, None);
-    Ok(())
 }
 
 /// Everything that must never be shown: the token, build arg values, the registry password.
-fn secrets_of(job: &Job, env: &Environment) -> Redactor {
-    use secrecy::ExposeSecret;
+fn secrets_of(job: &Job, registry_password: &SecretString) -> Redactor {
     let mut secrets: Vec<String> = job.request.build_args.values().map(str::to_owned).collect();
     if let Some(token) = &job.request.token {
         secrets.push(token.expose_secret().to_owned());
     }
-    secrets.push(env.settings.registry.password.expose_secret().to_owned());
+    secrets.push(registry_password.expose_secret().to_owned());
     Redactor::new(secrets)
+}
+
+/// This replica's name in events: host and pid, since replicas may share a host.
+fn host_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{host}:{}", std::process::id())
 }

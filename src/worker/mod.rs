@@ -2,121 +2,79 @@
 //! requests with prefetch = build slots, and drain in-flight builds on shutdown.
 
 mod handler;
+mod outbox;
+mod outcome;
 mod policy;
 mod recent;
 mod running;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{ExponentialBuilder, Retryable};
 use futures_util::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-pub use policy::{Disposition, decide};
+pub use policy::{Disposition, RetryPolicy};
 
-use crate::amqp::{self, Control, Publisher, PublisherSlotSetter, Topology, publisher_slot};
-use crate::config::{EngineKind, Settings};
-use crate::engine::{DockerEngine, ImageEngine, Podman};
+use crate::amqp::{
+    self, Control, Publisher, PublisherSlotSetter, SessionEnd, Topology, publisher_slot,
+};
+use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::pipeline::Environment;
-use crate::registry::RegistryClient;
-use crate::request::RequestPolicy;
-use crate::source::{GitMirrors, NetworkPolicy};
+use crate::ports::Environment;
 use crate::store::BuildStore;
 
 /// Runs until `shutdown` is cancelled, then stops consuming, lets in-flight builds finish within
 /// the grace period, stops (and requeues) the rest, and returns.
 pub async fn run(
     settings: Arc<Settings>,
-    records: BuildStore,
+    env: Arc<Environment>,
+    store: BuildStore,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    crate::source::configure_git_timeouts(settings.build.limits.git_stall());
-    for warning in settings.sandbox_warnings() {
-        tracing::warn!("sandbox loosened: {warning}");
-    }
-    let isolated = settings.build.isolation == crate::config::Isolation::Oci
-        && settings.build.network == crate::config::BuildNetwork::Isolated;
-    if settings.build.engine == EngineKind::Podman && isolated {
-        let build = &settings.build;
-        if let Some(why) = crate::engine::build_network_fence_missing(&build.bridge, &build.subnet)
-        {
-            tracing::warn!(
-                "sandbox loosened: {why}: builds may reach this host and have no egress \
-                 (run scripts/sandbox-firewall.sh apply)"
-            );
-        }
-    }
-    if settings.build.engine == EngineKind::Podman {
-        // Older than any build can run, with a margin for its push.
-        crate::engine::remove_stale_cgroups(settings.build_timeout() + Duration::from_secs(600));
-    }
-    let engine: Arc<dyn ImageEngine> = match settings.build.engine {
-        EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
-        EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)?),
-    };
-    let env = Arc::new(Environment {
-        source: Arc::new(
-            GitMirrors::new(
-                settings.cache_dir(),
-                settings.git_cache_max_mb.saturating_mul(1024 * 1024),
-                &settings.build.limits,
-                NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
-            )
-            .trusting(settings.request.git_roots()?),
-        ),
-        engine,
-        store: Arc::new(RegistryClient::new(&settings.registry)),
-        records: Arc::new(records.clone()),
-        host: host_name(),
-        build_slots: Arc::new(tokio::sync::Semaphore::new(usize::from(
-            settings.amqp.prefetch.max(1),
-        ))),
-        settings: settings.clone(),
-    });
-    let topology = Arc::new(Topology::from_settings(&settings));
     let tracker = TaskTracker::new();
     let (slot, publishers) = publisher_slot();
-    let shared = Arc::new(handler::Shared {
-        env,
-        topology: topology.clone(),
+    let hard_stop = CancellationToken::new();
+    let outbox = Arc::new(outbox::BrokerOutbox {
         publishers,
-        recent: recent::RecentOutcomes::new(10_000),
-        policy: RequestPolicy {
-            max_body_bytes: settings.request.max_body_bytes,
-            allowed_schemes: settings.request.allowed_schemes.clone(),
-        },
-        hard_stop: CancellationToken::new(),
-        records,
-        running: running::RunningBuilds::default(),
-        metrics,
+        stop: hard_stop.clone(),
     });
+    let shared = Arc::new(handler::Shared::new(
+        &settings, env, store, metrics, outbox, hard_stop,
+    ));
+    let topology = shared.topology.clone();
 
-    while !shutdown.is_cancelled() {
-        let session = tokio::select! {
-            session = connect_with_backoff(&settings, &topology) => session,
-            _ = shutdown.cancelled() => break,
-        };
-        let session = match session {
-            Ok(session) => session,
-            Err(e) => {
-                tracing::error!("gave up connecting to the broker: {e:#}");
-                continue;
+    let (shared_ref, settings_ref) = (&shared, &*settings);
+    let (tracker_ref, shutdown_ref, slot_ref) = (&tracker, &shutdown, &slot);
+    amqp::keep_session(
+        "worker",
+        &shutdown,
+        || open_session(settings_ref, &topology),
+        |session: Session| async move {
+            slot_ref.set(Some(session.publisher.clone()));
+            let consumed = consume(
+                session,
+                shared_ref,
+                settings_ref,
+                tracker_ref,
+                shutdown_ref,
+                slot_ref,
+            )
+            .await;
+            slot_ref.set(None);
+            match consumed {
+                Ok(()) => SessionEnd::Shutdown,
+                Err(e) => SessionEnd::Lost(e),
             }
-        };
-        slot.set(Some(session.publisher.clone()));
-        let consumed = consume(session, &shared, &tracker, &shutdown, &slot).await;
-        slot.set(None);
-        match consumed {
-            Ok(()) => break,
-            Err(e) => tracing::warn!("lost the broker, reconnecting: {e:#}"),
-        }
-    }
+        },
+    )
+    .await;
 
     drain(&tracker, &settings, &shared.hard_stop).await;
     tracing::info!("worker stopped");
@@ -146,67 +104,52 @@ struct Session {
     control: lapin::Consumer,
 }
 
-async fn connect_with_backoff(
-    settings: &Settings,
-    topology: &Arc<Topology>,
-) -> anyhow::Result<Session> {
-    let attempt = || async {
-        let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
-        channel
-            .basic_qos(
-                settings
-                    .amqp
-                    .prefetch
-                    .saturating_add(settings.amqp.lookahead),
-                BasicQosOptions::default(),
-            )
-            .await?;
-        let publisher = Publisher::open(&connection, topology.clone()).await?;
-        let consumer = channel
-            .basic_consume(
-                topology.build_queue.as_str().into(),
-                "".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let control = topology
-            .subscribe_control(&connection.create_channel().await?)
-            .await?;
-        tracing::info!(
-            queue = %topology.build_queue,
-            slots = settings.amqp.prefetch,
-            lookahead = settings.amqp.lookahead,
-            "consuming"
-        );
-        anyhow::Ok(Session {
-            connection,
-            publisher,
-            consumer,
-            channel,
-            control,
-        })
-    };
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(200))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times();
-    // Retries until connected; the caller's select on shutdown ends the wait.
-    attempt
-        .retry(backoff)
-        .notify(|e: &anyhow::Error, wait| {
-            tracing::warn!("broker not ready, retrying in {wait:?}: {e:#}")
-        })
-        .await
+/// One try at a consuming session: connection, topology, prefetch, publisher, consumers.
+async fn open_session(settings: &Settings, topology: &Arc<Topology>) -> anyhow::Result<Session> {
+    let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
+    let channel = connection.create_channel().await?;
+    topology.declare(&channel).await?;
+    channel
+        .basic_qos(
+            settings
+                .amqp
+                .prefetch
+                .saturating_add(settings.amqp.lookahead),
+            BasicQosOptions::default(),
+        )
+        .await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
+    let consumer = channel
+        .basic_consume(
+            topology.build_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let control = topology
+        .subscribe_control(&connection.create_channel().await?)
+        .await?;
+    tracing::info!(
+        queue = %topology.build_queue,
+        slots = settings.amqp.prefetch,
+        lookahead = settings.amqp.lookahead,
+        "consuming"
+    );
+    Ok(Session {
+        connection,
+        publisher,
+        consumer,
+        channel,
+        control,
+    })
 }
 
 /// Consumes until shutdown (Ok) or until the connection is lost (Err).
 async fn consume(
     mut session: Session,
     shared: &Arc<handler::Shared>,
+    settings: &Settings,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
     slot: &PublisherSlotSetter,
@@ -228,7 +171,7 @@ async fn consume(
                     tracing::warn!("failed to cancel the consumer: {e}");
                 }
                 // Keep the connection open while builds finish: they still ack on it.
-                drain(tracker, &shared.env.settings, &shared.hard_stop).await;
+                drain(tracker, settings, &shared.hard_stop).await;
                 slot.set(None);
                 let _ = session.connection.close(200, "worker shutting down".into()).await;
                 return Ok(());
@@ -260,12 +203,4 @@ async fn on_control(shared: &handler::Shared, delivery: &lapin::message::Deliver
     {
         tracing::warn!("failed to ack a control message: {e}");
     }
-}
-
-/// This replica's name in events: host and pid, since replicas may share a host.
-fn host_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into());
-    format!("{host}:{}", std::process::id())
 }

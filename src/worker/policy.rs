@@ -1,5 +1,7 @@
 //! The retry policy, separate from the work: given whose fault and which attempt, what next.
 
+use std::time::Duration;
+
 use serde_json::Value;
 
 use crate::config::RetrySettings;
@@ -10,27 +12,60 @@ use crate::request::BuildRequest;
 pub enum Disposition {
     /// Final: publish the outcome and ack.
     Done,
-    /// Park in a retry tier; it comes back as attempt `next_attempt`.
-    Retry { next_attempt: u32 },
+    /// Park in retry tier `tier` (1-based) for `delay`; it comes back as attempt `next_attempt`.
+    Retry {
+        next_attempt: u32,
+        tier: usize,
+        delay: Duration,
+    },
     /// Out of attempts: to the dead queue with a `build.failed`.
     Dead,
 }
 
-pub fn decide(fault: Fault, attempt: u32, retry: &RetrySettings) -> Disposition {
-    let retryable = match fault {
-        Fault::Service => true,
-        Fault::User => retry.retry_user_faults,
-        Fault::Rejected | Fault::Cancelled => false,
-    };
-    if !retryable {
-        return Disposition::Done;
+/// `retry` settings as a decision: whether a failure is retried, in which tier, after how long.
+/// The tiers' delays are also the TTLs `amqp::Topology` declares on the retry queues.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    max_attempts: u32,
+    retry_user_faults: bool,
+    /// Tier n's delay at index n - 1; never empty (`Settings::load` checks).
+    delays: Vec<Duration>,
+}
+
+impl RetryPolicy {
+    pub fn new(retry: &RetrySettings) -> Self {
+        Self {
+            max_attempts: retry.max_attempts,
+            retry_user_faults: retry.retry_user_faults,
+            delays: retry
+                .delays_ms
+                .iter()
+                .map(|ms| Duration::from_millis(*ms))
+                .collect(),
+        }
     }
-    if attempt < retry.max_attempts {
+
+    pub fn decide(&self, fault: Fault, attempt: u32) -> Disposition {
+        let retryable = match fault {
+            Fault::Service => true,
+            Fault::User => self.retry_user_faults,
+            Fault::Rejected | Fault::Cancelled => false,
+        };
+        if !retryable {
+            return Disposition::Done;
+        }
+        if attempt >= self.max_attempts {
+            return Disposition::Dead;
+        }
+        // Tier n for failed attempt n; attempts past the last tier wait in the last one.
+        let tier = usize::try_from(attempt)
+            .unwrap_or(usize::MAX)
+            .clamp(1, self.delays.len().max(1));
         Disposition::Retry {
             next_attempt: attempt + 1,
+            tier,
+            delay: self.delays.get(tier - 1).copied().unwrap_or_default(),
         }
-    } else {
-        Disposition::Dead
     }
 }
 
@@ -86,38 +121,40 @@ mod tests {
         assert!(value["build_args"]["KEY"].is_null());
     }
 
-    fn settings(retry_user_faults: bool) -> RetrySettings {
-        RetrySettings {
-            max_attempts: 3,
+    fn policy(retry_user_faults: bool) -> RetryPolicy {
+        RetryPolicy::new(&RetrySettings {
+            max_attempts: 4,
             delays_ms: vec![10, 20],
             retry_user_faults,
+        })
+    }
+
+    fn retry(next_attempt: u32, tier: usize, ms: u64) -> Disposition {
+        Disposition::Retry {
+            next_attempt,
+            tier,
+            delay: Duration::from_millis(ms),
         }
     }
 
     #[test]
-    fn service_faults_retry_until_the_last_attempt() {
-        let s = settings(false);
+    fn service_faults_retry_through_the_tiers_until_the_last_attempt() {
+        let p = policy(false);
+        assert_eq!(p.decide(Fault::Service, 1), retry(2, 1, 10));
+        assert_eq!(p.decide(Fault::Service, 2), retry(3, 2, 20));
         assert_eq!(
-            decide(Fault::Service, 1, &s),
-            Disposition::Retry { next_attempt: 2 }
+            p.decide(Fault::Service, 3),
+            retry(4, 2, 20),
+            "past the last tier: the last tier again"
         );
-        assert_eq!(
-            decide(Fault::Service, 2, &s),
-            Disposition::Retry { next_attempt: 3 }
-        );
-        assert_eq!(decide(Fault::Service, 3, &s), Disposition::Dead);
+        assert_eq!(p.decide(Fault::Service, 4), Disposition::Dead);
     }
 
     #[test]
     fn user_faults_are_final_unless_enabled() {
-        assert_eq!(decide(Fault::User, 1, &settings(false)), Disposition::Done);
-        assert_eq!(
-            decide(Fault::User, 1, &settings(true)),
-            Disposition::Retry { next_attempt: 2 }
-        );
-        assert_eq!(
-            decide(Fault::Rejected, 1, &settings(true)),
-            Disposition::Done
-        );
+        assert_eq!(policy(false).decide(Fault::User, 1), Disposition::Done);
+        assert_eq!(policy(true).decide(Fault::User, 1), retry(2, 1, 10));
+        assert_eq!(policy(true).decide(Fault::Rejected, 1), Disposition::Done);
+        assert_eq!(policy(true).decide(Fault::Cancelled, 1), Disposition::Done);
     }
 }

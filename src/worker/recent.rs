@@ -9,7 +9,8 @@ use tokio::sync::OwnedMutexGuard;
 
 use sha2::{Digest, Sha256};
 
-type Key = [u8; 32];
+/// Identifies one delivery of one message: see `RecentOutcomes::key`.
+pub type Key = [u8; 32];
 
 /// Bounded: the oldest keys are forgotten first.
 pub struct RecentOutcomes {

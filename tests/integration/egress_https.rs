@@ -11,9 +11,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use image_builder::error::BuildError;
-use image_builder::source::{
-    ExtraRoots, GitLimits, GitMirrors, Lookup, NetworkPolicy, SourceFetcher, SourceSpec,
-};
+use image_builder::ports::{SourceFetcher, SourceSpec};
+use image_builder::source::{ExtraRoots, GitLimits, GitMirrors, Lookup, NetworkPolicy};
 use tokio::net::TcpListener;
 
 use crate::egress::ctx_for;

@@ -118,7 +118,7 @@ async fn service_fault_ends_in_the_dead_queue_after_max_attempts() {
     };
     assert_eq!(failed.fault, Fault::Service);
     assert_eq!(failed.attempts, 3);
-    assert!(failed.reason.contains("push"), "{}", failed.reason);
+    assert!(failed.reason.contains("registry"), "{}", failed.reason);
 
     let events = stack.settle(&id, QUIET).await;
     assert_eq!(count(&events, "build.failed"), 1, "{events:?}");
@@ -138,7 +138,7 @@ async fn service_fault_ends_in_the_dead_queue_after_max_attempts() {
     assert!(
         meta.last_error
             .as_deref()
-            .is_some_and(|e| e.contains("push"))
+            .is_some_and(|e| e.contains("registry"))
     );
     worker.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);

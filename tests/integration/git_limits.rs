@@ -7,9 +7,10 @@ use std::time::{Duration, Instant};
 use image_builder::build_log::BuildLog;
 use image_builder::error::{BuildError, Fault};
 use image_builder::events::Event;
-use image_builder::pipeline::BuildCtx;
+use image_builder::ports::BuildCtx;
+use image_builder::ports::{SourceFetcher, SourceSpec};
 use image_builder::redact::Redactor;
-use image_builder::source::{GitLimits, GitMirrors, NetworkPolicy, SourceFetcher, SourceSpec};
+use image_builder::source::{GitLimits, GitMirrors, NetworkPolicy};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 

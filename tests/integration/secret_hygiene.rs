@@ -115,7 +115,7 @@ async fn the_dead_queue_parks_a_request_without_its_secrets() {
     assert!(
         parked["last_error"]
             .as_str()
-            .is_some_and(|e| e.contains("push")),
+            .is_some_and(|e| e.contains("registry")),
         "{parked}"
     );
     assert_eq!(meta.attempt, 1);

@@ -18,17 +18,15 @@ use bollard::auth::DockerCredentials;
 use bollard::errors::Error as DockerError;
 use bollard::query_parameters::BuildImageOptionsBuilder;
 use futures_util::StreamExt;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
-pub use host::DockerHost;
 use stream::BuildOutput;
 
 use super::ImageEngine;
-use crate::config::{BuildSettings, RegistrySettings};
-use crate::error::BuildError;
+use crate::config::{BuildSettings, DockerHost, RegistryCredentials, RegistrySettings};
+use crate::error::{BuildError, cause_chain};
 use crate::now_and_then::NowAndThen;
-use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::ports::{BuildCtx, BuildSpec};
 use crate::request::Rejection;
 
 /// Builds and pushes through one Docker Engine API daemon. Holds the registry password, so it
@@ -37,7 +35,7 @@ pub struct DockerEngine {
     host: DockerHost,
     nixpacks: String,
     registry_host: String,
-    credentials: Option<(String, SecretString)>,
+    credentials: Option<RegistryCredentials>,
     /// The build timeout: reported when a deadline passes, and bollard's per-request bound.
     timeout: Duration,
     layer_cache_max_age: Duration,
@@ -45,23 +43,19 @@ pub struct DockerEngine {
 }
 
 impl DockerEngine {
-    /// Fails only on a `build.docker_host` that `Settings::load` refuses as well.
     /// `registry.insecure` has no say here: the Engine API has no TLS switch per request, so a
     /// plain-HTTP registry must be marked insecure in the daemon's own configuration (dockerd's
     /// `insecure-registries`, podman's registries.conf).
-    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> anyhow::Result<Self> {
-        let host = DockerHost::parse(&build.docker_host)
-            .map_err(|e| anyhow::anyhow!("build.docker_host {e}"))?;
-        Ok(Self {
-            host,
+    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
+        Self {
+            host: build.docker_host.clone(),
             nixpacks: build.nixpacks.clone(),
             registry_host: registry.host.clone(),
-            credentials: (!registry.username.is_empty())
-                .then(|| (registry.username.clone(), registry.password.clone())),
+            credentials: registry.credentials(),
             timeout: Duration::from_secs(build.timeout_secs),
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
-        })
+        }
     }
 
     /// A client that has spoken to the daemon once, to settle the API version (podman's compat
@@ -71,13 +65,11 @@ impl DockerEngine {
             BuildError::Engine(format!(
                 "failed to reach the docker daemon at {}: {}",
                 self.host,
-                chain(&e)
+                cause_chain(&e)
             ))
         };
-        let docker = self
-            .host
-            .client(self.timeout.as_secs().max(1))
-            .map_err(unreachable)?;
+        let docker =
+            host::client(&self.host, self.timeout.as_secs().max(1)).map_err(unreachable)?;
         docker.negotiate_version().await.map_err(unreachable)
     }
 
@@ -86,7 +78,7 @@ impl DockerEngine {
         BuildError::Engine(format!(
             "lost the docker daemon at {}: {}",
             self.host,
-            chain(e)
+            cause_chain(e)
         ))
     }
 
@@ -111,14 +103,12 @@ impl DockerEngine {
     /// Registry credentials for the daemon: bollard sends them base64-encoded in the
     /// X-Registry-Auth (push) or X-Registry-Config (build: base image pulls) header.
     fn credentials(&self) -> Option<DockerCredentials> {
-        self.credentials
-            .as_ref()
-            .map(|(user, password)| DockerCredentials {
-                username: Some(user.clone()),
-                password: Some(password.expose_secret().to_owned()),
-                serveraddress: Some(self.registry_host.clone()),
-                ..Default::default()
-            })
+        self.credentials.as_ref().map(|login| DockerCredentials {
+            username: Some(login.username.clone()),
+            password: Some(login.password.expose_secret().to_owned()),
+            serveraddress: Some(self.registry_host.clone()),
+            ..Default::default()
+        })
     }
 
     async fn run_build(
@@ -189,7 +179,7 @@ impl DockerEngine {
             BuildError::Engine(format!(
                 "the docker daemon at {} ended the build without an image: {}",
                 self.host,
-                chain(&e)
+                cause_chain(&e)
             ))
         })?;
         Ok(())
@@ -239,17 +229,4 @@ fn one_platform(spec: &BuildSpec) -> Result<Option<&str>, BuildError> {
              (no manifest list); request one platform, or use a worker with the podman engine",
         ))),
     }
-}
-
-/// An error and its causes on one line: hyper's own message ("client error (Connect)") says
-/// little without them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

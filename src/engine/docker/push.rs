@@ -11,11 +11,10 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
+use super::DockerEngine;
 use super::stream::{self, PushOutput};
-use super::{DockerEngine, chain};
-use crate::error::BuildError;
-use crate::pipeline::BuildCtx;
-use crate::plan::BuildSpec;
+use crate::error::{BuildError, cause_chain};
+use crate::ports::{BuildCtx, BuildSpec};
 
 const FORGET_WITHIN: Duration = Duration::from_secs(30);
 
@@ -40,7 +39,7 @@ impl DockerEngine {
                     "failed to tag {} as {reference} on the docker daemon at {}: {}",
                     spec.local_ref,
                     self.host,
-                    chain(&e)
+                    cause_chain(&e)
                 ))
             })?;
         ctx.log.push(&format!("pushing {reference}"));
@@ -81,7 +80,7 @@ impl DockerEngine {
                     }),
                 ) => {}
                 Ok(Err(e)) => {
-                    tracing::warn!("failed to remove the local tag {name}: {}", chain(&e))
+                    tracing::warn!("failed to remove the local tag {name}: {}", cause_chain(&e))
                 }
                 Err(_) => tracing::warn!("failed to remove the local tag {name}: timed out"),
             }
@@ -99,7 +98,7 @@ impl DockerEngine {
             let filters = HashMap::from([("until", vec![until.as_str()])]);
             let options = PruneImagesOptionsBuilder::new().filters(&filters).build();
             if let Err(e) = docker.prune_images(Some(options)).await {
-                tracing::warn!("failed to prune the layer cache: {}", chain(&e));
+                tracing::warn!("failed to prune the layer cache: {}", cause_chain(&e));
             }
         });
     }

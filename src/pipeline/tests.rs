@@ -1,0 +1,173 @@
+//! `pipeline::run` over in-process fakes: no git, podman or registry.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{Job, run};
+use crate::build_log::BuildLog;
+use crate::error::{BuildError, Fault, RegistryError};
+use crate::ports::Environment;
+use crate::redact::Redactor;
+use crate::request::{BuildRequest, RequestPolicy};
+use crate::testing::{self, FakeEngine, FakeRegistry, FakeSource, RecordedDigests};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+struct Fixture {
+    env: Environment,
+    source: Arc<FakeSource>,
+    engine: Arc<FakeEngine>,
+    registry: Arc<FakeRegistry>,
+    recorded: Arc<RecordedDigests>,
+    work: tempfile::TempDir,
+}
+
+fn fixture(slots: usize) -> Fixture {
+    let work = tempfile::tempdir().expect("work dir");
+    let source = Arc::new(FakeSource::new(COMMIT));
+    let registry = Arc::new(FakeRegistry::default());
+    let engine = Arc::new(FakeEngine::new(registry.clone()));
+    let recorded = Arc::new(RecordedDigests::default());
+    let env = testing::environment(
+        work.path(),
+        source.clone(),
+        engine.clone(),
+        registry.clone(),
+        recorded.clone(),
+        slots,
+    );
+    Fixture {
+        env,
+        source,
+        engine,
+        registry,
+        recorded,
+        work,
+    }
+}
+
+fn job(id: &str) -> Job {
+    let policy = RequestPolicy {
+        max_body_bytes: 65536,
+        allowed_schemes: vec!["https".into()],
+    };
+    let body = format!(r#"{{"id":"{id}","repo":"acme/app","user_id":"u1","tags":["v1"]}}"#);
+    Job {
+        request: BuildRequest::parse(body.as_bytes(), &policy, None).expect("valid request"),
+        build_id: id.to_owned(),
+        attempt: 1,
+    }
+}
+
+async fn build(f: &Fixture, id: &str) -> Result<crate::events::ImageUpdated, BuildError> {
+    let (job, log, cancel) = (
+        job(id),
+        BuildLog::new(Redactor::default()),
+        CancellationToken::new(),
+    );
+    tokio::time::timeout(Duration::from_secs(10), run(&f.env, &job, &log, &cancel))
+        .await
+        .expect("the build ends")
+}
+
+#[tokio::test]
+async fn a_build_is_pushed_under_every_tag_with_the_build_key_then_the_lineage_tag_last() {
+    let f = fixture(1);
+    let updated = build(&f, "r1").await.expect("pushed");
+    assert!(!updated.cached);
+    assert_eq!(updated.image, "registry.test/u1/app");
+    assert_eq!(updated.commit, COMMIT);
+    assert_eq!(updated.tags, ["0123456789ab", "main", "latest", "v1"]);
+    assert_eq!(f.engine.build_count(), 1);
+
+    let written: Vec<String> = f
+        .registry
+        .tags_written()
+        .into_iter()
+        .map(|(repository, tag)| {
+            assert_eq!(repository, "u1/app");
+            tag
+        })
+        .collect();
+    let n = written.len();
+    assert!(n >= 3, "{written:?}");
+    assert!(written[n - 2].starts_with("ib-") && !written[n - 2].starts_with("ib-line-"));
+    assert!(written[n - 1].starts_with("ib-line-"), "{written:?}");
+    assert!(
+        std::fs::read_dir(f.work.path())
+            .expect("work dir")
+            .next()
+            .is_none(),
+        "the per-build work dir is removed"
+    );
+}
+
+#[tokio::test]
+async fn an_identical_recorded_build_is_answered_from_the_registry_without_a_build_slot() {
+    let mut f = fixture(1);
+    let first = build(&f, "r1").await.expect("pushed");
+    f.recorded.trust(&first.image, &first.digest);
+    // No slot at all: only an answer that needs none can finish.
+    f.env.build_slots = Arc::new(tokio::sync::Semaphore::new(0));
+    let second = build(&f, "r2").await.expect("answered");
+    assert!(second.cached);
+    assert_eq!(second.digest, first.digest);
+    assert_eq!(f.engine.build_count(), 1, "nothing built again");
+    assert_eq!(
+        f.source.checkouts.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_tag_this_service_did_not_record_is_built_again() {
+    let f = fixture(1);
+    build(&f, "r1").await.expect("pushed");
+    let second = build(&f, "r2").await.expect("pushed");
+    assert!(!second.cached);
+    assert_eq!(f.engine.build_count(), 2);
+}
+
+#[tokio::test]
+async fn errors_keep_their_fault() {
+    let f = fixture(1);
+    f.source
+        .fail_next_resolve(BuildError::RefNotFound("nope".into()));
+    let err = build(&f, "r1").await.expect_err("fails");
+    assert_eq!(err.classify(), Fault::User, "{err}");
+
+    f.engine
+        .fail_next_build(BuildError::Engine("podman crashed".into()));
+    let err = build(&f, "r2").await.expect_err("fails");
+    assert_eq!(err.classify(), Fault::Service, "{err}");
+
+    f.registry.fail_next_lookup(RegistryError::Status {
+        status: reqwest::StatusCode::SERVICE_UNAVAILABLE,
+        doing: "for u1/app:latest".into(),
+    });
+    let err = build(&f, "r3").await.expect_err("fails");
+    assert_eq!(err.classify(), Fault::Service, "{err}");
+}
+
+#[tokio::test]
+async fn a_build_waiting_for_a_slot_can_be_cancelled() {
+    let f = fixture(0);
+    let cancel = CancellationToken::new();
+    let log = BuildLog::new(Redactor::default());
+    let job = job("r1");
+    let run = run(&f.env, &job, &log, &cancel);
+    let canceller = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        cancel.cancel();
+    };
+    let (result, ()) = tokio::join!(run, canceller);
+    assert!(matches!(result, Err(BuildError::Cancelled)), "{result:?}");
+    assert!(
+        log.tail(10)
+            .iter()
+            .any(|l| l.contains("waiting for a build slot"))
+    );
+    assert_eq!(f.engine.build_count(), 0);
+}

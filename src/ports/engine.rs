@@ -1,0 +1,73 @@
+//! The engine port: exactly what to build (`BuildSpec`, made by `plan`) and the trait that
+//! builds and pushes it.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use super::BuildCtx;
+use crate::error::BuildError;
+use crate::request::{BuildArgs, Platform};
+
+/// Everything an engine needs for one build.
+#[derive(Debug, Clone)]
+pub struct BuildSpec {
+    /// The checkout, canonical. Whatever the worker reads from it goes through
+    /// `confined::Tree`, beneath this directory.
+    pub checkout_dir: PathBuf,
+    /// Inside `checkout_dir`, canonical.
+    pub context_dir: PathBuf,
+    pub recipe: Recipe,
+    /// registry/namespace/name, without a tag.
+    pub image: String,
+    pub tags: Vec<String>,
+    /// Names this exact build configuration (see `plan::build_key`); pushed after every other
+    /// tag, so its presence in the registry means the whole build was pushed.
+    pub key_tag: String,
+    /// See `plan::Naming::lineage_tag`.
+    pub lineage_tag: String,
+    /// The image's local name while it is built and pushed, unique to this run of the build.
+    pub local_ref: String,
+    /// Applied in order; the builder's own labels come last so a request cannot forge them.
+    pub labels: Vec<(String, String)>,
+    pub build_args: BuildArgs,
+    pub platforms: Vec<Platform>,
+}
+
+/// How the image is described.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipe {
+    /// A Dockerfile/Containerfile inside the checkout (canonical; usually in the context).
+    Dockerfile(PathBuf),
+    /// No Dockerfile: nixpacks generates one from the context.
+    Nixpacks,
+}
+
+impl BuildSpec {
+    /// Every tag to push, the build key last.
+    pub fn push_tags(&self) -> impl Iterator<Item = &str> {
+        self.tags
+            .iter()
+            .map(String::as_str)
+            .chain(std::iter::once(self.key_tag.as_str()))
+    }
+}
+
+#[async_trait]
+pub trait ImageEngine: Send + Sync {
+    /// Builds the image locally under `spec.local_ref`.
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError>;
+
+    /// Whether the built image carries `spec.labels`. When it does not, the pipeline writes them
+    /// into the pushed image's config through the registry (a few small requests, where a
+    /// podman LABEL step costs a whole commit).
+    fn labels_at_build(&self, _spec: &BuildSpec) -> bool {
+        true
+    }
+
+    /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
+    /// Further tags are set through the registry API (`ImageRegistry::tag`), which moves no
+    /// layer.
+    async fn push(&self, spec: &BuildSpec, tag: &str, ctx: &BuildCtx)
+    -> Result<String, BuildError>;
+}

@@ -1,0 +1,88 @@
+//! The registry port: manifests, blobs and tags of an OCI distribution registry, without pulling
+//! or pushing whole images. This is what answers an identical request in milliseconds.
+
+use async_trait::async_trait;
+
+use crate::error::RegistryError;
+
+/// The registry's name for `bytes`: `sha256:<hex>`.
+pub fn content_digest(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+    pub digest: String,
+}
+
+#[async_trait]
+pub trait ImageRegistry: Send + Sync {
+    /// The manifest of `repository:reference`, if the registry has it.
+    async fn manifest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<Manifest>, RegistryError>;
+
+    /// The digest `repository:reference` points at, if any: a HEAD, no body.
+    async fn digest(
+        &self,
+        repository: &str,
+        reference: &str,
+    ) -> Result<Option<String>, RegistryError>;
+
+    /// A blob's bytes (an image config: small), if the registry has it.
+    async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
+    /// (configs) held in memory anyway.
+    async fn upload_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        bytes: Vec<u8>,
+    ) -> Result<(), RegistryError>;
+
+    /// Uploads the `len`-byte file at `path` as the blob `digest`, streamed from disk: for
+    /// layers, which may be large.
+    async fn upload_blob_file(
+        &self,
+        repository: &str,
+        digest: &str,
+        path: &std::path::Path,
+        len: u64,
+    ) -> Result<(), RegistryError>;
+
+    /// Points `repository:tag` at `manifest` (same digest; no layer moves).
+    async fn tag(
+        &self,
+        repository: &str,
+        tag: &str,
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError>;
+
+    /// Points every tag at `manifest`, writing only those that point elsewhere: the common
+    /// identical re-request writes nothing.
+    async fn tag_all(
+        &self,
+        repository: &str,
+        tags: &[&str],
+        manifest: &Manifest,
+    ) -> Result<(), RegistryError> {
+        // Side by side, each tag once: concurrent writes of one tag race in some registries.
+        let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
+        futures_util::future::try_join_all(distinct.into_iter().map(|tag| async move {
+            let current = self.digest(repository, tag).await?;
+            if current.as_deref() != Some(manifest.digest.as_str()) {
+                self.tag(repository, tag, manifest).await?;
+            }
+            Ok::<_, RegistryError>(())
+        }))
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,93 @@
+//! An engine that "builds" instantly and "pushes" a small manifest into a `FakeRegistry`.
+//! It can fail the next builds, or hold a build until it is cancelled.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
+use super::FakeRegistry;
+use crate::error::BuildError;
+use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Manifest, content_digest};
+
+pub struct FakeEngine {
+    registry: Arc<FakeRegistry>,
+    pub builds: AtomicUsize,
+    /// Returned by the next builds, first in first out.
+    failures: Mutex<VecDeque<BuildError>>,
+    /// While set, a build waits for its cancel signal (and then reports `Cancelled`).
+    hold: AtomicBool,
+    /// Notified when a build starts.
+    pub started: Notify,
+}
+
+impl FakeEngine {
+    pub fn new(registry: Arc<FakeRegistry>) -> Self {
+        Self {
+            registry,
+            builds: AtomicUsize::new(0),
+            failures: Mutex::new(VecDeque::new()),
+            hold: AtomicBool::new(false),
+            started: Notify::new(),
+        }
+    }
+
+    pub fn fail_next_build(&self, error: BuildError) {
+        if let Ok(mut failures) = self.failures.lock() {
+            failures.push_back(error);
+        }
+    }
+
+    pub fn hold_builds_until_cancelled(&self) {
+        self.hold.store(true, Ordering::SeqCst);
+    }
+
+    pub fn build_count(&self) -> usize {
+        self.builds.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl ImageEngine for FakeEngine {
+    async fn build(&self, _spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+        self.builds.fetch_add(1, Ordering::SeqCst);
+        self.started.notify_one();
+        if self.hold.load(Ordering::SeqCst) {
+            ctx.cancel.cancelled().await;
+            return Err(BuildError::Cancelled);
+        }
+        match self.failures.lock().ok().and_then(|mut f| f.pop_front()) {
+            Some(error) => Err(error),
+            None => Ok(()),
+        }
+    }
+
+    async fn push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        _ctx: &BuildCtx,
+    ) -> Result<String, BuildError> {
+        // Content that differs per build configuration and commit, like a real image's.
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "labels": spec.labels,
+            "key": spec.key_tag,
+        }))
+        .map_err(|e| BuildError::Internal(e.into()))?;
+        let manifest = Manifest {
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            digest: content_digest(&bytes),
+            bytes,
+        };
+        let repository = spec
+            .image
+            .split_once('/')
+            .map_or(spec.image.as_str(), |(_, path)| path);
+        use crate::ports::ImageRegistry;
+        self.registry.tag(repository, tag, &manifest).await?;
+        Ok(manifest.digest)
+    }
+}
