@@ -10,6 +10,7 @@ pub mod api;
 pub mod build_log;
 pub mod config;
 pub mod confined;
+pub mod dockerfile;
 pub mod engine;
 pub mod error;
 pub mod events;

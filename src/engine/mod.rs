@@ -15,7 +15,6 @@ use async_trait::async_trait;
 
 pub use cgroup::remove_stale as remove_stale_cgroups;
 pub use docker::{DockerEngine, DockerHost};
-pub(crate) use labels::escape_char;
 pub use podman::Podman;
 
 use crate::confined::{Refused, Tree};

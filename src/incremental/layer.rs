@@ -21,7 +21,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use super::dockerfile::CopyStep;
+use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
 
 /// Sources above this size are built by the engine instead (the layer goes through the
@@ -261,6 +261,7 @@ mod tests {
 
     fn step(sources: &[&str], dest: &str) -> CopyStep {
         CopyStep {
+            line: 1,
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),
             dest: dest.into(),
         }

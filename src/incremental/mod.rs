@@ -11,9 +11,10 @@
 //! variables in the tail, nothing an earlier step reads changed, one platform); anything else
 //! builds normally, and the build log says why.
 
-mod dockerfile;
 mod image;
 mod layer;
+mod placement;
+mod tail;
 
 use std::path::Path;
 
@@ -89,7 +90,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(text) => text,
         Err(why) => return Ok(Err(format!("the Dockerfile cannot be read: {why}"))),
     };
-    let tail = match dockerfile::analyse(&text, crate::engine::escape_char(&text)) {
+    let tail = match tail::analyse(&text) {
         Ok(tail) => tail,
         Err(reason) => return Ok(Err(reason)),
     };
@@ -130,11 +131,16 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     let Some(changed) = changed else {
         return Ok(Err(format!("commit {prev_commit} is not in the mirror")));
     };
-    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &tail, &changed) {
+    let earlier_reads = placement::through_symlinks(&context, &tail.earlier_reads);
+    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &earlier_reads, &changed) {
         return Ok(Err(reason));
     }
+    let copies =
+        match placement::place(store.as_ref(), a.repository, &prev, &context, tail.copies).await? {
+            Ok(copies) => copies,
+            Err(reason) => return Ok(Err(reason)),
+        };
 
-    let copies = tail.copies.clone();
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
     let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
@@ -267,7 +273,7 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
 fn changes_fit_the_tail(
     a: &Attempt<'_>,
     dockerfile: &Path,
-    tail: &dockerfile::Tail,
+    earlier_reads: &[String],
     changed: &[String],
 ) -> Result<(), String> {
     let root = &a.spec.checkout_dir;
@@ -292,10 +298,9 @@ fn changes_fit_the_tail(
         let Some(in_context) = in_context else {
             continue;
         };
-        if tail
-            .earlier_sources
+        if earlier_reads
             .iter()
-            .any(|source| dockerfile::reads(source, in_context))
+            .any(|read| crate::dockerfile::overlaps(read, in_context))
         {
             return Err(format!("{path} is read by a step before the final COPYs"));
         }
