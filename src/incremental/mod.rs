@@ -7,9 +7,12 @@
 //! The same config edit labels images pushed without labels (`relabel`): podman spends a commit
 //! on a LABEL step, the registry takes a new config blob and manifest in a few milliseconds.
 //!
-//! Only the simple, common shape qualifies (single stage, no `.dockerignore`, no flags, globs or
-//! variables in the tail, nothing an earlier step reads changed, one platform); anything else
-//! builds normally, and the build log says why.
+//! It runs only when it can prove the result equals a full build (`tail`): plain COPYs at the
+//! end of the final stage (no flags, globs or variables), no changed file that any other step
+//! of any stage reads (COPY/ADD sources, RUN bind mounts, through symlinks), no `.dockerignore`,
+//! nothing it does not model (unknown flags, ONBUILD, heredocs, images or URLs read by a step),
+//! one platform. Anything else builds normally, and the build log says why in one line.
+//! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
 mod image;
 mod layer;
