@@ -7,14 +7,16 @@
 //! does a pair that took another route than the corpus says.
 //!
 //! Chains run side by side in rounds (commit k of every chain at once); the reference builds
-//! run while the worker builds.
+//! and comparisons run while the worker builds.
 
 mod corpus;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::sync::Semaphore;
 
 use crate::support::image_tree::{self, podman};
 use crate::support::{GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_image, unique};
@@ -184,11 +186,14 @@ async fn incremental_edits_equal_full_builds() {
     }
     eprintln!("first commits built after {:?}", started.elapsed());
 
+    // Only the worker's outcomes gate the next round (its next edit starts from them):
+    // reference builds and comparisons run beside it, two podman jobs at a time.
+    let podman_jobs = Arc::new(Semaphore::new(2));
     let rounds = chains.iter().map(|c| c.pairs.len()).max().unwrap_or(0);
     let mut failures = Vec::new();
-    let mut checked = 0;
+    let mut checks = Vec::new();
     for round in 1..=rounds {
-        let mut references = Vec::new();
+        let mut published = Vec::new();
         for (chain, repo) in chains.iter().zip(&repos) {
             let Some(pair) = chain.pairs.get(round - 1) else {
                 continue;
@@ -197,39 +202,48 @@ async fn incremental_edits_equal_full_builds() {
             repo.push();
             stack.publish_json(&request(chain, round)).await;
             let tag = format!("localhost/ibt-ref-{}:{}", chain.name, unique(""));
-            references.push((chain, pair, repo.work_dir().to_owned(), sha, tag));
+            let (work, jobs, built) =
+                (repo.work_dir().to_owned(), podman_jobs.clone(), tag.clone());
+            let reference = tokio::spawn(async move {
+                let _job = jobs.acquire_owned().await.expect("semaphore");
+                tokio::task::spawn_blocking(move || reference_build(&work, &sha, &built)).await
+            });
+            published.push((chain, pair, reference, tag));
         }
-        let jobs: Vec<_> = references
-            .iter()
-            .map(|(_, _, work, sha, tag)| (work.clone(), sha.clone(), tag.clone()))
-            .collect();
-        let built = tokio::task::spawn_blocking(move || {
-            for (work, sha, tag) in jobs {
-                reference_build(&work, &sha, &tag);
-            }
-        });
-        let mut outcomes = Vec::new();
-        for (chain, ..) in &references {
+        for (chain, pair, reference, tag) in published {
             let id = format!("{}-{round}", chain.name);
-            outcomes.push(expect_image(stack.outcome(&id, BUILD_TIMEOUT).await));
-        }
-        built.await.expect("reference builds");
-        let log = worker.log();
-        for ((chain, pair, _, _, reference), updated) in references.iter().zip(outcomes) {
+            let updated = expect_image(stack.outcome(&id, BUILD_TIMEOUT).await);
             let name = format!("{}/{}: {}", chain.name, round, pair.what);
+            let log = worker.log();
             eprintln!("{name}: {}", route_taken(&log, &updated.build.build_id));
             if let Err(why) = route_matches(pair.route, &log, &updated.build.build_id) {
                 failures.push(format!("{name}: {why}"));
             }
             let image = format!("{REGISTRY}/{user}/{}@{}", chain.name, updated.digest);
-            let differences = tokio::task::block_in_place(|| compare(&image, reference));
-            if !differences.is_empty() {
-                failures.push(format!("{name}: differs\n  {}", differences.join("\n  ")));
-            }
-            checked += 1;
+            let jobs = podman_jobs.clone();
+            checks.push(tokio::spawn(async move {
+                reference
+                    .await
+                    .expect("reference task")
+                    .expect("reference build");
+                let _job = jobs.acquire_owned().await.expect("semaphore");
+                let differences = tokio::task::spawn_blocking(move || compare(&image, &tag))
+                    .await
+                    .expect("comparison");
+                (name, differences)
+            }));
         }
-        eprintln!("round {round} done after {:?}", started.elapsed());
+        eprintln!("round {round} built after {:?}", started.elapsed());
     }
+    let mut checked = 0;
+    for check in checks {
+        let (name, differences) = check.await.expect("pair check");
+        if !differences.is_empty() {
+            failures.push(format!("{name}: differs\n  {}", differences.join("\n  ")));
+        }
+        checked += 1;
+    }
+    eprintln!("all pairs compared after {:?}", started.elapsed());
     worker.stop().await;
     stack.cleanup().await;
     assert_eq!(checked, pairs);
