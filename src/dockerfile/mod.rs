@@ -3,11 +3,14 @@
 //! forms, heredocs (`RUN <<EOF`, `COPY <<EOF`), instruction flags. The lexing is the
 //! `parse-dockerfile` crate's (a BuildKit-compatible parser); this module turns it into owned
 //! stages and steps, and adds the semantics the service needs: stage references, `RUN --mount`
-//! (`mount`), what each step reads (`reads`), the base images, the escape character.
+//! (`mount`), what each step reads (`reads`), ignore files (`ignore`), the base images, the
+//! escape character.
 
+mod ignore;
 mod mount;
 mod reads;
 
+pub use ignore::IgnoreFile;
 pub use mount::{Mount, MountKind};
 pub use reads::{Read, context_path, overlaps};
 

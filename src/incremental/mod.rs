@@ -9,11 +9,12 @@
 //!
 //! It runs only when it can prove the result equals a full build (`tail`): plain COPYs at the
 //! end of the final stage (no flags, globs or variables), no changed file that any other step
-//! of any stage reads (COPY/ADD sources, RUN bind mounts, through symlinks), no `.dockerignore`,
-//! nothing it does not model (unknown flags, ONBUILD, heredocs, images or URLs read by a step),
+//! of any stage reads (COPY/ADD sources, RUN bind mounts, through symlinks), an ignore file of
+//! literal paths only (`ignore`), nothing it does not model (unknown flags, ONBUILD, heredocs, images or URLs read by a step),
 //! one platform. Anything else builds normally, and the build log says why in one line.
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
+mod ignore;
 mod image;
 mod layer;
 mod placement;
@@ -79,13 +80,10 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(tree) => tree,
         Err(why) => return Ok(Err(format!("the context cannot be read: {why}"))),
     };
-    // Ignore files change what a COPY reads; podman honours both names. Any entry of that name
-    // counts, a symlink included.
-    for ignore in [".dockerignore", ".containerignore"] {
-        if context.has_entry(Path::new(ignore)) {
-            return Ok(Err(format!("the context has a {ignore}")));
-        }
-    }
+    let ignore = match ignore::read(&context) {
+        Ok(ignore) => ignore,
+        Err(reason) => return Ok(Err(reason)),
+    };
     let text = match tree.read_to_string(
         &relative(&spec.checkout_dir, dockerfile)?,
         crate::engine::MAX_DOCKERFILE_BYTES,
@@ -97,6 +95,13 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(tail) => tail,
         Err(reason) => return Ok(Err(reason)),
     };
+    if let Some(name) = &ignore.name
+        && tail.mounts_context
+    {
+        return Ok(Err(format!(
+            "a RUN bind-mounts the context, which has a {name} (not modelled together)"
+        )));
+    }
 
     let store = &a.env.store;
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
@@ -135,7 +140,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         return Ok(Err(format!("commit {prev_commit} is not in the mirror")));
     };
     let earlier_reads = placement::through_symlinks(&context, &tail.earlier_reads);
-    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &earlier_reads, &changed) {
+    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &ignore, &earlier_reads, &changed) {
         return Ok(Err(reason));
     }
     let copies =
@@ -153,7 +158,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
             .enumerate()
             .map(|(n, step)| {
                 let out = scratch.join(format!("layer-{n}.tar.gz"));
-                layer::build(&context, step, mtime, &out)
+                layer::build(&context, &ignore.file, step, mtime, &out)
             })
             .collect::<Result<Vec<_>, _>>()
     })
@@ -276,6 +281,7 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
 fn changes_fit_the_tail(
     a: &Attempt<'_>,
     dockerfile: &Path,
+    ignore: &ignore::Ignore,
     earlier_reads: &[String],
     changed: &[String],
 ) -> Result<(), String> {
@@ -301,6 +307,12 @@ fn changes_fit_the_tail(
         let Some(in_context) = in_context else {
             continue;
         };
+        if ignore.name.as_deref() == Some(in_context) {
+            return Err(format!("the {in_context} changed"));
+        }
+        if ignore.file.ignores(in_context) {
+            continue; // no step sees it
+        }
         if earlier_reads
             .iter()
             .any(|read| crate::dockerfile::overlaps(read, in_context))

@@ -21,6 +21,8 @@ pub(super) struct Tail {
     pub copies: Vec<CopyStep>,
     /// Context paths read by every other step, bind mounts included (see `dockerfile::reads`).
     pub earlier_reads: Vec<String>,
+    /// Whether a RUN bind-mounts the context (podman 4 may not apply the ignore file there).
+    pub mounts_context: bool,
 }
 
 /// Instructions that may sit between or after the tail's COPYs: they add no layer and change
@@ -86,6 +88,7 @@ pub(super) fn analyse(text: &str) -> Result<Tail, String> {
     copies.reverse();
 
     let mut earlier_reads = Vec::new();
+    let mut mounts_context = false;
     for (n, stage) in dockerfile.stages.iter().enumerate() {
         let before_tail = if n == last {
             &stage.steps[..tail_start]
@@ -95,7 +98,10 @@ pub(super) fn analyse(text: &str) -> Result<Tail, String> {
         for step in before_tail {
             for read in dockerfile.reads(n, step)? {
                 match read {
-                    Read::Context(path) => earlier_reads.push(path),
+                    Read::Context(path) => {
+                        mounts_context |= step.keyword == Keyword::Run;
+                        earlier_reads.push(path);
+                    }
                     // That stage's own steps are in this loop too.
                     Read::Stage(_) => {}
                     Read::Image(image) => {
@@ -114,6 +120,7 @@ pub(super) fn analyse(text: &str) -> Result<Tail, String> {
     Ok(Tail {
         copies,
         earlier_reads,
+        mounts_context,
     })
 }
 

@@ -161,23 +161,57 @@ pub fn chains() -> Vec<Chain> {
             name: "ignore",
             dockerfile: "FROM localhost/busybox:latest\nCOPY . /app/\n",
             files: vec![
-                (".dockerignore", "secret.txt\n*.log\n"),
+                (".dockerignore", "secret.txt\n/logs/\nsrc/generated\n"),
                 ("a.txt", "a\n"),
                 ("secret.txt", "s1\n"),
+                ("logs/x.log", "log 1\n"),
+                ("src/main.txt", "main 1\n"),
+                ("src/generated/g.txt", "g1\n"),
+            ],
+            symlinks: vec![],
+            pairs: vec![
+                pair("an ignored file changes", Incremental).write("secret.txt", "s2\n"),
+                pair("files in ignored directories change", Incremental)
+                    .write("logs/y.log", "log 2\n")
+                    .write("src/generated/g.txt", "g2\n"),
+                pair("a copied file changes", Incremental).write("src/main.txt", "main 2\n"),
+                pair("the ignore file changes", Full("the .dockerignore changed"))
+                    .write(".dockerignore", "secret.txt\n/logs/\n"),
+            ],
+        },
+        Chain {
+            name: "ignoreglob",
+            dockerfile: "FROM localhost/busybox:latest\nCOPY . /app/\n",
+            files: vec![
+                (".dockerignore", "*.log\n"),
+                ("a.txt", "a\n"),
+                ("x.log", "log\n"),
             ],
             symlinks: vec![],
             pairs: vec![
                 pair(
                     "an ignored file changes",
-                    Full("the context has a .dockerignore"),
+                    Full("line 1 (*.log) is a pattern"),
                 )
-                .write("secret.txt", "s2\n"),
-                pair(
-                    "a copied file changes",
-                    Full("the context has a .dockerignore"),
-                )
-                .write("a.txt", "a2\n")
-                .write("x.log", "log\n"),
+                .write("x.log", "log 2\n"),
+                pair("a copied file changes", Full("line 1 (*.log) is a pattern"))
+                    .write("a.txt", "a2\n"),
+            ],
+        },
+        Chain {
+            name: "ignorebind",
+            dockerfile: "FROM localhost/busybox:latest\n\
+                RUN --mount=type=bind,source=conf,target=/conf cat /conf/c.txt > /c.txt\n\
+                COPY src /src\n",
+            files: vec![
+                (".dockerignore", "conf/skip.txt\n"),
+                ("conf/c.txt", "c\n"),
+                ("src/a.txt", "a\n"),
+            ],
+            symlinks: vec![],
+            pairs: vec![
+                pair("a copied file changes", Full("bind-mounts the context"))
+                    .write("src/a.txt", "a2\n"),
             ],
         },
         Chain {
