@@ -22,7 +22,14 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("shared types", &["error", "build_log", "config"]),
     (
         "helpers",
-        &["events", "confined", "dockerignore", "process", "telemetry"],
+        &[
+            "events",
+            "confined",
+            "dockerfile",
+            "dockerignore",
+            "process",
+            "telemetry",
+        ],
     ),
     ("ports", &["ports"]),
     (

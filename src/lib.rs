@@ -12,6 +12,7 @@ pub mod api;
 pub mod build_log;
 pub mod config;
 pub mod confined;
+pub mod dockerfile;
 pub mod dockerignore;
 pub mod engine;
 pub mod error;

@@ -3,6 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::dockerfile::escape_char;
 use crate::error::BuildError;
 
 /// Writes `<scratch>/Containerfile`: the original's text plus the labels; returns its path.
@@ -45,24 +46,6 @@ pub fn labelled_dockerfile(
     Ok(path)
 }
 
-/// The `# escape=` parser directive, which must come before any instruction or other comment.
-pub(crate) fn escape_char(text: &str) -> char {
-    for line in text.lines() {
-        let Some(directive) = line.trim().strip_prefix('#') else {
-            break;
-        };
-        let directive = directive.trim();
-        match directive.split_once('=') {
-            Some((key, value)) if key.trim().eq_ignore_ascii_case("escape") => {
-                return value.trim().chars().next().unwrap_or('\\');
-            }
-            Some(_) => continue,
-            None => break,
-        }
-    }
-    '\\'
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,15 +63,5 @@ mod tests {
             text,
             "FROM scratch\nLABEL \"a.b\"=\"plain\" \"q\"=\"say \\\"hi\\\" \\$HOME \\\\ ok\"\n"
         );
-    }
-
-    #[test]
-    fn escape_directive_is_honoured() {
-        assert_eq!(escape_char("# escape=`\nFROM x\n"), '`');
-        assert_eq!(
-            escape_char("# syntax=docker/dockerfile:1\n# escape=`\nFROM x"),
-            '`'
-        );
-        assert_eq!(escape_char("FROM x\n# escape=`\n"), '\\');
     }
 }

@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 pub use build_net::fence_missing as build_network_fence_missing;
 pub use cgroup::remove_stale as remove_stale_cgroups;
 pub use docker::DockerEngine;
-pub(crate) use labels::escape_char;
 pub use podman::Podman;
 
 use crate::confined::{Refused, Tree};

@@ -13,7 +13,6 @@ use secrecy::{ExposeSecret, SecretString};
 
 use super::ImageEngine;
 use super::labels::labelled_dockerfile;
-use super::nixpacks;
 use tokio_util::sync::CancellationToken;
 
 use super::sandbox::{Sandbox, SandboxSettings};
@@ -264,6 +263,12 @@ impl ImageEngine for Podman {
                 inv = inv.arg("--layers=false");
             }
         }
+        if let Some(why) = crate::dockerfile::layer_cache_blind_spot(&input.text) {
+            ctx.log.push(&format!(
+                "no layer cache: {why}, which podman's cache does not see"
+            ));
+            inv = inv.arg("--no-cache");
+        }
         inv = inv.arg(context_dir);
         ctx.log.push(&format!(
             "building {} with podman from {}",
@@ -271,7 +276,7 @@ impl ImageEngine for Podman {
             super::shown_dockerfile(source_dockerfile, context_dir)
         ));
         // The labels add no FROM: the original names the same base images.
-        let bases = nixpacks::base_images(&input.text);
+        let bases = crate::dockerfile::base_images(&input.text);
         let Some(sandbox) = sandbox else {
             return process::run(inv, &ctx.log, &ctx.cancel)
                 .await

@@ -77,6 +77,27 @@ impl Previous {
         Ok(Self { manifest, config })
     }
 
+    /// The working directory of the image's last steps ("/" when it sets none).
+    pub(super) fn working_dir(&self) -> &str {
+        match self.config["config"]["WorkingDir"].as_str() {
+            Some(dir) if !dir.is_empty() => dir,
+            _ => "/",
+        }
+    }
+
+    pub(super) fn layer_count(&self) -> usize {
+        self.manifest["layers"].as_array().map_or(0, Vec::len)
+    }
+
+    /// (digest, size) of layer `index`.
+    pub(super) fn layer(&self, index: usize) -> Option<(String, u64)> {
+        let layer = &self.manifest["layers"][index];
+        Some((
+            layer["digest"].as_str()?.to_owned(),
+            layer["size"].as_u64()?,
+        ))
+    }
+
     /// The commit the previous image was built from (its OCI revision label).
     pub(super) fn revision(&self) -> Option<&str> {
         self.config["config"]["Labels"]["org.opencontainers.image.revision"].as_str()

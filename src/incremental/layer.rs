@@ -21,8 +21,9 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use sha2::{Digest, Sha256};
 
-use super::dockerfile::CopyStep;
+use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
+use crate::dockerfile::IgnoreFile;
 
 /// Sources above this size are built by the engine instead (the layer goes through the
 /// scratch disk, compressed, before its upload).
@@ -100,6 +101,7 @@ type LayerTar = tar::Builder<Hashing<GzEncoder<Hashing<BufWriter<File>>>>>;
 /// Writes the layer of `step` to `out`. `mtime` goes into every entry.
 pub(super) fn build(
     context: &Tree,
+    ignore: &IgnoreFile,
     step: &CopyStep,
     mtime: u64,
     out: &Path,
@@ -117,6 +119,9 @@ pub(super) fn build(
     let into_dir = step.dest.ends_with('/');
     let dest = step.dest.trim_matches('/');
     for source in &step.sources {
+        if ignore.ignores(source) {
+            return Err(format!("COPY source {source} is in the ignore file"));
+        }
         let node = context
             .open_nofollow(Path::new(source))
             .map_err(|why| match why {
@@ -125,7 +130,12 @@ pub(super) fn build(
             })?;
         match node {
             Node::Dir(tree) => {
-                add_tree(&mut tar, &tree, dest, &mut state).map_err(|w| w.about(source))?;
+                let ignored = |rel: &str| match source.as_str() {
+                    "." => ignore.ignores(rel),
+                    dir => ignore.ignores(&format!("{dir}/{rel}")),
+                };
+                add_tree(&mut tar, &tree, dest, &ignored, &mut state)
+                    .map_err(|w| w.about(source))?;
             }
             Node::File(opened) => {
                 let name = Path::new(source)
@@ -173,12 +183,22 @@ struct Walk {
     mtime: u64,
 }
 
-/// The contents of `tree` under `dest`, in name order, directories before what they hold.
-fn add_tree(tar: &mut LayerTar, tree: &Tree, dest: &str, state: &mut Walk) -> Result<(), Why> {
+/// The contents of `tree` under `dest`, in name order, directories before what they hold;
+/// what `ignored` names (relative to `tree`) left out.
+fn add_tree(
+    tar: &mut LayerTar,
+    tree: &Tree,
+    dest: &str,
+    ignored: &dyn Fn(&str) -> bool,
+    state: &mut Walk,
+) -> Result<(), Why> {
     tree.walk(&mut |rel: &Path, entry| {
         let rel = rel
             .to_str()
             .ok_or_else(|| Why::Other(format!("{} is not a UTF-8 name", rel.display())))?;
+        if ignored(rel) {
+            return Ok(());
+        }
         let target = if dest.is_empty() {
             rel.to_owned()
         } else {
@@ -256,11 +276,18 @@ mod tests {
 
     fn layer(dir: &Path, step: &CopyStep, out: &str) -> Result<Layer, String> {
         let tree = Tree::open(dir).expect("tree");
-        build(&tree, step, 1_700_000_000, &dir.join(out))
+        build(
+            &tree,
+            &IgnoreFile::default(),
+            step,
+            1_700_000_000,
+            &dir.join(out),
+        )
     }
 
     fn step(sources: &[&str], dest: &str) -> CopyStep {
         CopyStep {
+            line: 1,
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),
             dest: dest.into(),
         }
@@ -288,7 +315,8 @@ mod tests {
         .expect("chmod");
         let tree = Tree::open(&ctx).expect("tree");
         let out = tmp.path().join("layer.tar.gz");
-        let built = build(&tree, &step(&["src"], "/app/src/"), 7, &out).expect("layer");
+        let none = IgnoreFile::default();
+        let built = build(&tree, &none, &step(&["src"], "/app/src/"), 7, &out).expect("layer");
         let listed = entries(&built);
         let names: Vec<&str> = listed.iter().map(|(p, _, _)| p.as_str()).collect();
         assert_eq!(
@@ -306,9 +334,22 @@ mod tests {
         assert!(built.diff_id.starts_with("sha256:") && built.diff_id != built.digest);
 
         let listed =
-            entries(&build(&tree, &step(&["a.txt"], "/etc/b.txt"), 7, &out).expect("layer"));
+            entries(&build(&tree, &none, &step(&["a.txt"], "/etc/b.txt"), 7, &out).expect("layer"));
         assert_eq!(listed[0].0, "etc/b.txt");
         assert_eq!(listed[0].2, "a");
+    }
+
+    #[test]
+    fn ignored_paths_are_left_out() {
+        let (tmp, ctx) = context();
+        let tree = Tree::open(&ctx).expect("tree");
+        let ignore = IgnoreFile::parse("src/sub\na.txt\n").expect("literal");
+        let out = tmp.path().join("layer.tar.gz");
+        let built = build(&tree, &ignore, &step(&["."], "/app/"), 7, &out).expect("layer");
+        let names: Vec<String> = entries(&built).into_iter().map(|(p, _, _)| p).collect();
+        assert_eq!(names, ["app/src/", "app/src/main.txt"]);
+        let err = build(&tree, &ignore, &step(&["a.txt"], "/a"), 7, &out).err();
+        assert!(err.is_some_and(|e| e.contains("a.txt is in the ignore file")));
     }
 
     #[test]

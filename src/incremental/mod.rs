@@ -7,13 +7,18 @@
 //! The same config edit labels images pushed without labels (`relabel`): podman spends a commit
 //! on a LABEL step, the registry takes a new config blob and manifest in a few milliseconds.
 //!
-//! Only the simple, common shape qualifies (single stage, no `.dockerignore`, no flags, globs or
-//! variables in the tail, nothing an earlier step reads changed, one platform); anything else
-//! builds normally, and the build log says why.
+//! It runs only when it can prove the result equals a full build (`tail`): plain COPYs at the
+//! end of the final stage (no flags, globs or variables), no changed file that any other step
+//! of any stage reads (COPY/ADD sources, RUN bind mounts, through symlinks), an ignore file of
+//! literal paths only (`ignore`), nothing it does not model (unknown flags, ONBUILD, heredocs, images or URLs read by a step),
+//! one platform. Anything else builds normally, and the build log says why in one line.
+//! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
-mod dockerfile;
+mod ignore;
 mod image;
 mod layer;
+mod placement;
+mod tail;
 
 use std::path::Path;
 
@@ -74,13 +79,10 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(tree) => tree,
         Err(why) => return Ok(Err(format!("the context cannot be read: {why}"))),
     };
-    // Ignore files change what a COPY reads; podman honours both names. Any entry of that name
-    // counts, a symlink included.
-    for ignore in [".dockerignore", ".containerignore"] {
-        if context.has_entry(Path::new(ignore)) {
-            return Ok(Err(format!("the context has a {ignore}")));
-        }
-    }
+    let ignore = match ignore::read(&context) {
+        Ok(ignore) => ignore,
+        Err(reason) => return Ok(Err(reason)),
+    };
     let text = match tree.read_to_string(
         &relative(&spec.checkout_dir, dockerfile)?,
         crate::engine::MAX_DOCKERFILE_BYTES,
@@ -88,10 +90,17 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(text) => text,
         Err(why) => return Ok(Err(format!("the Dockerfile cannot be read: {why}"))),
     };
-    let tail = match dockerfile::analyse(&text, crate::engine::escape_char(&text)) {
+    let tail = match tail::analyse(&text) {
         Ok(tail) => tail,
         Err(reason) => return Ok(Err(reason)),
     };
+    if let Some(name) = &ignore.name
+        && tail.mounts_context
+    {
+        return Ok(Err(format!(
+            "a RUN bind-mounts the context, which has a {name} (not modelled together)"
+        )));
+    }
 
     let store = &a.env.registry;
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
@@ -129,11 +138,16 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     let Some(changed) = changed else {
         return Ok(Err(format!("commit {prev_commit} is not in the mirror")));
     };
-    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &tail, &changed) {
+    let earlier_reads = placement::through_symlinks(&context, &tail.earlier_reads);
+    if let Err(reason) = changes_fit_the_tail(a, dockerfile, &ignore, &earlier_reads, &changed) {
         return Ok(Err(reason));
     }
+    let copies =
+        match placement::place(store.as_ref(), a.repository, &prev, &context, tail.copies).await? {
+            Ok(copies) => copies,
+            Err(reason) => return Ok(Err(reason)),
+        };
 
-    let copies = tail.copies.clone();
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
     let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
@@ -143,7 +157,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
             .enumerate()
             .map(|(n, step)| {
                 let out = scratch.join(format!("layer-{n}.tar.gz"));
-                layer::build(&context, step, mtime, &out)
+                layer::build(&context, &ignore.file, step, mtime, &out)
             })
             .collect::<Result<Vec<_>, _>>()
     })
@@ -266,7 +280,8 @@ fn rfc3339(at: time::OffsetDateTime) -> String {
 fn changes_fit_the_tail(
     a: &Attempt<'_>,
     dockerfile: &Path,
-    tail: &dockerfile::Tail,
+    ignore: &ignore::Ignore,
+    earlier_reads: &[String],
     changed: &[String],
 ) -> Result<(), String> {
     let root = &a.spec.checkout_dir;
@@ -291,10 +306,15 @@ fn changes_fit_the_tail(
         let Some(in_context) = in_context else {
             continue;
         };
-        if tail
-            .earlier_sources
+        if ignore.name.as_deref() == Some(in_context) {
+            return Err(format!("the {in_context} changed"));
+        }
+        if ignore.file.ignores(in_context) {
+            continue; // no step sees it
+        }
+        if earlier_reads
             .iter()
-            .any(|source| dockerfile::reads(source, in_context))
+            .any(|read| crate::dockerfile::overlaps(read, in_context))
         {
             return Err(format!("{path} is read by a step before the final COPYs"));
         }

@@ -18,4 +18,5 @@ mod fault_stages;
 mod faults;
 mod git_limits;
 mod hostile_checkout;
+mod incremental_diff;
 mod process_lifetime;

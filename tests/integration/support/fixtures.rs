@@ -60,6 +60,12 @@ impl RepoFixture {
         self.symlink(path, target);
     }
 
+    /// The work tree: tests change it directly (deletions, modes, symlinks) before `commit`,
+    /// which stages everything.
+    pub fn work_dir(&self) -> &Path {
+        self.work.path()
+    }
+
     pub fn head(&self) -> String {
         git(self.work.path(), &["rev-parse", "HEAD"])
             .trim()

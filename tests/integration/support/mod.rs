@@ -8,6 +8,7 @@ pub mod fixtures;
 pub mod git_server;
 pub mod hostile_repos;
 pub mod image_blobs;
+pub mod image_tree;
 pub mod registry;
 pub mod secrets;
 pub mod tls_git;

@@ -1,0 +1,224 @@
+//! The one reading of Dockerfiles in the service, with BuildKit's syntax: parser directives
+//! (`# escape=`), line continuations with comments and blank lines inside them, JSON and shell
+//! forms, heredocs (`RUN <<EOF`, `COPY <<EOF`), instruction flags. The lexing is the
+//! `parse-dockerfile` crate's (a BuildKit-compatible parser); this module turns it into owned
+//! stages and steps, and adds the semantics the service needs: stage references, `RUN --mount`
+//! (`mount`), what each step reads (`reads`), ignore files (`ignore`), the base images, the
+//! escape character.
+
+mod ignore;
+mod mount;
+mod parse;
+mod reads;
+
+pub use ignore::IgnoreFile;
+pub use mount::{Mount, MountKind};
+pub use reads::{Read, context_path, overlaps};
+
+/// A parsed Dockerfile: its stages in order (the last one is the image).
+#[derive(Debug)]
+pub struct Dockerfile {
+    pub escape: char,
+    pub stages: Vec<Stage>,
+}
+
+/// `FROM <base> [AS <name>]` and the steps up to the next `FROM`.
+#[derive(Debug)]
+pub struct Stage {
+    pub line: usize,
+    /// An image, or an earlier stage's name, as written (variables unexpanded).
+    pub base: String,
+    /// Lowercase: BuildKit matches stage names without regard to case.
+    pub name: Option<String>,
+    pub flags: Vec<Flag>,
+    pub steps: Vec<Step>,
+}
+
+/// One instruction of a stage.
+#[derive(Debug)]
+pub struct Step {
+    /// 1-based line of the instruction's keyword.
+    pub line: usize,
+    pub keyword: Keyword,
+    pub flags: Vec<Flag>,
+    pub body: Body,
+}
+
+/// `--name[=value]` before an instruction's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Flag {
+    pub name: String,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keyword {
+    Add,
+    Arg,
+    Cmd,
+    Copy,
+    Entrypoint,
+    Env,
+    Expose,
+    Healthcheck,
+    Label,
+    Maintainer,
+    Onbuild,
+    Run,
+    Shell,
+    Stopsignal,
+    User,
+    Volume,
+    Workdir,
+}
+
+/// The arguments of a step, in the shape the service reads them.
+#[derive(Debug)]
+pub enum Body {
+    /// `COPY`/`ADD`: sources (paths or heredocs) and the destination, unescaped.
+    Transfer { sources: Vec<Source>, dest: String },
+    /// `RUN`: the shell text (or the exec form's words joined) and how many heredocs it has.
+    Run { command: String, heredocs: usize },
+    /// Anything else, as written.
+    Text(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Path(String),
+    HereDoc,
+}
+
+impl Keyword {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Add => "ADD",
+            Self::Arg => "ARG",
+            Self::Cmd => "CMD",
+            Self::Copy => "COPY",
+            Self::Entrypoint => "ENTRYPOINT",
+            Self::Env => "ENV",
+            Self::Expose => "EXPOSE",
+            Self::Healthcheck => "HEALTHCHECK",
+            Self::Label => "LABEL",
+            Self::Maintainer => "MAINTAINER",
+            Self::Onbuild => "ONBUILD",
+            Self::Run => "RUN",
+            Self::Shell => "SHELL",
+            Self::Stopsignal => "STOPSIGNAL",
+            Self::User => "USER",
+            Self::Volume => "VOLUME",
+            Self::Workdir => "WORKDIR",
+        }
+    }
+
+    /// The flags BuildKit's Dockerfile frontend defines for the instruction.
+    pub fn known_flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Copy => &["from", "chown", "chmod", "link", "parents", "exclude"],
+            Self::Add => &[
+                "chown",
+                "chmod",
+                "link",
+                "checksum",
+                "keep-git-dir",
+                "exclude",
+            ],
+            Self::Run => &["mount", "network", "security"],
+            Self::Healthcheck => &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
+            _ => &[],
+        }
+    }
+}
+
+impl Step {
+    /// `KEYWORD` and its line, as a build log names a step.
+    pub fn shown(&self) -> String {
+        format!("{} (line {})", self.keyword.name(), self.line)
+    }
+
+    pub fn flag(&self, name: &str) -> Option<&Flag> {
+        self.flags.iter().find(|f| f.name == name)
+    }
+
+    /// Every `RUN --mount`, parsed; an error names the first one not understood.
+    pub fn mounts(&self) -> Result<Vec<Mount>, String> {
+        self.flags
+            .iter()
+            .filter(|f| f.name == "mount")
+            .map(|f| {
+                Mount::parse(f.value.as_deref().unwrap_or(""))
+                    .map_err(|why| format!("{} --mount: {why}", self.shown()))
+            })
+            .collect()
+    }
+}
+
+impl Dockerfile {
+    /// The stages of `text`; an error says where it is not a Dockerfile.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        parse::dockerfile(text)
+    }
+
+    /// The stage `reference` names as seen from stage `current` (a `--from` value or a `FROM`
+    /// base): an earlier stage's name or index. None for anything else (an image).
+    pub fn stage_ref(&self, current: usize, reference: &str) -> Option<usize> {
+        let earlier = self.stages.get(..current)?;
+        if let Ok(index) = reference.parse::<usize>() {
+            return (index < current).then_some(index);
+        }
+        let wanted = reference.to_ascii_lowercase();
+        earlier
+            .iter()
+            .rposition(|s| s.name.as_deref() == Some(wanted.as_str()))
+    }
+
+    /// The images the Dockerfile builds `FROM` (stage names excluded).
+    pub fn base_images(&self) -> Vec<String> {
+        let mut images = Vec::new();
+        for (n, stage) in self.stages.iter().enumerate() {
+            if self.stage_ref(n, &stage.base).is_none() && !images.contains(&stage.base) {
+                images.push(stage.base.clone());
+            }
+        }
+        images
+    }
+}
+
+/// The `# escape=` directive's character (`\` when there is none or the text does not parse).
+pub fn escape_char(text: &str) -> char {
+    Dockerfile::parse(text).map_or('\\', |d| d.escape)
+}
+
+/// The images `text` builds `FROM`; none when it does not parse (the engine then says why).
+pub fn base_images(text: &str) -> Vec<String> {
+    Dockerfile::parse(text)
+        .map(|d| d.base_images())
+        .unwrap_or_default()
+}
+
+/// Why podman's layer cache cannot be trusted for this Dockerfile, if it cannot: podman 4
+/// keys a RUN step on its text and parent layer only, so a step that bind-mounts files (from
+/// the context or another stage) is reused after those files changed (seen: a stale file in
+/// a "rebuilt" image).
+pub fn layer_cache_blind_spot(text: &str) -> Option<String> {
+    let dockerfile = Dockerfile::parse(text).ok()?;
+    let mut steps = dockerfile.stages.iter().flat_map(|s| &s.steps);
+    steps.find_map(|step| {
+        let bind = step
+            .mounts()
+            .ok()?
+            .into_iter()
+            .any(|m| m.kind == MountKind::Bind);
+        bind.then(|| format!("{} bind-mounts files", step.shown()))
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! What an image holds, for comparing two images: every path of its root filesystem (kind,
+//! mode, owner, content digest, symlink target), read through `podman image mount`, and the
+//! parts of its config a build decides.
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+/// Label prefixes the worker writes (provenance: revision, source, created, build id): they
+/// differ from a plain podman build by design.
+const PROVENANCE: [&str; 2] = ["org.opencontainers.image.", "io.image-builder."];
+
+/// Path -> "kind mode uid:gid detail"; mtimes are left out (the worker writes the commit time,
+/// podman the checkout's).
+pub type Tree = BTreeMap<String, String>;
+
+/// The root filesystem of local image `image`.
+pub fn tree(image: &str) -> Tree {
+    let root = podman(&["image", "mount", image]);
+    let root = root.trim();
+    let mut out = Tree::new();
+    let mut digests = HashMap::new();
+    walk(Path::new(root), "", &mut out, &mut digests);
+    podman(&["image", "unmount", image]);
+    out
+}
+
+fn walk(dir: &Path, rel: &str, out: &mut Tree, digests: &mut HashMap<(u64, u64), String>) {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| e.expect("dir entry"))
+        .collect();
+    entries.sort_by_key(std::fs::DirEntry::file_name);
+    for entry in entries {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = entry.path();
+        let rel = format!("{rel}/{name}");
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        let owner = format!("{:o} {}:{}", meta.mode() & 0o7777, meta.uid(), meta.gid());
+        let kind = meta.file_type();
+        let shown = if kind.is_symlink() {
+            let target = std::fs::read_link(&path).expect("read link");
+            format!("symlink -> {}", target.display())
+        } else if kind.is_dir() {
+            walk(&path, &rel, out, digests);
+            format!("dir {owner}")
+        } else if kind.is_file() {
+            // Hard links (busybox has hundreds) are hashed once.
+            let digest = digests.entry((meta.dev(), meta.ino())).or_insert_with(|| {
+                let bytes = std::fs::read(&path).expect("read file");
+                hex::encode(Sha256::digest(&bytes))
+            });
+            format!("file {owner} {}", &digest[..16])
+        } else {
+            format!("special {owner}")
+        };
+        out.insert(rel, shown);
+    }
+}
+
+/// The config a build decides: env, cmd, entrypoint, workdir, user, ports, stop signal, the
+/// labels that are not provenance, and the history's steps (`created_by`, `empty_layer`).
+/// Left out: times, history comments (podman names the parent image there, the worker's edit
+/// names the image it edited), and the content digest buildah writes into a COPY's
+/// `created_by` (`COPY file:<sha256> in /x`): that digest is of the copied files, which the
+/// tree comparison checks directly.
+pub fn config(image: &str) -> Value {
+    let inspected: Value =
+        serde_json::from_str(&podman(&["image", "inspect", image])).expect("inspect JSON");
+    let image = &inspected[0];
+    let config = &image["Config"];
+    let mut labels = config["Labels"].as_object().cloned().unwrap_or_default();
+    labels.retain(|key, _| !PROVENANCE.iter().any(|p| key.starts_with(p)));
+    let history: Vec<Value> = image["History"]
+        .as_array()
+        .map(|h| {
+            h.iter()
+                .map(|e| {
+                    json!({
+                        "created_by": without_digests(e["created_by"].as_str().unwrap_or("")),
+                        "empty_layer": e["empty_layer"].as_bool().unwrap_or(false),
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({
+        "Env": config["Env"], "Cmd": config["Cmd"], "Entrypoint": config["Entrypoint"],
+        "WorkingDir": config["WorkingDir"], "User": config["User"],
+        "ExposedPorts": config["ExposedPorts"], "StopSignal": config["StopSignal"],
+        "Labels": labels, "History": history,
+    })
+}
+
+/// `file:<64 hex>` / `dir:<64 hex>` / `multi:<64 hex>` with the hex replaced by `*`.
+fn without_digests(created_by: &str) -> String {
+    let mut out = String::with_capacity(created_by.len());
+    let mut rest = created_by;
+    while let Some(colon) = rest.find(':') {
+        let (head, tail) = rest.split_at(colon + 1);
+        out.push_str(head);
+        let hex = tail.len() >= 64 && tail[..64].bytes().all(|b| b.is_ascii_hexdigit());
+        let tagged = ["file:", "dir:", "multi:"]
+            .iter()
+            .any(|t| head.ends_with(t));
+        rest = if hex && tagged {
+            out.push('*');
+            &tail[64..]
+        } else {
+            tail
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Lines naming every difference of two trees (empty when equal).
+pub fn differences(expected: &Tree, actual: &Tree) -> Vec<String> {
+    let mut out = Vec::new();
+    for (path, want) in expected {
+        match actual.get(path) {
+            None => out.push(format!("{path}: missing (full build: {want})")),
+            Some(got) if got != want => out.push(format!("{path}: {got} (full build: {want})")),
+            Some(_) => {}
+        }
+    }
+    for (path, got) in actual {
+        if !expected.contains_key(path) {
+            out.push(format!("{path}: extra {got}"));
+        }
+    }
+    out
+}
+
+/// Runs podman; panics with its stderr when it fails. Returns stdout.
+pub fn podman(args: &[&str]) -> String {
+    let out = Command::new("podman")
+        .args(args)
+        .output()
+        .expect("podman runs");
+    assert!(
+        out.status.success(),
+        "podman {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn copy_digests_are_masked() {
+    let digest = "a".repeat(64);
+    assert_eq!(
+        without_digests(&format!("/bin/sh -c #(nop) COPY file:{digest} in /x ")),
+        "/bin/sh -c #(nop) COPY file:* in /x "
+    );
+    assert_eq!(without_digests("RUN a:b"), "RUN a:b");
+}
