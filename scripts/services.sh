@@ -90,13 +90,7 @@ start_rabbitmq() {
     # The Debian package may have started it through its init script; -detached is for bare hosts.
     rabbitmq-server -detached >/dev/null 2>&1 || true
   fi
-  local pidfile="/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid"
-  if [ -f "$pidfile" ]; then
-    rabbitmqctl wait --timeout 90 "$pidfile" >/dev/null
-  else
-    # A broker started some other way (its init script) has no pid file to wait on.
-    rabbitmqctl await_startup --timeout 90 >/dev/null
-  fi
+  rabbitmqctl wait --timeout 90 "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid" >/dev/null
   if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
     rabbitmq-plugins enable rabbitmq_management >/dev/null
   fi
