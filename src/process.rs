@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::build_log::BuildLog;
 
 /// One command line. `env` values may be secrets: they go to the child only, never to logs or argv.
+#[derive(Clone)]
 pub struct Invocation {
     pub program: String,
     pub args: Vec<OsString>,

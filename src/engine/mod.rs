@@ -9,6 +9,7 @@ mod labels;
 mod nixpacks;
 mod podman;
 mod sandbox;
+mod store_lock;
 
 use std::path::{Path, PathBuf};
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretString};
 
@@ -16,6 +17,7 @@ use super::labels::labelled_dockerfile;
 use tokio_util::sync::CancellationToken;
 
 use super::sandbox::{Sandbox, SandboxSettings};
+use super::store_lock::StoreLock;
 use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, Isolation, RegistrySettings};
 use crate::error::BuildError;
@@ -23,6 +25,9 @@ use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
+
+/// How long a prune waits for the host's builds to pause.
+const PRUNE_WAIT: Duration = Duration::from_secs(300);
 
 pub struct Podman {
     program: String,
@@ -38,6 +43,8 @@ pub struct Podman {
     /// Working containers older than this belong to no running build.
     leftover_age: Duration,
     pruning: NowAndThen,
+    /// Builds and the prune take turns on the host's image store.
+    store: StoreLock,
 }
 
 impl Podman {
@@ -62,6 +69,7 @@ impl Podman {
             build_timeout: Duration::from_secs(build.timeout_secs),
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
+            store: StoreLock::host(),
         }
     }
 
@@ -113,7 +121,17 @@ impl Podman {
             "{{.ID}} {{.Created.Unix}}",
         ]);
         let max_age = self.leftover_age;
+        let store = self.store.clone();
         tokio::spawn(async move {
+            // Waits for a moment without builds; a host that never has one is pruned anyway,
+            // its builds' retry covering the race, rather than left to grow without bound.
+            let turn = store.exclusive(PRUNE_WAIT).await;
+            if turn.is_none() {
+                tracing::warn!(
+                    "pruning the layer cache beside running builds: none paused in {} s",
+                    PRUNE_WAIT.as_secs()
+                );
+            }
             let log = BuildLog::new(Redactor::default());
             let cancel = CancellationToken::new();
             if let Err(e) = process::run(prune, &log, &cancel).await {
@@ -277,18 +295,43 @@ impl ImageEngine for Podman {
         ));
         // The labels add no FROM: the original names the same base images.
         let bases = crate::dockerfile::base_images(&input.text);
-        let Some(sandbox) = sandbox else {
-            return process::run(inv, &ctx.log, &ctx.cancel)
-                .await
-                .map_err(|e| build_error(e, &ctx.log.tail(20), &bases, self.build_timeout));
+        let _turn = self
+            .store
+            .shared(&ctx.cancel)
+            .await
+            .ok_or(BuildError::Cancelled)?;
+        let attempt = || async {
+            let mut inv = inv.clone();
+            inv.timeout = ctx.remaining();
+            let Some(sandbox) = &sandbox else {
+                return process::run(inv, &ctx.log, &ctx.cancel)
+                    .await
+                    .map_err(|e| build_error(e, &ctx.log.tail(20), &bases, self.build_timeout));
+            };
+            let watched = sandbox.watch(&ctx.cancel);
+            let result = process::run(inv, &ctx.log, watched.cancel()).await;
+            let tail = ctx.log.tail(20);
+            result.map_err(|e| match watched.finish(&tail) {
+                Some(limit) => BuildError::LimitExceeded(limit),
+                None => build_error(e, &tail, &bases, self.build_timeout),
+            })
         };
-        let watched = sandbox.watch(&ctx.cancel);
-        let result = process::run(inv, &ctx.log, watched.cancel()).await;
-        let tail = ctx.log.tail(20);
-        result.map_err(|e| match watched.finish(&tail) {
-            Some(limit) => BuildError::LimitExceeded(limit),
-            None => build_error(e, &tail, &bases, self.build_timeout),
-        })
+        // Another program (an operator's `podman image prune`) can still race the cache lookup:
+        // the steps already built are cached, so building again costs little.
+        attempt
+            .retry(
+                ExponentialBuilder::default()
+                    .with_min_delay(Duration::from_millis(200))
+                    .with_max_times(3),
+            )
+            .when(lost_cache_lookup_race)
+            .notify(|_, after| {
+                ctx.log.push(&format!(
+                    "podman's layer cache lookup raced with an image removal; building again in {} ms",
+                    after.as_millis()
+                ));
+            })
+            .await
         // The image as a whole is checked against the disk limit while it is pushed.
     }
 
@@ -384,6 +427,12 @@ fn native_platform() -> &'static str {
 /// reports it: the last line podman writes to stderr, after anything a RUN step printed there
 /// (a step that prints podman's pull error and exits 1 is still a failing step, not a registry
 /// to retry). A step's exit status is its own and says nothing about podman.
+/// podman 4.3's cache lookup failing on an image removed while it looked (see `store_lock`).
+fn lost_cache_lookup_race(e: &BuildError) -> bool {
+    matches!(e, BuildError::Engine(m)
+        if m.contains("checking if cached image exists") && m.contains("layer not known"))
+}
+
 fn build_error(
     err: ProcessError,
     tail: &[String],
@@ -472,6 +521,43 @@ mod tests {
                        reading manifest 1 in r/a: manifest unknown";
         assert_eq!(failed_stage(missing), Stage::BaseImage { missing: true });
         assert_eq!(failed_stage("Error: layer not known"), Stage::Podman);
+    }
+
+    #[test]
+    fn only_podmans_own_cache_lookup_race_builds_again() {
+        let tail = ["STEP 2/2: RUN exit 3".to_owned()];
+        let raced = ProcessError::Failed {
+            program: "podman".to_owned(),
+            status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8),
+            last_stderr: Some(
+                "Error: checking if cached image exists from a previous build: getting top \
+                 layer info: layer not known"
+                    .to_owned(),
+            ),
+        };
+        let timeout = Duration::from_secs(60);
+        assert!(lost_cache_lookup_race(&build_error(
+            raced,
+            &tail,
+            &[],
+            timeout
+        )));
+        // A step that prints the same words and fails is the repository's failure.
+        let printed = ProcessError::Failed {
+            program: "podman".to_owned(),
+            status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
+            last_stderr: Some(
+                "Error: building at STEP \"RUN echo checking if cached image exists: layer not \
+                 known; exit 1\": while running runtime: exit status 1"
+                    .to_owned(),
+            ),
+        };
+        assert!(!lost_cache_lookup_race(&build_error(
+            printed,
+            &tail,
+            &[],
+            timeout
+        )));
     }
 
     #[test]
