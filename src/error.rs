@@ -1,8 +1,11 @@
 //! The pipeline's error type and its single classification into faults. Boundaries with an
-//! error type of their own (`GitError`, `RegistryError`, `StoreError`) keep it as the `#[source]` of a
+//! error type of their own (`GitError`, `RegistryError`, `StoreError`, `EngineError` over
+//! `ProcessError`) keep it as the `#[source]` of a
 //! `BuildError` variant, so the whole cause chain reaches the log and the event (`chain`).
 
+mod engine;
 mod git;
+mod process;
 mod registry;
 mod store;
 
@@ -10,7 +13,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use engine::EngineError;
 pub use git::GitError;
+pub use process::ProcessError;
 pub use registry::RegistryError;
 pub use store::StoreError;
 
@@ -60,14 +65,14 @@ pub enum BuildError {
     NoRecipe(String),
     #[error("build step failed: {0}")]
     StepFailed(String),
-    #[error("failed to push the image: {0}")]
-    PushFailed(String),
+    #[error("failed to push the image")]
+    PushFailed(#[source] EngineError),
     #[error("registry request failed")]
     Registry(#[from] RegistryError),
     #[error("build store lookup failed")]
     Store(#[from] StoreError),
-    #[error("build engine failed: {0}")]
-    Engine(String),
+    #[error("build engine failed")]
+    Engine(#[from] EngineError),
     /// A bound of `build.limits` was passed; the message names it.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -164,7 +169,7 @@ mod tests {
         assert_eq!(BuildError::RefNotFound("x".into()).classify(), Fault::User);
         assert_eq!(BuildError::StepFailed("x".into()).classify(), Fault::User);
         assert_eq!(
-            BuildError::PushFailed("x".into()).classify(),
+            BuildError::PushFailed(EngineError::Said("x".into())).classify(),
             Fault::Service
         );
         assert_eq!(

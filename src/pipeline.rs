@@ -6,7 +6,7 @@ use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
-use crate::error::BuildError;
+use crate::error::{BuildError, RegistryError};
 use crate::events::{BuildRef, ImageUpdated};
 use crate::incremental;
 use crate::plan::{self, PlanInput};
@@ -201,7 +201,9 @@ async fn produce(
             .manifest(a.repository, &digest)
             .await?
             .ok_or_else(|| {
-                BuildError::PushFailed(format!("the registry does not know {digest} just pushed"))
+                BuildError::Registry(RegistryError::Protocol(format!(
+                    "the registry does not know {digest} just pushed"
+                )))
             });
     }
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never

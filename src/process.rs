@@ -11,7 +11,6 @@ mod tests;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::process::ExitStatus;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -21,6 +20,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
+pub use crate::error::ProcessError;
 
 /// One command line. `env` values may be secrets: they go to the child only, never to logs or argv.
 #[derive(Clone)]
@@ -57,29 +57,6 @@ impl Invocation {
         self.env.push((key.into(), value.into()));
         self
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProcessError {
-    #[error("{program} is not installed (or not on PATH)")]
-    NotInstalled { program: String },
-    #[error("failed to run {program}: {source}")]
-    Io {
-        program: String,
-        source: std::io::Error,
-    },
-    #[error("{program} timed out after {after:?}")]
-    TimedOut { program: String, after: Duration },
-    #[error("{program} was cancelled")]
-    Cancelled { program: String },
-    #[error("{program} exited with {status}")]
-    Failed {
-        program: String,
-        status: ExitStatus,
-        /// The last line the program wrote to stderr (redacted, cut): where a failing program
-        /// says why, after anything its own children printed there.
-        last_stderr: Option<String>,
-    },
 }
 
 /// How long the output of a killed child is still read.

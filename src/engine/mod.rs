@@ -19,8 +19,43 @@ pub use docker::DockerEngine;
 pub use podman::Podman;
 
 use crate::confined::{Refused, Tree};
-use crate::error::BuildError;
+use crate::error::{BuildError, EngineError, ProcessError};
 use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Recipe};
+
+/// The one reading of a failed program an engine ran, after the caller has taken what is its
+/// own to judge (a step's failure, the build's time limit): a cancel is the build's, running out
+/// of time is ours to retry, anything else is the engine failing while `doing`.
+fn program_failed(e: ProcessError, doing: impl Into<String>, log_tail: &[String]) -> BuildError {
+    match e {
+        ProcessError::Cancelled { .. } => BuildError::Cancelled,
+        ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
+        source => {
+            let said = match &source {
+                ProcessError::Failed {
+                    last_stderr: Some(last),
+                    ..
+                } if !last.trim().is_empty() => last.trim().to_owned(),
+                _ => log_tail
+                    .last()
+                    .cloned()
+                    .unwrap_or_else(|| "no output".into()),
+            };
+            BuildError::Engine(EngineError::Program {
+                doing: doing.into(),
+                said,
+                source,
+            })
+        }
+    }
+}
+
+/// An engine failure while pushing is a failed push.
+fn push_failed(e: BuildError) -> BuildError {
+    match e {
+        BuildError::Engine(e) => BuildError::PushFailed(e),
+        other => other,
+    }
+}
 
 /// Dockerfiles are text of a few KiB; one past this size is refused rather than read.
 pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 4 * 1024 * 1024;

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::confined::Tree;
-use crate::error::BuildError;
+use crate::error::{BuildError, EngineError};
 use crate::ports::BuildCtx;
 use crate::process::{self, Invocation, ProcessError};
 
@@ -29,24 +29,24 @@ pub async fn generate(
     process::run(inv, &ctx.log, &ctx.cancel)
         .await
         .map_err(|e| match e {
-            ProcessError::NotInstalled { .. } => BuildError::Engine(
-                "the repository has no Dockerfile and nixpacks is not installed on this worker"
-                    .into(),
-            ),
-            ProcessError::Cancelled { .. } => BuildError::Cancelled,
-            ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
+            // nixpacks' own verdict on the repository: the user's to change.
             ProcessError::Failed { .. } => BuildError::NoRecipe(format!(
                 "nixpacks could not plan a build for this repository: {}",
                 ctx.log.tail(1).join(" ")
             )),
-            other => BuildError::Engine(other.to_string()),
+            other => super::program_failed(
+                other,
+                "the repository has no Dockerfile, and generating one with nixpacks",
+                &ctx.log.tail(1),
+            ),
         })?;
     let dockerfile = out.join(".nixpacks").join("Dockerfile");
     if !dockerfile.is_file() {
-        return Err(BuildError::Engine(format!(
+        return Err(EngineError::Said(format!(
             "nixpacks wrote no Dockerfile to {}",
             dockerfile.display()
-        )));
+        ))
+        .into());
     }
     Ok((dockerfile, out))
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 
 use super::ImageEngine;
 use super::labels::labelled_dockerfile;
@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use super::sandbox::{Sandbox, SandboxSettings};
 use super::store_lock::StoreLock;
 use crate::build_log::BuildLog;
-use crate::config::{BuildSettings, Isolation, RegistrySettings};
-use crate::error::BuildError;
+use crate::config::{BuildSettings, Isolation, RegistryCredentials, RegistrySettings};
+use crate::error::{BuildError, EngineError, cause_chain};
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
@@ -36,7 +36,7 @@ pub struct Podman {
     sandbox: SandboxSettings,
     registry_host: String,
     tls_verify: bool,
-    credentials: Option<(String, SecretString)>,
+    credentials: Option<RegistryCredentials>,
     layer_cache_max_age: Duration,
     /// `build.timeout_secs`, named when a build's steps run out of it.
     build_timeout: Duration,
@@ -49,8 +49,6 @@ pub struct Podman {
 
 impl Podman {
     pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
-        let credentials = (!registry.username.is_empty())
-            .then(|| (registry.username.clone(), registry.password.clone()));
         Self {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
@@ -64,7 +62,7 @@ impl Podman {
             },
             registry_host: registry.host.clone(),
             tls_verify: !registry.insecure,
-            credentials,
+            credentials: registry.credentials(),
             layer_cache_max_age: Duration::from_secs(build.layer_cache_max_age_secs),
             build_timeout: Duration::from_secs(build.timeout_secs),
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
@@ -76,15 +74,18 @@ impl Podman {
     /// The registry credentials in `<dir>/auth.json`, readable by the owner only; written once
     /// per build.
     fn auth_file(&self, dir: &Path) -> Result<Option<PathBuf>, BuildError> {
-        let Some((user, password)) = &self.credentials else {
+        let Some(login) = &self.credentials else {
             return Ok(None);
         };
         let path = dir.join("auth.json");
         if path.exists() {
             return Ok(Some(path));
         }
-        let auth = base64::engine::general_purpose::STANDARD
-            .encode(format!("{user}:{}", password.expose_secret()));
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            login.username,
+            login.password.expose_secret()
+        ));
         let body = serde_json::json!({ "auths": { &self.registry_host: { "auth": auth } } });
         let mut file = std::fs::OpenOptions::new()
             .write(true)
@@ -135,11 +136,14 @@ impl Podman {
             let log = BuildLog::new(Redactor::default());
             let cancel = CancellationToken::new();
             if let Err(e) = process::run(prune, &log, &cancel).await {
-                tracing::warn!("failed to prune the layer cache: {e}");
+                tracing::warn!("failed to prune the layer cache: {}", cause_chain(&e));
             }
             let ids = BuildLog::new(Redactor::default());
             if let Err(e) = process::run(leftovers, &ids, &cancel).await {
-                tracing::warn!("failed to list leftover build containers: {e}");
+                tracing::warn!(
+                    "failed to list leftover build containers: {}",
+                    cause_chain(&e)
+                );
                 return;
             }
             let ids = created_before(&ids.tail(10_000), max_age);
@@ -151,7 +155,10 @@ impl Podman {
                 .args(["rm", "--force"])
                 .args(ids);
             if let Err(e) = process::run(remove, &log, &cancel).await {
-                tracing::warn!("failed to remove leftover build containers: {e}");
+                tracing::warn!(
+                    "failed to remove leftover build containers: {}",
+                    cause_chain(&e)
+                );
             }
         });
     }
@@ -177,7 +184,7 @@ impl Podman {
         };
         let untag = self.invocation(ctx).args(forget);
         if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
-            tracing::warn!("failed to untag {}: {e}", spec.local_ref);
+            tracing::warn!("failed to untag {}: {}", spec.local_ref, cause_chain(&e));
         }
     }
 
@@ -218,16 +225,11 @@ impl Podman {
         let out = BuildLog::new(Redactor::default());
         process::run(inspect, &out, &ctx.cancel)
             .await
-            .map_err(|e| {
-                BuildError::Engine(format!(
-                    "failed to inspect the built image: {e}: {}",
-                    out.tail(3).join(" ")
-                ))
-            })?;
+            .map_err(|e| super::program_failed(e, "inspecting the built image", &out.tail(3)))?;
         out.tail(1)
             .first()
             .and_then(|line| line.trim().parse().ok())
-            .ok_or_else(|| BuildError::Engine("podman printed no image size".into()))
+            .ok_or_else(|| EngineError::Said("podman printed no image size".into()).into())
     }
 
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
@@ -362,13 +364,13 @@ impl ImageEngine for Podman {
             .arg(format!("docker://{reference}"));
         ctx.log.push(&format!("pushing {reference}"));
         let pushing = async {
-            process::run(inv, &ctx.log, &ctx.cancel)
-                .await
-                .map_err(|e| match e {
-                    ProcessError::Cancelled { .. } => BuildError::Cancelled,
-                    ProcessError::TimedOut { after, .. } => BuildError::TimedOut(after),
-                    other => BuildError::PushFailed(format!("{reference}: {other}")),
-                })
+            process::run(inv, &ctx.log, &ctx.cancel).await.map_err(|e| {
+                super::push_failed(super::program_failed(
+                    e,
+                    format!("pushing {reference}"),
+                    &ctx.log.tail(1),
+                ))
+            })
         };
         // The first error ends both: a push of a too-large image is dropped (killed) here.
         if let Err(e) = tokio::try_join!(self.check_image_size(spec, ctx), pushing) {
@@ -380,7 +382,9 @@ impl ImageEngine for Podman {
         let digest = std::fs::read_to_string(&digest_file)
             .map(|d| d.trim().to_owned())
             .map_err(|e| {
-                BuildError::PushFailed(format!("podman wrote no digest for {reference}: {e}"))
+                BuildError::PushFailed(EngineError::Said(format!(
+                    "podman wrote no digest for {reference}: {e}"
+                )))
             })?;
 
         // The registry has it now; the local name goes (its layers stay as build cache).
@@ -423,54 +427,47 @@ fn native_platform() -> &'static str {
     }
 }
 
+/// podman 4.3's cache lookup failing on an image removed while it looked (see `store_lock`).
+fn lost_cache_lookup_race(e: &BuildError) -> bool {
+    matches!(e, BuildError::Engine(EngineError::Program { said, .. })
+        if said.contains("checking if cached image exists") && said.contains("layer not known"))
+}
+
 /// Whose fault a failed `podman build` is, decided by the stage that failed as podman itself
 /// reports it: the last line podman writes to stderr, after anything a RUN step printed there
 /// (a step that prints podman's pull error and exits 1 is still a failing step, not a registry
 /// to retry). A step's exit status is its own and says nothing about podman.
-/// podman 4.3's cache lookup failing on an image removed while it looked (see `store_lock`).
-fn lost_cache_lookup_race(e: &BuildError) -> bool {
-    matches!(e, BuildError::Engine(m)
-        if m.contains("checking if cached image exists") && m.contains("layer not known"))
-}
-
 fn build_error(
     err: ProcessError,
     tail: &[String],
     bases: &[String],
     timeout: Duration,
 ) -> BuildError {
-    match err {
-        ProcessError::Cancelled { .. } => BuildError::Cancelled,
+    let last = match &err {
         // The build's steps ran out of the build's time: the repository's to fix, not retried.
-        ProcessError::TimedOut { .. } => BuildError::LimitExceeded(format!(
-            "the build ran longer than build.timeout_secs = {} s (timed out)",
-            timeout.as_secs()
-        )),
-        ProcessError::Failed {
-            ref last_stderr, ..
-        } => {
-            let last = last_stderr.as_deref().unwrap_or("").trim();
-            match failed_stage(last) {
-                Stage::Instruction => BuildError::StepFailed(last.to_owned()),
-                Stage::BaseImage { missing: true } => {
-                    BuildError::StepFailed(format!("the base image does not exist: {last}"))
-                }
-                Stage::BaseImage { missing: false } => {
-                    let named = bases.iter().find(|b| last.contains(b.as_str()));
-                    let image = named.or(bases.first()).map_or("?", String::as_str);
-                    BuildError::Engine(format!("failed to pull base image {image}: {last}"))
-                }
-                Stage::Podman => BuildError::Engine(format!(
-                    "{err}: {}",
-                    if last.is_empty() {
-                        tail.last().map(String::as_str).unwrap_or("no output")
-                    } else {
-                        last
-                    }
-                )),
-            }
+        ProcessError::TimedOut { .. } => {
+            return BuildError::LimitExceeded(format!(
+                "the build ran longer than build.timeout_secs = {} s (timed out)",
+                timeout.as_secs()
+            ));
         }
-        other => BuildError::Engine(other.to_string()),
+        ProcessError::Failed { last_stderr, .. } => last_stderr.as_deref().unwrap_or("").trim(),
+        _ => return super::program_failed(err, "building", tail),
+    };
+    match failed_stage(last) {
+        Stage::Instruction => BuildError::StepFailed(last.to_owned()),
+        Stage::BaseImage { missing: true } => {
+            BuildError::StepFailed(format!("the base image does not exist: {last}"))
+        }
+        Stage::BaseImage { missing: false } => {
+            let named = bases.iter().find(|b| last.contains(b.as_str()));
+            let image = named
+                .or(bases.first())
+                .map_or("?", String::as_str)
+                .to_owned();
+            super::program_failed(err, format!("failed to pull base image {image}"), tail)
+        }
+        Stage::Podman => super::program_failed(err, "building", tail),
     }
 }
 

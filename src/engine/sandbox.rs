@@ -12,7 +12,7 @@ use super::build_net::BuildNet;
 use super::cgroup::BuildCgroup;
 use super::disk_watch;
 use crate::config::{BridgeName, BuildLimits, BuildNetwork, BuildSubnet};
-use crate::error::BuildError;
+use crate::error::{BuildError, EngineError};
 
 /// What a sandbox is made of, from `[build]`.
 pub struct SandboxSettings {
@@ -35,15 +35,23 @@ pub struct Sandbox {
 
 impl Sandbox {
     pub async fn create(settings: &SandboxSettings) -> Result<Self, BuildError> {
-        let cgroup = BuildCgroup::create(&super::cgroup::new_name(), &settings.limits)
-            .map_err(|e| BuildError::Engine(format!("failed to create the build's cgroup: {e}")))?;
+        let cgroup =
+            BuildCgroup::create(&super::cgroup::new_name(), &settings.limits).map_err(|e| {
+                EngineError::Sandbox {
+                    what: "cgroup",
+                    source: e.into(),
+                }
+            })?;
         let (network, net) = match settings.network {
             // One namespace for all the build's steps, on the bridge the firewall fences (NAT
             // egress; this host, private ranges and other builds closed).
             BuildNetwork::Isolated => {
                 let net = BuildNet::create(&settings.bridge, &settings.subnet)
                     .await
-                    .map_err(|e| BuildError::Engine(e.to_string()))?;
+                    .map_err(|e| EngineError::Sandbox {
+                        what: "network namespace",
+                        source: e.into(),
+                    })?;
                 (net.podman_network(), Some(net))
             }
             BuildNetwork::None => ("none".to_owned(), None),

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
-use crate::error::BuildError;
+use crate::error::{BuildError, RegistryError};
 use crate::ports::{
     BuildSpec, Checkout, Environment, ImageRegistry, Manifest, Recipe, SourceSpec, content_digest,
 };
@@ -222,8 +222,13 @@ pub struct Relabel<'a> {
 /// Writes `labels` into the config of `digest` and pushes the result under `tag`: a new config
 /// blob and manifest, no layer moves. Returns the labelled image.
 pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
-    let failed =
-        |why: String| BuildError::PushFailed(format!("failed to label {}: {why}", r.digest));
+    // What the registry just took must read back whole: anything less is the registry's failure.
+    let failed = |why: String| {
+        BuildError::Registry(RegistryError::Protocol(format!(
+            "failed to label {}: {why}",
+            r.digest
+        )))
+    };
     let pushed = r
         .store
         .manifest(r.repository, r.digest)

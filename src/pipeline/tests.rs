@@ -139,7 +139,9 @@ async fn errors_keep_their_fault() {
     assert_eq!(err.classify(), Fault::User, "{err}");
 
     f.engine
-        .fail_next_build(BuildError::Engine("podman crashed".into()));
+        .fail_next_build(BuildError::Engine(crate::error::EngineError::Said(
+            "podman crashed".into(),
+        )));
     let err = build(&f, "r2").await.expect_err("fails");
     assert_eq!(err.classify(), Fault::Service, "{err}");
 

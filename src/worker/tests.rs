@@ -250,7 +250,9 @@ async fn service_faults_climb_the_retry_tiers_then_go_to_the_dead_queue() {
     let mut meta = attempt(1);
     for (n, tier, delay_ms) in [(1, 1, 300), (2, 2, 600)] {
         h.engine
-            .fail_next_build(BuildError::Engine("podman crashed".into()));
+            .fail_next_build(BuildError::Engine(crate::error::EngineError::Said(
+                "podman crashed".into(),
+            )));
         let sent = h.deliver(&body, meta.clone(), false).await;
         let retry_queue = format!("queue {}.retry.{tier}", h.prefix);
         assert_eq!(
@@ -292,7 +294,9 @@ async fn service_faults_climb_the_retry_tiers_then_go_to_the_dead_queue() {
     }
 
     h.engine
-        .fail_next_build(BuildError::Engine("podman crashed".into()));
+        .fail_next_build(BuildError::Engine(crate::error::EngineError::Said(
+            "podman crashed".into(),
+        )));
     let sent = h.deliver(&body, meta, false).await;
     let dead_queue = format!("queue {}.dead", h.prefix);
     assert_eq!(

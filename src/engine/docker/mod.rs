@@ -24,7 +24,7 @@ use stream::BuildOutput;
 
 use super::ImageEngine;
 use crate::config::{BuildSettings, DockerHost, RegistryCredentials, RegistrySettings};
-use crate::error::{BuildError, cause_chain};
+use crate::error::{BuildError, EngineError};
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::request::Rejection;
@@ -62,11 +62,10 @@ impl DockerEngine {
     /// service speaks 1.41, bollard starts higher): an unreachable daemon shows up here.
     async fn connect(&self) -> Result<Docker, BuildError> {
         let unreachable = |e: DockerError| {
-            BuildError::Engine(format!(
-                "failed to reach the docker daemon at {}: {}",
-                self.host,
-                cause_chain(&e)
-            ))
+            BuildError::Engine(EngineError::Docker {
+                doing: format!("failed to reach the docker daemon at {}", self.host),
+                source: e,
+            })
         };
         let docker =
             host::client(&self.host, self.timeout.as_secs().max(1)).map_err(unreachable)?;
@@ -74,12 +73,11 @@ impl DockerEngine {
     }
 
     /// An error that is not the daemon's answer about the image: the connection failed.
-    fn lost(&self, e: &DockerError) -> BuildError {
-        BuildError::Engine(format!(
-            "lost the docker daemon at {}: {}",
-            self.host,
-            cause_chain(e)
-        ))
+    fn lost(&self, e: DockerError) -> BuildError {
+        BuildError::Engine(EngineError::Docker {
+            doing: format!("lost the docker daemon at {}", self.host),
+            source: e,
+        })
     }
 
     /// Runs `work` until the build's deadline or its cancellation. Giving up drops the request
@@ -169,18 +167,20 @@ impl DockerEngine {
                 }) => return Err(output.failed(&message)),
                 Err(e) => {
                     output.flush();
-                    return Err(self.lost(&e));
+                    return Err(self.lost(e));
                 }
             }
         }
         output.flush();
         // A stream cut short without an error must not pass for a build.
         docker.inspect_image(&spec.local_ref).await.map_err(|e| {
-            BuildError::Engine(format!(
-                "the docker daemon at {} ended the build without an image: {}",
-                self.host,
-                cause_chain(&e)
-            ))
+            BuildError::Engine(EngineError::Docker {
+                doing: format!(
+                    "the docker daemon at {} ended the build without an image",
+                    self.host
+                ),
+                source: e,
+            })
         })?;
         Ok(())
     }

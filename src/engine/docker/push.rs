@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 
 use super::DockerEngine;
 use super::stream::{self, PushOutput};
-use crate::error::{BuildError, cause_chain};
+use crate::error::{BuildError, EngineError, cause_chain};
 use crate::ports::{BuildCtx, BuildSpec};
 
 const FORGET_WITHIN: Duration = Duration::from_secs(30);
@@ -35,12 +35,13 @@ impl DockerEngine {
             .tag_image(&spec.local_ref, Some(options))
             .await
             .map_err(|e| {
-                BuildError::Engine(format!(
-                    "failed to tag {} as {reference} on the docker daemon at {}: {}",
-                    spec.local_ref,
-                    self.host,
-                    cause_chain(&e)
-                ))
+                BuildError::Engine(EngineError::Docker {
+                    doing: format!(
+                        "failed to tag {} as {reference} on the docker daemon at {}",
+                        spec.local_ref, self.host
+                    ),
+                    source: e,
+                })
             })?;
         ctx.log.push(&format!("pushing {reference}"));
         let options = PushImageOptionsBuilder::new().tag(tag).build();
@@ -55,7 +56,7 @@ impl DockerEngine {
                 Err(DockerError::DockerResponseServerError { message, .. }) => {
                     return Err(stream::push_failure(&message, &ctx.log, reference));
                 }
-                Err(e) => return Err(self.lost(&e)),
+                Err(e) => return Err(self.lost(e)),
             }
         }
         output.digest(reference)

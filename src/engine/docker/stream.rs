@@ -4,7 +4,7 @@
 use bollard::models::{BuildInfo, PushImageInfo};
 
 use crate::build_log::BuildLog;
-use crate::error::BuildError;
+use crate::error::{BuildError, EngineError};
 
 /// Collects a build stream into the log. `stream` chunks are not always whole lines (a RUN step
 /// may print without a newline), so the unfinished tail waits for the next chunk.
@@ -99,9 +99,9 @@ impl PushOutput {
     /// The digest the daemon reported, or why there is none.
     pub fn digest(self, reference: &str) -> Result<String, BuildError> {
         self.digest.ok_or_else(|| {
-            BuildError::PushFailed(format!(
+            BuildError::PushFailed(EngineError::Said(format!(
                 "{reference}: the daemon reported no digest for the pushed image"
-            ))
+            )))
         })
     }
 }
@@ -109,7 +109,10 @@ impl PushOutput {
 /// A failed push as the daemon wrote it: ours to retry (registry down, TLS, auth setup).
 pub fn push_failure(message: &str, log: &BuildLog, reference: &str) -> BuildError {
     log.push(&format!("error: {}", message.trim_end()));
-    BuildError::PushFailed(format!("{reference}: {}", message.trim()))
+    BuildError::PushFailed(EngineError::Said(format!(
+        "{reference}: {}",
+        message.trim()
+    )))
 }
 
 /// Pull and push progress repeats one status per layer many times: only the changes of state
@@ -161,7 +164,9 @@ pub fn build_failure(message: &str) -> BuildError {
             .split_once("docker://")
             .map(|(_, rest)| rest.split(": ").next().unwrap_or(rest).trim())
             .unwrap_or("the base image");
-        return BuildError::Engine(format!("failed to pull base image {image}: {line}"));
+        return BuildError::Engine(EngineError::Said(format!(
+            "failed to pull base image {image}: {line}"
+        )));
     }
     BuildError::StepFailed(line.to_owned())
 }
@@ -251,7 +256,7 @@ mod tests {
         let err = run_build(BUILD_PULL_UNREACHABLE, &log()).expect_err("fails");
         assert_eq!(err.classify(), Fault::Service, "{err}");
         assert!(
-            err.to_string()
+            err.chain()
                 .contains("failed to pull base image localhost/nosuch:latest"),
             "{err}"
         );
@@ -295,15 +300,15 @@ mod tests {
         let err = run_push(PUSH_TLS_REFUSED, &log()).expect_err("refused");
         assert!(matches!(err, BuildError::PushFailed(_)), "{err:?}");
         assert_eq!(err.classify(), Fault::Service);
-        assert!(err.to_string().contains("reg/ns/app:t1"), "{err}");
+        assert!(err.chain().contains("reg/ns/app:t1"), "{err}");
         assert!(
-            err.to_string()
+            err.chain()
                 .contains("server gave HTTP response to HTTPS client"),
             "{err}"
         );
 
         let silent = run_push(r#"{"status":"The push refers to repository [x]"}"#, &log())
             .expect_err("no digest");
-        assert!(silent.to_string().contains("no digest"), "{silent}");
+        assert!(silent.chain().contains("no digest"), "{silent}");
     }
 }
