@@ -36,6 +36,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "adapters",
         &["source", "engine", "registry", "store", "amqp", "testing"],
     ),
+    ("image edits", &["image_edit"]),
     ("stages", &["plan", "incremental"]),
     ("pipeline", &["pipeline"]),
     ("delivery", &["worker", "api", "submit"]),

@@ -18,6 +18,7 @@ pub mod engine;
 pub mod error;
 pub mod events;
 pub(crate) mod fresh;
+pub mod image_edit;
 pub mod incremental;
 pub mod init;
 #[cfg(test)]

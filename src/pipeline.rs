@@ -8,10 +8,10 @@ use tokio_util::sync::CancellationToken;
 use crate::build_log::BuildLog;
 use crate::error::{BuildError, RegistryError};
 use crate::events::{BuildRef, ImageUpdated};
-use crate::incremental;
 use crate::plan::{self, PlanInput};
 use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
 use crate::request::BuildRequest;
+use crate::{image_edit, incremental};
 
 /// A request on its way through the worker: identity that survives retries, and the attempt.
 pub struct Job {
@@ -209,8 +209,8 @@ async fn produce(
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
     // under a tag a user reads.
     let pushed = env.engine.push(spec, &spec.lineage_tag, ctx).await?;
-    let labelled = incremental::relabel(&incremental::Relabel {
-        store: env.registry.as_ref(),
+    let labelled = image_edit::relabel(&image_edit::Relabel {
+        registry: env.registry.as_ref(),
         repository: a.repository,
         digest: &pushed,
         labels: &spec.labels,

@@ -4,8 +4,8 @@
 //! config and manifest are rewritten, every other layer stays where it is. This is what makes a
 //! one-file change cost milliseconds instead of a podman build and push.
 //!
-//! The same config edit labels images pushed without labels (`relabel`): podman spends a commit
-//! on a LABEL step, the registry takes a new config blob and manifest in a few milliseconds.
+//! The image edits themselves (config, manifest, upload) are `image_edit`'s, which relabelling
+//! shares.
 //!
 //! It runs only when it can prove the result equals a full build (`tail`): plain COPYs at the
 //! end of the final stage (no flags, globs or variables), no changed file that any other step
@@ -15,7 +15,6 @@
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
 mod ignore;
-mod image;
 mod layer;
 mod placement;
 mod tail;
@@ -24,12 +23,10 @@ use std::path::Path;
 
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
-use crate::error::{BuildError, RegistryError};
-use crate::ports::{
-    BuildSpec, Checkout, Environment, ImageRegistry, Manifest, Recipe, SourceSpec, content_digest,
-};
+use crate::error::BuildError;
+use crate::ports::{BuildSpec, Checkout, Environment, Manifest, Recipe, SourceSpec};
 
-use image::{NewLayer, Previous};
+use crate::image_edit::{NewLayer, Previous, config_digest, publish, rfc3339};
 
 /// What the pipeline knows when it may try an incremental rebuild.
 pub struct Attempt<'a> {
@@ -205,80 +202,6 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         spec.image, previous.digest
     ));
     Ok(Ok(edited))
-}
-
-/// Labels for an image pushed without them.
-pub struct Relabel<'a> {
-    pub store: &'a dyn ImageRegistry,
-    pub repository: &'a str,
-    /// The pushed, unlabelled image.
-    pub digest: &'a str,
-    pub labels: &'a [(String, String)],
-    /// Where the labelled image goes.
-    pub tag: &'a str,
-    pub created: time::OffsetDateTime,
-}
-
-/// Writes `labels` into the config of `digest` and pushes the result under `tag`: a new config
-/// blob and manifest, no layer moves. Returns the labelled image.
-pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
-    // What the registry just took must read back whole: anything less is the registry's failure.
-    let failed = |why: String| {
-        BuildError::Registry(RegistryError::Protocol(format!(
-            "failed to label {}: {why}",
-            r.digest
-        )))
-    };
-    let pushed = r
-        .store
-        .manifest(r.repository, r.digest)
-        .await?
-        .ok_or_else(|| failed("the registry does not know it".into()))?;
-    let config_digest =
-        config_digest(&pushed).ok_or_else(|| failed("its manifest names no config".into()))?;
-    let config = r
-        .store
-        .blob(r.repository, &config_digest)
-        .await?
-        .ok_or_else(|| failed("its config is missing".into()))?;
-    let image = Previous::parse(&pushed.media_type, &pushed.bytes, &config, 0).map_err(failed)?;
-    let media_type = image.media_type(&pushed.media_type);
-    let (config, manifest) = image
-        .relayer(&[], r.labels, &rfc3339(r.created), "")
-        .map_err(failed)?;
-    publish(r.store, r.repository, r.tag, media_type, config, manifest).await
-}
-
-/// Uploads an edited image's config, puts its manifest under `tag`; returns the manifest.
-async fn publish(
-    store: &dyn ImageRegistry,
-    repository: &str,
-    tag: &str,
-    media_type: String,
-    config: Vec<u8>,
-    manifest: Vec<u8>,
-) -> Result<Manifest, BuildError> {
-    store
-        .upload_blob(repository, &content_digest(&config), config)
-        .await?;
-    let manifest = Manifest {
-        media_type,
-        digest: content_digest(&manifest),
-        bytes: manifest,
-    };
-    store.tag(repository, tag, &manifest).await?;
-    Ok(manifest)
-}
-
-fn config_digest(manifest: &Manifest) -> Option<String> {
-    serde_json::from_slice::<serde_json::Value>(&manifest.bytes)
-        .ok()
-        .and_then(|m| m["config"]["digest"].as_str().map(str::to_owned))
-}
-
-fn rfc3339(at: time::OffsetDateTime) -> String {
-    at.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

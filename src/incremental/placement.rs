@@ -6,10 +6,10 @@
 
 use std::path::Path;
 
-use super::image::Previous;
 use super::tail::CopyStep;
 use crate::confined::{Kind, Refused, Tree};
 use crate::error::BuildError;
+use crate::image_edit::Previous;
 use crate::ports::ImageRegistry;
 
 /// A previous COPY layer larger than this is not read to learn where its file went: the

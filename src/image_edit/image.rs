@@ -11,20 +11,20 @@ const MANIFEST_TYPES: [&str; 2] = [
 ];
 
 /// A replacement layer, as the manifest and config name it.
-pub(super) struct NewLayer {
+pub(crate) struct NewLayer {
     pub digest: String,
     pub diff_id: String,
     pub size: u64,
 }
 
 /// The config and manifest of the previous image, checked to end in `replaced` COPY layers.
-pub(super) struct Previous {
+pub(crate) struct Previous {
     pub manifest: Value,
     pub config: Value,
 }
 
 impl Previous {
-    pub(super) fn parse(
+    pub(crate) fn parse(
         media_type: &str,
         manifest: &[u8],
         config: &[u8],
@@ -78,19 +78,19 @@ impl Previous {
     }
 
     /// The working directory of the image's last steps ("/" when it sets none).
-    pub(super) fn working_dir(&self) -> &str {
+    pub(crate) fn working_dir(&self) -> &str {
         match self.config["config"]["WorkingDir"].as_str() {
             Some(dir) if !dir.is_empty() => dir,
             _ => "/",
         }
     }
 
-    pub(super) fn layer_count(&self) -> usize {
+    pub(crate) fn layer_count(&self) -> usize {
         self.manifest["layers"].as_array().map_or(0, Vec::len)
     }
 
     /// (digest, size) of layer `index`.
-    pub(super) fn layer(&self, index: usize) -> Option<(String, u64)> {
+    pub(crate) fn layer(&self, index: usize) -> Option<(String, u64)> {
         let layer = &self.manifest["layers"][index];
         Some((
             layer["digest"].as_str()?.to_owned(),
@@ -99,12 +99,12 @@ impl Previous {
     }
 
     /// The commit the previous image was built from (its OCI revision label).
-    pub(super) fn revision(&self) -> Option<&str> {
+    pub(crate) fn revision(&self) -> Option<&str> {
         self.config["config"]["Labels"]["org.opencontainers.image.revision"].as_str()
     }
 
     /// New (config bytes, manifest bytes). `created` is RFC 3339; `note` goes in the history.
-    pub(super) fn relayer(
+    pub(crate) fn relayer(
         mut self,
         layers: &[NewLayer],
         labels: &[(String, String)],
@@ -174,7 +174,7 @@ impl Previous {
         Ok((config_bytes, manifest_bytes))
     }
 
-    pub(super) fn media_type(&self, fallback: &str) -> String {
+    pub(crate) fn media_type(&self, fallback: &str) -> String {
         self.manifest["mediaType"]
             .as_str()
             .unwrap_or(fallback)
