@@ -6,6 +6,7 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 use crate::confined::{Kind, Refused, Tree};
+use crate::dockerfile::{DISCOVERED_NAMES, Dockerfile, MAX_DOCKERFILE_BYTES};
 use crate::error::BuildError;
 use crate::ports::{BuildSpec, Checkout, Recipe};
 use crate::request::{BuildRequest, BuilderKind, ImageName, Tag};
@@ -72,6 +73,7 @@ pub fn plan(
         )));
     }
     let recipe = find_recipe(req, &tree, &context_rel)?;
+    let target = check_target(req, &tree, &recipe)?;
     Ok(BuildSpec {
         // `join("")` would add a trailing slash to the root.
         context_dir: if context_rel.as_os_str().is_empty() {
@@ -95,6 +97,7 @@ pub fn plan(
         labels: labels(req, input),
         build_args: req.build_args.clone(),
         platforms: req.platforms.clone(),
+        target,
     })
 }
 
@@ -127,7 +130,7 @@ pub fn lineage_tag(req: &BuildRequest, source_url: &str) -> String {
 }
 
 fn configuration_digest(req: &BuildRequest, source_url: &str, commit: Option<&str>) -> String {
-    let canonical = serde_json::json!({
+    let mut canonical = serde_json::json!({
         "v": 1,
         "source": source_url,
         "commit": commit,
@@ -138,6 +141,10 @@ fn configuration_digest(req: &BuildRequest, source_url: &str, commit: Option<&st
         "platforms": req.platforms.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
         "labels": req.labels,
     });
+    // Only when asked for: the keys of images built before the field existed stay valid.
+    if let Some(target) = &req.target {
+        canonical["target"] = target.as_str().into();
+    }
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     hex::encode(digest)[..32].to_owned()
 }
@@ -156,8 +163,8 @@ fn refused(field: &str, given: &str, why: Refused) -> BuildError {
     }
 }
 
-/// An explicit `dockerfile` (relative to the context), else (unless `builder` is nixpacks) a
-/// Dockerfile or Containerfile in the context, else nixpacks (unless `builder` is dockerfile).
+/// An explicit `dockerfile` (relative to the context), else (unless `builder` is nixpacks) the
+/// first of `DISCOVERED_NAMES` in the context, else nixpacks (unless `builder` is dockerfile).
 /// Every path is resolved beneath the checkout: symlinks may lead elsewhere inside, not out.
 fn find_recipe(req: &BuildRequest, tree: &Tree, context: &Path) -> Result<Recipe, BuildError> {
     let dockerfile = |rel: &Path, given: &str| {
@@ -181,7 +188,7 @@ fn find_recipe(req: &BuildRequest, tree: &Tree, context: &Path) -> Result<Recipe
         return dockerfile(&context.join(path.as_str()), path.as_str());
     }
     if req.builder != BuilderKind::Nixpacks {
-        for candidate in ["Dockerfile", "Containerfile"] {
+        for candidate in DISCOVERED_NAMES {
             let rel = context.join(candidate);
             match tree.kind(&rel) {
                 Ok(Some(Kind::File)) => return dockerfile(&rel, candidate),
@@ -192,11 +199,60 @@ fn find_recipe(req: &BuildRequest, tree: &Tree, context: &Path) -> Result<Recipe
     }
     if req.builder == BuilderKind::Dockerfile {
         return Err(BuildError::NoRecipe(format!(
-            "no Dockerfile or Containerfile in context '{}' (builder is \"dockerfile\")",
+            "no {} in context '{}' (builder is \"dockerfile\")",
+            DISCOVERED_NAMES.join(", "),
             req.context.as_str()
         )));
     }
     Ok(Recipe::Nixpacks)
+}
+
+/// The requested stage, if the Dockerfile has it. A Dockerfile that does not parse is left for
+/// the engine to report; nixpacks' generated Dockerfile has no stages to choose from.
+fn check_target(
+    req: &BuildRequest,
+    tree: &Tree,
+    recipe: &Recipe,
+) -> Result<Option<String>, BuildError> {
+    let Some(target) = &req.target else {
+        return Ok(None);
+    };
+    let Recipe::Dockerfile(path) = recipe else {
+        return Err(BuildError::NoRecipe(format!(
+            "target '{}' needs a Dockerfile; the repository has none and nixpacks makes one \
+             without stages",
+            target.as_str()
+        )));
+    };
+    let rel = path.strip_prefix(tree.path()).unwrap_or(path);
+    let text = tree
+        .read_to_string(rel, MAX_DOCKERFILE_BYTES)
+        .map_err(|why| refused("dockerfile", &rel.to_string_lossy(), why))?;
+    let Ok(parsed) = Dockerfile::parse(&text) else {
+        return Ok(Some(target.as_str().to_owned()));
+    };
+    let named = parsed
+        .stages
+        .iter()
+        .find(|s| s.name.as_deref() == Some(target.as_str()));
+    if let Some(written) = named.and_then(|s| s.written_name.clone()) {
+        return Ok(Some(written));
+    }
+    let names: Vec<&str> = parsed
+        .stages
+        .iter()
+        .filter_map(|s| s.name.as_deref())
+        .collect();
+    Err(BuildError::NoRecipe(format!(
+        "target '{}' is not a stage of {}; its named stages: {}",
+        target.as_str(),
+        rel.display(),
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    )))
 }
 
 /// Short commit, the sanitised ref, `latest` on the default branch, then the request's own tags.
@@ -434,6 +490,102 @@ mod tests {
             spec.recipe,
             Recipe::Nixpacks,
             "builder nixpacks ignores the Dockerfile"
+        );
+    }
+
+    #[test]
+    fn dockerfiles_are_discovered_as_podman_and_docker_find_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().canonicalize().expect("root");
+        std::fs::write(root.join("dockerfile"), "FROM scratch\n").expect("write");
+        let found = |root: &Path| plan_in(root, &request(""), &checkout(false)).expect("plan");
+        assert_eq!(
+            found(&root).recipe,
+            Recipe::Dockerfile(root.join("dockerfile")),
+            "lowercase, as the docker CLI accepts it"
+        );
+        std::fs::write(root.join("Dockerfile"), "FROM scratch\n").expect("write");
+        assert_eq!(
+            found(&root).recipe,
+            Recipe::Dockerfile(root.join("Dockerfile"))
+        );
+        std::fs::write(root.join("Containerfile"), "FROM scratch\n").expect("write");
+        assert_eq!(
+            found(&root).recipe,
+            Recipe::Dockerfile(root.join("Containerfile"))
+        );
+
+        let empty = tempfile::tempdir().expect("tempdir");
+        let strict = request(r#","builder":"dockerfile""#);
+        let err = plan_in(empty.path(), &strict, &checkout(false)).expect_err("none");
+        assert!(
+            err.to_string()
+                .contains("no Containerfile, Dockerfile, dockerfile in context '.'"),
+            "lists what was looked for: {err}"
+        );
+        let named = request(r#","dockerfile":"build/Dockerfile.prod""#);
+        let err = plan_in(empty.path(), &named, &checkout(false)).expect_err("missing");
+        assert!(
+            err.to_string()
+                .contains("dockerfile 'build/Dockerfile.prod' does not exist"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_target_must_be_a_stage_of_the_dockerfile_and_changes_the_build_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("Dockerfile"),
+            "FROM scratch AS Build\nFROM scratch AS test\nFROM scratch\n",
+        )
+        .expect("write");
+        let spec = plan_in(
+            dir.path(),
+            &request(r#","target":"BUILD""#),
+            &checkout(false),
+        )
+        .expect("a stage, in any case");
+        assert_eq!(
+            spec.target.as_deref(),
+            Some("Build"),
+            "as the Dockerfile spells it, for podman"
+        );
+
+        let err = plan_in(
+            dir.path(),
+            &request(r#","target":"lint""#),
+            &checkout(false),
+        )
+        .expect_err("no such stage");
+        assert_eq!(err.classify(), crate::error::Fault::User);
+        assert!(
+            err.to_string().contains(
+                "target 'lint' is not a stage of Dockerfile; its named stages: build, test"
+            ),
+            "{err}"
+        );
+        let nixpacks = tempfile::tempdir().expect("tempdir");
+        let err = plan_in(
+            nixpacks.path(),
+            &request(r#","target":"build""#),
+            &checkout(false),
+        )
+        .expect_err("no Dockerfile");
+        assert!(err.to_string().contains("needs a Dockerfile"), "{err}");
+
+        let url = "https://h/a.git";
+        let plain = build_key(&request(""), url, "c1");
+        let targeted = build_key(&request(r#","target":"test""#), url, "c1");
+        assert_ne!(plain, targeted);
+        assert_ne!(
+            targeted,
+            build_key(&request(r#","target":"build""#), url, "c1")
+        );
+        assert_eq!(
+            targeted,
+            build_key(&request(r#","target":"TEST""#), url, "c1"),
+            "stage names compare without case"
         );
     }
 }

@@ -15,6 +15,13 @@ pub use ignore::IgnoreFile;
 pub use mount::{Mount, MountKind};
 pub use reads::{Read, context_path, overlaps};
 
+/// Dockerfiles are text of a few KiB; one past this size is refused rather than read.
+pub const MAX_DOCKERFILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The names a Dockerfile is found by in the context when the request names none, in the
+/// order podman and the docker CLI look for them.
+pub const DISCOVERED_NAMES: [&str; 3] = ["Containerfile", "Dockerfile", "dockerfile"];
+
 /// A parsed Dockerfile: its stages in order (the last one is the image).
 #[derive(Debug)]
 pub struct Dockerfile {
@@ -30,6 +37,8 @@ pub struct Stage {
     pub base: String,
     /// Lowercase: BuildKit matches stage names without regard to case.
     pub name: Option<String>,
+    /// As the Dockerfile spells it: podman 4.3's `--target` matches it exactly.
+    pub written_name: Option<String>,
     pub flags: Vec<Flag>,
     pub steps: Vec<Step>,
 }

@@ -25,6 +25,7 @@ pub(super) fn dockerfile(text: &str) -> Result<Dockerfile, String> {
                     .as_
                     .as_ref()
                     .map(|(_, name)| name.value.to_ascii_lowercase()),
+                written_name: from.as_.as_ref().map(|(_, name)| name.value.to_string()),
                 flags: flags(&from.options),
                 steps: Vec::new(),
             });

@@ -19,6 +19,7 @@ pub use docker::DockerEngine;
 pub use podman::Podman;
 
 use crate::confined::{Refused, Tree};
+use crate::dockerfile::MAX_DOCKERFILE_BYTES;
 use crate::error::{BuildError, EngineError, ProcessError};
 use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Recipe};
 
@@ -56,9 +57,6 @@ fn push_failed(e: BuildError) -> BuildError {
         other => other,
     }
 }
-
-/// Dockerfiles are text of a few KiB; one past this size is refused rather than read.
-pub(crate) const MAX_DOCKERFILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// What an engine builds from: the request's Dockerfile and context, or what nixpacks generated.
 struct Input {

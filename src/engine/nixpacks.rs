@@ -31,7 +31,9 @@ pub async fn generate(
         .map_err(|e| match e {
             // nixpacks' own verdict on the repository: the user's to change.
             ProcessError::Failed { .. } => BuildError::NoRecipe(format!(
-                "nixpacks could not plan a build for this repository: {}",
+                "no {} in the context, and nixpacks could not plan a build for this \
+                 repository: {}",
+                crate::dockerfile::DISCOVERED_NAMES.join(", "),
                 ctx.log.tail(1).join(" ")
             )),
             other => super::program_failed(

@@ -246,8 +246,9 @@ impl ImageEngine for Podman {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
-        // A manifest list cannot be relabelled in the registry as cheaply: label while building.
-        let dockerfile = if self.labels_at_build(spec) {
+        // A manifest list cannot be relabelled in the registry as cheaply: label while building,
+        // in the last stage (appended) or, for a target stage, with podman's `--label`.
+        let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
             labelled_dockerfile(&input.text, &spec.labels, &ctx.scratch_dir)?
         } else {
             source_dockerfile.clone()
@@ -264,6 +265,14 @@ impl ImageEngine for Podman {
             .arg(&dockerfile);
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             inv = inv.arg("--authfile").arg(auth);
+        }
+        if let Some(target) = &spec.target {
+            inv = inv.arg(format!("--target={target}"));
+            if self.labels_at_build(spec) {
+                for (key, value) in &spec.labels {
+                    inv = inv.arg(format!("--label={key}={value}"));
+                }
+            }
         }
         for (key, value) in spec.build_args.iter() {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);

@@ -67,6 +67,10 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
     }
+    // The tail analysis reads the last stage as the image; a target may be an earlier one.
+    if let Some(target) = &spec.target {
+        return Ok(Err(format!("the target stage '{target}' is built")));
+    }
     let tree = match Tree::open(&spec.checkout_dir) {
         Ok(tree) => tree,
         Err(e) => return Ok(Err(format!("the checkout cannot be opened: {e}"))),
@@ -82,7 +86,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
     };
     let text = match tree.read_to_string(
         &relative(&spec.checkout_dir, dockerfile)?,
-        crate::engine::MAX_DOCKERFILE_BYTES,
+        crate::dockerfile::MAX_DOCKERFILE_BYTES,
     ) {
         Ok(text) => text,
         Err(why) => return Ok(Err(format!("the Dockerfile cannot be read: {why}"))),

@@ -32,6 +32,8 @@ pub struct BuildSpec {
     pub labels: Vec<(String, String)>,
     pub build_args: BuildArgs,
     pub platforms: Vec<Platform>,
+    /// The Dockerfile stage to build, spelled as in the Dockerfile; the last stage when None.
+    pub target: Option<String>,
 }
 
 /// How the image is described.

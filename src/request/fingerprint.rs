@@ -22,6 +22,9 @@ struct Identity<'a> {
     user_id: &'a str,
     context: &'a str,
     dockerfile: Option<&'a str>,
+    /// Left out when absent: fingerprints recorded before the field existed stay equal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    target: Option<&'a str>,
     builder: BuilderKind,
     platforms: Vec<&'a str>,
     image: Option<&'a str>,
@@ -41,6 +44,7 @@ impl BuildRequest {
             user_id: self.user_id.as_str(),
             context: self.context.as_str(),
             dockerfile: self.dockerfile.as_ref().map(|d| d.as_str()),
+            target: self.target.as_ref().map(|t| t.as_str()),
             builder: self.builder,
             platforms: sorted(self.platforms.iter().map(|p| p.as_str()).collect()),
             image: self.image.as_ref().map(|i| i.as_str()),

@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use repo::{Connector, RepoSpec, strip_userinfo};
-pub use types::{GitRef, ImageName, Platform, RelPath, RequestId, Tag, UserId};
+pub use types::{GitRef, ImageName, Platform, RelPath, RequestId, StageName, Tag, UserId};
 
 use fields::Fields;
 use types::truncate;
@@ -94,6 +94,8 @@ pub struct BuildRequest {
     pub user_id: UserId,
     pub context: RelPath,
     pub dockerfile: Option<RelPath>,
+    /// The Dockerfile stage to build; the last one when absent.
+    pub target: Option<StageName>,
     pub builder: BuilderKind,
     pub build_args: BuildArgs,
     pub platforms: Vec<Platform>,
@@ -152,6 +154,7 @@ impl BuildRequest {
             "user_id": self.user_id.as_str(),
             "context": self.context.as_str(),
             "dockerfile": self.dockerfile.as_ref().map(RelPath::as_str),
+            "target": self.target.as_ref().map(StageName::as_str),
             "builder": self.builder,
             "build_args": build_args,
             "platforms": self.platforms.iter().map(Platform::as_str).collect::<Vec<_>>(),
@@ -210,6 +213,7 @@ impl BuildRequest {
         let context = parse_opt(f.string("context")?, "context", RelPath::parse)?
             .unwrap_or_else(RelPath::root);
         let dockerfile = parse_opt(f.string("dockerfile")?, "dockerfile", RelPath::parse)?;
+        let target = parse_opt(f.string("target")?, "target", StageName::parse)?;
         let builder = match f.string("builder")?.as_deref() {
             None | Some("auto") => BuilderKind::Auto,
             Some("dockerfile") => BuilderKind::Dockerfile,
@@ -245,6 +249,7 @@ impl BuildRequest {
             user_id,
             context,
             dockerfile,
+            target,
             builder,
             build_args,
             platforms,

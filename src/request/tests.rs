@@ -95,6 +95,11 @@ fn each_bad_field_is_named() {
             "dockerfile",
         ),
         (
+            r#"{"repo":"a/b","user_id":"u","target":"--output=/"}"#,
+            "target",
+        ),
+        (r#"{"repo":"a/b","user_id":"u","target":7}"#, "target"),
+        (
             r#"{"repo":"a/b","user_id":"u","platforms":["linux/x"]}"#,
             "platforms[0]",
         ),

@@ -140,6 +140,29 @@ impl RelPath {
     }
 }
 
+/// A Dockerfile stage to build (`target`), lowercase: BuildKit and podman match stage names
+/// without regard to case. The characters BuildKit allows in `FROM ... AS <name>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageName(String);
+
+impl StageName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut chars = raw.chars();
+        let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic());
+        let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !first_ok || !rest_ok || raw.len() > 128 {
+            return Err(
+                "must be a stage name: [A-Za-z][A-Za-z0-9_.-]*, at most 128 characters".into(),
+            );
+        }
+        Ok(Self(raw.to_ascii_lowercase()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// `os/arch[/variant]` from the set registries and podman agree on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Platform(String);

@@ -7,7 +7,8 @@ use image_builder::events::Event;
 use serde_json::json;
 
 use crate::support::{
-    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_image, registry_image, unique,
+    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_image, image_tree, registry_image,
+    unique,
 };
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
@@ -87,12 +88,18 @@ async fn monorepo_context_and_dockerfile_paths() {
     let repo = RepoFixture::create(git.root.path(), "acme/mono");
     let api = "FROM localhost/busybox:latest\nCOPY api.txt /api.txt\n";
     let web = "FROM localhost/busybox:latest\nCOPY web.txt /web.txt\n";
+    // Lowercase `dockerfile`, as the docker CLI finds it; stages a `target` picks from.
+    let site = "FROM localhost/busybox:latest AS base\nCOPY site.txt /site.txt\n\
+                FROM base AS Test\nRUN echo tested > /tested\n\
+                FROM base\nRUN echo final > /final\n";
     repo.commit(
         &[
             ("services/api/Containerfile", api),
             ("services/api/api.txt", "api\n"),
             ("services/web/build/web.Dockerfile", web),
             ("services/web/web.txt", "web\n"),
+            ("services/site/dockerfile", site),
+            ("services/site/site.txt", "site\n"),
         ],
         "monorepo",
     );
@@ -123,7 +130,54 @@ async fn monorepo_context_and_dockerfile_paths() {
     match stack.outcome("root", BUILD_TIMEOUT).await {
         Event::Failed(failed) => {
             assert_eq!(failed.fault, Fault::User);
-            assert!(failed.reason.contains("no Dockerfile"), "{}", failed.reason);
+            assert!(
+                failed
+                    .reason
+                    .contains("no Containerfile, Dockerfile, dockerfile in context '.'"),
+                "names what was looked for: {}",
+                failed.reason
+            );
+        }
+        other => panic!("expected build.failed, got {other:?}"),
+    }
+
+    // The last stage by default; the named one (in any case) with `target`.
+    for (id, target, has, lacks) in [
+        ("site", None, "final", "tested"),
+        ("site-test", Some("test"), "tested", "final"),
+    ] {
+        let mut request = json!({"id": id, "repo": "acme/mono", "user_id": user,
+            "context": "services/site", "image": id});
+        if let Some(target) = target {
+            request["target"] = json!(target.to_uppercase());
+        }
+        stack.publish_json(&request).await;
+        let built = expect_image(stack.outcome(id, BUILD_TIMEOUT).await);
+        let pulled = format!("{}@{}", built.image, built.digest);
+        image_tree::podman(&["pull", "-q", "--tls-verify=false", &pulled]);
+        let files = image_tree::tree(&pulled);
+        assert!(files.contains_key("/site.txt"), "{id}: {files:?}");
+        assert!(files.contains_key(&format!("/{has}")), "{id} has /{has}");
+        assert!(
+            !files.contains_key(&format!("/{lacks}")),
+            "{id} lacks /{lacks}"
+        );
+    }
+    stack
+        .publish_json(
+            &json!({"id": "no-stage", "repo": "acme/mono", "user_id": user,
+            "context": "services/site", "target": "lint"}),
+        )
+        .await;
+    match stack.outcome("no-stage", BUILD_TIMEOUT).await {
+        Event::Failed(failed) => {
+            assert_eq!(failed.fault, Fault::User);
+            assert!(
+                failed.reason.contains("target 'lint' is not a stage of")
+                    && failed.reason.contains("base, test"),
+                "{}",
+                failed.reason
+            );
         }
         other => panic!("expected build.failed, got {other:?}"),
     }

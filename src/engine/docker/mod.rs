@@ -143,6 +143,9 @@ impl DockerEngine {
         if let Some(platform) = platform {
             options = options.platform(platform);
         }
+        if let Some(target) = &spec.target {
+            options = options.target(target);
+        }
         let tar = tokio::fs::File::open(&archive.path).await.map_err(|e| {
             BuildError::Internal(anyhow::anyhow!("failed to open the context archive: {e}"))
         })?;
