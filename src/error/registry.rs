@@ -21,4 +21,32 @@ pub enum RegistryError {
     /// An answer missing what the protocol promises (a realm, a token, an upload location).
     #[error("{0}")]
     Protocol(String),
+    /// Content whose sha256 is not the digest it was asked for or announced with: a corrupt or
+    /// tampered answer, never used.
+    #[error("{what} has digest {got}, expected {expected}")]
+    DigestMismatch {
+        what: String,
+        expected: String,
+        got: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::{BuildError, Fault};
+
+    #[test]
+    fn a_digest_mismatch_is_the_registrys_fault() {
+        let err = BuildError::from(RegistryError::DigestMismatch {
+            what: "manifest of u1/app:latest".into(),
+            expected: "sha256:aa".into(),
+            got: "sha256:bb".into(),
+        });
+        assert_eq!(err.classify(), Fault::Service);
+        assert_eq!(
+            err.chain(),
+            "registry request failed: manifest of u1/app:latest has digest sha256:bb, expected sha256:aa"
+        );
+    }
 }

@@ -4,47 +4,57 @@
 use std::path::Path;
 use std::time::Duration;
 
+use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use tokio_util::io::ReaderStream;
 
-use super::RegistryClient;
+use super::{RegistryClient, digest};
 use crate::error::RegistryError;
 
 impl RegistryClient {
+    /// The blob's bytes, hashed as they arrive: bytes that are not `digest` are an error.
     pub(super) async fn get_blob(
         &self,
         repository: &str,
         digest: &str,
     ) -> Result<Option<Vec<u8>>, RegistryError> {
-        let url = format!("{}/v2/{repository}/blobs/{digest}", self.base);
+        // Before any request: a digest we cannot check is not fetched.
+        let mut hasher = digest::Hasher::for_digest(digest)?;
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
         let scope = format!("repository:{repository}:pull");
-        let response = self.send(&scope, || self.http.get(&url)).await?;
+        let mut response = self.send(&scope, || self.http.get(&url)).await?;
         match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
-            status if !status.is_success() => Err(RegistryError::Status {
-                status,
-                doing: format!("for blob {digest} of {repository}"),
-            }),
-            _ => Ok(Some(
-                response
-                    .bytes()
-                    .await
-                    .map_err(|source| RegistryError::Unreadable {
-                        what: "a blob",
-                        source,
-                    })?
-                    .to_vec(),
-            )),
+            StatusCode::NOT_FOUND => return Ok(None),
+            status if !status.is_success() => {
+                return Err(RegistryError::Status {
+                    status,
+                    doing: format!("for blob {digest} of {repository}"),
+                });
+            }
+            _ => {}
         }
+        let unreadable = |source| RegistryError::Unreadable {
+            what: "a blob",
+            source,
+        };
+        let mut bytes = Vec::with_capacity(
+            usize::try_from(response.content_length().unwrap_or(0).min(1 << 20)).unwrap_or(0),
+        );
+        while let Some(chunk) = response.chunk().await.map_err(unreadable)? {
+            hasher.update(&chunk);
+            bytes.extend_from_slice(&chunk);
+        }
+        hasher.verify(&format!("blob {digest} of {repository}"), digest)?;
+        Ok(Some(bytes))
     }
 
-    /// Uploads `bytes` (small: a config) as the blob `digest`.
+    /// Uploads `bytes` (small: a config) as the blob `digest`; each try sends the same buffer.
     pub(super) async fn put_blob(
         &self,
         repository: &str,
         digest: &str,
-        bytes: Vec<u8>,
+        bytes: Bytes,
     ) -> Result<(), RegistryError> {
         let len = bytes.len() as u64;
         self.upload(repository, digest, len, || {
@@ -74,7 +84,8 @@ impl RegistryClient {
         self.upload(repository, digest, len, body).await
     }
 
-    /// POST an upload, PUT its bytes with the digest (a monolithic upload).
+    /// POST an upload, PUT its bytes with the digest (a monolithic upload). The registry's
+    /// announced digest of what it stored must be `digest`.
     async fn upload(
         &self,
         repository: &str,
@@ -83,7 +94,7 @@ impl RegistryClient {
         body: impl Fn() -> reqwest::Body,
     ) -> Result<(), RegistryError> {
         let scope = format!("repository:{repository}:pull,push");
-        let start = format!("{}/v2/{repository}/blobs/uploads/", self.base);
+        let start = self.url(&format!("{repository}/blobs/uploads/"));
         let started = self.send(&scope, || self.http.post(&start)).await?;
         if started.status() != StatusCode::ACCEPTED {
             return Err(RegistryError::Status {
@@ -101,11 +112,9 @@ impl RegistryClient {
                 ))
             })?;
         // The location may be relative and may carry its own query (upload state).
-        let mut url = url::Url::parse(&self.base)
-            .and_then(|base| base.join(location))
-            .map_err(|e| {
-                RegistryError::Protocol(format!("the registry gave a bad upload location: {e}"))
-            })?;
+        let mut url = self.base.join(location).map_err(|e| {
+            RegistryError::Protocol(format!("the registry gave a bad upload location: {e}"))
+        })?;
         url.query_pairs_mut().append_pair("digest", digest);
         // The client's 30 s covers small requests; a layer gets a second per MiB on top.
         let timeout = Duration::from_secs(30 + (len >> 20));
@@ -119,13 +128,16 @@ impl RegistryClient {
                     .body(body())
             })
             .await?;
-        if response.status() == StatusCode::CREATED {
-            Ok(())
-        } else {
-            Err(RegistryError::Status {
+        if response.status() != StatusCode::CREATED {
+            return Err(RegistryError::Status {
                 status: response.status(),
                 doing: format!("when uploading {digest} to {repository}"),
-            })
+            });
         }
+        let announced = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok());
+        digest::check_announced(&format!("blob uploaded to {repository}"), digest, announced)
     }
 }

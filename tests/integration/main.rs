@@ -2,6 +2,7 @@
 //! Start the services first: `scripts/services.sh up` (`make test` does it).
 
 mod records_api;
+mod registry_client;
 mod request_ids;
 mod reserved_tags;
 mod sandbox;
