@@ -96,6 +96,7 @@ pub fn plan(
         ),
         labels: labels(req, input),
         build_args: req.build_args.clone(),
+        secrets: req.secrets.clone(),
         platforms: req.platforms.clone(),
         target,
     })
@@ -144,6 +145,10 @@ fn configuration_digest(req: &BuildRequest, source_url: &str, commit: Option<&st
     // Only when asked for: the keys of images built before the field existed stay valid.
     if let Some(target) = &req.target {
         canonical["target"] = target.as_str().into();
+    }
+    // Ids only, as docker's cache does: a rotated secret value does not make a new image.
+    if !req.secrets.is_empty() {
+        canonical["secrets"] = req.secrets.ids().collect::<Vec<_>>().into();
     }
     let digest = Sha256::digest(canonical.to_string().as_bytes());
     hex::encode(digest)[..32].to_owned()

@@ -324,8 +324,8 @@ pub async fn cancel(
 }
 
 /// POST /v1/builds/{id}/rebuild: the same request under a new id, built even if an image exists.
-/// Secrets are not stored, so a private repository's token and any build arg values come in the
-/// body: `{"token": "...", "build_args": {...}}`.
+/// Secrets are not stored, so a private repository's token, any build arg values and build
+/// secrets come in the body: `{"token": "...", "build_args": {...}, "secrets": {...}}`.
 pub async fn rebuild(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -344,11 +344,11 @@ pub async fn rebuild(
     };
     if let Some(unknown) = supplied
         .keys()
-        .find(|k| !["token", "build_args"].contains(&k.as_str()))
+        .find(|k| !["token", "build_args", "secrets"].contains(&k.as_str()))
     {
         return Err(ApiError::bad_request(
             unknown,
-            "a rebuild takes only `token` and `build_args`",
+            "a rebuild takes only `token`, `build_args` and `secrets`",
         ));
     }
     let Value::Object(mut request) = build.request.clone() else {
@@ -361,20 +361,22 @@ pub async fn rebuild(
             "build {id} has no stored request to rebuild (it was rejected)"
         )));
     }
-    let stored_args: Vec<String> = request
-        .get("build_args")
-        .and_then(Value::as_object)
-        .map(|m| m.keys().cloned().collect())
-        .unwrap_or_default();
-    let given_args = supplied.get("build_args").and_then(Value::as_object);
-    if let Some(missing) = stored_args
-        .iter()
-        .find(|k| given_args.is_none_or(|g| !g.contains_key(*k)))
-    {
-        return Err(ApiError::bad_request(
-            "build_args",
-            format!("build arg values are not stored; supply {missing:?} (and the others) again"),
-        ));
+    for (field, what) in [("build_args", "build arg"), ("secrets", "secret")] {
+        let stored: Vec<String> = request
+            .get(field)
+            .and_then(Value::as_object)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        let given = supplied.get(field).and_then(Value::as_object);
+        if let Some(missing) = stored
+            .iter()
+            .find(|k| given.is_none_or(|g| !g.contains_key(*k)))
+        {
+            return Err(ApiError::bad_request(
+                field,
+                format!("{what} values are not stored; supply {missing:?} (and the others) again"),
+            ));
+        }
     }
     request.remove("has_token");
     let new_id = format!(

@@ -3,7 +3,7 @@
 //! RUN steps run in the build's sandbox (`sandbox.rs`) unless the operator chose chroot.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -274,6 +274,9 @@ impl ImageEngine for Podman {
                 }
             }
         }
+        for secret in secret_files(spec, &ctx.scratch_dir)? {
+            inv = inv.arg(secret);
+        }
         for (key, value) in spec.build_args.iter() {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);
         }
@@ -401,6 +404,36 @@ impl ImageEngine for Podman {
         self.prune_layer_cache_now_and_then();
         Ok(digest)
     }
+}
+
+/// `--secret=id=<id>,src=<file>` for each build secret, the value in a 0600 file of the build's
+/// scratch dir (removed with it): podman mounts it for `RUN --mount=type=secret` steps and
+/// writes it into no layer. The value never goes on the command line or into the environment.
+fn secret_files(spec: &BuildSpec, scratch: &Path) -> Result<Vec<String>, BuildError> {
+    if spec.secrets.is_empty() {
+        return Ok(Vec::new());
+    }
+    let dir = scratch.join("secrets");
+    let failed = |e: std::io::Error| {
+        BuildError::Internal(anyhow::anyhow!("failed to write the build's secrets: {e}"))
+    };
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(failed)?;
+    let mut args = Vec::new();
+    for (id, value) in spec.secrets.iter() {
+        let path = dir.join(id);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .and_then(|mut file| file.write_all(value.expose_secret().as_bytes()))
+            .map_err(failed)?;
+        args.push(format!("--secret=id={id},src={}", path.display()));
+    }
+    Ok(args)
 }
 
 /// IDs from `ID CREATED-UNIX-SECONDS` lines whose container is older than `age`.

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 
 use super::BuildCtx;
 use crate::error::BuildError;
-use crate::request::{BuildArgs, Platform};
+use crate::request::{BuildArgs, BuildSecrets, Platform};
 
 /// Everything an engine needs for one build.
 #[derive(Debug, Clone)]
@@ -31,6 +31,8 @@ pub struct BuildSpec {
     /// Applied in order; the builder's own labels come last so a request cannot forge them.
     pub labels: Vec<(String, String)>,
     pub build_args: BuildArgs,
+    /// Mounted for `RUN --mount=type=secret` steps, never written into the image.
+    pub secrets: BuildSecrets,
     pub platforms: Vec<Platform>,
     /// The Dockerfile stage to build, spelled as in the Dockerfile; the last stage when None.
     pub target: Option<String>,

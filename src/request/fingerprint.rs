@@ -31,6 +31,9 @@ struct Identity<'a> {
     tags: Vec<&'a str>,
     labels: &'a std::collections::BTreeMap<String, String>,
     build_arg_names: Vec<&'a str>,
+    /// Left out when there are none: fingerprints recorded before the field existed stay equal.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    secret_ids: Vec<&'a str>,
 }
 
 impl BuildRequest {
@@ -51,6 +54,7 @@ impl BuildRequest {
             tags: sorted(self.tags.iter().map(|t| t.as_str()).collect()),
             labels: &self.labels,
             build_arg_names: self.build_args.keys().collect(),
+            secret_ids: self.secrets.ids().collect(),
         };
         // Serialising strings, options and a string map cannot fail.
         let canonical = serde_json::to_vec(&identity).unwrap_or_default();

@@ -77,6 +77,31 @@ impl BuildArgs {
     }
 }
 
+/// Build secrets by id, mounted for `RUN --mount=type=secret,id=<id>` steps. Unlike build
+/// args they reach no layer, history or config; Debug shows only the ids.
+#[derive(Clone, Default)]
+pub struct BuildSecrets(BTreeMap<String, SecretString>);
+
+impl BuildSecrets {
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &SecretString)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    pub fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for BuildSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
 impl fmt::Debug for BuildArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_set().entries(self.0.keys()).finish()
@@ -98,6 +123,7 @@ pub struct BuildRequest {
     pub target: Option<StageName>,
     pub builder: BuilderKind,
     pub build_args: BuildArgs,
+    pub secrets: BuildSecrets,
     pub platforms: Vec<Platform>,
     pub image: Option<ImageName>,
     pub tags: Vec<Tag>,
@@ -157,6 +183,11 @@ impl BuildRequest {
             "target": self.target.as_ref().map(StageName::as_str),
             "builder": self.builder,
             "build_args": build_args,
+            "secrets": self
+                .secrets
+                .ids()
+                .map(|id| (id.to_owned(), Value::Null))
+                .collect::<serde_json::Map<_, _>>(),
             "platforms": self.platforms.iter().map(Platform::as_str).collect::<Vec<_>>(),
             "image": self.image.as_ref().map(ImageName::as_str),
             "tags": self.tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
@@ -229,6 +260,7 @@ impl BuildRequest {
             }
         };
         let build_args = parse_build_args(f.string_map("build_args", MAX_MAP)?)?;
+        let secrets = parse_secrets(f.string_map("secrets", MAX_MAP)?)?;
         let platforms = parse_list(
             f.string_list("platforms", MAX_LIST)?,
             "platforms",
@@ -252,6 +284,7 @@ impl BuildRequest {
             target,
             builder,
             build_args,
+            secrets,
             platforms,
             image,
             tags,
@@ -295,6 +328,31 @@ fn parse_list<T>(
         .enumerate()
         .map(|(i, r)| parse(r).map_err(|reason| Rejection::new(&format!("{field}[{i}]"), reason)))
         .collect()
+}
+
+/// Secret ids as podman's `--secret id=` takes them; values are never quoted back.
+fn parse_secrets(raw: BTreeMap<String, String>) -> Result<BuildSecrets, Rejection> {
+    let mut secrets = BTreeMap::new();
+    for (id, value) in raw {
+        let mut chars = id.chars();
+        let ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+            && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            && id.len() <= 64;
+        if !ok {
+            return Err(Rejection::new(
+                &format!("secrets.{}", truncate(&id, 64)),
+                "id must match [A-Za-z0-9][A-Za-z0-9_.-]* and be at most 64 characters",
+            ));
+        }
+        if value.is_empty() || value.len() > 65536 {
+            return Err(Rejection::new(
+                &format!("secrets.{id}"),
+                "value must be 1 to 65536 bytes",
+            ));
+        }
+        secrets.insert(id, SecretString::from(value));
+    }
+    Ok(BuildSecrets(secrets))
 }
 
 fn parse_build_args(raw: BTreeMap<String, String>) -> Result<BuildArgs, Rejection> {

@@ -400,9 +400,16 @@ fn rejected(incoming: &Incoming, build_id: String, rejection: Rejection) -> Outc
     }
 }
 
-/// Everything that must never be shown: the token, build arg values, the registry password.
+/// Everything that must never be shown: the token, build arg and secret values, the registry
+/// password.
 fn secrets_of(job: &Job, registry_password: &SecretString) -> Redactor {
     let mut secrets: Vec<String> = job.request.build_args.values().map(str::to_owned).collect();
+    secrets.extend(
+        job.request
+            .secrets
+            .iter()
+            .map(|(_, value)| value.expose_secret().to_owned()),
+    );
     if let Some(token) = &job.request.token {
         secrets.push(token.expose_secret().to_owned());
     }

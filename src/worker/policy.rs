@@ -100,7 +100,8 @@ mod tests {
             allowed_schemes: vec!["https".into()],
         };
         let body = br#"{"id":"r1","repo":"acme/app","ref":"main","user_id":"u1",
-            "token":"gho_s3cret","build_args":{"KEY":"v4lue-s3cret"}}"#;
+            "token":"gho_s3cret","build_args":{"KEY":"v4lue-s3cret"},
+            "secrets":{"npmrc":"npm-s3cret"}}"#;
         let request = BuildRequest::parse(body, &policy, None).expect("valid request");
         let dead = dead_message(&request, "b1", 5, "push failed");
         let text = String::from_utf8_lossy(&dead);
@@ -119,6 +120,12 @@ mod tests {
             assert_eq!(value[key], expected, "{key}");
         }
         assert!(value["build_args"]["KEY"].is_null());
+        assert!(
+            value["secrets"]
+                .as_object()
+                .is_some_and(|s| s.contains_key("npmrc") && s["npmrc"].is_null()),
+            "the ids stay (a rebuild asks for them), the values go: {value}"
+        );
     }
 
     fn policy(retry_user_faults: bool) -> RetryPolicy {

@@ -10,6 +10,7 @@ mod secret_hygiene;
 mod support;
 mod tenancy_api;
 
+mod build_secrets;
 mod core_worker;
 mod docker_engine;
 mod egress;

@@ -197,6 +197,7 @@ impl DockerEngine {
 #[async_trait]
 impl ImageEngine for DockerEngine {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+        no_secrets(spec)?;
         let platform = one_platform(spec)?;
         self.within(ctx, self.run_build(spec, ctx, platform)).await
     }
@@ -222,6 +223,18 @@ impl ImageEngine for DockerEngine {
 
 /// The build API makes one image per request: several platforms would need a manifest list,
 /// which only the podman engine assembles. Refused before any work, naming the field.
+/// dockerd's classic builder, which this engine drives, mounts no build secrets.
+fn no_secrets(spec: &BuildSpec) -> Result<(), BuildError> {
+    if spec.secrets.is_empty() {
+        return Ok(());
+    }
+    Err(BuildError::Rejected(Rejection::new(
+        "secrets",
+        "the docker engine's classic builder cannot mount build secrets; use a worker with the \
+         podman engine",
+    )))
+}
+
 fn one_platform(spec: &BuildSpec) -> Result<Option<&str>, BuildError> {
     match spec.platforms.as_slice() {
         [] => Ok(None),
