@@ -2,7 +2,6 @@
 //! outbox and acker in place of RabbitMQ, and the SQLite store in a temp dir.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -108,8 +107,7 @@ struct Harness {
 
 /// Three attempts, retry tiers of 300 and 600 ms.
 fn settings() -> Settings {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut settings = Settings::load(&dir, "local").expect("project config loads");
+    let mut settings = Settings::for_env("local").expect("built-in local config loads");
     settings.amqp.prefix = "ibt".into();
     settings.retry.max_attempts = 3;
     settings.retry.delays_ms = vec![300, 600];
