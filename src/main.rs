@@ -141,7 +141,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let worker = match command {
                 Command::Worker | Command::Run => {
                     startup::prepare_build_host(&settings);
-                    let env = Arc::new(startup::environment(&settings, &store)?);
+                    let env = Arc::new(startup::environment(&settings, &store, &metrics)?);
                     Some(image_builder::worker::run(
                         settings.clone(),
                         env,
