@@ -17,6 +17,8 @@ scripts/services.sh up >/dev/null 2>&1
 command -v wrk >/dev/null || { log "installing wrk"; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+# The local registry speaks plain HTTP: the built-in local overlay, chosen explicitly.
+export IMAGE_BUILDER_ENV=local
 cargo build --release --quiet --bins
 bin=$here/target/release
 hash=$(printf '%s' "$key" | sha256sum | cut -d' ' -f1)

@@ -13,6 +13,8 @@ log() { printf '[bench] %s\n' "$*" >&2; }
 scripts/services.sh up >/dev/null 2>&1
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+# The local registry speaks plain HTTP: the built-in local overlay, chosen explicitly.
+export IMAGE_BUILDER_ENV=local
 cargo build --release --quiet --bins
 bin=$here/target/release
 

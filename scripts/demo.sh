@@ -14,6 +14,9 @@ api_addr=${DEMO_API_ADDR:-127.0.0.1:8080}
 api=http://$api_addr
 # config/local.toml accepts this key (its SHA-256); make your own with `image-builder api-key`.
 key=local-dev-key
+# The built-in local overlay (plain-HTTP registry, git:// demo repository, the key above) is
+# only ever chosen explicitly; without it the binary runs with the safe production defaults.
+export IMAGE_BUILDER_ENV=local
 
 log() { printf '[demo] %s\n' "$*" >&2; }
 

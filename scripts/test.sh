@@ -9,4 +9,6 @@ scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
+# The tests set IMAGE_BUILDER_ENV=local on every worker and API they start (tests/integration/
+# support), each explicitly; secure_defaults.rs starts the binary with none at all.
 cargo test --all-targets "$@"

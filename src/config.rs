@@ -1,19 +1,27 @@
-//! Layered settings: config/default.toml < config/<env>.toml < IMAGE_BUILDER__SECTION__KEY env vars.
+//! Layered settings: built-in defaults (config/default.toml, compiled in) < the built-in overlay
+//! of IMAGE_BUILDER_ENV (only `local`, config/local.toml) < the operator's file
+//! (IMAGE_BUILDER_CONFIG) < IMAGE_BUILDER__SECTION__KEY env vars. Unknown keys and unsafe
+//! combinations are refused at load.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Context;
 use secrecy::SecretString;
 use serde::Deserialize;
 
 mod bridge;
 mod docker_host;
+pub mod layers;
+pub mod report;
+pub mod safety;
+pub mod schema;
 mod tenancy;
 
 pub use bridge::{BridgeName, BuildSubnet};
 pub use docker_host::{DockerAddress, DockerHost};
+pub use layers::{Layers, Origin};
+pub use safety::{Relaxation, SecuritySettings};
 pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
 
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
@@ -32,6 +40,7 @@ pub struct Settings {
     pub store: StoreSettings,
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
+    pub security: SecuritySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -323,43 +332,27 @@ impl WebhookSettings {
 }
 
 impl Settings {
-    /// Loads settings from `config_dir` for environment `env` plus process env overrides.
-    pub fn load(config_dir: &Path, env: &str) -> anyhow::Result<Self> {
-        let base = config_dir.join("default.toml");
-        anyhow::ensure!(
-            base.is_file(),
-            "failed to find {} (run from the project directory or set IMAGE_BUILDER_CONFIG_DIR)",
-            base.display()
-        );
-        let settings = config::Config::builder()
-            .add_source(config::File::from(base))
-            .add_source(config::File::from(config_dir.join(format!("{env}.toml"))).required(false))
-            .add_source(
-                config::Environment::with_prefix("IMAGE_BUILDER")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .list_separator(",")
-                    .with_list_parse_key("retry.delays_ms")
-                    .with_list_parse_key("request.allowed_schemes")
-                    .with_list_parse_key("request.allowed_networks")
-                    .with_list_parse_key("api.key_hashes")
-                    .try_parsing(true),
-            )
-            .build()
-            .context("failed to read configuration")?
-            .try_deserialize::<Settings>()
-            .context("failed to parse configuration")?;
-        settings.check()?;
-        Ok(settings)
+    /// Loads the layers the process is given: IMAGE_BUILDER_ENV, IMAGE_BUILDER_CONFIG (a file)
+    /// and the IMAGE_BUILDER__* variables. Nothing is read from the working directory.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let file = std::env::var_os("IMAGE_BUILDER_CONFIG").map(PathBuf::from);
+        Ok(Self::from_layers(&process_layers(file.as_deref())?)?.0)
     }
 
-    /// Loads from IMAGE_BUILDER_CONFIG_DIR (default `config`) and IMAGE_BUILDER_ENV (default `local`).
-    pub fn from_env() -> anyhow::Result<Self> {
-        let dir = std::env::var_os("IMAGE_BUILDER_CONFIG_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("config"));
-        let env = std::env::var("IMAGE_BUILDER_ENV").unwrap_or_else(|_| "local".into());
-        Self::load(&dir, &env)
+    /// The built-ins of `env` plus the process's IMAGE_BUILDER__* variables (tests, tools).
+    pub fn for_env(env: &str) -> anyhow::Result<Self> {
+        let layers = Layers::gather(Some(env), None, process_vars())?;
+        Ok(Self::from_layers(&layers)?.0)
+    }
+
+    /// The settings and the weakenings in effect (to be warned about once at start), or every
+    /// problem found, one per line.
+    pub fn from_layers(layers: &Layers) -> anyhow::Result<(Self, Vec<Relaxation>)> {
+        let review = Review::of(layers);
+        match review.settings {
+            Some(settings) if review.problems.is_empty() => Ok((settings, review.relaxations)),
+            _ => anyhow::bail!("{}", review.problems.join("\n")),
+        }
     }
 
     fn check(&self) -> anyhow::Result<()> {
@@ -450,14 +443,70 @@ impl Settings {
     }
 }
 
+/// Everything found in a set of layers: the settings when they parse and pass their checks,
+/// the weakenings they allow, and every problem (unknown keys, bad values, unsafe combinations).
+pub struct Review {
+    pub settings: Option<Settings>,
+    pub relaxations: Vec<Relaxation>,
+    pub problems: Vec<String>,
+}
+
+impl Review {
+    pub fn of(layers: &Layers) -> Self {
+        let mut problems = schema::unknown_keys(&layers.entries);
+        let parsed = layers
+            .builder()
+            .and_then(|b| b.build().map_err(anyhow::Error::from))
+            .and_then(|c| c.try_deserialize::<Settings>().map_err(anyhow::Error::from))
+            .map_err(|e| anyhow::anyhow!("failed to parse configuration: {e}"))
+            .and_then(|s| s.check().map(|()| s));
+        let (settings, relaxations) = match parsed {
+            Ok(settings) => match safety::review(&settings, layers.is_local()) {
+                Ok(relaxations) => (Some(settings), relaxations),
+                Err(refusals) => {
+                    problems.extend(refusals);
+                    (Some(settings), Vec::new())
+                }
+            },
+            Err(e) => {
+                problems.push(format!("{e:#}"));
+                (None, Vec::new())
+            }
+        };
+        Self {
+            settings,
+            relaxations,
+            problems,
+        }
+    }
+}
+
+/// The layers of this process: its IMAGE_BUILDER_ENV and variables, and `file` if given.
+pub fn process_layers(file: Option<&Path>) -> anyhow::Result<Layers> {
+    let env = std::env::var("IMAGE_BUILDER_ENV").ok();
+    Layers::gather(env.as_deref(), file, process_vars())
+}
+
+/// Variables with UTF-8 names and values (others cannot be settings).
+fn process_vars() -> Vec<(String, String)> {
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The built-ins of `env` alone, whatever this process's environment holds.
+    fn builtin(env: &str) -> Settings {
+        let layers = Layers::gather(Some(env), None, []).expect("gathered");
+        Settings::from_layers(&layers).expect("config loads").0
+    }
+
     #[test]
     fn project_config_loads_for_local_env() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(&dir, "local").expect("config loads");
+        let settings = builtin("local");
         assert!(
             settings.registry.insecure,
             "local env marks the registry insecure"
@@ -468,8 +517,7 @@ mod tests {
 
     #[test]
     fn allowed_networks_parse_and_bad_entries_name_the_field() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let local = Settings::load(&dir, "local").expect("config loads");
+        let local = builtin("local");
         let nets: Vec<String> = local
             .request
             .allowed_networks
@@ -501,8 +549,7 @@ mod tests {
 
     #[test]
     fn engine_defaults_to_podman_and_bad_values_name_the_field() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(&dir, "local").expect("config loads");
+        let settings = builtin("local");
         assert_eq!(settings.build.engine, EngineKind::Podman);
         assert_eq!(
             settings.build.docker_host.to_string(),
@@ -522,8 +569,7 @@ mod tests {
 
     #[test]
     fn local_dev_key_submits_for_the_demo_user_only() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(&dir, "local").expect("config loads");
+        let settings = builtin("local");
         let keys = settings.api.key_scopes().expect("valid keys");
         assert_eq!(keys.len(), 1, "{keys:?}");
         assert_eq!(keys[0].role, Role::Submit);
@@ -533,9 +579,69 @@ mod tests {
 
     #[test]
     fn debug_output_hides_secrets() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-        let settings = Settings::load(&dir, "local").expect("config loads");
+        let settings = builtin("local");
         let shown = format!("{settings:?}");
         assert!(!shown.contains("guest:guest"), "broker URL leaked: {shown}");
+    }
+
+    #[test]
+    fn the_defaults_alone_are_safe() {
+        let settings = builtin("production");
+        assert!(!settings.registry.insecure);
+        assert_eq!(settings.request.allowed_schemes, ["https"]);
+        assert!(settings.api.key_scopes().expect("valid").is_empty());
+        assert_eq!(settings.build.isolation, Isolation::Oci);
+        let layers = Layers::gather(None, None, []).expect("gathered");
+        assert_eq!(layers.env, "production", "local is never implicit");
+        let (_, relaxations) = Settings::from_layers(&layers).expect("loads");
+        assert!(relaxations.is_empty(), "{relaxations:?}");
+    }
+
+    #[test]
+    fn the_published_dev_key_is_refused_outside_local_naming_it() {
+        let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let dev = var(
+            "IMAGE_BUILDER__API__KEYS",
+            &format!(
+                "{}:submit:demo",
+                safety::PUBLISHED_DEV_KEY_HASH.to_uppercase()
+            ),
+        );
+        let layers = Layers::gather(None, None, [dev.clone()]).expect("gathered");
+        let err = Settings::from_layers(&layers).expect_err("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("api.keys holds the published key `local-dev-key`")
+                && msg.contains("security.allow_published_dev_key"),
+            "{msg}"
+        );
+        let allow = var("IMAGE_BUILDER__SECURITY__ALLOW_PUBLISHED_DEV_KEY", "true");
+        let layers = Layers::gather(None, None, [dev, allow]).expect("gathered");
+        let (_, relaxations) = Settings::from_layers(&layers).expect("allowed explicitly");
+        assert_eq!(relaxations.len(), 1, "{relaxations:?}");
+        assert!(relaxations[0].warning().contains("local-dev-key"));
+    }
+
+    #[test]
+    fn a_config_file_is_layered_between_the_built_ins_and_variables() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("ib.toml");
+        std::fs::write(
+            &file,
+            "[registry]\nhost = \"from-file:5000\"\nusername = \"u\"\n",
+        )
+        .expect("written");
+        let vars = [(
+            "IMAGE_BUILDER__REGISTRY__HOST".to_owned(),
+            "from-var:5000".to_owned(),
+        )];
+        let layers = Layers::gather(None, Some(&file), vars).expect("gathered");
+        let (settings, _) = Settings::from_layers(&layers).expect("loads");
+        assert_eq!(settings.registry.host, "from-var:5000");
+        assert_eq!(settings.registry.username, "u");
+        assert_eq!(
+            layers.effective()["registry.username"].origin,
+            Origin::File(file.clone())
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use image_builder::config::Settings;
+use image_builder::config::{self, Settings};
 use image_builder::events::Event;
 use image_builder::metrics::Metrics;
 use image_builder::startup;
@@ -23,6 +23,10 @@ use tokio_util::sync::CancellationToken;
     about = "Queue-driven container image builder"
 )]
 struct Cli {
+    /// A TOML file of settings over the built-in defaults (nothing is read from the working
+    /// directory). IMAGE_BUILDER_ENV=local selects the built-in development overlay.
+    #[arg(long, global = true, env = "IMAGE_BUILDER_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -41,6 +45,16 @@ enum Command {
     ApiKey,
     /// Publish a build request; with --wait, print its outcome event.
     Submit(Box<SubmitArgs>),
+    /// Inspect the configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective settings (secrets masked) and where each came from; exit 1 on an
+    /// unknown key or an unsafe combination.
+    Check,
 }
 
 #[derive(Args)]
@@ -87,14 +101,25 @@ fn main() -> ExitCode {
 
 async fn async_main() -> ExitCode {
     let cli = Cli::parse();
-    let settings = match Settings::from_env() {
-        Ok(settings) => settings,
+    // These two need no settings (and `config check` reports what loading would refuse).
+    match cli.command {
+        Command::ApiKey => return api_key(),
+        Command::Config(ConfigCommand::Check) => return config_check(cli.config.as_deref()),
+        _ => {}
+    }
+    let loaded = config::process_layers(cli.config.as_deref())
+        .and_then(|layers| Settings::from_layers(&layers));
+    let (settings, relaxations) = match loaded {
+        Ok(loaded) => loaded,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: refusing to start:\n{e:#}");
             return ExitCode::from(2);
         }
     };
     image_builder::telemetry::init(settings.log.format, &settings.log.level);
+    for relaxation in &relaxations {
+        tracing::warn!("{}", relaxation.warning());
+    }
     match run(cli.command, settings).await {
         Ok(code) => code,
         Err(e) => {
@@ -116,7 +141,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             let worker = match command {
                 Command::Worker | Command::Run => {
                     startup::prepare_build_host(&settings);
-                    let env = Arc::new(startup::environment(&settings, &store)?);
+                    let env = Arc::new(startup::environment(&settings, &store, &metrics)?);
                     Some(image_builder::worker::run(
                         settings.clone(),
                         env,
@@ -152,15 +177,8 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             api?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::ApiKey => {
-            let key = image_builder::api::generate_key();
-            println!("key:  {key}");
-            println!("hash: {}", image_builder::api::hash_key(&key));
-            println!(
-                "Give the key to the client; put only the hash in config: [[api.keys]] hash, role, users (or api.key_hashes for an admin key)."
-            );
-            Ok(ExitCode::SUCCESS)
-        }
+        // Answered in async_main before settings load.
+        Command::ApiKey | Command::Config(_) => Ok(ExitCode::SUCCESS),
         Command::Setup => {
             BuildStore::open(&settings).await?;
             let conn =
@@ -178,6 +196,35 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Submit(args) => submit(*args, settings).await,
+    }
+}
+
+fn api_key() -> ExitCode {
+    let key = image_builder::api::generate_key();
+    println!("key:  {key}");
+    println!("hash: {}", image_builder::api::hash_key(&key));
+    println!(
+        "Give the key to the client; put only the hash in config: [[api.keys]] hash, role, users (or api.key_hashes for an admin key)."
+    );
+    ExitCode::SUCCESS
+}
+
+/// The report on stdout; exit 1 when the worker would refuse these settings.
+fn config_check(file: Option<&std::path::Path>) -> ExitCode {
+    match config::process_layers(file) {
+        Ok(layers) => {
+            let report = config::report::check(&layers);
+            print!("{}", report.text);
+            if report.ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
     }
 }
 

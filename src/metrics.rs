@@ -32,6 +32,10 @@ pub struct Metrics {
     pub retries: Counter,
     pub running: Gauge,
     pub queue_depth: Family<QueueLabels, Gauge>,
+    /// Panics caught while handling a delivery (each a bug; the replica carries on).
+    pub panics: Counter,
+    /// Builds refused because their repository's mirror alone is larger than the cache bound.
+    pub mirror_over_cache_bound: Counter,
 }
 
 impl Metrics {
@@ -60,6 +64,18 @@ impl Metrics {
             "Ready messages in a queue, as last seen by this process",
             queue_depth.clone(),
         );
+        let panics = Counter::default();
+        registry.register(
+            "panics",
+            "Panics caught while handling a delivery; the delivery was retried or requeued",
+            panics.clone(),
+        );
+        let mirror_over_cache_bound = Counter::default();
+        registry.register(
+            "mirror_over_cache_bound",
+            "Builds failed because their repository's mirror alone exceeds git_cache_max_mb",
+            mirror_over_cache_bound.clone(),
+        );
         Arc::new(Self {
             registry,
             builds,
@@ -67,6 +83,8 @@ impl Metrics {
             retries,
             running,
             queue_depth,
+            panics,
+            mirror_over_cache_bound,
         })
     }
 

@@ -335,6 +335,7 @@ mod tests {
             ref_name: "feature/login".into(),
             is_default_branch: default,
             committed_at: 0,
+            hold: Default::default(),
         }
     }
 

@@ -10,13 +10,18 @@ use tokio::sync::Semaphore;
 
 use crate::config::{EngineKind, Settings};
 use crate::engine::{DockerEngine, Podman};
+use crate::metrics::Metrics;
 use crate::ports::{Environment, ImageEngine, PipelineSettings};
 use crate::registry::RegistryClient;
 use crate::source::{ExtraRoots, GitMirrors, NetworkPolicy};
 use crate::store::BuildStore;
 
 /// The adapters a worker builds with, as `settings` choose them.
-pub fn environment(settings: &Settings, store: &BuildStore) -> anyhow::Result<Environment> {
+pub fn environment(
+    settings: &Settings,
+    store: &BuildStore,
+    metrics: &Arc<Metrics>,
+) -> anyhow::Result<Environment> {
     let engine: Arc<dyn ImageEngine> = match settings.build.engine {
         EngineKind::Podman => Arc::new(Podman::new(&settings.build, &settings.registry)),
         EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)),
@@ -30,7 +35,8 @@ pub fn environment(settings: &Settings, store: &BuildStore) -> anyhow::Result<En
                 &settings.build.limits,
                 NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
             )
-            .trusting(git_roots(settings)?),
+            .trusting(git_roots(settings)?)
+            .counting(metrics.clone()),
         ),
         engine,
         registry: Arc::new(RegistryClient::new(&settings.registry)),

@@ -17,4 +17,4 @@ pub use engine::{BuildSpec, ImageEngine, Recipe};
 pub use environment::{Environment, PipelineSettings, recorded};
 pub use recorded::RecordedImages;
 pub use registry::{ImageRegistry, Manifest, content_digest};
-pub use source::{Checkout, SourceFetcher, SourceSpec};
+pub use source::{Checkout, SourceFetcher, SourceHold, SourceSpec};

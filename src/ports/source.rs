@@ -32,7 +32,39 @@ pub struct Checkout {
     /// The commit's committer time (seconds since the epoch): the modification time of files
     /// in layers the worker writes itself, so one commit always gives the same bytes.
     pub committed_at: i64,
+    /// Keeps what later calls for this commit read (the git adapter's mirror) from being removed
+    /// while this value lives: the pipeline holds it until the build ends.
+    pub hold: SourceHold,
 }
+
+/// An adapter's claim on what a resolved commit needs, released when the last clone is
+/// dropped. Not part of the value: two checkouts of one commit are equal whatever they hold.
+#[derive(Clone, Default)]
+pub struct SourceHold(Option<std::sync::Arc<dyn std::any::Any + Send + Sync>>);
+
+impl SourceHold {
+    pub fn new(guard: impl std::any::Any + Send + Sync) -> Self {
+        Self(Some(std::sync::Arc::new(guard)))
+    }
+}
+
+impl std::fmt::Debug for SourceHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "SourceHold(held)"
+        } else {
+            "SourceHold(none)"
+        })
+    }
+}
+
+impl PartialEq for SourceHold {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for SourceHold {}
 
 #[async_trait]
 pub trait SourceFetcher: Send + Sync {

@@ -1,9 +1,38 @@
 //! Keeps the mirror cache under its size bound: least recently used mirrors go first, and a
-//! mirror in use (its lock held by a build here or on another replica) is never removed.
+//! mirror in use is never removed: neither while a fetch or read holds its lock, nor while a
+//! build holds it (`MirrorHold`, from resolve until the build ends), here or on another replica.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use super::stop::Stop;
+use crate::error::{BuildError, GitError};
+
+/// A build's claim on its mirror: a shared lock on `<mirror>.use`, which eviction must take
+/// exclusively. It is not the fetch lock (`<mirror>.lock`), so a build that holds its mirror
+/// while it waits for a slot or runs does not block fetches of the same repository.
+pub(super) struct MirrorHold {
+    _file: File,
+}
+
+/// Takes the hold, waiting (until `stop`) while an eviction of this mirror finishes.
+pub(super) fn hold(mirror: &Path, stop: &Stop) -> Result<MirrorHold, BuildError> {
+    if let Some(parent) = mirror.parent() {
+        std::fs::create_dir_all(parent).map_err(GitError::io("create the git cache dir"))?;
+    }
+    let file = use_file(mirror).map_err(GitError::io("open the mirror's in-use lock"))?;
+    stop.lock(&file, false)?;
+    Ok(MirrorHold { _file: file })
+}
+
+fn use_file(mirror: &Path) -> std::io::Result<File> {
+    File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(mirror.with_extension("use"))
+}
 
 /// Marks a mirror as used now (its lock file's mtime is the LRU clock).
 pub(super) fn touch(lock: &File) {
@@ -41,7 +70,13 @@ pub(super) fn evict(cache_dir: &Path, max_bytes: u64) -> usize {
             continue;
         };
         if lock.try_lock().is_err() {
-            continue; // in use
+            continue; // being fetched or read
+        }
+        let Ok(in_use) = use_file(&path) else {
+            continue;
+        };
+        if in_use.try_lock().is_err() {
+            continue; // held by a build between resolve and its end
         }
         if std::fs::remove_dir_all(&path).is_ok() {
             total = total.saturating_sub(size);
@@ -52,7 +87,8 @@ pub(super) fn evict(cache_dir: &Path, max_bytes: u64) -> usize {
     removed
 }
 
-fn dir_size(dir: &Path) -> u64 {
+/// Bytes of the files under `dir` (a mirror).
+pub(super) fn dir_size(dir: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return 0;
     };

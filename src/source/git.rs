@@ -16,8 +16,9 @@ use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
 use crate::fresh::FreshGates;
+use crate::metrics::Metrics;
 use crate::now_and_then::NowAndThen;
-use crate::ports::{BuildCtx, Checkout, SourceFetcher, SourceSpec};
+use crate::ports::{BuildCtx, Checkout, SourceFetcher, SourceHold, SourceSpec};
 use crate::request::GitRef;
 
 pub struct GitMirrors {
@@ -32,6 +33,8 @@ pub struct GitMirrors {
     gates: FreshGates<Option<String>>,
     /// Sizing the cache walks it: not more often than this.
     eviction: NowAndThen,
+    /// Counts mirrors over the cache bound, when given.
+    metrics: Option<std::sync::Arc<Metrics>>,
 }
 
 const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -56,7 +59,36 @@ impl GitMirrors {
             roots: ExtraRoots::default(),
             gates: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
+            metrics: None,
         }
+    }
+
+    /// Counts builds refused for a mirror over the cache bound in `metrics`.
+    pub fn counting(mut self, metrics: std::sync::Arc<Metrics>) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// A mirror alone over the bound would be evicted after every build and fetched whole again
+    /// (or, before builds held their mirror, evicted between resolve and checkout): refused as
+    /// a service fault naming the setting instead.
+    async fn ensure_fits_cache(&self, mirror: &Path, spec: &SourceSpec) -> Result<(), BuildError> {
+        let path = mirror.to_owned();
+        let size = blocking(move || Ok(super::eviction::dir_size(&path))).await?;
+        if size <= self.max_bytes {
+            return Ok(());
+        }
+        if let Some(metrics) = &self.metrics {
+            metrics.mirror_over_cache_bound.inc();
+        }
+        let mib = |bytes: u64| bytes.div_ceil(1024 * 1024);
+        Err(BuildError::Internal(anyhow::anyhow!(
+            "the git mirror of {} is {} MiB, more than the whole cache may hold \
+             (git_cache_max_mb = {}): raise git_cache_max_mb",
+            spec.remote,
+            mib(size),
+            mib(self.max_bytes)
+        )))
     }
 
     /// Also trusts `roots` for https hosts (an internal CA).
@@ -101,6 +133,12 @@ impl SourceFetcher for GitMirrors {
         // The blocking fetch stops by itself on cancel and at the deadline: dropping the
         // future awaiting it (below, or the pipeline's timeout) would not.
         let stop = Stop::new(&ctx.cancel, ctx.deadline);
+        // Held before the fetch and until the build drops the checkout: eviction cannot remove
+        // the mirror between this fetch and the checkout (or the incremental diff) that read it.
+        let hold = {
+            let (mirror, stop) = (mirror.clone(), stop.clone());
+            blocking(move || super::eviction::hold(&mirror, &stop)).await?
+        };
         let fetch = {
             let (mirror, spec, limits, stop) =
                 (mirror.clone(), spec.clone(), self.limits, stop.clone());
@@ -117,10 +155,12 @@ impl SourceFetcher for GitMirrors {
             fetched = self.gates.fresh(&key, fetch) => fetched?,
             _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
         };
+        self.ensure_fits_cache(&mirror, spec).await?;
         let git_ref = spec.git_ref.clone();
-        let resolved =
+        let mut resolved =
             blocking(move || resolve_in_mirror(&mirror, git_ref.as_ref(), default_branch, &stop))
                 .await?;
+        resolved.hold = SourceHold::new(hold);
         self.evict_now_and_then();
         ctx.log
             .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
@@ -240,6 +280,7 @@ fn resolve_in_mirror(
         ref_name,
         is_default_branch,
         committed_at,
+        hold: SourceHold::default(),
     })
 }
 
@@ -352,6 +393,114 @@ fn peel(repo: &Repository, refname: &str) -> Option<Oid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A bare mirror at `mirror` with one commit of `files` small files; returns the commit.
+    fn mirror_with_commit(mirror: &Path, files: usize) -> String {
+        let repo = Repository::init_bare(mirror).expect("bare repo");
+        let mut tree = repo.treebuilder(None).expect("treebuilder");
+        for i in 0..files {
+            let blob = repo.blob(format!("file {i}\n").as_bytes()).expect("blob");
+            tree.insert(format!("f{i}.txt"), blob, 0o100644)
+                .expect("insert");
+        }
+        let tree = repo.find_tree(tree.write().expect("tree")).expect("tree");
+        let who = git2::Signature::now("t", "t@example.invalid").expect("signature");
+        repo.commit(None, &who, &who, "one", &tree, &[])
+            .expect("commit")
+            .to_string()
+    }
+
+    #[test]
+    fn eviction_racing_a_checkout_leaves_a_held_mirror_alone() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&cache).expect("cache dir");
+        let mirror = cache.join("m.git");
+        let commit = mirror_with_commit(&mirror, 200);
+        // As `resolve` leaves it: the build holds the mirror, no fetch lock is held.
+        let hold = super::super::eviction::hold(&mirror, &Stop::never()).expect("hold");
+        let bounds = CheckoutBounds {
+            checkout_mb: 1,
+            max_entries: 1000,
+        };
+        // The race as it was: an eviction (bound 0: every mirror is over it) between resolve
+        // and checkout, when no fetch or read lock is held.
+        assert_eq!(super::super::eviction::evict(&cache, 0), 0);
+        // And evictions running all the while checkouts run and between them.
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let evictions: Vec<_> = (0..2)
+            .map(|_| {
+                let (cache, done) = (cache.clone(), done.clone());
+                std::thread::spawn(move || {
+                    let mut removed = 0;
+                    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                        removed += super::super::eviction::evict(&cache, 0);
+                    }
+                    removed
+                })
+            })
+            .collect();
+        for i in 0..10 {
+            let dest = dir.path().join(format!("out{i}"));
+            checkout_commit(&mirror, &commit, &dest, &bounds, &Stop::never())
+                .expect("the held mirror is still there");
+            assert!(dest.join("f199.txt").is_file());
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+        let removed: usize = evictions
+            .into_iter()
+            .map(|t| t.join().expect("eviction thread"))
+            .sum();
+        assert_eq!(removed, 0, "a held mirror is never evicted");
+        assert!(mirror.is_dir());
+
+        drop(hold);
+        assert_eq!(
+            super::super::eviction::evict(&cache, 0),
+            1,
+            "released: it goes"
+        );
+        assert!(!mirror.exists());
+        // A build that takes the hold after eviction gets a fresh (re-fetched) mirror.
+        let _hold = super::super::eviction::hold(&mirror, &Stop::never()).expect("hold again");
+    }
+
+    #[tokio::test]
+    async fn a_mirror_over_the_cache_bound_is_a_named_service_fault_counted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mirror = dir.path().join("m.git");
+        mirror_with_commit(&mirror, 20);
+        let metrics = Metrics::new();
+        let limits = GitLimits {
+            checkout_mb: 1,
+            fetch_mb: 1,
+            stall_secs: 1,
+        };
+        let mirrors = GitMirrors::new(
+            dir.path().to_owned(),
+            1024,
+            limits,
+            NetworkPolicy::allowing(Vec::new()),
+        )
+        .counting(metrics.clone());
+        let spec = SourceSpec {
+            remote: url::Url::parse("https://git.example.invalid/acme/app.git").expect("url"),
+            username: "git".into(),
+            token: None,
+            git_ref: None,
+        };
+        let err = mirrors
+            .ensure_fits_cache(&mirror, &spec)
+            .await
+            .expect_err("over 1 KiB");
+        assert_eq!(err.classify(), crate::error::Fault::Service);
+        let reason = err.chain();
+        assert!(
+            reason.contains("git_cache_max_mb") && reason.contains("acme/app.git"),
+            "{reason}"
+        );
+        assert_eq!(metrics.mirror_over_cache_bound.get(), 1);
+    }
 
     #[test]
     fn concurrent_checkouts_of_one_mirror_all_succeed() {

@@ -1,5 +1,5 @@
 //! An engine that "builds" instantly and "pushes" a small manifest into a `FakeRegistry`.
-//! It can fail the next builds, or hold a build until it is cancelled.
+//! It can fail or panic the next builds, or hold a build until it is cancelled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -21,6 +21,8 @@ pub struct FakeEngine {
     hold: AtomicBool,
     /// Notified when a build starts.
     pub started: Notify,
+    /// The next this many builds panic (a bug in an adapter).
+    panics: AtomicUsize,
 }
 
 impl FakeEngine {
@@ -31,6 +33,7 @@ impl FakeEngine {
             failures: Mutex::new(VecDeque::new()),
             hold: AtomicBool::new(false),
             started: Notify::new(),
+            panics: AtomicUsize::new(0),
         }
     }
 
@@ -38,6 +41,10 @@ impl FakeEngine {
         if let Ok(mut failures) = self.failures.lock() {
             failures.push_back(error);
         }
+    }
+
+    pub fn panic_next_build(&self) {
+        self.panics.fetch_add(1, Ordering::SeqCst);
     }
 
     pub fn hold_builds_until_cancelled(&self) {
@@ -54,6 +61,12 @@ impl ImageEngine for FakeEngine {
     async fn build(&self, _spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         self.builds.fetch_add(1, Ordering::SeqCst);
         self.started.notify_one();
+        let panic = self
+            .panics
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if panic.is_ok() {
+            panic!("the fake engine was told to panic");
+        }
         if self.hold.load(Ordering::SeqCst) {
             ctx.cancel.cancelled().await;
             return Err(BuildError::Cancelled);

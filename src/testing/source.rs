@@ -27,6 +27,7 @@ impl FakeSource {
                 ref_name: "main".into(),
                 is_default_branch: true,
                 committed_at: 1_700_000_000,
+                hold: Default::default(),
             },
             files: vec![("Dockerfile".into(), "FROM scratch\n".into())],
             failures: Mutex::new(VecDeque::new()),

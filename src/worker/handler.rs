@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::outbox::{DeliveryAcker, Outbox};
 use super::outcome::{Outcome, Parked, Requeue, settle};
+use super::panics;
 use super::policy::{Disposition, RetryPolicy, dead_message};
 use super::recent::RecentOutcomes;
 use super::running::RunningBuilds;
@@ -91,7 +92,20 @@ pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
         body: delivery.data,
         redelivered: delivery.redelivered,
     };
-    handle_message(&shared, incoming, &delivery.acker).await;
+    handle_caught(&shared, incoming, &delivery.acker).await;
+}
+
+/// `handle_message`, with a panic outside the build itself (a build's own panic is a service
+/// fault inside it) answered by a nack: the broker redelivers, and its `x-delivery-limit`
+/// (`amqp.delivery_limit`) parks a message that keeps panicking in the dead queue.
+pub async fn handle_caught(shared: &Shared, incoming: Incoming, acker: &dyn DeliveryAcker) {
+    if let Err(panic) = panics::caught(handle_message(shared, incoming, acker)).await {
+        shared.metrics.panics.inc();
+        tracing::error!("handling a delivery panicked, requeueing it: {panic}");
+        if let Err(e) = acker.requeue().await {
+            tracing::warn!("failed to requeue the delivery after a panic: {e:#}");
+        }
+    }
 }
 
 /// Decides the delivery's outcome and settles it (publish, record, count, ack).
@@ -238,7 +252,15 @@ async fn build(shared: &Shared, job: &Job, body: &[u8]) -> Outcome {
         let running = shared
             .running
             .register(&job.build_id, shared.hard_stop.child_token());
-        pipeline::run(&shared.env, job, &log, &running.token).await
+        // A panic is a service fault of this attempt: retried, and dead after max_attempts.
+        panics::caught(pipeline::run(&shared.env, job, &log, &running.token))
+            .await
+            .unwrap_or_else(|panic| {
+                shared.metrics.panics.inc();
+                Err(BuildError::Internal(anyhow::anyhow!(
+                    "the build panicked (a bug of image-builder): {panic}"
+                )))
+            })
     });
     shared.metrics.running.dec();
     if let Err(e) = announced {

@@ -4,6 +4,7 @@
 mod handler;
 mod outbox;
 mod outcome;
+mod panics;
 mod policy;
 mod recent;
 mod running;

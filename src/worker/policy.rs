@@ -28,7 +28,7 @@ pub enum Disposition {
 pub struct RetryPolicy {
     max_attempts: u32,
     retry_user_faults: bool,
-    /// Tier n's delay at index n - 1; never empty (`Settings::load` checks).
+    /// Tier n's delay at index n - 1; never empty (`Settings::from_layers` checks).
     delays: Vec<Duration>,
 }
 

@@ -2,7 +2,6 @@
 //! outbox and acker in place of RabbitMQ, and the SQLite store in a temp dir.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ use async_trait::async_trait;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Incoming, Shared, handle_message};
+use super::handler::{Incoming, Shared, handle_caught};
 use super::outbox::{DeliveryAcker, Outbox};
 use crate::amqp::MessageMeta;
 use crate::config::Settings;
@@ -38,6 +37,8 @@ struct Journal {
     sent: Mutex<Vec<Sent>>,
     /// Routing keys whose publish fails.
     refused: Mutex<HashSet<&'static str>>,
+    /// Routing keys whose publish panics (a bug outside the build).
+    panicking: Mutex<HashSet<&'static str>>,
 }
 
 impl Journal {
@@ -55,6 +56,15 @@ struct RecordingOutbox(Arc<Journal>);
 #[async_trait]
 impl Outbox for RecordingOutbox {
     async fn event(&self, event: &Event) -> anyhow::Result<()> {
+        if self
+            .0
+            .panicking
+            .lock()
+            .expect("panicking")
+            .contains(event.routing_key())
+        {
+            panic!("the outbox was told to panic on {}", event.routing_key());
+        }
         if self
             .0
             .refused
@@ -108,8 +118,7 @@ struct Harness {
 
 /// Three attempts, retry tiers of 300 and 600 ms.
 fn settings() -> Settings {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut settings = Settings::load(&dir, "local").expect("project config loads");
+    let mut settings = Settings::for_env("local").expect("built-in local config loads");
     settings.amqp.prefix = "ibt".into();
     settings.retry.max_attempts = 3;
     settings.retry.delays_ms = vec![300, 600];
@@ -168,7 +177,7 @@ impl Harness {
         let acker = RecordingAcker(self.journal.clone());
         tokio::time::timeout(
             Duration::from_secs(10),
-            handle_message(&self.shared, incoming, &acker),
+            handle_caught(&self.shared, incoming, &acker),
         )
         .await
         .expect("the delivery is settled");
@@ -423,4 +432,74 @@ async fn a_redelivery_of_a_settled_message_is_only_acked() {
     let again = h.deliver(&body, attempt(1), true).await;
     assert_eq!(shape(&again), ["ack"]);
     assert_eq!(h.engine.build_count(), 1);
+}
+
+#[tokio::test]
+async fn a_panicking_build_is_retried_then_dead_and_the_replica_keeps_building() {
+    let h = Harness::new().await;
+    let body = request("poison").to_string().into_bytes();
+    let mut meta = attempt(1);
+    let mut last = Vec::new();
+    // More panics than build slots (2): a slot kept by a panicked build would hang the rest.
+    for n in 1..=3 {
+        h.engine.panic_next_build();
+        let sent = h.deliver(&body, meta.clone(), false).await;
+        let settled = shape(&sent);
+        assert_eq!(
+            settled.last().map(String::as_str),
+            Some("ack"),
+            "{settled:?}"
+        );
+        match sent.get(1) {
+            Some(Sent::Queue {
+                queue, meta: next, ..
+            }) if n < 3 => {
+                assert!(queue.contains(".retry."), "attempt {n}: {settled:?}");
+                assert!(
+                    next.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.contains("the build panicked")),
+                    "{next:?}"
+                );
+                meta = next.clone();
+            }
+            Some(Sent::Queue { queue, .. }) => {
+                assert_eq!(queue, &format!("{}.dead", h.prefix), "{settled:?}");
+            }
+            _ => panic!("attempt {n}: {settled:?}"),
+        }
+        last = sent;
+    }
+    let Event::Failed(failed) = event(&last, "build.failed") else {
+        unreachable!()
+    };
+    assert_eq!((failed.fault, failed.attempts), (Fault::Service, 3));
+    assert!(failed.reason.contains("the fake engine was told to panic"));
+    assert_eq!(h.shared.metrics.panics.get(), 3);
+
+    // The next request builds, and the running-build registry forgot the poisoned one.
+    let sent = h.first(&request("next")).await;
+    assert_eq!(shape(&sent), ["build.started", "image.updated", "ack"]);
+    assert!(!h.shared.running.cancel("poison"));
+}
+
+#[tokio::test]
+async fn a_panic_outside_the_build_requeues_the_delivery() {
+    let h = Harness::new().await;
+    h.journal
+        .panicking
+        .lock()
+        .expect("panicking")
+        .insert("image.updated");
+    let sent = h.first(&request("r1")).await;
+    assert_eq!(shape(&sent), ["build.started", "requeue"]);
+    assert_eq!(h.shared.metrics.panics.get(), 1);
+
+    h.journal.panicking.lock().expect("panicking").clear();
+    let sent = h.first(&request("r2")).await;
+    assert_eq!(
+        shape(&sent).last().map(String::as_str),
+        Some("ack"),
+        "the replica carries on"
+    );
 }

@@ -7,6 +7,7 @@ mod request_ids;
 mod reserved_tags;
 mod sandbox;
 mod secret_hygiene;
+mod secure_defaults;
 mod support;
 mod tenancy_api;
 

@@ -246,11 +246,8 @@ fn host_services_listen_on_loopback_and_the_firewall_fences_the_build_network() 
         .output()
         .expect("nft runs");
     let rules = String::from_utf8_lossy(&rules.stdout);
-    let settings = image_builder::config::Settings::load(
-        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config"),
-        "local",
-    )
-    .expect("project config loads");
+    let settings =
+        image_builder::config::Settings::for_env("local").expect("built-in local config loads");
     let subnet = settings.build.subnet.net().to_string();
     let bridge = settings.build.bridge.as_str();
     assert!(

@@ -81,8 +81,7 @@ pub struct Stack {
 impl Stack {
     pub async fn new() -> Self {
         let prefix = unique("ibt-");
-        let mut settings =
-            Settings::load(&project_dir().join("config"), "local").expect("project config loads");
+        let mut settings = Settings::for_env("local").expect("built-in local config loads");
         settings.amqp.prefix = prefix.clone();
         settings.retry.delays_ms = vec![300, 600];
         require_services(&settings).await;
