@@ -295,7 +295,14 @@ impl ImageEngine for Podman {
                 inv = inv.arg("--layers=false");
             }
         }
-        if let Some(why) = crate::dockerfile::layer_cache_blind_spot(&input.text) {
+        // podman keys a step's cache by its text: a layer made with one request's secret
+        // (another tenant's, say) would be handed to the next request with the same step.
+        let blind_spot = if spec.secrets.is_empty() {
+            crate::dockerfile::layer_cache_blind_spot(&input.text)
+        } else {
+            Some("the build mounts secrets".to_owned())
+        };
+        if let Some(why) = blind_spot {
             ctx.log.push(&format!(
                 "no layer cache: {why}, which podman's cache does not see"
             ));

@@ -69,6 +69,28 @@ async fn a_build_secret_reaches_its_step_and_no_blob_log_or_record() {
     let record = api.text(&format!("/v1/builds/{id}")).await;
     assert!(!record.contains(&secret), "{record}");
     assert_secret_absent(&secret, &api.worker, &stack);
+
+    // Another tenant, same Dockerfile, its own secret: podman's layer cache (keyed by the
+    // step's text) must not hand it the layer the first secret made.
+    let theirs = format!("//registry.npmjs.org/:_authToken=npm_{}", unique(""));
+    let other = unique("sec-");
+    stack
+        .publish_json(&json!({
+            "id": other, "repo": "acme/npm", "user_id": unique("v"),
+            "secrets": {"npmrc": theirs},
+        }))
+        .await;
+    let Event::ImageUpdated(second) = stack.outcome(&other, BUILD_TIMEOUT).await else {
+        panic!("the second tenant's build failed\n{}", api.worker.log());
+    };
+    let blobs = image_blobs(&second.image, &second.digest).await;
+    let first_digest = expected;
+    let theirs_digest = hex::encode(Sha256::digest(theirs.as_bytes()));
+    assert!(blobs.iter().any(|b| contains(b, theirs_digest.as_bytes())));
+    assert!(
+        !blobs.iter().any(|b| contains(b, first_digest.as_bytes())),
+        "the second tenant's image holds a layer made with the first tenant's secret"
+    );
     api.worker.stop().await;
     stack.cleanup().await;
 }
