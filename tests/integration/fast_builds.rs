@@ -391,9 +391,11 @@ async fn cached_answers_do_not_wait_for_a_build_slot_and_builds_do() {
     stack.publish_json(&fast).await;
     expect_image(stack.outcome("built", BUILD_TIMEOUT).await);
 
+    // A value unique to this run: a step podman has cached from an earlier run would not
+    // sleep, and the slot would not be held.
     let slow_request = |id: &str| {
         json!({"id": id, "repo": "acme/lanes", "user_id": user, "image": "slow",
-               "dockerfile": "slow.Dockerfile", "build_args": {"N": id}})
+               "dockerfile": "slow.Dockerfile", "build_args": {"N": unique(id)}})
     };
     stack.publish_json(&slow_request("slow-1")).await;
     stack
@@ -404,6 +406,16 @@ async fn cached_answers_do_not_wait_for_a_build_slot_and_builds_do() {
         )
         .await
         .expect("slow-1 starts");
+    // Started comes before the fetch; the slot is taken after it. Wait until slow-1 builds, or
+    // slow-2 (fetched alongside, by lookahead) could reach the slot first.
+    let deadline = std::time::Instant::now() + BUILD_TIMEOUT;
+    while !build_lines(&worker.log(), "build_id=slow-1")
+        .iter()
+        .any(|l| l.contains("building ") && l.contains("with podman"))
+    {
+        assert!(std::time::Instant::now() < deadline, "slow-1 never built");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     stack.publish_json(&slow_request("slow-2")).await;
     let mut again = fast.clone();
     again["id"] = json!("again");
@@ -421,7 +433,13 @@ async fn cached_answers_do_not_wait_for_a_build_slot_and_builds_do() {
             .map(|e| e.build().request_id.clone())
             .collect()
     };
-    assert_eq!(order, ["built", "again", "slow-1", "slow-2"], "{order:?}");
+    assert_eq!(
+        order,
+        ["built", "again", "slow-1", "slow-2"],
+        "{:?}\n{}",
+        stack.seen,
+        worker.log()
+    );
     let log = worker.log();
     let slow_2 = build_lines(&log, "slow-2");
     assert!(

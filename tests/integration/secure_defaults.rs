@@ -87,8 +87,16 @@ async fn an_unconfigured_binary_serves_with_safe_defaults_from_an_empty_director
             .expect("API answers");
         assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "key {key}");
     }
+    // Ready means the API serves; the worker's consumer starts beside it, so wait for its line.
+    while !read_log().contains("consuming") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker never consumed:\n{}",
+            read_log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let log = read_log();
-    assert!(log.contains("consuming"), "the worker runs too:\n{log}");
     assert!(
         !log.contains("security relaxed"),
         "nothing is relaxed by default:\n{log}"
