@@ -241,6 +241,9 @@ pub struct BuildLimits {
     pub pids: u64,
     /// Disk a build may write: any one file a step writes, and what its steps add to the image.
     pub disk_mb: u64,
+    /// What one tenant's `RUN --mount=type=cache` directories may hold between builds; past
+    /// it they are emptied before that tenant's next build.
+    pub cache_mounts_mb: u64,
     /// Size of the checked-out tree (a git bomb fails before it is written).
     pub checkout_mb: u64,
     /// Bytes one fetch may receive from the git host.
@@ -436,6 +439,11 @@ impl Settings {
 
     pub fn work_dir(&self) -> PathBuf {
         self.data_dir.join("work")
+    }
+
+    /// Each tenant's `RUN --mount=type=cache` directories, one directory per tenant.
+    pub fn cache_mounts_dir(&self) -> PathBuf {
+        self.data_dir.join("cache-mounts")
     }
 
     pub fn build_timeout(&self) -> Duration {

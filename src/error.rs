@@ -65,6 +65,10 @@ pub enum BuildError {
     NoRecipe(String),
     #[error("build step failed: {0}")]
     StepFailed(String),
+    /// The Dockerfile asks for something this worker will not or cannot build; the message
+    /// names the line and what to write instead.
+    #[error("the build engine cannot build this: {0}")]
+    Unsupported(String),
     #[error("failed to push the image")]
     PushFailed(#[source] EngineError),
     #[error("registry request failed")]
@@ -100,6 +104,7 @@ impl BuildError {
             | Self::AuthRefused(_)
             | Self::NoRecipe(_)
             | Self::StepFailed(_)
+            | Self::Unsupported(_)
             | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
             | Self::Git(_)
@@ -124,6 +129,7 @@ impl BuildError {
             Self::Git(_) => "git",
             Self::NoRecipe(_) => "no_recipe",
             Self::StepFailed(_) => "step_failed",
+            Self::Unsupported(_) => "unsupported",
             Self::PushFailed(_) => "push_failed",
             Self::Registry(_) => "registry",
             Self::Store(_) => "store",

@@ -99,6 +99,7 @@ pub fn plan(
         secrets: req.secrets.clone(),
         platforms: req.platforms.clone(),
         target,
+        tenant: req.user_id.as_str().to_owned(),
     })
 }
 

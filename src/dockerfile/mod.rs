@@ -6,6 +6,7 @@
 //! (`mount`), what each step reads (`reads`), ignore files (`ignore`), the base images, the
 //! escape character.
 
+mod expand;
 mod ignore;
 mod mount;
 mod parse;
@@ -26,6 +27,8 @@ pub const DISCOVERED_NAMES: [&str; 3] = ["Containerfile", "Dockerfile", "dockerf
 #[derive(Debug)]
 pub struct Dockerfile {
     pub escape: char,
+    /// `ARG`s before the first `FROM` (name, default as written): they feed only `FROM` lines.
+    pub global_args: Vec<(String, Option<String>)>,
     pub stages: Vec<Stage>,
 }
 

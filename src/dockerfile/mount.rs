@@ -23,16 +23,17 @@ pub struct Mount {
     /// Path inside the context (or `from`); None = its root.
     pub source: Option<String>,
     pub target: Option<String>,
+    /// A cache mount's name (BuildKit's default is the target).
+    pub id: Option<String>,
 }
 
 /// Keys BuildKit accepts besides `type`, `from`, source and target (their values change no
 /// file a step can read from the commit).
-const OTHER_KEYS: [&str; 12] = [
+const OTHER_KEYS: [&str; 11] = [
     "readonly",
     "ro",
     "readwrite",
     "rw",
-    "id",
     "sharing",
     "mode",
     "uid",
@@ -52,6 +53,7 @@ impl Mount {
             from: None,
             source: None,
             target: None,
+            id: None,
         };
         for field in value.split(',').filter(|f| !f.is_empty()) {
             let (key, val) = field.split_once('=').unwrap_or((field, ""));
@@ -69,6 +71,7 @@ impl Mount {
                 "from" => mount.from = Some(val.to_owned()),
                 "source" | "src" => mount.source = Some(val.to_owned()),
                 "target" | "dst" | "destination" => mount.target = Some(val.to_owned()),
+                "id" => mount.id = Some(val.to_owned()),
                 key if OTHER_KEYS.contains(&key) => {}
                 other => return Err(format!("unknown mount option {other:?}")),
             }

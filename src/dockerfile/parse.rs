@@ -16,6 +16,7 @@ pub(super) fn dockerfile(text: &str) -> Result<Dockerfile, String> {
         .as_ref()
         .map_or('\\', |d| d.value.value);
     let mut stages: Vec<Stage> = Vec::new();
+    let mut global_args = Vec::new();
     for instruction in &parsed.instructions {
         if let Instruction::From(from) = instruction {
             stages.push(Stage {
@@ -33,11 +34,45 @@ pub(super) fn dockerfile(text: &str) -> Result<Dockerfile, String> {
         }
         // Global ARGs (before the first FROM) only feed FROM lines.
         let Some(stage) = stages.last_mut() else {
+            if let Instruction::Arg(arg) = instruction {
+                global_args.extend(arg_pairs(&arg.arguments.value));
+            }
             continue;
         };
         stage.steps.push(step(instruction, &lines)?);
     }
-    Ok(Dockerfile { escape, stages })
+    Ok(Dockerfile {
+        escape,
+        global_args,
+        stages,
+    })
+}
+
+/// `NAME[=default] ...` of an `ARG`, a default's double quotes removed.
+fn arg_pairs(arguments: &str) -> Vec<(String, Option<String>)> {
+    let mut words = Vec::new();
+    let (mut word, mut quoted) = (String::new(), false);
+    for c in arguments.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            c if c.is_whitespace() && !quoted => {
+                if !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if !word.is_empty() {
+        words.push(word);
+    }
+    words
+        .into_iter()
+        .map(|w| match w.split_once('=') {
+            Some((name, default)) => (name.to_owned(), Some(default.to_owned())),
+            None => (w, None),
+        })
+        .collect()
 }
 
 fn flags(parsed: &[parse_dockerfile::Flag<'_>]) -> Vec<Flag> {

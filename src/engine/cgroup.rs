@@ -287,6 +287,7 @@ mod tests {
             cpus: 1.5,
             pids: 77,
             disk_mb: 10,
+            cache_mounts_mb: 10,
             checkout_mb: 10,
             fetch_mb: 10,
             git_stall_secs: 10,

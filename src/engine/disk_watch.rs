@@ -16,26 +16,44 @@ use super::cgroup::BuildCgroup;
 /// How often the writable layers are measured.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// What a build may write: `bytes` in its steps' writable layers and beneath the `also`
+/// directories together (those counted by their growth since the watch began).
+pub struct Bound {
+    pub bytes: u64,
+    pub also: Vec<PathBuf>,
+}
+
 /// Watches until `stop` is cancelled; cancels `kill` and sets the returned flag when the
-/// build's RUN steps have written more than `limit_bytes`.
+/// build's RUN steps have written more than the bound.
 pub fn watch(
     cgroup: Arc<BuildCgroup>,
-    limit_bytes: u64,
+    bound: Bound,
     kill: CancellationToken,
     stop: CancellationToken,
 ) -> Arc<AtomicBool> {
     let exceeded = Arc::new(AtomicBool::new(false));
     let flag = exceeded.clone();
+    let also = Arc::new(bound.also);
+    let limit_bytes = bound.bytes;
     tokio::spawn(async move {
+        let before = {
+            let also = also.clone();
+            tokio::task::spawn_blocking(move || also.iter().map(|d| allocated(d)).sum::<u64>())
+                .await
+                .unwrap_or(0)
+        };
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(EVERY) => {}
             }
-            let cgroup = cgroup.clone();
-            let used = tokio::task::spawn_blocking(move || written_bytes(&cgroup))
-                .await
-                .unwrap_or(0);
+            let (cgroup, also) = (cgroup.clone(), also.clone());
+            let used = tokio::task::spawn_blocking(move || {
+                let grown = also.iter().map(|d| allocated(d)).sum::<u64>();
+                written_bytes(&cgroup) + grown.saturating_sub(before)
+            })
+            .await
+            .unwrap_or(0);
             if used > limit_bytes {
                 flag.store(true, Ordering::SeqCst);
                 kill.cancel();
@@ -80,7 +98,7 @@ fn root_upperdir(mountinfo: &str) -> Option<PathBuf> {
 
 /// Disk blocks allocated beneath `dir` (sparse files count what they occupy), never following
 /// a symlink.
-fn allocated(dir: &Path) -> u64 {
+pub(super) fn allocated(dir: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     let mut total = 0;
     let mut pending = vec![dir.to_owned()];

@@ -1,7 +1,9 @@
 //! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
 //! a Docker Engine API daemon through bollard.
 
+mod base_triggers;
 mod build_net;
+mod cache_mounts;
 mod cgroup;
 mod disk_watch;
 mod docker;

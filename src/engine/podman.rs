@@ -16,15 +16,20 @@ use super::ImageEngine;
 use super::labels::labelled_dockerfile;
 use tokio_util::sync::CancellationToken;
 
+use super::cache_mounts::{self, CacheMounts};
 use super::sandbox::{Sandbox, SandboxSettings};
 use super::store_lock::StoreLock;
 use crate::build_log::BuildLog;
 use crate::config::{BuildSettings, Isolation, RegistryCredentials, RegistrySettings};
+use crate::dockerfile::Dockerfile;
 use crate::error::{BuildError, EngineError, cause_chain};
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
+
+/// Reads a base image's Docker config (its ONBUILD triggers); podman shows only the OCI one.
+const BUILDAH: &str = "buildah";
 
 /// How long a prune waits for the host's builds to pause.
 const PRUNE_WAIT: Duration = Duration::from_secs(300);
@@ -45,10 +50,17 @@ pub struct Podman {
     pruning: NowAndThen,
     /// Builds and the prune take turns on the host's image store.
     store: StoreLock,
+    /// Each tenant's `RUN --mount=type=cache` directories.
+    cache_mounts: CacheMounts,
 }
 
 impl Podman {
-    pub fn new(build: &BuildSettings, registry: &RegistrySettings) -> Self {
+    /// `cache_mounts_dir`: where each tenant's `RUN --mount=type=cache` directories live.
+    pub fn new(
+        build: &BuildSettings,
+        registry: &RegistrySettings,
+        cache_mounts_dir: std::path::PathBuf,
+    ) -> Self {
         Self {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
@@ -68,6 +80,7 @@ impl Podman {
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
             store: StoreLock::host(),
+            cache_mounts: CacheMounts::new(cache_mounts_dir, build.limits.cache_mounts_mb),
         }
     }
 
@@ -235,6 +248,79 @@ impl Podman {
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
         Invocation::new(&self.program, ctx.remaining())
     }
+
+    /// Refuses a base image whose ONBUILD triggers would mount outside the tenant's cache. A
+    /// base missing from the local store is pulled first, so the image checked is the one
+    /// podman then builds on (it pulls only what is missing).
+    async fn check_base_triggers(
+        &self,
+        spec: &BuildSpec,
+        dockerfile: &Dockerfile,
+        ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
+        let bases = dockerfile.expanded_bases(|name| spec.build_args.get(name));
+        for base in &bases {
+            let triggers = match self.triggers(base, ctx).await? {
+                Some(triggers) => triggers,
+                None => {
+                    self.pull(base, &bases, ctx).await?;
+                    self.triggers(base, ctx).await?.ok_or_else(|| {
+                        EngineError::Said(format!("{base} is not in the local store after a pull"))
+                    })?
+                }
+            };
+            if let Some(why) = cache_mounts::trigger_refusal(base, &triggers) {
+                return Err(BuildError::Unsupported(why));
+            }
+        }
+        Ok(())
+    }
+
+    /// The ONBUILD triggers of local image `image`; None when the store does not have it.
+    async fn triggers(
+        &self,
+        image: &str,
+        ctx: &BuildCtx,
+    ) -> Result<Option<Vec<String>>, BuildError> {
+        let inspect = Invocation::new(BUILDAH, ctx.remaining())
+            .args([
+                "inspect",
+                "--type",
+                "image",
+                "--format",
+                super::base_triggers::FORMAT,
+            ])
+            .arg(image);
+        // Its own log: what it prints is the base's config, not build output.
+        let out = BuildLog::new(Redactor::default());
+        match process::run(inspect, &out, &ctx.cancel).await {
+            Ok(()) => super::base_triggers::parse(&out.tail(10_000))
+                .map(Some)
+                .map_err(|why| BuildError::Unsupported(format!("base image {image} has {why}"))),
+            Err(ProcessError::Failed {
+                last_stderr: Some(last),
+                ..
+            }) if last.contains("image not known") => Ok(None),
+            Err(e) => Err(super::program_failed(
+                e,
+                format!("reading the ONBUILD triggers of {image}"),
+                &out.tail(3),
+            )),
+        }
+    }
+
+    /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
+    async fn pull(&self, image: &str, bases: &[String], ctx: &BuildCtx) -> Result<(), BuildError> {
+        let mut pull = self.invocation(ctx).args(["pull", "--quiet"]);
+        if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
+            pull = pull.arg("--authfile").arg(auth);
+        }
+        let pull = pull.arg(image);
+        ctx.log.push(&format!("pulling base image {image}"));
+        process::run(pull, &ctx.log, &ctx.cancel)
+            .await
+            .map_err(|e| build_error(e, &ctx.log.tail(20), bases, self.build_timeout))
+    }
 }
 
 #[async_trait]
@@ -246,6 +332,14 @@ impl ImageEngine for Podman {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
+        let shown = super::shown_dockerfile(source_dockerfile, context_dir);
+        // What podman would mount or run is checked before it runs: a Dockerfile this parser
+        // cannot read is not built.
+        let parsed = Dockerfile::parse(&input.text)
+            .map_err(|why| BuildError::Unsupported(format!("{shown} cannot be read: {why}")))?;
+        if let Some(why) = cache_mounts::refusal(&parsed) {
+            return Err(BuildError::Unsupported(format!("{shown}: {why}")));
+        }
         // A manifest list cannot be relabelled in the registry as cheaply: label while building,
         // in the last stage (appended) or, for a target stage, with podman's `--label`.
         let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
@@ -309,11 +403,8 @@ impl ImageEngine for Podman {
             inv = inv.arg("--no-cache");
         }
         inv = inv.arg(context_dir);
-        ctx.log.push(&format!(
-            "building {} with podman from {}",
-            spec.image,
-            super::shown_dockerfile(source_dockerfile, context_dir)
-        ));
+        ctx.log
+            .push(&format!("building {} with podman from {shown}", spec.image));
         // The labels add no FROM: the original names the same base images.
         let bases = crate::dockerfile::base_images(&input.text);
         let _turn = self
@@ -321,6 +412,15 @@ impl ImageEngine for Podman {
             .shared(&ctx.cancel)
             .await
             .ok_or(BuildError::Cancelled)?;
+        self.check_base_triggers(spec, &parsed, ctx).await?;
+        // The build's own TMPDIR: buildah keeps cache mounts beneath it, and the run
+        // directories a killed step leaves go with the build's scratch directory.
+        let cache = self
+            .cache_mounts
+            .prepare(&spec.tenant, &ctx.scratch_dir)
+            .await?;
+        let inv = inv.env("TMPDIR", cache.tmpdir.to_string_lossy());
+        let also = vec![cache.dir.clone()];
         let attempt = || async {
             let mut inv = inv.clone();
             inv.timeout = ctx.remaining();
@@ -329,7 +429,7 @@ impl ImageEngine for Podman {
                     .await
                     .map_err(|e| build_error(e, &ctx.log.tail(20), &bases, self.build_timeout));
             };
-            let watched = sandbox.watch(&ctx.cancel);
+            let watched = sandbox.watch(&ctx.cancel, also.clone());
             let result = process::run(inv, &ctx.log, watched.cancel()).await;
             let tail = ctx.log.tail(20);
             result.map_err(|e| match watched.finish(&tail) {

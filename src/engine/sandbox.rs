@@ -3,6 +3,7 @@
 //! size limit, and a watch on what the steps write. Afterwards it names the limit a failed
 //! build ran into, so the user is told which one instead of a bare "exit status 137".
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -83,13 +84,17 @@ impl Sandbox {
         self.limits.disk_mb.saturating_mul(1024 * 1024)
     }
 
-    /// Starts watching the steps' writes; the build runs under the returned token.
-    pub fn watch(&self, cancel: &CancellationToken) -> Watched<'_> {
+    /// Starts watching the steps' writes, and what they add beneath `also` (directories the
+    /// steps mount, such as the tenant's cache mounts); the build runs under the returned token.
+    pub fn watch(&self, cancel: &CancellationToken, also: Vec<PathBuf>) -> Watched<'_> {
         let kill = cancel.child_token();
         let stop = CancellationToken::new();
         let disk_exceeded = disk_watch::watch(
             self.cgroup.clone(),
-            self.disk_bytes(),
+            disk_watch::Bound {
+                bytes: self.disk_bytes(),
+                also,
+            },
             kill.clone(),
             stop.clone(),
         );

@@ -36,6 +36,9 @@ pub struct BuildSpec {
     pub platforms: Vec<Platform>,
     /// The Dockerfile stage to build, spelled as in the Dockerfile; the last stage when None.
     pub target: Option<String>,
+    /// Whose build this is (the request's `user_id`): only one tenant's builds share their
+    /// `RUN --mount=type=cache` directories.
+    pub tenant: String,
 }
 
 /// How the image is described.

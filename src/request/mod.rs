@@ -68,6 +68,10 @@ impl BuildArgs {
         self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
     }
 
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(String::as_str)
+    }
+
     pub fn keys(&self) -> impl Iterator<Item = &str> {
         self.0.keys().map(String::as_str)
     }

@@ -12,6 +12,7 @@ mod support;
 mod tenancy_api;
 
 mod build_secrets;
+mod cache_mounts;
 mod core_worker;
 mod docker_engine;
 mod egress;

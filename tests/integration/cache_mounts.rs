@@ -1,0 +1,174 @@
+//! `RUN --mount=type=cache`: a hostile cache id (written out, from an ARG, or in a base image's
+//! ONBUILD trigger) reaches no host directory, and one tenant's cache is never another's.
+//! buildah 1.28 joins the id to its cache directory unconfined (seen: the host's /etc read from
+//! a build), and kept one cache directory for every build on the host.
+
+use std::path::Path;
+use std::time::Duration;
+
+use image_builder::error::Fault;
+use serde_json::json;
+
+use crate::support::image_blobs::stored_images;
+use crate::support::image_tree::podman;
+use crate::support::{
+    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_failed, expect_image, unique,
+};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// A directory on the host, named by `probe`, that a mount escaping to it would create (buildah
+/// creates a cache mount's directory before it mounts it).
+fn escape_to(probe: &Path) -> String {
+    let depth = "../".repeat(12);
+    format!(
+        "x/{depth}{}",
+        probe.display().to_string().trim_start_matches('/')
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
+    let git = GitServer::start().await;
+    let probe = std::env::temp_dir().join(unique("ibt-escape-"));
+    let base = format!("localhost/ibt-trigger-{}:x", unique(""));
+    let id = escape_to(&probe);
+    let cases = [
+        (
+            "written",
+            format!(
+                "FROM localhost/busybox:latest\n\
+                 RUN --mount=type=cache,id={id},target=/h cat /h/hostname > /leak\n"
+            ),
+            "cache id with `..`",
+        ),
+        (
+            "arg",
+            format!(
+                "FROM localhost/busybox:latest\nARG P={id}\n\
+                 RUN --mount=type=cache,id=$P,target=/h touch /h/written\n"
+            ),
+            "names its cache id with a variable",
+        ),
+        (
+            "trigger",
+            format!("FROM {base}\nRUN true\n"),
+            "has an ONBUILD trigger: RUN (line 2) --mount",
+        ),
+    ];
+    // The trigger's base: built by raw podman in Docker's format (OCI has no triggers).
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!(
+            "FROM localhost/busybox:latest\n\
+             ONBUILD RUN --mount=type=cache,id={id},target=/h touch /h/written\n"
+        ),
+    )
+    .expect("write");
+    let context = dir.path().to_str().expect("utf8");
+    podman(&[
+        "build",
+        "-q",
+        "--format",
+        "docker",
+        "--isolation",
+        "chroot",
+        "-t",
+        &base,
+        context,
+    ]);
+
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+    for (name, dockerfile, _) in &cases {
+        let repo = RepoFixture::create(git.root.path(), &format!("acme/{name}"));
+        repo.commit(&[("Dockerfile", dockerfile)], "hostile");
+        repo.push();
+        stack
+            .publish_json(
+                &json!({"id": format!("{user}-{name}"), "repo": format!("acme/{name}"),
+                                  "user_id": user}),
+            )
+            .await;
+    }
+    for (name, _, says) in &cases {
+        let failed = expect_failed(
+            stack
+                .outcome(&format!("{user}-{name}"), BUILD_TIMEOUT)
+                .await,
+        );
+        assert_eq!(failed.fault, Fault::User, "{name}: {failed:?}");
+        assert_eq!(failed.attempts, 1, "{name}: a user fault is not retried");
+        assert!(
+            failed.reason.contains(says) && failed.reason.contains("cannot build this"),
+            "{name}: {}",
+            failed.reason
+        );
+    }
+    assert!(
+        !probe.exists(),
+        "a hostile cache id created {} on the host",
+        probe.display()
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+    let _ = std::process::Command::new("podman")
+        .args(["untag", &base, &base])
+        .output();
+}
+
+/// A file `/seen` written by the build, from the pushed image `<user>/<name>`.
+async fn seen(user: &str, name: &str) -> String {
+    let (_, stored) = stored_images(REGISTRY, &format!("{user}/{name}")).await;
+    stored
+        .iter()
+        .flat_map(|s| &s.entries)
+        .find(|(path, _)| path.trim_start_matches("./") == "seen")
+        .map(|(_, data)| String::from_utf8_lossy(data).trim().to_owned())
+        .unwrap_or_else(|| panic!("no /seen in {user}/{name}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tenants_cache_mounts_are_its_own_and_kept_between_its_builds() {
+    let git = GitServer::start().await;
+    let (alice, bob) = (unique("alice"), unique("bob"));
+    // Each build prints what the cache held before it, then leaves its own mark.
+    let dockerfile = "FROM localhost/busybox:latest\nARG WHO\n\
+        RUN --mount=type=cache,target=/c sh -c 'cat /c/mark 2>/dev/null || echo empty; \
+        echo $WHO > /c/mark' > /seen\n";
+    let builds = [("a1", &alice), ("b1", &bob), ("a2", &alice)];
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    for (name, user) in builds {
+        let repo = RepoFixture::create(git.root.path(), &format!("acme/{name}"));
+        repo.commit(&[("Dockerfile", dockerfile)], "cache");
+        repo.push();
+        let id = unique("cm-");
+        stack
+            .publish_json(
+                &json!({"id": id, "repo": format!("acme/{name}"), "user_id": user,
+                                  "build_args": {"WHO": format!("{user}-{name}")}}),
+            )
+            .await;
+        expect_image(stack.outcome(&id, BUILD_TIMEOUT).await);
+    }
+    assert_eq!(
+        seen(&alice, "a1").await,
+        "empty",
+        "a new tenant starts empty"
+    );
+    assert_eq!(
+        seen(&bob, "b1").await,
+        "empty",
+        "bob never sees alice's cache"
+    );
+    assert_eq!(
+        seen(&alice, "a2").await,
+        format!("{alice}-a1"),
+        "alice's next build finds what her last one left"
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+}
