@@ -241,8 +241,8 @@ pub struct BuildLimits {
     pub pids: u64,
     /// Disk a build may write: any one file a step writes, and what its steps add to the image.
     pub disk_mb: u64,
-    /// What one tenant's `RUN --mount=type=cache` directories may hold between builds; past
-    /// it they are emptied before that tenant's next build.
+    /// What the `RUN --mount=type=cache` directories of one user and repository may hold
+    /// between builds; past it they are emptied before that pair's next build.
     pub cache_mounts_mb: u64,
     /// Size of the checked-out tree (a git bomb fails before it is written).
     pub checkout_mb: u64,

@@ -99,7 +99,8 @@ pub fn plan(
         secrets: req.secrets.clone(),
         platforms: req.platforms.clone(),
         target,
-        tenant: req.user_id.as_str().to_owned(),
+        // A NUL cannot be in either part: two pairs never run together into one scope.
+        cache_scope: format!("{}\0{}", req.user_id.as_str(), input.source_url),
     })
 }
 

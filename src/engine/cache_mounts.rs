@@ -1,4 +1,5 @@
-//! `RUN --mount=type=cache` directories: one set per tenant, bounded, and nowhere else.
+//! `RUN --mount=type=cache` directories: one set per user and repository, bounded, and nowhere
+//! else.
 //!
 //! buildah 1.28 mounts a cache at `$TMPDIR/buildah-cache/<id>`, the id joined without
 //! confinement: an id with `..` (written out, from an `ARG`, or in a base image's `ONBUILD`
@@ -7,8 +8,9 @@
 //! package cache another tenant's build trusts. Hence:
 //! - every mount is checked before podman runs, the Dockerfile's steps and the triggers of
 //!   every base image alike (`refusal`, `trigger_refusal`);
-//! - each build gets a TMPDIR of its own whose `buildah-cache` is its tenant's directory;
-//! - a tenant's directory past `build.limits.cache_mounts_mb` is emptied before its next build
+//! - each build gets a TMPDIR of its own whose `buildah-cache` is the directory of its scope (its
+//!   user and repository: `BuildSpec::cache_scope`);
+//! - a scope's directory past `build.limits.cache_mounts_mb` is emptied before its next build
 //!   (a cache may be lost, never shared), and what a build writes there counts against its disk
 //!   limit (`Sandbox::watch`).
 
@@ -99,19 +101,19 @@ impl CacheMounts {
     /// directory (emptied first when past the bound and no other build of the tenant runs).
     pub(super) async fn prepare(
         &self,
-        tenant: &str,
+        scope: &str,
         scratch: &Path,
     ) -> Result<TenantCache, BuildError> {
         let this = self.clone();
-        let (tenant, scratch) = (tenant.to_owned(), scratch.to_owned());
-        tokio::task::spawn_blocking(move || this.prepare_now(&tenant, &scratch))
+        let (scope, scratch) = (scope.to_owned(), scratch.to_owned());
+        tokio::task::spawn_blocking(move || this.prepare_now(&scope, &scratch))
             .await
             .map_err(|e| internal(format!("cache mount task failed: {e}")))?
     }
 
-    fn prepare_now(&self, tenant: &str, scratch: &Path) -> Result<TenantCache, BuildError> {
-        // A hash: user ids are the requester's text, never a path.
-        let key = hex::encode(&Sha256::digest(tenant.as_bytes())[..12]);
+    fn prepare_now(&self, scope: &str, scratch: &Path) -> Result<TenantCache, BuildError> {
+        // A hash: user ids and repository URLs are the requester's text, never a path.
+        let key = hex::encode(&Sha256::digest(scope.as_bytes())[..12]);
         let dir = self.root.join(&key);
         std::fs::create_dir_all(&dir)
             .map_err(|e| internal(format!("failed to create {}: {e}", dir.display())))?;
@@ -124,14 +126,14 @@ impl CacheMounts {
         let lock = match Flock::lock(lock, FlockArg::LockExclusiveNonblock) {
             Ok(alone) => {
                 if super::disk_watch::allocated(&dir) > self.bound_bytes {
-                    tracing::info!("emptying the cache mounts of tenant {key}: past their bound");
+                    tracing::info!("emptying the cache mounts of scope {key}: past their bound");
                     empty(&dir)?;
                 }
                 alone
                     .unlock()
                     .map_err(|(_, e)| internal(format!("cache mount lock: {e}")))?
             }
-            // Another build of this tenant runs: it keeps its cache as it is.
+            // Another build of this scope runs: it keeps its cache as it is.
             Err((lock, _)) => lock,
         };
         let held = Flock::lock(lock, FlockArg::LockShared)

@@ -417,7 +417,7 @@ impl ImageEngine for Podman {
         // directories a killed step leaves go with the build's scratch directory.
         let cache = self
             .cache_mounts
-            .prepare(&spec.tenant, &ctx.scratch_dir)
+            .prepare(&spec.cache_scope, &ctx.scratch_dir)
             .await?;
         let inv = inv.env("TMPDIR", cache.tmpdir.to_string_lossy());
         let also = vec![cache.dir.clone()];

@@ -36,9 +36,9 @@ pub struct BuildSpec {
     pub platforms: Vec<Platform>,
     /// The Dockerfile stage to build, spelled as in the Dockerfile; the last stage when None.
     pub target: Option<String>,
-    /// Whose build this is (the request's `user_id`): only one tenant's builds share their
-    /// `RUN --mount=type=cache` directories.
-    pub tenant: String,
+    /// Whose `RUN --mount=type=cache` directories the build uses: one set per user and
+    /// repository, so builds of one repository reuse them and no other tenant ever sees them.
+    pub cache_scope: String,
 }
 
 /// How the image is described.

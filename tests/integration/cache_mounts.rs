@@ -131,25 +131,33 @@ async fn seen(user: &str, name: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_tenants_cache_mounts_are_its_own_and_kept_between_its_builds() {
+async fn cache_mounts_are_kept_per_user_and_repository_and_never_shared() {
     let git = GitServer::start().await;
     let (alice, bob) = (unique("alice"), unique("bob"));
     // Each build prints what the cache held before it, then leaves its own mark.
     let dockerfile = "FROM localhost/busybox:latest\nARG WHO\n\
         RUN --mount=type=cache,target=/c sh -c 'cat /c/mark 2>/dev/null || echo empty; \
         echo $WHO > /c/mark' > /seen\n";
-    let builds = [("a1", &alice), ("b1", &bob), ("a2", &alice)];
-    let mut stack = Stack::new().await;
-    let worker = Worker::spawn(&stack, &git, &[]).await;
-    for (name, user) in builds {
+    for name in ["app", "other"] {
         let repo = RepoFixture::create(git.root.path(), &format!("acme/{name}"));
         repo.commit(&[("Dockerfile", dockerfile)], "cache");
         repo.push();
+    }
+    // (user, repository, image name): one image per build, so each /seen is its own.
+    let builds = [
+        (&alice, "app", "a1"),
+        (&bob, "app", "b1"),
+        (&alice, "app", "a2"),
+        (&alice, "other", "o1"),
+    ];
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    for (user, repo, image) in builds {
         let id = unique("cm-");
         stack
             .publish_json(
-                &json!({"id": id, "repo": format!("acme/{name}"), "user_id": user,
-                                  "build_args": {"WHO": format!("{user}-{name}")}}),
+                &json!({"id": id, "repo": format!("acme/{repo}"), "user_id": user,
+                                  "image": image, "build_args": {"WHO": image}}),
             )
             .await;
         expect_image(stack.outcome(&id, BUILD_TIMEOUT).await);
@@ -157,17 +165,22 @@ async fn a_tenants_cache_mounts_are_its_own_and_kept_between_its_builds() {
     assert_eq!(
         seen(&alice, "a1").await,
         "empty",
-        "a new tenant starts empty"
+        "a new scope starts empty"
     );
     assert_eq!(
         seen(&bob, "b1").await,
         "empty",
-        "bob never sees alice's cache"
+        "bob never sees alice's cache, even of the same repository"
     );
     assert_eq!(
         seen(&alice, "a2").await,
-        format!("{alice}-a1"),
-        "alice's next build finds what her last one left"
+        "a1",
+        "alice's next build of the repository finds what her last one left"
+    );
+    assert_eq!(
+        seen(&alice, "o1").await,
+        "empty",
+        "another repository has its own"
     );
     worker.stop().await;
     stack.cleanup().await;
