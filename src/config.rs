@@ -293,6 +293,9 @@ pub struct StoreSettings {
 #[derive(Debug, Clone, Deserialize)]
 pub struct ApiSettings {
     pub listen: String,
+    /// Where `image-builder worker` answers /healthz, /readyz and /metrics (and nothing else);
+    /// empty: it serves no HTTP. `serve` and `run` answer them on `listen`.
+    pub probes_listen: String,
     /// SHA-256 (hex) of admin bearer keys (every user id, every route); kept from before scoped
     /// keys. The keys themselves are never stored.
     #[serde(default)]

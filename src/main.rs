@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use image_builder::api::Serving;
 use image_builder::config::{self, Settings};
 use image_builder::events::Event;
 use image_builder::metrics::Metrics;
@@ -152,8 +153,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 }
                 _ => None,
             };
-            let api = matches!(command, Command::Serve | Command::Run)
-                .then(|| image_builder::api::serve(settings, store, metrics, shutdown.clone()));
+            let serving = match command {
+                Command::Serve | Command::Run => Some(Serving::Api),
+                // A worker alone answers only an orchestrator's probes, and only when asked to.
+                _ if !settings.api.probes_listen.is_empty() => Some(Serving::Probes),
+                _ => None,
+            };
+            let api = serving.map(|what| {
+                image_builder::api::serve(what, settings, store, metrics, shutdown.clone())
+            });
             let (worker, api) = tokio::join!(
                 async {
                     match worker {

@@ -105,8 +105,28 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves the API until `shutdown`.
+/// Probes and metrics only: what an orchestrator asks a worker that serves no API.
+pub fn probes_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(health::metrics))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::not_found("route") })
+        .with_state(state)
+}
+
+/// What a process serves over HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Serving {
+    /// The whole API on `api.listen`.
+    Api,
+    /// /healthz, /readyz and /metrics on `api.probes_listen` (a worker alone).
+    Probes,
+}
+
+/// Serves `what` until `shutdown`.
 pub async fn serve(
+    what: Serving,
     settings: Arc<Settings>,
     store: BuildStore,
     metrics: Arc<Metrics>,
@@ -114,13 +134,17 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
     let state = AppState::new(settings.clone(), store, broker, metrics, shutdown.clone())?;
-    let listener = tokio::net::TcpListener::bind(&settings.api.listen)
+    let (listen, make): (&str, fn(AppState) -> Router) = match what {
+        Serving::Api => (&settings.api.listen, router),
+        Serving::Probes => (&settings.api.probes_listen, probes_router),
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| anyhow::anyhow!("failed to listen on {}: {e}", settings.api.listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "API listening");
-    axum::serve(listener, router(state))
+        .map_err(|e| anyhow::anyhow!("failed to listen on {listen}: {e}"))?;
+    tracing::info!(addr = %listener.local_addr()?, "{what:?} listening");
+    axum::serve(listener, make(state))
         .with_graceful_shutdown(shutdown.cancelled_owned())
         .await?;
-    tracing::info!("API stopped");
+    tracing::info!("{what:?} stopped");
     Ok(())
 }

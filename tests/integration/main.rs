@@ -10,6 +10,7 @@ mod secret_hygiene;
 mod secure_defaults;
 mod support;
 mod tenancy_api;
+mod worker_probes;
 
 mod build_secrets;
 mod cache_mounts;
