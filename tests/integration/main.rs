@@ -11,6 +11,7 @@ mod secure_defaults;
 mod support;
 mod tenancy_api;
 
+mod base_images;
 mod build_secrets;
 mod core_worker;
 mod docker_engine;
