@@ -668,6 +668,14 @@ mod tests {
             err.to_string().contains("cannot apply base_images"),
             "{err}"
         );
+        // The same from a variable.
+        let compact = var(
+            "IMAGE_BUILDER__BASE_IMAGES__REGISTRIES",
+            "prefix=docker.io,location=hub.internal,mirror=cache.internal:5000/hub",
+        );
+        let layers = Layers::gather(None, None, [compact]).expect("gathered");
+        let (settings, _) = Settings::from_layers(&layers).expect("loads");
+        assert_eq!(settings.base_images.registries[0].mirrors.len(), 1);
         // A typo inside an entry names itself.
         std::fs::write(
             &file,

@@ -12,8 +12,66 @@ pub struct BaseImageSettings {
     /// `docker.io/library/alpine`).
     pub short_name_registry: String,
     /// Per-prefix pull settings; the longest matching prefix applies.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "registries")]
     pub registries: Vec<BaseRegistry>,
+}
+
+/// `base_images.registries` as TOML tables, or from IMAGE_BUILDER__BASE_IMAGES__REGISTRIES as
+/// `prefix=docker.io,location=hub.internal/hub,mirror=cache:5000/hub;prefix=...` (fields
+/// `prefix`, `location`, `insecure=true`, `mirror`, `insecure_mirror`; entries split by `;`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RegistriesInput {
+    Compact(String),
+    // Through JSON so a table's own error (an unknown field) is kept, not lost to `untagged`.
+    Tables(serde_json::Value),
+}
+
+fn registries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<BaseRegistry>, D::Error> {
+    use serde::de::Error;
+    match RegistriesInput::deserialize(d)? {
+        RegistriesInput::Compact(text) => compact(&text).map_err(D::Error::custom),
+        RegistriesInput::Tables(value) => serde_json::from_value(value)
+            .map_err(|e| D::Error::custom(format!("base_images.registries: {e}"))),
+    }
+}
+
+fn compact(text: &str) -> Result<Vec<BaseRegistry>, String> {
+    let mut entries = Vec::new();
+    for (i, entry) in text
+        .split(';')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .enumerate()
+    {
+        let mut registry = BaseRegistry {
+            prefix: String::new(),
+            location: String::new(),
+            insecure: false,
+            mirrors: Vec::new(),
+        };
+        for field in entry.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+            let (key, value) = field.split_once('=').unwrap_or((field, ""));
+            let value = value.trim().to_owned();
+            match key.trim() {
+                "prefix" => registry.prefix = value,
+                "location" => registry.location = value,
+                "insecure" => registry.insecure = value == "true",
+                "mirror" | "insecure_mirror" => registry.mirrors.push(BaseMirror {
+                    location: value,
+                    insecure: key.trim() == "insecure_mirror",
+                }),
+                other => {
+                    return Err(format!(
+                        "base_images.registries entry {i}: unknown field {other:?} (use prefix, \
+                         location, insecure, mirror, insecure_mirror)"
+                    ));
+                }
+            }
+        }
+        entries.push(registry);
+    }
+    Ok(entries)
 }
 
 /// One `[[base_images.registries]]` entry.
@@ -146,6 +204,35 @@ fn place(value: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_compact_form_of_an_env_var() {
+        let parsed = compact(
+            "prefix=docker.io,location=hub.internal/hub,mirror=a:5000/hub,insecure_mirror=b/hub; \
+             prefix=quay.io,insecure=true",
+        )
+        .expect("parsed");
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[0].location(), "hub.internal/hub");
+        assert_eq!(
+            parsed[0].mirrors,
+            [
+                BaseMirror {
+                    location: "a:5000/hub".into(),
+                    insecure: false
+                },
+                BaseMirror {
+                    location: "b/hub".into(),
+                    insecure: true
+                }
+            ]
+        );
+        assert_eq!(parsed[1].location(), "quay.io");
+        assert!(parsed[1].insecure);
+        let err = compact("prefix=x.io,mirrors=y").expect_err("refused");
+        assert!(err.contains("unknown field \"mirrors\""), "{err}");
+        assert!(compact("").expect("empty").is_empty());
+    }
 
     fn entry(prefix: &str, location: &str) -> BaseRegistry {
         BaseRegistry {
