@@ -10,6 +10,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
+mod base_images;
 mod bridge;
 mod docker_host;
 pub mod layers;
@@ -18,6 +19,7 @@ pub mod safety;
 pub mod schema;
 mod tenancy;
 
+pub use base_images::{BaseImageSettings, BaseMirror, BaseRegistry};
 pub use bridge::{BridgeName, BuildSubnet};
 pub use docker_host::{DockerAddress, DockerHost};
 pub use layers::{Layers, Origin};
@@ -37,6 +39,8 @@ pub struct Settings {
     pub connectors: BTreeMap<String, ConnectorSettings>,
     pub build: BuildSettings,
     pub registry: RegistrySettings,
+    /// Where `FROM` images are pulled from.
+    pub base_images: BaseImageSettings,
     pub store: StoreSettings,
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
@@ -396,6 +400,14 @@ impl Settings {
             "build.isolation = \"chroot\" shares the host's network: set build.network = \"host\" \
              to say so, or use isolation \"oci\""
         );
+        let problems = self.base_images.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
+        anyhow::ensure!(
+            self.build.engine != EngineKind::Docker || self.base_images.is_docker_default(),
+            "build.engine = \"docker\" cannot apply base_images (the daemon pulls base images \
+             itself: set registry-mirrors and insecure-registries in its daemon.json); leave \
+             base_images at its defaults or use build.engine = \"podman\""
+        );
         self.api.key_scopes()?;
         self.webhooks.github_repos()?;
         anyhow::ensure!(
@@ -631,6 +643,59 @@ mod tests {
         let (_, relaxations) = Settings::from_layers(&layers).expect("allowed explicitly");
         assert_eq!(relaxations.len(), 1, "{relaxations:?}");
         assert!(relaxations[0].warning().contains("local-dev-key"));
+    }
+
+    #[test]
+    fn base_image_settings_are_checked_at_load() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("ib.toml");
+        let mirrored = "[[base_images.registries]]\nprefix = \"docker.io\"\n\
+                        location = \"hub.internal\"\n\
+                        mirrors = [{ location = \"cache.internal:5000/hub\", insecure = true }]\n";
+        std::fs::write(&file, mirrored).expect("written");
+        // An insecure mirror is a weakening like an insecure registry.
+        let layers = Layers::gather(None, Some(&file), []).expect("gathered");
+        let err = Settings::from_layers(&layers).expect_err("refused outside local");
+        assert!(
+            err.to_string()
+                .contains("base_images.registries[0] pulls from")
+                && err.to_string().contains("security.allow_insecure_registry"),
+            "{err}"
+        );
+        let var = |k: &str, v: &str| (k.to_owned(), v.to_owned());
+        let allow = var("IMAGE_BUILDER__SECURITY__ALLOW_INSECURE_REGISTRY", "true");
+        let layers = Layers::gather(None, Some(&file), [allow.clone()]).expect("gathered");
+        let (settings, relaxations) = Settings::from_layers(&layers).expect("allowed");
+        assert_eq!(
+            settings.base_images.registries[0].location(),
+            "hub.internal"
+        );
+        assert_eq!(relaxations.len(), 1, "{relaxations:?}");
+        // The docker engine's daemon pulls by its own settings: refused, not ignored.
+        let docker = var("IMAGE_BUILDER__BUILD__ENGINE", "docker");
+        let layers = Layers::gather(None, Some(&file), [allow, docker]).expect("gathered");
+        let err = Settings::from_layers(&layers).expect_err("refused");
+        assert!(
+            err.to_string().contains("cannot apply base_images"),
+            "{err}"
+        );
+        // The same from a variable.
+        let compact = var(
+            "IMAGE_BUILDER__BASE_IMAGES__REGISTRIES",
+            "prefix=docker.io,location=hub.internal,mirror=cache.internal:5000/hub",
+        );
+        let layers = Layers::gather(None, None, [compact]).expect("gathered");
+        let (settings, _) = Settings::from_layers(&layers).expect("loads");
+        assert_eq!(settings.base_images.registries[0].mirrors.len(), 1);
+        // A typo inside an entry names itself.
+        std::fs::write(
+            &file,
+            "[[base_images.registries]]\nprefix = \"x.io\"\nmirror = []\n",
+        )
+        .expect("written");
+        let layers = Layers::gather(None, Some(&file), []).expect("gathered");
+        let err = Settings::from_layers(&layers).expect_err("refused");
+        assert!(err.to_string().contains("mirror"), "{err}");
     }
 
     #[test]

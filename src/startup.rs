@@ -23,11 +23,7 @@ pub fn environment(
     metrics: &Arc<Metrics>,
 ) -> anyhow::Result<Environment> {
     let engine: Arc<dyn ImageEngine> = match settings.build.engine {
-        EngineKind::Podman => Arc::new(Podman::new(
-            &settings.build,
-            &settings.registry,
-            settings.cache_mounts_dir(),
-        )),
+        EngineKind::Podman => Arc::new(Podman::new(settings)?),
         EngineKind::Docker => Arc::new(DockerEngine::new(&settings.build, &settings.registry)),
     };
     Ok(Environment {

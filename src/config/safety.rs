@@ -78,6 +78,17 @@ pub fn review(settings: &Settings, local: bool) -> Result<Vec<Relaxation>, Vec<S
             security.allow_insecure_registry,
         );
     }
+    for (i, entry) in settings.base_images.registries.iter().enumerate() {
+        let places = entry.insecure_places();
+        if !places.is_empty() {
+            judge(
+                format!("base_images.registries[{i}] pulls from {places:?} insecurely"),
+                "base images travel over plain HTTP or unverified TLS and can be altered on the way",
+                "security.allow_insecure_registry",
+                security.allow_insecure_registry,
+            );
+        }
+    }
     let plaintext: Vec<&str> = settings
         .request
         .allowed_schemes

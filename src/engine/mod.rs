@@ -1,6 +1,7 @@
 //! Image engines: build a `BuildSpec` and push it. `build.engine` picks one: the podman CLI, or
 //! a Docker Engine API daemon through bollard.
 
+mod base_images;
 mod base_triggers;
 mod build_net;
 mod cache_mounts;
@@ -10,6 +11,9 @@ mod docker;
 mod labels;
 mod nixpacks;
 mod podman;
+mod podman_failure;
+mod registries_conf;
+mod registries_host;
 mod sandbox;
 mod store_lock;
 

@@ -13,14 +13,17 @@ use base64::Engine as _;
 use secrecy::ExposeSecret;
 
 use super::ImageEngine;
+use super::base_images::BaseImages;
 use super::labels::labelled_dockerfile;
+use super::podman_failure::{self, lost_cache_lookup_race};
+use super::registries_conf::RegistriesConf;
 use tokio_util::sync::CancellationToken;
 
 use super::cache_mounts::{self, CacheMounts};
 use super::sandbox::{Sandbox, SandboxSettings};
 use super::store_lock::StoreLock;
 use crate::build_log::BuildLog;
-use crate::config::{BuildSettings, Isolation, RegistryCredentials, RegistrySettings};
+use crate::config::{Isolation, RegistryCredentials, Settings};
 use crate::dockerfile::Dockerfile;
 use crate::error::{BuildError, EngineError, cause_chain};
 use crate::now_and_then::NowAndThen;
@@ -50,18 +53,25 @@ pub struct Podman {
     pruning: NowAndThen,
     /// Builds and the prune take turns on the host's image store.
     store: StoreLock,
-    /// Each tenant's `RUN --mount=type=cache` directories.
+    /// The registries.conf every podman child reads (`CONTAINERS_REGISTRIES_CONF`).
+    registries_conf: PathBuf,
+    /// Where base images are looked for, named when one cannot be pulled.
+    base_images: BaseImages,
+    /// Each scope's `RUN --mount=type=cache` directories.
     cache_mounts: CacheMounts,
 }
 
 impl Podman {
-    /// `cache_mounts_dir`: where each tenant's `RUN --mount=type=cache` directories live.
-    pub fn new(
-        build: &BuildSettings,
-        registry: &RegistrySettings,
-        cache_mounts_dir: std::path::PathBuf,
-    ) -> Self {
-        Self {
+    /// Writes the children's registries.conf under `data_dir`: a host whose data dir cannot be
+    /// written cannot build either.
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        let (build, registry) = (&settings.build, &settings.registry);
+        let conf = RegistriesConf::write(
+            &settings.data_dir.join("podman"),
+            &settings.base_images,
+            registry,
+        )?;
+        Ok(Self {
             program: build.podman.clone(),
             nixpacks: build.nixpacks.clone(),
             isolation: build.isolation,
@@ -80,8 +90,22 @@ impl Podman {
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
             store: StoreLock::host(),
-            cache_mounts: CacheMounts::new(cache_mounts_dir, build.limits.cache_mounts_mb),
-        }
+            registries_conf: conf.path,
+            base_images: conf.images,
+            cache_mounts: CacheMounts::new(
+                settings.cache_mounts_dir(),
+                build.limits.cache_mounts_mb,
+            ),
+        })
+    }
+
+    /// Every podman child reads the engine's registries.conf: short names, mirrors and
+    /// insecure registries are the same for a pull inside a build as for anything else.
+    fn podman(&self, timeout: Duration) -> Invocation {
+        Invocation::new(&self.program, timeout).env(
+            "CONTAINERS_REGISTRIES_CONF",
+            self.registries_conf.display().to_string(),
+        )
     }
 
     /// The registry credentials in `<dir>/auth.json`, readable by the owner only; written once
@@ -120,15 +144,15 @@ impl Podman {
         if !self.pruning.due() {
             return;
         }
-        let program = self.program.clone();
-        let prune = Invocation::new(&program, Duration::from_secs(600))
+        let prune = self
+            .podman(Duration::from_secs(600))
             .args(["image", "prune", "--force", "--filter"])
             .arg(format!("until={}s", self.layer_cache_max_age.as_secs()));
         // A build killed on timeout, cancel or a worker's death leaves podman no chance to
         // remove its working container (and the layer a RUN step was writing): any older than
         // a build can run is such a leftover.
         // (podman 4.3's `until` filter does not apply to these: seen listing new ones.)
-        let leftovers = Invocation::new(&program, Duration::from_secs(60)).args([
+        let leftovers = self.podman(Duration::from_secs(60)).args([
             "ps",
             "--external",
             "--format",
@@ -136,6 +160,7 @@ impl Podman {
         ]);
         let max_age = self.leftover_age;
         let store = self.store.clone();
+        let remover = self.podman(Duration::from_secs(600));
         tokio::spawn(async move {
             // Waits for a moment without builds; a host that never has one is pruned anyway,
             // its builds' retry covering the race, rather than left to grow without bound.
@@ -164,9 +189,7 @@ impl Podman {
                 return;
             }
             tracing::info!("removing {} leftover build container(s)", ids.len());
-            let remove = Invocation::new(&program, Duration::from_secs(600))
-                .args(["rm", "--force"])
-                .args(ids);
+            let remove = remover.args(["rm", "--force"]).args(ids);
             if let Err(e) = process::run(remove, &log, &cancel).await {
                 tracing::warn!(
                     "failed to remove leftover build containers: {}",
@@ -246,7 +269,11 @@ impl Podman {
     }
 
     fn invocation(&self, ctx: &BuildCtx) -> Invocation {
-        Invocation::new(&self.program, ctx.remaining())
+        self.podman(ctx.remaining())
+    }
+
+    fn build_error(&self, e: ProcessError, tail: &[String], bases: &[String]) -> BuildError {
+        podman_failure::build_error(e, tail, bases, self.build_timeout, &self.base_images)
     }
 
     /// Refuses a base image whose ONBUILD triggers would mount outside the tenant's cache. A
@@ -282,7 +309,12 @@ impl Podman {
         image: &str,
         ctx: &BuildCtx,
     ) -> Result<Option<Vec<String>>, BuildError> {
+        // The same registries.conf as podman's: a short name means the same image to both.
         let inspect = Invocation::new(BUILDAH, ctx.remaining())
+            .env(
+                "CONTAINERS_REGISTRIES_CONF",
+                self.registries_conf.display().to_string(),
+            )
             .args([
                 "inspect",
                 "--type",
@@ -311,7 +343,8 @@ impl Podman {
 
     /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
     async fn pull(&self, image: &str, bases: &[String], ctx: &BuildCtx) -> Result<(), BuildError> {
-        let mut pull = self.invocation(ctx).args(["pull", "--quiet"]);
+        // Not quiet: its "Trying to pull ..." lines are what the build log would have shown.
+        let mut pull = self.invocation(ctx).arg("pull");
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             pull = pull.arg("--authfile").arg(auth);
         }
@@ -319,7 +352,7 @@ impl Podman {
         ctx.log.push(&format!("pulling base image {image}"));
         process::run(pull, &ctx.log, &ctx.cancel)
             .await
-            .map_err(|e| build_error(e, &ctx.log.tail(20), bases, self.build_timeout))
+            .map_err(|e| self.build_error(e, &ctx.log.tail(20), bases))
     }
 }
 
@@ -427,14 +460,14 @@ impl ImageEngine for Podman {
             let Some(sandbox) = &sandbox else {
                 return process::run(inv, &ctx.log, &ctx.cancel)
                     .await
-                    .map_err(|e| build_error(e, &ctx.log.tail(20), &bases, self.build_timeout));
+                    .map_err(|e| self.build_error(e, &ctx.log.tail(20), &bases));
             };
             let watched = sandbox.watch(&ctx.cancel, also.clone());
             let result = process::run(inv, &ctx.log, watched.cancel()).await;
             let tail = ctx.log.tail(20);
             result.map_err(|e| match watched.finish(&tail) {
                 Some(limit) => BuildError::LimitExceeded(limit),
-                None => build_error(e, &tail, &bases, self.build_timeout),
+                None => self.build_error(e, &tail, &bases),
             })
         };
         // Another program (an operator's `podman image prune`) can still race the cache lookup:
@@ -576,135 +609,9 @@ fn native_platform() -> &'static str {
     }
 }
 
-/// podman 4.3's cache lookup failing on an image removed while it looked (see `store_lock`).
-fn lost_cache_lookup_race(e: &BuildError) -> bool {
-    matches!(e, BuildError::Engine(EngineError::Program { said, .. })
-        if said.contains("checking if cached image exists") && said.contains("layer not known"))
-}
-
-/// Whose fault a failed `podman build` is, decided by the stage that failed as podman itself
-/// reports it: the last line podman writes to stderr, after anything a RUN step printed there
-/// (a step that prints podman's pull error and exits 1 is still a failing step, not a registry
-/// to retry). A step's exit status is its own and says nothing about podman.
-fn build_error(
-    err: ProcessError,
-    tail: &[String],
-    bases: &[String],
-    timeout: Duration,
-) -> BuildError {
-    let last = match &err {
-        // The build's steps ran out of the build's time: the repository's to fix, not retried.
-        ProcessError::TimedOut { .. } => {
-            return BuildError::LimitExceeded(format!(
-                "the build ran longer than build.timeout_secs = {} s (timed out)",
-                timeout.as_secs()
-            ));
-        }
-        ProcessError::Failed { last_stderr, .. } => last_stderr.as_deref().unwrap_or("").trim(),
-        _ => return super::program_failed(err, "building", tail),
-    };
-    match failed_stage(last) {
-        Stage::Instruction => BuildError::StepFailed(last.to_owned()),
-        Stage::BaseImage { missing: true } => {
-            BuildError::StepFailed(format!("the base image does not exist: {last}"))
-        }
-        Stage::BaseImage { missing: false } => {
-            let named = bases.iter().find(|b| last.contains(b.as_str()));
-            let image = named
-                .or(bases.first())
-                .map_or("?", String::as_str)
-                .to_owned();
-            super::program_failed(err, format!("failed to pull base image {image}"), tail)
-        }
-        Stage::Podman => super::program_failed(err, "building", tail),
-    }
-}
-
-/// Where a `podman build` failed, from podman's own last line.
-#[derive(Debug, PartialEq, Eq)]
-enum Stage {
-    /// A Dockerfile instruction failed (a RUN step's exit, a missing COPY source, a parse error).
-    Instruction,
-    /// Getting the base image failed: a name the registry does not have is the user's, an
-    /// unreachable registry ours.
-    BaseImage { missing: bool },
-    /// podman itself (storage, runtime): ours.
-    Podman,
-}
-
-fn failed_stage(last: &str) -> Stage {
-    if last.contains("building at STEP") || last.contains("dockerfile parse error") {
-        Stage::Instruction
-    } else if last.contains("creating build container")
-        || last.contains("initializing source docker://")
-        || last.contains("pinging container registry")
-    {
-        let missing = ["manifest unknown", "name unknown", "not found"]
-            .iter()
-            .any(|m| last.contains(m));
-        Stage::BaseImage { missing }
-    } else {
-        Stage::Podman
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_stage_comes_from_podmans_last_line_not_from_what_a_step_printed() {
-        let step = r#"Error: building at STEP "RUN echo 'Error: creating build container: initializing source docker://x'; exit 1": while running runtime: exit status 1"#;
-        assert_eq!(failed_stage(step), Stage::Instruction);
-        let unreachable = "Error: creating build container: initializing source \
-                           docker://127.0.0.1:5999/a:1: pinging container registry 127.0.0.1:5999: \
-                           connect: connection refused";
-        assert_eq!(
-            failed_stage(unreachable),
-            Stage::BaseImage { missing: false }
-        );
-        let missing = "Error: creating build container: initializing source docker://r/a:1: \
-                       reading manifest 1 in r/a: manifest unknown";
-        assert_eq!(failed_stage(missing), Stage::BaseImage { missing: true });
-        assert_eq!(failed_stage("Error: layer not known"), Stage::Podman);
-    }
-
-    #[test]
-    fn only_podmans_own_cache_lookup_race_builds_again() {
-        let tail = ["STEP 2/2: RUN exit 3".to_owned()];
-        let raced = ProcessError::Failed {
-            program: "podman".to_owned(),
-            status: std::os::unix::process::ExitStatusExt::from_raw(125 << 8),
-            last_stderr: Some(
-                "Error: checking if cached image exists from a previous build: getting top \
-                 layer info: layer not known"
-                    .to_owned(),
-            ),
-        };
-        let timeout = Duration::from_secs(60);
-        assert!(lost_cache_lookup_race(&build_error(
-            raced,
-            &tail,
-            &[],
-            timeout
-        )));
-        // A step that prints the same words and fails is the repository's failure.
-        let printed = ProcessError::Failed {
-            program: "podman".to_owned(),
-            status: std::os::unix::process::ExitStatusExt::from_raw(1 << 8),
-            last_stderr: Some(
-                "Error: building at STEP \"RUN echo checking if cached image exists: layer not \
-                 known; exit 1\": while running runtime: exit status 1"
-                    .to_owned(),
-            ),
-        };
-        assert!(!lost_cache_lookup_race(&build_error(
-            printed,
-            &tail,
-            &[],
-            timeout
-        )));
-    }
 
     #[test]
     fn only_containers_older_than_any_build_are_leftovers() {

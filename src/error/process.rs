@@ -21,8 +21,10 @@ pub enum ProcessError {
     Failed {
         program: String,
         status: ExitStatus,
-        /// The last line the program wrote to stderr (redacted, cut): where a failing program
-        /// says why, after anything its own children printed there.
+        /// The program's last word on stderr (redacted, cut): where a failing program says why,
+        /// after anything its own children printed there. Its last line, or from its last line
+        /// starting `Error: ` on, joined with spaces (podman's pull errors span lines, one per
+        /// mirror tried).
         last_stderr: Option<String>,
     },
 }

@@ -2,6 +2,7 @@
 //! child prints (`RUN cat /dev/zero` is one endless line), and every line is whole when it is
 //! redacted, however the pipe split it.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -15,12 +16,17 @@ const CHUNK: usize = 64 * 1024;
 /// rest lets it see a secret that starts just before its cut whole (see `BuildLog::push_cut`).
 const KEEP: usize = 2 * MAX_LINE;
 
-/// The last line of one stream, redacted and cut to a few hundred bytes.
+/// The last words of one stream: its last few lines, redacted and each cut to a few hundred
+/// bytes.
 #[derive(Clone, Default)]
-pub(super) struct LastLine(Arc<Mutex<Option<String>>>);
+pub(super) struct LastLine(Arc<Mutex<VecDeque<String>>>);
 
 impl LastLine {
     const MAX: usize = 512;
+    /// Lines kept: a podman pull error with a few mirrors.
+    const LINES: usize = 8;
+    /// Where a Go program's (podman's) final error starts.
+    const ERROR: &'static str = "Error: ";
 
     fn set(&self, log: &BuildLog, line: &str) {
         let mut line = log.redactor().redact(line).into_owned();
@@ -32,12 +38,22 @@ impl LastLine {
             line.truncate(cut);
         }
         if let Ok(mut last) = self.0.lock() {
-            *last = Some(line);
+            if last.len() == Self::LINES {
+                last.pop_front();
+            }
+            last.push_back(line);
         }
     }
 
+    /// The last line, or the last `Error: ` line and those after it on one line.
     pub(super) fn get(&self) -> Option<String> {
-        self.0.lock().ok().and_then(|last| last.clone())
+        let last = self.0.lock().ok()?;
+        let start = last
+            .iter()
+            .rposition(|l| l.trim_start().starts_with(Self::ERROR))
+            .unwrap_or(last.len().saturating_sub(1));
+        let words: Vec<&str> = last.iter().skip(start).map(|l| l.trim()).collect();
+        (!words.is_empty()).then(|| words.join(" "))
     }
 }
 
@@ -146,5 +162,28 @@ mod tests {
         }
         splitter.feed(b"\nnext\n", &mut emit);
         assert_eq!(out, vec![(KEEP, 100 * CHUNK - KEEP), (4, 0)]);
+    }
+
+    #[test]
+    fn the_last_error_spans_the_lines_after_it() {
+        let log = BuildLog::new(crate::redact::Redactor::default());
+        let last = LastLine::default();
+        assert_eq!(last.get(), None);
+        for line in [
+            "step output",
+            "Error: pulling x: (Mirrors also failed: [m: down]",
+            "[n: down]): x: gone",
+        ] {
+            last.set(&log, line);
+        }
+        assert_eq!(
+            last.get().as_deref(),
+            Some("Error: pulling x: (Mirrors also failed: [m: down] [n: down]): x: gone")
+        );
+        let plain = LastLine::default();
+        for line in ["one", "two"] {
+            plain.set(&log, line);
+        }
+        assert_eq!(plain.get().as_deref(), Some("two"));
     }
 }
