@@ -16,7 +16,7 @@ state_dir=${IMAGE_BUILDER_STATE_DIR:-$here/.run}
 registry_addr=${REGISTRY_ADDR:-127.0.0.1:5000}
 registry_dir=$state_dir/registry
 base_image=localhost/busybox:latest
-packages=(podman buildah skopeo runc nftables iproute2 docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev postgresql)
+packages=(podman buildah skopeo runc nftables iproute2 docker-registry rabbitmq-server busybox-static git curl pkg-config libssl-dev postgresql python3 python3-venv)
 pg_url=postgres://image_builder:image_builder@127.0.0.1:5432/image_builder
 
 log() { printf '[services] %s\n' "$*" >&2; }

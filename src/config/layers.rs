@@ -127,7 +127,9 @@ impl Layers {
             builder = builder.add_source(config::File::from_str(LOCAL, FileFormat::Toml));
         }
         if let Some(path) = &self.file {
-            builder = builder.add_source(config::File::from(path.as_path()));
+            // TOML whatever the name ends in: `--config /etc/image-builder/settings` is a TOML file too.
+            builder =
+                builder.add_source(config::File::from(path.as_path()).format(FileFormat::Toml));
         }
         let env = config::Environment::with_prefix("IMAGE_BUILDER")
             .prefix_separator("__")
@@ -249,6 +251,16 @@ mod tests {
         assert_eq!(effective["amqp.prefetch"].origin, Origin::Default);
         assert_eq!(effective["webhooks.github_repos"].value, "{}");
         assert_eq!(layers.vars.len(), 1, "only prefixed variables are read");
+    }
+
+    #[test]
+    fn a_config_file_is_toml_whatever_its_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("settings");
+        std::fs::write(&path, "[amqp]\nprefetch = 7\n").expect("write");
+        let layers = Layers::gather(None, Some(&path), []).expect("gathered");
+        let built = layers.builder().expect("builder").build().expect("read");
+        assert_eq!(built.get_int("amqp.prefetch").expect("prefetch"), 7);
     }
 
     #[test]

@@ -16,6 +16,7 @@ mod base_images;
 mod build_secrets;
 mod cache_mounts;
 mod core_worker;
+mod deploy_manifests;
 mod docker_engine;
 mod egress;
 mod egress_https;
