@@ -65,6 +65,10 @@ pub enum BuildError {
     NoRecipe(String),
     #[error("build step failed: {0}")]
     StepFailed(String),
+    /// The Dockerfile is valid for BuildKit but uses what the engine cannot build; the message
+    /// names the line and what to write instead.
+    #[error("the build engine cannot build this: {0}")]
+    Unsupported(String),
     #[error("failed to push the image")]
     PushFailed(#[source] EngineError),
     #[error("registry request failed")]
@@ -100,6 +104,7 @@ impl BuildError {
             | Self::AuthRefused(_)
             | Self::NoRecipe(_)
             | Self::StepFailed(_)
+            | Self::Unsupported(_)
             | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
             | Self::Git(_)
@@ -124,6 +129,7 @@ impl BuildError {
             Self::Git(_) => "git",
             Self::NoRecipe(_) => "no_recipe",
             Self::StepFailed(_) => "step_failed",
+            Self::Unsupported(_) => "unsupported",
             Self::PushFailed(_) => "push_failed",
             Self::Registry(_) => "registry",
             Self::Store(_) => "store",
@@ -168,6 +174,13 @@ mod tests {
         );
         assert_eq!(BuildError::RefNotFound("x".into()).classify(), Fault::User);
         assert_eq!(BuildError::StepFailed("x".into()).classify(), Fault::User);
+        let unsupported = BuildError::Unsupported("RUN (line 2) uses a heredoc".into());
+        assert_eq!(unsupported.classify(), Fault::User);
+        assert_eq!(unsupported.metric_label(), "unsupported");
+        assert_eq!(
+            unsupported.chain(),
+            "the build engine cannot build this: RUN (line 2) uses a heredoc"
+        );
         assert_eq!(
             BuildError::PushFailed(EngineError::Said("x".into())).classify(),
             Fault::Service

@@ -8,6 +8,7 @@ mod docker;
 mod labels;
 mod nixpacks;
 mod podman;
+mod podman_fit;
 mod sandbox;
 mod store_lock;
 

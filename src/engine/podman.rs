@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 
 use super::ImageEngine;
 use super::labels::labelled_dockerfile;
+use super::podman_fit::Fit;
 use tokio_util::sync::CancellationToken;
 
 use super::sandbox::{Sandbox, SandboxSettings};
@@ -246,12 +247,14 @@ impl ImageEngine for Podman {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
+        // What podman 4.3 cannot build is refused, dropped or built in docker format.
+        let fit = Fit::of(&input.text)?;
         // A manifest list cannot be relabelled in the registry as cheaply: label while building,
         // in the last stage (appended) or, for a target stage, with podman's `--label`.
         let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
-            labelled_dockerfile(&input.text, &spec.labels, &ctx.scratch_dir)?
+            labelled_dockerfile(fit.text(&input.text), &spec.labels, &ctx.scratch_dir)?
         } else {
-            source_dockerfile.clone()
+            fit.dockerfile(source_dockerfile, &ctx.scratch_dir)?
         };
         let sandbox = self.sandbox().await?;
         let mut inv = self
@@ -262,7 +265,8 @@ impl ImageEngine for Podman {
                 |s| s.podman_args(),
             ))
             .arg("--file")
-            .arg(&dockerfile);
+            .arg(&dockerfile)
+            .args(fit.podman_args());
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             inv = inv.arg("--authfile").arg(auth);
         }
@@ -314,6 +318,7 @@ impl ImageEngine for Podman {
             spec.image,
             super::shown_dockerfile(source_dockerfile, context_dir)
         ));
+        fit.log(&ctx.log);
         // The labels add no FROM: the original names the same base images.
         let bases = crate::dockerfile::base_images(&input.text);
         let _turn = self
