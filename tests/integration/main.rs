@@ -14,6 +14,7 @@ mod tenancy_api;
 mod build_secrets;
 mod core_worker;
 mod docker_engine;
+mod dockerfile_compat;
 mod egress;
 mod egress_https;
 mod fast_builds;
