@@ -119,12 +119,9 @@ async fn dockerfile_constructs_build_as_raw_podman_builds_them() {
     let worker = Worker::spawn(&stack, &git, &[]).await;
     let user = unique("u");
     for fixture in fixtures.iter() {
-        stack
-            .publish_json(
-                &json!({"id": fixture.name, "repo": format!("acme/{}", fixture.name),
-                                  "user_id": user}),
-            )
-            .await;
+        let repo = format!("acme/{}", fixture.name);
+        let request = json!({"id": fixture.name, "repo": repo, "user_id": user});
+        stack.publish_json(&request).await;
     }
 
     let podman_jobs = Arc::new(Semaphore::new(2));
