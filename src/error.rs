@@ -65,7 +65,8 @@ pub enum BuildError {
     NoRecipe(String),
     #[error("build step failed: {0}")]
     StepFailed(String),
-    /// The Dockerfile asks for something this worker will not or cannot build; the message
+    /// The Dockerfile asks for what the engine cannot or will not build (a heredoc, a
+    /// BuildKit-only flag, a cache mount that could leave its directory); the message
     /// names the line and what to write instead.
     #[error("the build engine cannot build this: {0}")]
     Unsupported(String),
@@ -174,6 +175,13 @@ mod tests {
         );
         assert_eq!(BuildError::RefNotFound("x".into()).classify(), Fault::User);
         assert_eq!(BuildError::StepFailed("x".into()).classify(), Fault::User);
+        let unsupported = BuildError::Unsupported("RUN (line 2) uses a heredoc".into());
+        assert_eq!(unsupported.classify(), Fault::User);
+        assert_eq!(unsupported.metric_label(), "unsupported");
+        assert_eq!(
+            unsupported.chain(),
+            "the build engine cannot build this: RUN (line 2) uses a heredoc"
+        );
         assert_eq!(
             BuildError::PushFailed(EngineError::Said("x".into())).classify(),
             Fault::Service

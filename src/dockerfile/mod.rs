@@ -61,6 +61,8 @@ pub struct Step {
 pub struct Flag {
     pub name: String,
     pub value: Option<String>,
+    /// Its bytes in the text given to `Dockerfile::parse`, so a rewrite can cut it out.
+    pub span: std::ops::Range<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -6,10 +6,14 @@ use parse_dockerfile::{Command, Instruction, Source as ParsedSource};
 use super::{Body, Dockerfile, Flag, Keyword, Source, Stage, Step};
 
 pub(super) fn dockerfile(text: &str) -> Result<Dockerfile, String> {
-    // The crate drops a byte order mark before its spans start: so do we.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // The crate drops a byte order mark before its spans start: so do we, and shift the
+    // flags' spans back onto the caller's text.
+    let (text, shift) = match text.strip_prefix('\u{feff}') {
+        Some(rest) => (rest, '\u{feff}'.len_utf8()),
+        None => (text, 0),
+    };
     let parsed = parse_dockerfile::parse(text).map_err(|e| format!("the Dockerfile: {e}"))?;
-    let lines = LineIndex::new(text);
+    let lines = LineIndex::new(text, shift);
     let escape = parsed
         .parser_directives
         .escape
@@ -27,7 +31,7 @@ pub(super) fn dockerfile(text: &str) -> Result<Dockerfile, String> {
                     .as_ref()
                     .map(|(_, name)| name.value.to_ascii_lowercase()),
                 written_name: from.as_.as_ref().map(|(_, name)| name.value.to_string()),
-                flags: flags(&from.options),
+                flags: flags(&from.options, &lines),
                 steps: Vec::new(),
             });
             continue;
@@ -75,12 +79,16 @@ fn arg_pairs(arguments: &str) -> Vec<(String, Option<String>)> {
         .collect()
 }
 
-fn flags(parsed: &[parse_dockerfile::Flag<'_>]) -> Vec<Flag> {
+fn flags(parsed: &[parse_dockerfile::Flag<'_>], lines: &LineIndex) -> Vec<Flag> {
     parsed
         .iter()
-        .map(|f| Flag {
-            name: f.name.value.to_string(),
-            value: f.value.as_ref().map(|v| v.value.to_string()),
+        .map(|f| {
+            let span = f.span();
+            Flag {
+                name: f.name.value.to_string(),
+                value: f.value.as_ref().map(|v| v.value.to_string()),
+                span: span.start + lines.shift..span.end + lines.shift,
+            }
         })
         .collect()
 }
@@ -92,19 +100,19 @@ fn step(instruction: &Instruction<'_>, lines: &LineIndex) -> Result<Step, String
         Instruction::Add(i) => (
             Keyword::Add,
             at(&i.add.span),
-            flags(&i.options),
+            flags(&i.options, lines),
             transfer(&i.src, &i.dest),
         ),
         Instruction::Copy(i) => (
             Keyword::Copy,
             at(&i.copy.span),
-            flags(&i.options),
+            flags(&i.options, lines),
             transfer(&i.src, &i.dest),
         ),
         Instruction::Run(i) => (
             Keyword::Run,
             at(&i.run.span),
-            flags(&i.options),
+            flags(&i.options, lines),
             Body::Run {
                 command: command(&i.arguments)
                     .ok_or_else(|| format!("RUN (line {}): an unknown form", at(&i.run.span)))?,
@@ -114,7 +122,7 @@ fn step(instruction: &Instruction<'_>, lines: &LineIndex) -> Result<Step, String
         Instruction::Healthcheck(i) => (
             Keyword::Healthcheck,
             at(&i.healthcheck.span),
-            flags(&i.options),
+            flags(&i.options, lines),
             Body::Text(String::new()),
         ),
         Instruction::Arg(i) => (Keyword::Arg, at(&i.arg.span), vec![], plain(&i.arguments)),
@@ -232,14 +240,16 @@ fn command(c: &Command<'_>) -> Option<String> {
 /// Byte offset -> 1-based line number.
 struct LineIndex {
     starts: Vec<usize>,
+    /// Bytes before the parsed text in the caller's (a byte order mark).
+    shift: usize,
 }
 
 impl LineIndex {
-    fn new(text: &str) -> Self {
+    fn new(text: &str, shift: usize) -> Self {
         let starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();
-        Self { starts }
+        Self { starts, shift }
     }
 
     fn line(&self, offset: usize) -> usize {

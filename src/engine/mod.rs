@@ -12,6 +12,7 @@ mod labels;
 mod nixpacks;
 mod podman;
 mod podman_failure;
+mod podman_fit;
 mod registries_conf;
 mod registries_host;
 mod sandbox;

@@ -16,6 +16,7 @@ use super::ImageEngine;
 use super::base_images::BaseImages;
 use super::labels::labelled_dockerfile;
 use super::podman_failure::{self, lost_cache_lookup_race};
+use super::podman_fit::Fit;
 use super::registries_conf::RegistriesConf;
 use tokio_util::sync::CancellationToken;
 
@@ -373,12 +374,14 @@ impl ImageEngine for Podman {
         if let Some(why) = cache_mounts::refusal(&parsed) {
             return Err(BuildError::Unsupported(format!("{shown}: {why}")));
         }
+        // What podman 4.3 cannot build is refused, dropped or built in docker format.
+        let fit = Fit::of(&input.text)?;
         // A manifest list cannot be relabelled in the registry as cheaply: label while building,
         // in the last stage (appended) or, for a target stage, with podman's `--label`.
         let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
-            labelled_dockerfile(&input.text, &spec.labels, &ctx.scratch_dir)?
+            labelled_dockerfile(fit.text(&input.text), &spec.labels, &ctx.scratch_dir)?
         } else {
-            source_dockerfile.clone()
+            fit.dockerfile(source_dockerfile, &ctx.scratch_dir)?
         };
         let sandbox = self.sandbox().await?;
         let mut inv = self
@@ -389,7 +392,8 @@ impl ImageEngine for Podman {
                 |s| s.podman_args(),
             ))
             .arg("--file")
-            .arg(&dockerfile);
+            .arg(&dockerfile)
+            .args(fit.podman_args());
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             inv = inv.arg("--authfile").arg(auth);
         }
@@ -438,6 +442,7 @@ impl ImageEngine for Podman {
         inv = inv.arg(context_dir);
         ctx.log
             .push(&format!("building {} with podman from {shown}", spec.image));
+        fit.log(&ctx.log);
         // The labels add no FROM: the original names the same base images.
         let bases = crate::dockerfile::base_images(&input.text);
         let _turn = self

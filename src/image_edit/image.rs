@@ -98,6 +98,26 @@ impl Previous {
         ))
     }
 
+    /// The first ONBUILD trigger this image's build saw: buildah records a base's triggers as
+    /// `#(nop) ONBUILD` history entries (and a docker-format config keeps them in `OnBuild`).
+    /// A trigger runs in the child's build and may read any file of its context.
+    pub(crate) fn onbuild_trigger(&self) -> Option<String> {
+        let from_history = self.config["history"].as_array().and_then(|h| {
+            h.iter().find_map(|e| {
+                let by = e["created_by"].as_str()?;
+                let (_, trigger) = by.split_once("#(nop) ONBUILD ")?;
+                Some(trigger.trim().to_owned())
+            })
+        });
+        from_history.or_else(|| {
+            self.config["config"]["OnBuild"]
+                .as_array()?
+                .first()?
+                .as_str()
+                .map(str::to_owned)
+        })
+    }
+
     /// The commit the previous image was built from (its OCI revision label).
     pub(crate) fn revision(&self) -> Option<&str> {
         self.config["config"]["Labels"]["org.opencontainers.image.revision"].as_str()
@@ -279,6 +299,26 @@ mod tests {
             manifest["config"]["digest"],
             json!(content_digest(&serde_json::to_vec(&config).expect("json")))
         );
+    }
+
+    #[test]
+    fn onbuild_triggers_are_found_in_history_or_config() {
+        let (manifest, config) = previous();
+        let prev = Previous::parse(OCI, &manifest, &config, 1).expect("editable");
+        assert_eq!(prev.onbuild_trigger(), None);
+        let mut with = serde_json::from_slice::<Value>(&config).expect("json");
+        with["history"].as_array_mut().expect("history").insert(
+            1,
+            json!({"created_by": "/bin/sh -c #(nop) ONBUILD COPY . /app", "empty_layer": true}),
+        );
+        let with = serde_json::to_vec(&with).expect("json");
+        let prev = Previous::parse(OCI, &manifest, &with, 1).expect("editable");
+        assert_eq!(prev.onbuild_trigger().as_deref(), Some("COPY . /app"));
+        let mut docker = serde_json::from_slice::<Value>(&config).expect("json");
+        docker["config"]["OnBuild"] = json!(["RUN make"]);
+        let docker = serde_json::to_vec(&docker).expect("json");
+        let prev = Previous::parse(OCI, &manifest, &docker, 1).expect("editable");
+        assert_eq!(prev.onbuild_trigger().as_deref(), Some("RUN make"));
     }
 
     #[test]

@@ -10,8 +10,9 @@
 //! It runs only when it can prove the result equals a full build (`tail`): plain COPYs at the
 //! end of the final stage (no flags, globs or variables), no changed file that any other step
 //! of any stage reads (COPY/ADD sources, RUN bind mounts, through symlinks), an ignore file of
-//! literal paths only (`ignore`), nothing it does not model (unknown flags, ONBUILD, heredocs, images or URLs read by a step),
-//! one platform. Anything else builds normally, and the build log says why in one line.
+//! literal paths only (`ignore`), nothing it does not model (unknown flags, ONBUILD in the
+//! Dockerfile or a trigger in the previous image's history, heredocs, images or URLs read by a
+//! step), one platform. Anything else builds normally, and the build log says why in one line.
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
 mod ignore;
@@ -128,6 +129,12 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         Ok(prev) => prev,
         Err(reason) => return Ok(Err(reason)),
     };
+    // Triggers read context files the tail analysis never sees.
+    if let Some(trigger) = prev.onbuild_trigger() {
+        return Ok(Err(format!(
+            "the image's build ran the ONBUILD trigger `{trigger}`, which is not modelled"
+        )));
+    }
     let Some(prev_commit) = prev.revision().map(str::to_owned) else {
         return Ok(Err("the earlier image has no revision label".into()));
     };

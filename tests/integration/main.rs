@@ -18,6 +18,7 @@ mod cache_mounts;
 mod core_worker;
 mod deploy_manifests;
 mod docker_engine;
+mod dockerfile_compat;
 mod egress;
 mod egress_https;
 mod fast_builds;

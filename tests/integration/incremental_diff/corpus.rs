@@ -61,6 +61,7 @@ impl Pair {
 use Route::{Full, Incremental};
 
 const EARLIER: &str = "is read by a step before the final COPYs";
+const TRIGGER: &str = "ran the ONBUILD trigger `COPY b.txt /b.txt`";
 
 pub fn chains() -> Vec<Chain> {
     vec![
@@ -384,5 +385,23 @@ pub fn chains() -> Vec<Chain> {
                 pair("the copied file changes", Incremental).write("a.txt", "a2\n"),
             ],
         },
+        Chain {
+            name: "onbuild",
+            // The base's trigger reads b.txt after FROM, a step no tail analysis sees.
+            dockerfile: "FROM localhost/ibt-diff-onbuild:1\nCOPY a.txt /app/a.txt\n",
+            files: vec![("a.txt", "a1\n"), ("b.txt", "b1\n")],
+            symlinks: vec![],
+            pairs: vec![
+                pair("the file the trigger copies changes", Full(TRIGGER)).write("b.txt", "b2\n"),
+                pair("the copied file changes", Full(TRIGGER)).write("a.txt", "a2\n"),
+            ],
+        },
     ]
 }
+
+/// The base image of the `onbuild` chain, built locally in docker format (which keeps
+/// triggers) before the chains. One name for every run: its content never changes.
+pub const ONBUILD_BASE: (&str, &str) = (
+    "localhost/ibt-diff-onbuild:1",
+    "FROM localhost/busybox:latest\nONBUILD COPY b.txt /b.txt\n",
+);

@@ -11,7 +11,6 @@
 
 mod corpus;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,25 +58,17 @@ fn commit(repo: &RepoFixture, pair: &Pair) -> String {
     repo.head()
 }
 
-/// `podman build --no-cache` of `commit`'s tree, tagged `tag`.
-fn reference_build(work: &Path, commit: &str, tag: &str) {
-    let tree = tempfile::tempdir().expect("tempdir");
-    // git's own modes (0644/0755, directories 0755), as the worker's checkout has them.
-    let unpacked = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "git -C '{}' -c tar.umask=0022 archive --format=tar {commit} | tar -x -C '{}'",
-            work.display(),
-            tree.path().display()
-        ))
-        .status()
-        .expect("git archive runs");
-    assert!(unpacked.success(), "git archive of {commit}");
-    let context = tree.path().to_str().expect("utf8 path");
+/// `corpus::ONBUILD_BASE`, built again each run (a rebuild only moves its name).
+fn build_onbuild_base() {
+    let (tag, dockerfile) = corpus::ONBUILD_BASE;
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
+    let context = dir.path().to_str().expect("utf8 path");
     podman(&[
         "build",
         "-q",
-        "--no-cache",
+        "--format",
+        "docker",
         "--isolation",
         "chroot",
         "-t",
@@ -128,11 +119,10 @@ fn compare(worker_image: &str, reference: &str) -> Vec<String> {
     }
     // Names only: removing images would race other tests' builds (podman 4.3's cache lookup
     // fails when an image goes while it looks); the worker's prune takes them when no build runs.
-    for image in [worker_image, reference] {
-        let _ = std::process::Command::new("podman")
-            .args(["untag", image])
-            .output();
-    }
+    let _ = std::process::Command::new("podman")
+        .args(["untag", worker_image])
+        .output();
+    image_tree::untag(reference);
     out
 }
 
@@ -155,6 +145,7 @@ async fn incremental_edits_equal_full_builds() {
     let started = std::time::Instant::now();
     let chains = selected_chains();
     let pairs: usize = chains.iter().map(|c| c.pairs.len()).sum();
+    build_onbuild_base();
     let git = GitServer::start().await;
     let repos: Vec<RepoFixture> = chains
         .iter()
@@ -210,7 +201,11 @@ async fn incremental_edits_equal_full_builds() {
                 (repo.work_dir().to_owned(), podman_jobs.clone(), tag.clone());
             let reference = tokio::spawn(async move {
                 let _job = jobs.acquire_owned().await.expect("semaphore");
-                tokio::task::spawn_blocking(move || reference_build(&work, &sha, &built)).await
+                tokio::task::spawn_blocking(move || {
+                    image_tree::reference_build(&work, &sha, &built, &[])
+                        .unwrap_or_else(|e| panic!("reference build of {built}: {e}"))
+                })
+                .await
             });
             published.push((chain, pair, reference, tag));
         }

@@ -63,7 +63,9 @@ fn walk(dir: &Path, rel: &str, out: &mut Tree, digests: &mut HashMap<(u64, u64),
 }
 
 /// The config a build decides: env, cmd, entrypoint, workdir, user, ports, stop signal, the
-/// labels that are not provenance, and the history's steps (`created_by`, `empty_layer`).
+/// labels that are not provenance, the history's steps (`created_by`, `empty_layer`), and the
+/// healthcheck, shell and ONBUILD triggers that only a docker-format config holds (read from
+/// the raw config: `podman image inspect` shows the OCI view, which has no place for them).
 /// Left out: times, history comments (podman names the parent image there, the worker's edit
 /// names the image it edited), and the content digest buildah writes into a COPY's
 /// `created_by` (`COPY file:<sha256> in /x`): that digest is of the copied files, which the
@@ -88,12 +90,87 @@ pub fn config(image: &str) -> Value {
                 .collect()
         })
         .unwrap_or_default();
+    let id = image["Id"].as_str().expect("image id");
+    let raw = docker_only(id);
     json!({
         "Env": config["Env"], "Cmd": config["Cmd"], "Entrypoint": config["Entrypoint"],
         "WorkingDir": config["WorkingDir"], "User": config["User"],
         "ExposedPorts": config["ExposedPorts"], "StopSignal": config["StopSignal"],
         "Labels": labels, "History": history,
+        "Healthcheck": raw["Healthcheck"], "Shell": raw["Shell"], "OnBuild": raw["OnBuild"],
     })
+}
+
+/// Healthcheck, Shell and OnBuild of local image `id`'s raw config (null when absent or empty:
+/// a docker-format config writes empty lists where an OCI one writes nothing).
+fn docker_only(id: &str) -> Value {
+    let out = Command::new("skopeo")
+        .args(["inspect", "--config", "--raw"])
+        .arg(format!("containers-storage:{id}"))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {id}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let raw: Value = serde_json::from_slice(&out.stdout).expect("raw config JSON");
+    let mut kept = serde_json::Map::new();
+    for key in ["Healthcheck", "Shell", "OnBuild"] {
+        let value = &raw["config"][key];
+        let empty = value.is_null() || value.as_array().is_some_and(Vec::is_empty);
+        kept.insert(
+            key.to_owned(),
+            if empty { Value::Null } else { value.clone() },
+        );
+    }
+    Value::Object(kept)
+}
+
+/// `podman build --no-cache --isolation chroot` of `commit`'s tree in the work tree `work`,
+/// tagged `tag`, with `extra` arguments (`--format docker`, `--file ...`); Err is podman's
+/// stderr. The tree is unpacked as `git archive` gives it, with git's own modes (0644/0755,
+/// directories 0755), as the worker's checkout has them.
+pub fn reference_build(work: &Path, commit: &str, tag: &str, extra: &[&str]) -> Result<(), String> {
+    let tree = tempfile::tempdir().expect("tempdir");
+    let unpacked = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "git -C '{}' -c tar.umask=0022 archive --format=tar {commit} | tar -x -C '{}'",
+            work.display(),
+            tree.path().display()
+        ))
+        .status()
+        .expect("git archive runs");
+    assert!(unpacked.success(), "git archive of {commit}");
+    let context = tree.path().to_str().expect("utf8 path");
+    let mut args = vec![
+        "build",
+        "-q",
+        "--no-cache",
+        "--isolation",
+        "chroot",
+        "-t",
+        tag,
+    ];
+    args.extend(extra);
+    args.push(context);
+    let out = Command::new("podman")
+        .args(&args)
+        .output()
+        .expect("podman runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Removes the one name `name` (never `podman rmi`, which races other builds' cache lookups,
+/// nor `untag IMAGE` alone, which removes every name: the base image's too when a build added
+/// nothing to it).
+pub fn untag(name: &str) {
+    let _ = Command::new("podman").args(["untag", name, name]).output();
 }
 
 /// `file:<64 hex>` / `dir:<64 hex>` / `multi:<64 hex>` with the hex replaced by `*`.
