@@ -3,6 +3,7 @@
 //! (shared by replicas) run the same queries and the same migrations.
 
 mod deliveries;
+mod lease;
 mod log_writer;
 mod ownership;
 mod queries;
@@ -16,6 +17,7 @@ use secrecy::ExposeSecret;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary};

@@ -2,6 +2,7 @@
 //! requests with prefetch = build slots, and drain in-flight builds on shutdown.
 
 mod handler;
+mod lease_watch;
 mod outbox;
 mod outcome;
 mod panics;
