@@ -103,6 +103,18 @@ impl BuildStore {
         }))
     }
 
+    /// Whether the build is final, or running under a live lease: either way its outcome is
+    /// (or will be) published by whoever has it.
+    pub async fn settled_or_held(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self.standing(id).await?.is_some_and(|standing| {
+            standing.state.is_final()
+                || (standing.state == BuildState::Running
+                    && standing
+                        .lease_until
+                        .is_some_and(|until| until >= now_millis()))
+        }))
+    }
+
     /// Extends the lease while the build runs, and reads whether it was cancelled.
     pub async fn renew(&self, id: &str, lease: &Lease) -> Result<Renewal, StoreError> {
         let now = now_millis();

@@ -155,7 +155,7 @@ pub async fn handle_message(shared: &Shared, incoming: Incoming, acker: &dyn Del
 /// The build id of a delivery: the id the worker put in `x-build-id` for a retry, else the
 /// request id, so a request submitted twice is one build (and one record); a fresh uuid for a
 /// body without one. Headers come from producers too: an invalid one is a rejection naming it.
-fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejection> {
+pub(super) fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejection> {
     for (field, value) in [
         ("x-build-id", &meta.build_id),
         ("x-request-id", &meta.request_id),
@@ -182,35 +182,15 @@ async fn outcome_of(
     build_id: String,
     bad_header: Option<Rejection>,
 ) -> (Outcome, Option<Lease>) {
-    let meta = &incoming.meta;
     if let Some(rejection) = bad_header {
         return (rejected(incoming, build_id, rejection), None);
     }
-    let fallback_id = meta
-        .request_id
-        .as_deref()
-        .or(Some(build_id.as_str()))
-        .and_then(|id| RequestId::parse(id).ok());
-    let request = match BuildRequest::parse(&incoming.body, &shared.requests, fallback_id) {
-        Ok(request) => request,
+    let job = match job_of(shared, incoming, build_id.clone()) {
+        Ok(job) => job,
         Err(rejection) => return (rejected(incoming, build_id, rejection), None),
     };
-    tracing::Span::current().record("request_id", request.id.as_str());
-    let job = Job {
-        request,
-        build_id,
-        attempt: meta.attempt,
-    };
-    let record = NewBuild {
-        id: job.build_id.clone(),
-        request_id: job.request.id.as_str().to_owned(),
-        user_id: Some(job.request.user_id.as_str().to_owned()),
-        repo: Some(job.request.repo.display()),
-        git_ref: job.request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
-        request: job.request.public_view(),
-        rebuild_of: None,
-        fingerprint: Some(job.request.fingerprint()),
-    };
+    tracing::Span::current().record("request_id", job.request.id.as_str());
+    let record = record_of(&job);
     let lease = Lease::new(&shared.host, shared.lease_ttl);
     let mut waiting = false;
     loop {
@@ -276,6 +256,40 @@ async fn outcome_of(
         build(shared, &job, &incoming.body, Some(&lease)).await,
         Some(lease),
     )
+}
+
+/// The delivery's request, parsed, as a job of this attempt.
+pub(super) fn job_of(
+    shared: &Shared,
+    incoming: &Incoming,
+    build_id: String,
+) -> Result<Job, Rejection> {
+    let meta = &incoming.meta;
+    let fallback_id = meta
+        .request_id
+        .as_deref()
+        .or(Some(build_id.as_str()))
+        .and_then(|id| RequestId::parse(id).ok());
+    let request = BuildRequest::parse(&incoming.body, &shared.requests, fallback_id)?;
+    Ok(Job {
+        request,
+        build_id,
+        attempt: meta.attempt,
+    })
+}
+
+/// The job's record as first written.
+pub(super) fn record_of(job: &Job) -> NewBuild {
+    NewBuild {
+        id: job.build_id.clone(),
+        request_id: job.request.id.as_str().to_owned(),
+        user_id: Some(job.request.user_id.as_str().to_owned()),
+        repo: Some(job.request.repo.display()),
+        git_ref: job.request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
+        request: job.request.public_view(),
+        rebuild_of: None,
+        fingerprint: Some(job.request.fingerprint()),
+    }
 }
 
 /// Runs the build, announcing it while it runs, and says how it ended.

@@ -613,3 +613,48 @@ async fn a_lapsed_lease_is_taken_over_by_the_redelivery() {
     );
     assert_eq!(h.state("r1").await, Some(BuildState::Succeeded));
 }
+
+#[tokio::test]
+async fn a_request_the_broker_dead_lettered_ends_failed_with_an_event_and_no_secret() {
+    let h = Harness::new().await;
+    let body = request("r1").to_string().into_bytes();
+    let acker = RecordingAcker(h.journal.clone());
+    let incoming = Incoming {
+        body: body.clone(),
+        meta: attempt(1),
+        redelivered: false,
+    };
+    super::dead_lettered::settle_dead_lettered(&h.shared, incoming, &acker).await;
+    let sent = h.journal.take();
+    let dead = format!("queue {}.dead", h.prefix);
+    assert_eq!(shape(&sent), [dead.as_str(), "build.failed", "ack"]);
+    let Event::Failed(failed) = event(&sent, "build.failed") else {
+        panic!("not a failure")
+    };
+    assert_eq!(failed.fault, Fault::Service);
+    assert!(
+        failed.reason.contains("amqp.delivery_limit"),
+        "{}",
+        failed.reason
+    );
+    let parked = sent.iter().find_map(|s| match s {
+        Sent::Queue { body, .. } => Some(String::from_utf8_lossy(body).into_owned()),
+        _ => None,
+    });
+    assert!(!parked.unwrap_or_default().contains("gho_s3cret"));
+    assert_eq!(h.state("r1").await, Some(BuildState::Failed));
+
+    // A build that succeeded keeps its outcome.
+    assert_eq!(
+        shape(&h.first(&request("r2")).await),
+        ["build.started", "image.updated", "ack"]
+    );
+    let incoming = Incoming {
+        body: request("r2").to_string().into_bytes(),
+        meta: attempt(1),
+        redelivered: false,
+    };
+    super::dead_lettered::settle_dead_lettered(&h.shared, incoming, &acker).await;
+    assert_eq!(shape(&h.journal.take()), ["ack"]);
+    assert_eq!(h.state("r2").await, Some(BuildState::Succeeded));
+}

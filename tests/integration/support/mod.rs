@@ -89,8 +89,11 @@ impl Stack {
         let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
             .await
             .expect("broker connection");
+        topology
+            .declare(&connection)
+            .await
+            .expect("declare topology");
         let channel = connection.create_channel().await.expect("channel");
-        topology.declare(&channel).await.expect("declare topology");
         let events = topology
             .subscribe_events(&channel)
             .await
