@@ -115,6 +115,23 @@ impl BuildStore {
         }))
     }
 
+    /// At a worker's start. A SQLite store serves exactly one replica, so a lease in it was left
+    /// by this replica's previous process (killed mid-build): void, so the redelivery of that
+    /// build starts at once instead of after `store.lease_secs`. On a shared store a lease may be
+    /// another replica's: those lapse on their own.
+    pub async fn void_own_leases(&self) -> Result<u64, StoreError> {
+        if !self.sqlite {
+            return Ok(0);
+        }
+        Ok(sqlx::query(
+            "UPDATE builds SET lease_owner = NULL, lease_until = NULL \
+             WHERE lease_owner IS NOT NULL",
+        )
+        .execute(&self.writer)
+        .await?
+        .rows_affected())
+    }
+
     /// Extends the lease while the build runs, and reads whether it was cancelled.
     pub async fn renew(&self, id: &str, lease: &Lease) -> Result<Renewal, StoreError> {
         let now = now_millis();

@@ -35,6 +35,8 @@ pub struct BuildStore {
     pool: AnyPool,
     /// Writes: one connection for SQLite (see `connect`), the same pool for PostgreSQL.
     writer: AnyPool,
+    /// SQLite serves one replica (see `lease::void_own_leases`).
+    sqlite: bool,
 }
 
 fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
@@ -97,7 +99,11 @@ impl BuildStore {
             pool.clone()
         };
         MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            sqlite,
+        })
     }
 
     /// For /readyz.

@@ -29,6 +29,7 @@ use crate::amqp::{
     self, Control, Publisher, PublisherSlotSetter, SessionEnd, Topology, publisher_slot,
 };
 use crate::config::Settings;
+use crate::error::cause_chain;
 use crate::metrics::Metrics;
 use crate::ports::Environment;
 use crate::store::BuildStore;
@@ -42,6 +43,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    match store.void_own_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            builds = n,
+            "leases of this replica's previous process voided"
+        ),
+        Err(e) => tracing::warn!("failed to void old leases: {}", cause_chain(&e)),
+    }
     let tracker = TaskTracker::new();
     let (slot, publishers) = publisher_slot();
     let hard_stop = CancellationToken::new();

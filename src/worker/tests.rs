@@ -658,3 +658,30 @@ async fn a_request_the_broker_dead_lettered_ends_failed_with_an_event_and_no_sec
     assert_eq!(shape(&h.journal.take()), ["ack"]);
     assert_eq!(h.state("r2").await, Some(BuildState::Succeeded));
 }
+
+#[tokio::test]
+async fn a_restarted_sqlite_replica_voids_its_previous_process_leases() {
+    let h = Harness::new().await;
+    let body = request("r1").to_string().into_bytes();
+    let parsed = crate::request::BuildRequest::parse(&body, &h.shared.requests, None)
+        .expect("valid request");
+    let new = crate::store::NewBuild {
+        id: "r1".into(),
+        request_id: "r1".into(),
+        user_id: Some("u1".into()),
+        repo: Some("acme/app".into()),
+        git_ref: None,
+        request: parsed.public_view(),
+        rebuild_of: None,
+        fingerprint: Some(parsed.fingerprint()),
+    };
+    // The previous process was killed holding a long lease.
+    let killed = crate::store::Lease::new("me:1", Duration::from_secs(3600));
+    assert_eq!(
+        h.store.start(&new, 1, false, &killed).await.expect("store"),
+        crate::store::Start::Run
+    );
+    assert_eq!(h.store.void_own_leases().await.expect("store"), 1);
+    let sent = h.deliver(&body, attempt(1), true).await;
+    assert_eq!(shape(&sent), ["build.started", "image.updated", "ack"]);
+}
