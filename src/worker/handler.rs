@@ -104,8 +104,8 @@ pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
 }
 
 /// `handle_message`, with a panic outside the build itself (a build's own panic is a service
-/// fault inside it) answered by a nack: the broker redelivers, and its `x-delivery-limit`
-/// (`amqp.delivery_limit`) parks a message that keeps panicking in the dead queue.
+/// fault inside it) answered by a nack: the broker redelivers, and its delivery limit
+/// (`amqp.delivery_limit`, a policy) dead-letters a message that keeps panicking (`dead_lettered`).
 pub async fn handle_caught(shared: &Shared, incoming: Incoming, acker: &dyn DeliveryAcker) {
     if let Err(panic) = panics::caught(handle_message(shared, incoming, acker)).await {
         shared.metrics.panics.inc();
