@@ -616,6 +616,22 @@ mod tests {
     }
 
     #[test]
+    fn a_build_timeout_past_the_brokers_consumer_timeout_is_refused() {
+        let mut settings = builtin("production");
+        assert!(settings.check().is_ok(), "the defaults fit");
+        settings.build.timeout_secs = 3400;
+        let err = settings.check().expect_err("refused").to_string();
+        assert!(err.contains("amqp.consumer_timeout_secs"), "{err}");
+        settings.amqp.consumer_timeout_secs = 3700;
+        assert!(settings.check().is_ok());
+        settings.store.poll_ms = settings.store.lease_secs * 1000;
+        assert!(
+            settings.check().is_err(),
+            "a lease outlives several renewals"
+        );
+    }
+
+    #[test]
     fn debug_output_hides_secrets() {
         let settings = builtin("local");
         let shown = format!("{settings:?}");

@@ -239,9 +239,19 @@ async fn outcome_of(
                 let rejection = Rejection::new(
                     "id",
                     "belongs to a different request (another repository, ref, user or \
-                 configuration); send a new id",
+                     configuration); send a new id",
                 );
                 return (rejected(incoming, job.build_id, rejection), None);
+            }
+            Err(e) if waiting => {
+                // Another replica had it a moment ago: never build beside it, ask again.
+                tracing::warn!("build store unavailable while waiting: {}", cause_chain(&e));
+                tokio::select! {
+                    () = tokio::time::sleep(shared.poll) => {}
+                    () = shared.hard_stop.cancelled() => {
+                        return (Outcome::Requeue(Requeue::Shutdown), None);
+                    }
+                }
             }
             Err(e) => {
                 tracing::warn!(
