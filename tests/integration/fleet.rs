@@ -74,7 +74,7 @@ fn slow_repo(git: &GitServer, name: &str, secs: u32) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
     let git = GitServer::start().await;
-    slow_repo(&git, "acme/twice", 4);
+    slow_repo(&git, "acme/twice", 8);
     let mut stack = Stack::new().await;
     let url = postgres_database().await;
     let user = unique("ibt-user-");
@@ -455,5 +455,121 @@ async fn queues_with_old_arguments_keep_working_with_a_migration_message() {
         Event::ImageUpdated(_)
     ));
     worker.shutdown().await;
+    stack.cleanup().await;
+}
+
+/// The report: 10 request ids, each published twice at once, to two replicas sharing
+/// PostgreSQL. Each is built once and announced once.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_requests_published_twice_at_once_to_two_replicas_are_each_built_once() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/pairs");
+    repo.commit(
+        &[(
+            "Dockerfile",
+            "FROM localhost/busybox:latest\nARG N\nRUN echo \"build $N\"\n",
+        )],
+        "one",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let url = postgres_database().await;
+    let env = [("IMAGE_BUILDER__STORE__URL", url.as_str())];
+    let a = Worker::spawn(&stack, &git, &env).await;
+    let b = Worker::spawn(&stack, &git, &env).await;
+    let user = unique("u");
+    let mut ids = Vec::new();
+    for i in 0..10 {
+        let id = unique(&format!("pair{i}-"));
+        let body = json!({"id": id, "repo": "acme/pairs", "user_id": user,
+            "image": unique("img"), "build_args": {"N": id}});
+        stack.publish_json(&body).await;
+        stack.publish_json(&body).await;
+        ids.push(id);
+    }
+    for id in &ids {
+        assert!(
+            matches!(
+                stack.outcome(id, BUILD_TIMEOUT).await,
+                Event::ImageUpdated(_)
+            ),
+            "{id}"
+        );
+    }
+    stack.settle("", QUIET).await;
+    for id in &ids {
+        let events: Vec<Event> = stack
+            .seen
+            .iter()
+            .filter(|e| &e.build().request_id == id)
+            .cloned()
+            .collect();
+        assert_eq!(count(&events, "build.started"), 1, "{id}: {events:?}");
+        assert_eq!(count(&events, "image.updated"), 1, "{id}: {events:?}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
+    stack.cleanup().await;
+}
+
+/// A replica killed mid-build: the other one gets the redelivery, waits while the dead replica's
+/// lease is still live, and builds once it has lapsed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_replicas_build_is_taken_over_once_its_lease_lapses() {
+    let git = GitServer::start().await;
+    slow_repo(&git, "acme/takeover", 8);
+    let mut stack = Stack::new().await;
+    let url = postgres_database().await;
+    let env = [
+        ("IMAGE_BUILDER__STORE__URL", url.as_str()),
+        ("IMAGE_BUILDER__STORE__LEASE_SECS", "4"),
+        ("IMAGE_BUILDER__STORE__POLL_MS", "500"),
+    ];
+    let a = Worker::spawn(&stack, &git, &env).await;
+    let id = unique("takeover-");
+    stack
+        .publish_json(
+            &json!({"id": id, "repo": "acme/takeover", "user_id": unique("u"),
+            "image": unique("img"), "build_args": {"N": id}}),
+        )
+        .await;
+    stack
+        .event_where(
+            0,
+            |e| matches!(e, Event::Started(s) if s.build.request_id == id),
+            BUILD_TIMEOUT,
+        )
+        .await
+        .expect("the build starts on A");
+    let b = Worker::spawn(&stack, &git, &env).await;
+    a.signal(nix::sys::signal::Signal::SIGKILL);
+    logged(
+        &[&b],
+        "another replica holds this build; waiting for its outcome",
+        BUILD_TIMEOUT,
+    )
+    .await;
+    assert!(
+        matches!(
+            stack.outcome(&id, BUILD_TIMEOUT).await,
+            Event::ImageUpdated(_)
+        ),
+        "expected image.updated:\n{}",
+        b.log()
+    );
+    assert!(
+        b.log().contains("build started"),
+        "B took it over:\n{}",
+        b.log()
+    );
+    let events = stack.settle(&id, QUIET).await;
+    assert_eq!(
+        count(&events, "build.started"),
+        2,
+        "A's, then B's: {events:?}"
+    );
+    assert_eq!(count(&events, "image.updated"), 1, "{events:?}");
+    b.shutdown().await;
     stack.cleanup().await;
 }
