@@ -42,6 +42,22 @@ async fn logged(workers: &[&Worker], needle: &str, timeout: Duration) -> usize {
     }
 }
 
+/// Takes `user`'s rights and closes its connections until `worker` says it lost the broker
+/// (the management API lists a connection only once its stats arrive).
+async fn cut_off(worker: &Worker, user: &str) {
+    management::revoke(user).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !worker.log().contains("lost the broker, reconnecting") {
+        assert!(
+            Instant::now() < deadline,
+            "the worker kept its connection:\n{}",
+            worker.log()
+        );
+        management::close_connections_of(user).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 async fn consumers(stack: &Stack, queue: &str) -> u32 {
     let channel = stack.channel().await;
     let declared = channel
@@ -100,8 +116,7 @@ async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
         .expect("the build starts on A");
     let b = Worker::spawn(&stack, &git, &env).await;
     // A loses its connection and cannot come back for now: the broker redelivers to B.
-    management::revoke(&user).await;
-    assert!(management::close_connections_of(&user).await > 0);
+    cut_off(&a, &user).await;
     logged(
         &[&b],
         "another replica holds this build; waiting for its outcome",
