@@ -191,14 +191,7 @@ async fn a_cancel_issued_while_the_running_replica_reconnects_still_cancels() {
     let api = Api::spawn(&stack, &git, &[("IMAGE_BUILDER__STORE__URL", url.as_str())]).await;
 
     // Cut the replica off: it cannot reconnect until its rights come back.
-    management::revoke(&user).await;
-    assert!(management::close_connections_of(&user).await > 0);
-    logged(
-        &[&worker],
-        "lost the broker, reconnecting",
-        Duration::from_secs(30),
-    )
-    .await;
+    cut_off(&worker, &user).await;
     let (status, body) = api
         .post_json(&format!("/v1/builds/{id}/cancel"), &json!({}))
         .await;
