@@ -99,7 +99,8 @@ start_rabbitmq() {
     rabbitmq-plugins enable rabbitmq_management >/dev/null
   fi
   # A broker started before the line above was written: the same value, at run time (new channels).
-  rabbitmqctl -q eval 'application:set_env(rabbit, consumer_timeout, 3600000).' >/dev/null
+  rabbitmqctl -q eval 'application:set_env(rabbit, consumer_timeout, 3600000).' >/dev/null ||
+    log "could not set consumer_timeout at run time; it applies at the next broker start"
   for _ in $(seq 1 60); do
     curl -sf -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null && return 0
     sleep 1
