@@ -141,9 +141,15 @@ pub async fn handle_message(shared: &Shared, incoming: Incoming, acker: &dyn Del
             .instrument(span.clone())
             .await
     };
-    let requeued = settle(shared, key, outcome, acker)
-        .instrument(span.clone())
-        .await;
+    let settling = settle(shared, key, outcome, acker).instrument(span.clone());
+    let requeued = match &lease {
+        // The outcome may wait for the broker: the lease holds until it is recorded.
+        Some(lease) => tokio::select! {
+            requeued = settling => requeued,
+            never = lease_watch::keep(&shared.store, &build_id, lease, shared.poll) => match never {},
+        },
+        None => settling.await,
+    };
     if let (true, Some(lease)) = (requeued, lease) {
         // No outcome: its redelivery may start at once, here or on another replica.
         if let Err(e) = shared.store.release(&build_id, &lease).await {
@@ -325,33 +331,38 @@ async fn build(shared: &Shared, job: &Job, body: &[u8], lease: Option<&Lease>) -
     // `build.started` is confirmed while the build runs, not before: one broker round trip less
     // on a cached answer. It still precedes the outcome, which is published after both.
     let stopped = OnceLock::new();
-    let (announced, result) = tokio::join!(shared.outbox.event(&started_event), async {
-        let running = shared
-            .running
-            .register(&job.build_id, shared.hard_stop.child_token());
-        // A panic is a service fault of this attempt: retried, and dead after max_attempts.
-        let run = panics::caught(pipeline::run(&shared.env, job, &log, &running.token));
-        let watch = async {
-            match lease {
-                Some(lease) => {
-                    let (store, id) = (&shared.store, job.build_id.as_str());
-                    lease_watch::watch(store, id, lease, shared.poll, &running.token, &stopped)
-                        .await
-                }
-                None => std::future::pending().await,
-            }
-        };
-        let ran = tokio::select! {
-            ran = run => ran,
-            never = watch => match never {},
-        };
-        ran.unwrap_or_else(|panic| {
-            shared.metrics.panics.inc();
-            Err(BuildError::Internal(anyhow::anyhow!(
-                "the build panicked (a bug of image-builder): {panic}"
-            )))
+    let running = shared
+        .running
+        .register(&job.build_id, shared.hard_stop.child_token());
+    let work = async {
+        tokio::join!(shared.outbox.event(&started_event), async {
+            // A panic is a service fault of this attempt: retried, and dead after max_attempts.
+            panics::caught(pipeline::run(&shared.env, job, &log, &running.token))
+                .await
+                .unwrap_or_else(|panic| {
+                    shared.metrics.panics.inc();
+                    Err(BuildError::Internal(anyhow::anyhow!(
+                        "the build panicked (a bug of image-builder): {panic}"
+                    )))
+                })
         })
-    });
+    };
+    // Renewed until `build.started` is confirmed too: a build that ends while the broker is
+    // away keeps its lease, so nobody else takes the build over meanwhile.
+    let watch = async {
+        match lease {
+            Some(lease) => {
+                let (store, id) = (&shared.store, job.build_id.as_str());
+                lease_watch::watch(store, id, lease, shared.poll, &running.token, &stopped).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let (announced, result) = tokio::select! {
+        done = work => done,
+        never = watch => match never {},
+    };
+    drop(running);
     shared.metrics.running.dec();
     if let Err(e) = announced {
         return Outcome::Requeue(Requeue::Publish(e));

@@ -1,5 +1,5 @@
-//! While a build runs: renew its lease in the store and look for a stored cancel, every
-//! `store.poll_ms`. Either a stored cancel or a lease this replica can no longer prove it holds
+//! While a build runs (and until its outcome is recorded): renew its lease in the store and
+//! look for a stored cancel, every `store.poll_ms`. Either a stored cancel or a lease this replica can no longer prove it holds
 //! stops the build; which one is left in `Stopped` for the handler to tell apart.
 
 use std::convert::Infallible;
@@ -57,5 +57,19 @@ pub async fn watch(
     };
     let _ = stopped.set(why);
     build.cancel();
+    std::future::pending().await
+}
+
+/// Renews the lease while an outcome is published and recorded (which clears it); never
+/// returns. Failures only log: the build is over, there is nothing left to stop.
+pub async fn keep(store: &BuildStore, build_id: &str, lease: &Lease, poll: Duration) -> Infallible {
+    loop {
+        tokio::time::sleep(poll).await;
+        match store.renew(build_id, lease).await {
+            Ok(Renewal::Held { .. }) => {}
+            Ok(Renewal::Lost) => break,
+            Err(e) => tracing::warn!("failed to renew the build's lease: {}", cause_chain(&e)),
+        }
+    }
     std::future::pending().await
 }

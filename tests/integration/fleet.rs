@@ -97,6 +97,7 @@ async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
     let amqp_url = management::create_user(&user, "pw").await;
     let env = [
         ("IMAGE_BUILDER__STORE__URL", url.as_str()),
+        ("IMAGE_BUILDER__STORE__LEASE_SECS", "2"),
         ("IMAGE_BUILDER__STORE__POLL_MS", "300"),
     ];
     let mut a_env = env.to_vec();
@@ -123,6 +124,15 @@ async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
         BUILD_TIMEOUT,
     )
     .await;
+    // A finishes its build while still cut off: its outcome waits for the broker, and its lease
+    // must outlive that wait (here several lease terms), or B would build a second time.
+    logged(&[&a], "image pushed", BUILD_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        !b.log().contains("build started"),
+        "B built it too:\n{}",
+        b.log()
+    );
     management::grant(&user).await;
 
     assert!(matches!(
