@@ -94,7 +94,8 @@ async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
     let mut stack = Stack::new().await;
     let url = postgres_database().await;
     let user = unique("ibt-user-");
-    let amqp_url = management::create_user(&user, "pw").await;
+    let broker_user = management::create_user(&user, "pw").await;
+    let amqp_url = broker_user.url.clone();
     let env = [
         ("IMAGE_BUILDER__STORE__URL", url.as_str()),
         ("IMAGE_BUILDER__STORE__LEASE_SECS", "2"),
@@ -159,7 +160,6 @@ async fn a_second_delivery_of_a_running_build_to_another_replica_builds_once() {
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     a.shutdown().await;
     b.shutdown().await;
-    management::delete_user(&user).await;
     stack.cleanup().await;
 }
 
@@ -172,7 +172,8 @@ async fn a_cancel_issued_while_the_running_replica_reconnects_still_cancels() {
     let mut stack = Stack::new().await;
     let url = postgres_database().await;
     let user = unique("ibt-user-");
-    let amqp_url = management::create_user(&user, "pw").await;
+    let broker_user = management::create_user(&user, "pw").await;
+    let amqp_url = broker_user.url.clone();
     let worker = Worker::spawn(
         &stack,
         &git,
@@ -233,7 +234,6 @@ async fn a_cancel_issued_while_the_running_replica_reconnects_still_cancels() {
     );
     worker.shutdown().await;
     api.worker.shutdown().await;
-    management::delete_user(&user).await;
     stack.cleanup().await;
 }
 

@@ -23,15 +23,34 @@ async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
     response
 }
 
-/// A broker user with full rights on `/` who may also set policies; returns its AMQP URL.
-pub async fn create_user(name: &str, password: &str) -> String {
+/// A broker user of one test, deleted when dropped (a failing test included).
+pub struct BrokerUser {
+    pub name: String,
+    /// Its AMQP URL.
+    pub url: String,
+}
+
+impl Drop for BrokerUser {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-u", "guest:guest", "-X", "DELETE"])
+            .arg(format!("{BASE}/users/{}", self.name))
+            .status();
+    }
+}
+
+/// A broker user with full rights on `/` who may also set policies.
+pub async fn create_user(name: &str, password: &str) -> BrokerUser {
     send(client().put(format!("{BASE}/users/{name}")).json(&json!({
         "password": password,
         "tags": "policymaker",
     })))
     .await;
     grant(name).await;
-    format!("amqp://{name}:{password}@127.0.0.1:5672/%2f")
+    BrokerUser {
+        name: name.to_owned(),
+        url: format!("amqp://{name}:{password}@127.0.0.1:5672/%2f"),
+    }
 }
 
 pub async fn grant(name: &str) {
@@ -46,10 +65,6 @@ pub async fn grant(name: &str) {
 /// From now on the user cannot open a connection on `/` (existing ones stay open).
 pub async fn revoke(name: &str) {
     send(client().delete(format!("{BASE}/permissions/%2F/{name}"))).await;
-}
-
-pub async fn delete_user(name: &str) {
-    send(client().delete(format!("{BASE}/users/{name}"))).await;
 }
 
 /// Closes every connection of `user`; returns how many there were.
