@@ -53,6 +53,10 @@ configure_rabbitmq_loopback() {
 listeners.tcp.default = 127.0.0.1:5672
 management.tcp.ip = 127.0.0.1
 management.tcp.port = 15672
+# How long a delivery may stay unacked before the broker takes it back (ms). Must equal the
+# worker's amqp.consumer_timeout_secs, which must exceed build.timeout_secs by 300 s: the default
+# 30 min equals the default build timeout and would hand a long build to a second replica.
+consumer_timeout = 3600000
 EOF
   cat >/etc/rabbitmq/rabbitmq-env.conf <<'EOF'
 # Written by image-builder's scripts/services.sh: loopback only.
@@ -94,6 +98,9 @@ start_rabbitmq() {
   if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
     rabbitmq-plugins enable rabbitmq_management >/dev/null
   fi
+  # A broker started before the line above was written: the same value, at run time (new channels).
+  rabbitmqctl -q eval 'application:set_env(rabbit, consumer_timeout, 3600000).' >/dev/null ||
+    log "could not set consumer_timeout at run time; it applies at the next broker start"
   for _ in $(seq 1 60); do
     curl -sf -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null && return 0
     sleep 1

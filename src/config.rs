@@ -60,6 +60,9 @@ pub enum LogFormat {
     Json,
 }
 
+/// Time a delivery is held besides the build itself (fetch, push, waiting for a slot).
+pub const CONSUMER_TIMEOUT_MARGIN_SECS: u64 = 300;
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct AmqpSettings {
     /// May hold broker credentials: never logged.
@@ -71,6 +74,10 @@ pub struct AmqpSettings {
     pub lookahead: u16,
     pub delivery_limit: u32,
     pub shutdown_grace_secs: u64,
+    /// What the broker's `consumer_timeout` is set to (it cannot be read from the broker).
+    pub consumer_timeout_secs: u64,
+    /// Management HTTP API base URL, for the queue policies.
+    pub management_url: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -292,6 +299,10 @@ pub struct StoreSettings {
     /// `postgres://...` or `sqlite://...`; empty: SQLite file `<data_dir>/builds.db`. May hold a
     /// password: never logged.
     pub url: SecretString,
+    /// A build's lease on its id lapses when not renewed for this long.
+    pub lease_secs: u64,
+    /// Lease renewal, stored-cancel and outcome polling interval.
+    pub poll_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +389,25 @@ impl Settings {
         anyhow::ensure!(
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
+        );
+        anyhow::ensure!(
+            self.build
+                .timeout_secs
+                .saturating_add(CONSUMER_TIMEOUT_MARGIN_SECS)
+                <= self.amqp.consumer_timeout_secs,
+            "build.timeout_secs ({}) + {CONSUMER_TIMEOUT_MARGIN_SECS} s for fetch and push exceeds \
+             amqp.consumer_timeout_secs ({}): the broker would take a running build's delivery back \
+             and hand it to another replica. Raise the broker's consumer_timeout (rabbitmq.conf, \
+             ms) and amqp.consumer_timeout_secs with it, or lower build.timeout_secs",
+            self.build.timeout_secs,
+            self.amqp.consumer_timeout_secs
+        );
+        anyhow::ensure!(
+            self.store.poll_ms > 0
+                && self.store.poll_ms.saturating_mul(3)
+                    <= self.store.lease_secs.saturating_mul(1000),
+            "store.poll_ms must be at least 1 and at most a third of store.lease_secs \
+             (a lease is renewed every poll)"
         );
         let limits = &self.build.limits;
         anyhow::ensure!(
@@ -598,6 +628,22 @@ mod tests {
         assert_eq!(keys[0].role, Role::Submit);
         assert_eq!(keys[0].users, Some(vec!["demo".to_owned()]));
         assert!(settings.webhooks.github_repos().expect("valid").is_empty());
+    }
+
+    #[test]
+    fn a_build_timeout_past_the_brokers_consumer_timeout_is_refused() {
+        let mut settings = builtin("production");
+        assert!(settings.check().is_ok(), "the defaults fit");
+        settings.build.timeout_secs = 3400;
+        let err = settings.check().expect_err("refused").to_string();
+        assert!(err.contains("amqp.consumer_timeout_secs"), "{err}");
+        settings.amqp.consumer_timeout_secs = 3700;
+        assert!(settings.check().is_ok());
+        settings.store.poll_ms = settings.store.lease_secs * 1000;
+        assert!(
+            settings.check().is_err(),
+            "a lease outlives several renewals"
+        );
     }
 
     #[test]

@@ -191,12 +191,18 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             BuildStore::open(&settings).await?;
             let conn =
                 image_builder::amqp::connect(&settings.amqp.url, "image-builder setup").await?;
-            let channel = conn.create_channel().await?;
             let topology = image_builder::amqp::Topology::from_settings(&settings);
             topology
-                .declare(&channel)
+                .declare(&conn)
                 .await
                 .context("failed to declare the topology")?;
+            image_builder::amqp::Management::new(
+                &settings.amqp.management_url,
+                &settings.amqp.url,
+            )?
+            .apply(&topology.policies())
+            .await
+            .context("failed to apply the queue policies")?;
             println!(
                 "declared exchange {} and queue {}",
                 topology.exchange, topology.build_queue

@@ -34,8 +34,8 @@ pub async fn submit(
     let id = ensure_id(&mut body);
     let topology = Arc::new(Topology::from_settings(settings));
     let connection = amqp::connect(&settings.amqp.url, "image-builder submit").await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
 
     // Listen before publishing so a fast build's events cannot be missed.
     let mut events = match wait {

@@ -2,6 +2,7 @@
 
 mod control;
 mod headers;
+mod policies;
 mod publisher;
 mod session;
 mod slot;
@@ -9,6 +10,7 @@ mod topology;
 
 pub use control::Control;
 pub use headers::{Attempt, MessageMeta};
+pub use policies::{Management, Policy};
 pub use publisher::Publisher;
 pub use session::{SessionEnd, broker_backoff, keep_session};
 pub use slot::{PublisherSlot, PublisherSlotSetter, publisher_slot};

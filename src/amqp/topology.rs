@@ -1,12 +1,16 @@
 //! Exchanges and queues, all derived from one prefix, declared idempotently by every replica.
+//! Queues carry no settings but their type: TTLs, dead-lettering and the delivery limit are
+//! RabbitMQ policies (`policies.rs`), which can change while the queues exist. A queue declared
+//! with those as arguments by an older version is used as it is (see `declare_queue`).
 
 use std::time::Duration;
 
 use lapin::options::{
     BasicConsumeOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, Consumer, ExchangeKind};
+use lapin::{Channel, Connection, Consumer, ExchangeKind};
 
 use crate::config::Settings;
 
@@ -20,6 +24,9 @@ pub struct Topology {
     /// (queue name, delay) per retry tier, tier 1 first.
     pub retry_queues: Vec<(String, Duration)>,
     pub dead_queue: String,
+    /// Where the broker dead-letters a build request it gave up on (`amqp.delivery_limit`
+    /// deliveries without an outcome); the worker turns each into `build.failed`.
+    pub dead_lettered_queue: String,
     /// Topic exchange for notifications.
     pub events_exchange: String,
     /// Fanout exchange for commands every replica hears (cancel a running build).
@@ -46,6 +53,7 @@ impl Topology {
                 })
                 .collect(),
             dead_queue: format!("{prefix}.dead"),
+            dead_lettered_queue: format!("{prefix}.dead-lettered"),
             events_exchange: format!("{prefix}.events"),
             control_exchange: format!("{prefix}.control"),
             delivery_limit: settings.amqp.delivery_limit,
@@ -61,52 +69,33 @@ impl Topology {
             .map_or(self.dead_queue.as_str(), |(name, _)| name.as_str())
     }
 
-    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+    /// Declares every exchange and queue on channels of its own (a queue whose arguments differ
+    /// closes the channel it was declared on).
+    pub async fn declare(&self, connection: &Connection) -> lapin::Result<()> {
+        let mut channel = connection.create_channel().await?;
         let durable = ExchangeDeclareOptions {
             durable: true,
             ..Default::default()
         };
-        channel
-            .exchange_declare(
-                self.exchange.as_str().into(),
-                ExchangeKind::Direct,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.events_exchange.as_str().into(),
-                ExchangeKind::Topic,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .exchange_declare(
-                self.control_exchange.as_str().into(),
-                ExchangeKind::Fanout,
-                durable,
-                FieldTable::default(),
-            )
-            .await?;
-
-        declare_queue(channel, &self.dead_queue, quorum()).await?;
-
-        let mut builds = quorum();
-        builds.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(self.delivery_limit.into()),
-        );
-        builds.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        builds.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(self.dead_queue.as_str().into()),
-        );
-        declare_queue(channel, &self.build_queue, builds).await?;
+        for (name, kind) in [
+            (&self.exchange, ExchangeKind::Direct),
+            (&self.events_exchange, ExchangeKind::Topic),
+            (&self.control_exchange, ExchangeKind::Fanout),
+        ] {
+            channel
+                .exchange_declare(name.as_str().into(), kind, durable, FieldTable::default())
+                .await?;
+        }
+        let queues = [
+            &self.dead_queue,
+            &self.dead_lettered_queue,
+            &self.build_queue,
+        ]
+        .into_iter()
+        .chain(self.retry_queues.iter().map(|(name, _)| name));
+        for name in queues {
+            channel = declare_queue(connection, channel, name).await?;
+        }
         channel
             .queue_bind(
                 self.build_queue.as_str().into(),
@@ -116,21 +105,8 @@ impl Topology {
                 FieldTable::default(),
             )
             .await?;
-
-        for (name, delay) in &self.retry_queues {
-            let mut args = quorum();
-            let ttl = i64::try_from(delay.as_millis()).unwrap_or(i64::MAX);
-            args.insert("x-message-ttl".into(), AMQPValue::LongLongInt(ttl));
-            args.insert(
-                "x-dead-letter-exchange".into(),
-                AMQPValue::LongString(self.exchange.as_str().into()),
-            );
-            args.insert(
-                "x-dead-letter-routing-key".into(),
-                AMQPValue::LongString(BUILD_ROUTING_KEY.into()),
-            );
-            declare_queue(channel, name, args).await?;
-        }
+        // Best effort: the connection's other channels go on either way.
+        let _ = channel.close(200, "declared".into()).await;
         Ok(())
     }
 }
@@ -187,13 +163,48 @@ fn quorum() -> FieldTable {
     args
 }
 
-async fn declare_queue(channel: &Channel, name: &str, args: FieldTable) -> lapin::Result<()> {
-    let opts = QueueDeclareOptions {
+/// Declares a durable quorum queue with no other argument. One declared by an older version with
+/// TTL, dead-letter or delivery-limit arguments answers PRECONDITION_FAILED (and closes
+/// `channel`): it is then checked passively on a new channel and used as it is, with a warning
+/// that says how to migrate it. Returns the channel to go on with.
+async fn declare_queue(
+    connection: &Connection,
+    channel: Channel,
+    name: &str,
+) -> lapin::Result<Channel> {
+    let durable = QueueDeclareOptions {
         durable: true,
         ..Default::default()
     };
-    channel
-        .queue_declare(name.into(), opts, args)
-        .await
-        .map(|_| ())
+    match channel.queue_declare(name.into(), durable, quorum()).await {
+        Ok(_) => Ok(channel),
+        Err(e) if precondition_failed(&e) => {
+            tracing::warn!(
+                queue = name,
+                "queue {name} carries arguments from an older image-builder (TTL, dead-lettering \
+                 or delivery limit), which take precedence over the policies this version \
+                 applies: changes of retry.delays_ms or amqp.delivery_limit do not reach it. It \
+                 is used as it is. To migrate it, once it is empty: `rabbitmqctl delete_queue \
+                 {name} --if-empty`, then start a replica (it declares the queue anew)"
+            );
+            let channel = connection.create_channel().await?;
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            channel
+                .queue_declare(name.into(), passive, FieldTable::default())
+                .await?;
+            Ok(channel)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn precondition_failed(error: &lapin::Error) -> bool {
+    matches!(
+        error.kind(),
+        lapin::ErrorKind::ProtocolError(e)
+            if *e.kind() == AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)
+    )
 }

@@ -111,8 +111,8 @@ async fn keep_connected(
 ) {
     let open = || async {
         let connection = amqp::connect(&settings.amqp.url, "image-builder api").await?;
+        topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
         anyhow::Ok((connection, Live { publisher, channel }))
     };

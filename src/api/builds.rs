@@ -17,7 +17,7 @@ use crate::amqp::Control;
 use crate::config::Role;
 use crate::events::{BuildCancelled, BuildRef, Event};
 use crate::request::BuildRequest;
-use crate::store::{BuildFilter, BuildRecord, BuildState, Claim, NewBuild};
+use crate::store::{BuildFilter, BuildRecord, BuildState, CancelRequest, Claim, NewBuild};
 
 const DEFAULT_PAGE: u32 = 50;
 const LOG_PAGE: u32 = 1000;
@@ -283,39 +283,52 @@ pub async fn cancel(
             build.state.as_str()
         )));
     }
-    if build.state == BuildState::Queued
-        && state.store.cancel_if_queued(&id).await? == Some(BuildState::Cancelled)
-    {
-        let event = Event::Cancelled(BuildCancelled {
-            build: BuildRef {
-                build_id: build.id.clone(),
-                request_id: build.request_id.clone(),
-                user_id: build.user_id.clone(),
-                repo: build.repo.clone(),
-                git_ref: build.git_ref.clone(),
-            },
-            attempts: u32::try_from(build.attempts).unwrap_or(0),
-            was_running: false,
-            log_tail: Vec::new(),
-        });
-        if let Err(e) = state.broker.event(&event).await {
-            tracing::warn!(build_id = %id, "failed to publish build.cancelled: {e:#}");
+    // Stored first: the replica running it finds the cancel when it next renews its lease, even
+    // if the broadcast below never reaches it (it was reconnecting, or the broker is away).
+    match state.store.request_cancel(&id).await? {
+        CancelRequest::Cancelled => {
+            let event = Event::Cancelled(BuildCancelled {
+                build: BuildRef {
+                    build_id: build.id.clone(),
+                    request_id: build.request_id.clone(),
+                    user_id: build.user_id.clone(),
+                    repo: build.repo.clone(),
+                    git_ref: build.git_ref.clone(),
+                },
+                attempts: u32::try_from(build.attempts).unwrap_or(0),
+                was_running: false,
+                log_tail: Vec::new(),
+            });
+            if let Err(e) = state.broker.event(&event).await {
+                tracing::warn!(build_id = %id, "failed to publish build.cancelled: {e:#}");
+            }
+            state.metrics.finished("cancelled", "", false, None);
+            return Ok((
+                StatusCode::OK,
+                Json(json!({"id": id, "state": "cancelled", "links": links(&id)})),
+            )
+                .into_response());
         }
-        state.metrics.finished("cancelled", "", false, None);
-        return Ok((
-            StatusCode::OK,
-            Json(json!({"id": id, "state": "cancelled", "links": links(&id)})),
-        )
-            .into_response());
+        CancelRequest::Marked => {}
+        CancelRequest::Now(now) => {
+            let now = now.ok_or_else(|| ApiError::not_found(&format!("build {id:?}")))?;
+            return Err(ApiError::conflict(format!(
+                "build {id} already {}",
+                now.as_str()
+            )));
+        }
     }
-    // Running (or it started while we looked): every replica hears this; the one running it stops.
-    state
+    // Running: every replica hears this and the one running it stops now; without it the stored
+    // cancel stops the build within `store.poll_ms`.
+    if let Err(e) = state
         .broker
         .control(&Control::Cancel {
             build_id: id.clone(),
         })
         .await
-        .map_err(|_| ApiError::unavailable("the broker is not reachable; the build goes on"))?;
+    {
+        tracing::warn!(build_id = %id, "cancel broadcast failed, the stored cancel stands: {e:#}");
+    }
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({"id": id, "state": "running", "cancelling": true, "links": links(&id)})),

@@ -38,8 +38,8 @@ async fn main() -> anyhow::Result<()> {
         .context("failed to parse the request body")?;
     let topology = Arc::new(Topology::from_settings(&settings));
     let connection = amqp::connect(&settings.amqp.url, "ib-bench").await?;
+    topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     let mut events = topology.subscribe_events(&channel).await?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
 

@@ -6,8 +6,9 @@
 use clap::Parser;
 use image_builder::config::Settings;
 use image_builder::events::{BuildRef, ImageUpdated};
-use image_builder::store::{BuildState, BuildStore, NewBuild};
+use image_builder::store::{BuildState, BuildStore, Lease, NewBuild};
 use serde_json::json;
+use std::time::Duration;
 
 #[derive(Parser)]
 struct Args {
@@ -40,7 +41,14 @@ async fn main() -> anyhow::Result<()> {
             fingerprint: Some(format!("seed:{id}")),
         };
         store.create(&new, BuildState::Queued).await?;
-        store.start(&new, 1, "seed:1", false).await?;
+        store
+            .start(
+                &new,
+                1,
+                false,
+                &Lease::new("seed:1", Duration::from_secs(60)),
+            )
+            .await?;
         if i % 10 == 9 {
             store
                 .failed(&id, 1, "user", "build step failed: RUN exited 1")

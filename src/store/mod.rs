@@ -3,6 +3,7 @@
 //! (shared by replicas) run the same queries and the same migrations.
 
 mod deliveries;
+mod lease;
 mod log_writer;
 mod ownership;
 mod queries;
@@ -16,6 +17,7 @@ use secrecy::ExposeSecret;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary};
@@ -33,6 +35,8 @@ pub struct BuildStore {
     pool: AnyPool,
     /// Writes: one connection for SQLite (see `connect`), the same pool for PostgreSQL.
     writer: AnyPool,
+    /// SQLite serves one replica (see `lease::void_own_leases`).
+    sqlite: bool,
 }
 
 fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
@@ -95,7 +99,11 @@ impl BuildStore {
             pool.clone()
         };
         MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
-        Ok(Self { pool, writer })
+        Ok(Self {
+            pool,
+            writer,
+            sqlite,
+        })
     }
 
     /// For /readyz.

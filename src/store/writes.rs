@@ -4,6 +4,7 @@
 use sqlx::AnyConnection;
 
 use super::BuildStore;
+use super::lease::Lease;
 use super::ownership::{Claim, Holder};
 use super::record::{BuildState, NewBuild, now_millis};
 use crate::error::StoreError;
@@ -12,10 +13,15 @@ use crate::events::ImageUpdated;
 /// Whether a worker should build a delivery it just received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
+    /// Build it: the lease is taken.
     Run,
-    /// The same request is done (succeeded, failed, cancelled) or already running elsewhere:
-    /// nothing to do, its recorded outcome stands.
+    /// The same request is done (succeeded, failed, cancelled), or this attempt already ran to
+    /// an outcome: nothing to do, its recorded outcome stands.
     Skip(BuildState),
+    /// Another replica's live lease holds the build: wait for its outcome, never build it too.
+    Held,
+    /// Cancelled through the API while no replica ran it: end it cancelled without building.
+    CancelRequested,
     /// The id belongs to a different request: never built, the record untouched.
     Foreign,
 }
@@ -36,18 +42,21 @@ impl BuildStore {
         Ok(claim)
     }
 
-    /// A worker took a delivery: record it (first sight of a queue-submitted build) and move it to
-    /// running. Only the request that first used the id runs under it, and only from `queued`,
-    /// or from `running` when the broker redelivered it (the worker that had it is gone) or it
-    /// is a later attempt. A failed build runs again only through the retry tiers (which set it
-    /// back to queued) or the rebuild route (a new id), never because a message was re-published.
-    /// One transaction: this is on the path of every cached answer.
+    /// A worker took a delivery: record it (first sight of a queue-submitted build), move it to
+    /// running and take the lease on it. Only the request that first used the id runs under it,
+    /// and only from `queued` for a later attempt than the last one that ran, or from `running`
+    /// when no live lease holds it and the broker redelivered it (the worker that had it is gone)
+    /// or it is a later attempt. A live lease held elsewhere is `Held`: the caller waits for that
+    /// build's outcome instead of running it twice. A stored cancel is `CancelRequested`. A failed
+    /// build runs again only through the retry tiers (which set it back to queued) or the rebuild
+    /// route (a new id), never because a message was re-published. One transaction: this is on
+    /// the path of every cached answer.
     pub async fn start(
         &self,
         new: &NewBuild,
         attempt: u32,
-        host: &str,
         redelivered: bool,
+        lease: &Lease,
     ) -> Result<Start, StoreError> {
         let mut tx = self.writer.begin().await?;
         if !insert(&mut tx, new, BuildState::Queued).await? {
@@ -67,26 +76,40 @@ impl BuildStore {
         let now = now_millis();
         let moved = sqlx::query(
             "UPDATE builds SET state = 'running', attempts = $2, host = $3, \
-             started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL \
-             WHERE id = $1 AND (state = 'queued' \
-             OR (state = 'running' AND ($5 = 1 OR attempts < $2)))",
+             started_at = COALESCE(started_at, $4), updated_at = $4, fault = NULL, \
+             lease_owner = $6, lease_until = $7 \
+             WHERE id = $1 AND cancel_requested_at IS NULL AND (\
+             (state = 'queued' AND attempts < $2) \
+             OR (state = 'running' AND (lease_until IS NULL OR lease_until < $4) \
+             AND ($5 = 1 OR attempts < $2)))",
         )
         .bind(&new.id)
         .bind(i64::from(attempt))
-        .bind(host)
+        .bind(&lease.host)
         .bind(now)
         .bind(i64::from(redelivered))
+        .bind(&lease.owner)
+        .bind(lease.until(now))
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if moved == 1 {
-            history(&mut tx, &new.id, BuildState::Running, attempt, Some(host)).await?;
+            history(
+                &mut tx,
+                &new.id,
+                BuildState::Running,
+                attempt,
+                Some(&lease.host),
+            )
+            .await?;
             tx.commit().await?;
             return Ok(Start::Run);
         }
         tx.commit().await?;
-        let state = self.state(&new.id).await?.unwrap_or(BuildState::Cancelled);
-        Ok(Start::Skip(state))
+        Ok(match self.standing(&new.id).await? {
+            None => Start::Skip(BuildState::Cancelled),
+            Some(standing) => standing.start(now),
+        })
     }
 
     /// A service fault sent the build to a retry tier: queued again, for the next attempt.
@@ -106,7 +129,8 @@ impl BuildStore {
         sqlx::query(
             "UPDATE builds SET state = 'succeeded', commit_sha = $2, image = $3, digest = $4, \
              tags = $5, platforms = $6, cached = $7, git_ref = COALESCE($8, git_ref), \
-             error = NULL, fault = NULL, finished_at = $9, updated_at = $9 WHERE id = $1",
+             error = NULL, fault = NULL, finished_at = $9, updated_at = $9, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(&out.commit)
@@ -138,26 +162,6 @@ impl BuildStore {
     pub async fn cancelled(&self, id: &str, attempt: u32) -> Result<(), StoreError> {
         self.update_state(id, BuildState::Cancelled, attempt, None, Some("cancelled"))
             .await
-    }
-
-    /// Cancels a build that no worker has started; returns the state it is in afterwards.
-    pub async fn cancel_if_queued(&self, id: &str) -> Result<Option<BuildState>, StoreError> {
-        let now = now_millis();
-        let mut tx = self.writer.begin().await?;
-        let moved = sqlx::query(
-            "UPDATE builds SET state = 'cancelled', error = 'cancelled', finished_at = $2, \
-             updated_at = $2 WHERE id = $1 AND state = 'queued'",
-        )
-        .bind(id)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if moved == 1 {
-            history(&mut tx, id, BuildState::Cancelled, 0, None).await?;
-        }
-        tx.commit().await?;
-        self.state(id).await
     }
 
     /// Removes a build with its history and log.
@@ -193,7 +197,8 @@ impl BuildStore {
         let mut tx = self.writer.begin().await?;
         sqlx::query(
             "UPDATE builds SET state = $2, attempts = $3, fault = $4, error = $5, \
-             finished_at = COALESCE($6, finished_at), updated_at = $7 WHERE id = $1",
+             finished_at = COALESCE($6, finished_at), updated_at = $7, \
+             lease_owner = NULL, lease_until = NULL WHERE id = $1",
         )
         .bind(id)
         .bind(state.as_str())
@@ -243,7 +248,7 @@ async fn insert(
 
 /// Appends to the build's state history (numbered, so the order survives equal timestamps). Runs
 /// in the transaction of the state change, so readers never see one without the other.
-async fn history(
+pub(super) async fn history(
     conn: &mut AnyConnection,
     id: &str,
     state: BuildState,

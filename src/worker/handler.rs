@@ -2,12 +2,14 @@
 //! `outcome::settle` publishes (confirmed) before it acks. Any publish failure leaves the
 //! delivery for redelivery.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::lease_watch::{self, Stopped};
 use super::outbox::{DeliveryAcker, Outbox};
 use super::outcome::{Outcome, Parked, Requeue, settle};
 use super::panics;
@@ -24,7 +26,7 @@ use crate::pipeline::{self, Job};
 use crate::ports::Environment;
 use crate::redact::Redactor;
 use crate::request::{BuildRequest, Rejection, RequestId, RequestPolicy, RequestSummary};
-use crate::store::{BuildStore, NewBuild, Start};
+use crate::store::{BuildStore, Lease, NewBuild, Start};
 
 /// What every delivery handler shares.
 pub struct Shared {
@@ -47,6 +49,10 @@ pub struct Shared {
     pub registry_password: SecretString,
     pub running: RunningBuilds,
     pub metrics: Arc<Metrics>,
+    /// How long a build's lease on its id lasts unrenewed (`store.lease_secs`).
+    pub lease_ttl: Duration,
+    /// Lease renewal, stored-cancel and outcome polling interval (`store.poll_ms`).
+    pub poll: Duration,
 }
 
 impl Shared {
@@ -75,6 +81,8 @@ impl Shared {
             registry_password: settings.registry.password.clone(),
             running: RunningBuilds::default(),
             metrics,
+            lease_ttl: Duration::from_secs(settings.store.lease_secs),
+            poll: Duration::from_millis(settings.store.poll_ms),
         }
     }
 }
@@ -96,8 +104,8 @@ pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
 }
 
 /// `handle_message`, with a panic outside the build itself (a build's own panic is a service
-/// fault inside it) answered by a nack: the broker redelivers, and its `x-delivery-limit`
-/// (`amqp.delivery_limit`) parks a message that keeps panicking in the dead queue.
+/// fault inside it) answered by a nack: the broker redelivers, and its delivery limit
+/// (`amqp.delivery_limit`, a policy) dead-letters a message that keeps panicking (`dead_lettered`).
 pub async fn handle_caught(shared: &Shared, incoming: Incoming, acker: &dyn DeliveryAcker) {
     if let Err(panic) = panics::caught(handle_message(shared, incoming, acker)).await {
         shared.metrics.panics.inc();
@@ -125,21 +133,35 @@ pub async fn handle_message(shared: &Shared, incoming: Incoming, acker: &dyn Del
     let _claim = shared.recent.claim(key).await;
     // Only a redelivery can be a copy of a message whose outcome is out: an identical fresh
     // message is a new request and gets built.
-    let outcome = if incoming.redelivered && shared.recent.contains(&key) {
+    let (outcome, lease) = if incoming.redelivered && shared.recent.contains(&key) {
         span.in_scope(|| tracing::info!("outcome already published; acking the redelivery"));
-        Outcome::AlreadySettled
+        (Outcome::AlreadySettled, None)
     } else {
-        outcome_of(shared, &incoming, build_id, assigned.err())
+        outcome_of(shared, &incoming, build_id.clone(), assigned.err())
             .instrument(span.clone())
             .await
     };
-    settle(shared, key, outcome, acker).instrument(span).await;
+    let settling = settle(shared, key, outcome, acker).instrument(span.clone());
+    let requeued = match &lease {
+        // The outcome may wait for the broker: the lease holds until it is recorded.
+        Some(lease) => tokio::select! {
+            requeued = settling => requeued,
+            never = lease_watch::keep(&shared.store, &build_id, lease, shared.poll) => match never {},
+        },
+        None => settling.await,
+    };
+    if let (true, Some(lease)) = (requeued, lease) {
+        // No outcome: its redelivery may start at once, here or on another replica.
+        if let Err(e) = shared.store.release(&build_id, &lease).await {
+            span.in_scope(|| tracing::warn!("failed to release the lease: {}", cause_chain(&e)));
+        }
+    }
 }
 
 /// The build id of a delivery: the id the worker put in `x-build-id` for a retry, else the
 /// request id, so a request submitted twice is one build (and one record); a fresh uuid for a
 /// body without one. Headers come from producers too: an invalid one is a rejection naming it.
-fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejection> {
+pub(super) fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejection> {
     for (field, value) in [
         ("x-build-id", &meta.build_id),
         ("x-request-id", &meta.request_id),
@@ -159,32 +181,122 @@ fn assigned_build_id(meta: &MessageMeta, body: &[u8]) -> Result<String, Rejectio
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string()))
 }
 
+/// The delivery's outcome, and the lease on its build when this delivery took it.
 async fn outcome_of(
     shared: &Shared,
     incoming: &Incoming,
     build_id: String,
     bad_header: Option<Rejection>,
-) -> Outcome {
-    let meta = &incoming.meta;
+) -> (Outcome, Option<Lease>) {
     if let Some(rejection) = bad_header {
-        return rejected(incoming, build_id, rejection);
+        return (rejected(incoming, build_id, rejection), None);
     }
+    let job = match job_of(shared, incoming, build_id.clone()) {
+        Ok(job) => job,
+        Err(rejection) => return (rejected(incoming, build_id, rejection), None),
+    };
+    tracing::Span::current().record("request_id", job.request.id.as_str());
+    let record = record_of(&job);
+    let lease = Lease::new(&shared.host, shared.lease_ttl);
+    let mut waiting = false;
+    loop {
+        match shared
+            .store
+            .start(&record, job.attempt, incoming.redelivered, &lease)
+            .await
+        {
+            Ok(Start::Held) => {
+                // Another replica builds it now: its outcome is this delivery's outcome too.
+                if !std::mem::replace(&mut waiting, true) {
+                    tracing::info!("another replica holds this build; waiting for its outcome");
+                }
+                tokio::select! {
+                    () = tokio::time::sleep(shared.poll) => continue,
+                    () = shared.hard_stop.cancelled() => {
+                        return (Outcome::Requeue(Requeue::Shutdown), None);
+                    }
+                }
+            }
+            Ok(Start::Run) => break,
+            Ok(Start::Skip(state)) => {
+                // The same request again: a redelivery, a re-publish, or a build cancelled while
+                // queued. Its recorded outcome stands (GET /v1/builds/{id}); no second build or event.
+                tracing::info!(
+                    state = state.as_str(),
+                    "build already {}; acking",
+                    state.as_str()
+                );
+                return (Outcome::AlreadySettled, None);
+            }
+            Ok(Start::CancelRequested) => {
+                tracing::info!("cancelled through the API before this replica started it");
+                let cancelled = Outcome::Cancelled {
+                    event: BuildCancelled {
+                        build: job.build_ref(None),
+                        attempts: job.attempt,
+                        was_running: false,
+                        log_tail: Vec::new(),
+                    },
+                    seconds: 0.0,
+                };
+                return (cancelled, None);
+            }
+            Ok(Start::Foreign) => {
+                let rejection = Rejection::new(
+                    "id",
+                    "belongs to a different request (another repository, ref, user or \
+                     configuration); send a new id",
+                );
+                return (rejected(incoming, job.build_id, rejection), None);
+            }
+            Err(e) if waiting => {
+                // Another replica had it a moment ago: never build beside it, ask again.
+                tracing::warn!("build store unavailable while waiting: {}", cause_chain(&e));
+                tokio::select! {
+                    () = tokio::time::sleep(shared.poll) => {}
+                    () = shared.hard_stop.cancelled() => {
+                        return (Outcome::Requeue(Requeue::Shutdown), None);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "build store unavailable, building without a record: {}",
+                    cause_chain(&e)
+                );
+                return (build(shared, &job, &incoming.body, None).await, None);
+            }
+        }
+    }
+    (
+        build(shared, &job, &incoming.body, Some(&lease)).await,
+        Some(lease),
+    )
+}
+
+/// The delivery's request, parsed, as a job of this attempt.
+pub(super) fn job_of(
+    shared: &Shared,
+    incoming: &Incoming,
+    build_id: String,
+) -> Result<Job, Rejection> {
+    let meta = &incoming.meta;
     let fallback_id = meta
         .request_id
         .as_deref()
         .or(Some(build_id.as_str()))
         .and_then(|id| RequestId::parse(id).ok());
-    let request = match BuildRequest::parse(&incoming.body, &shared.requests, fallback_id) {
-        Ok(request) => request,
-        Err(rejection) => return rejected(incoming, build_id, rejection),
-    };
-    tracing::Span::current().record("request_id", request.id.as_str());
-    let job = Job {
+    let request = BuildRequest::parse(&incoming.body, &shared.requests, fallback_id)?;
+    Ok(Job {
         request,
         build_id,
         attempt: meta.attempt,
-    };
-    let record = NewBuild {
+    })
+}
+
+/// The job's record as first written.
+pub(super) fn record_of(job: &Job) -> NewBuild {
+    NewBuild {
         id: job.build_id.clone(),
         request_id: job.request.id.as_str().to_owned(),
         user_id: Some(job.request.user_id.as_str().to_owned()),
@@ -193,41 +305,11 @@ async fn outcome_of(
         request: job.request.public_view(),
         rebuild_of: None,
         fingerprint: Some(job.request.fingerprint()),
-    };
-    match shared
-        .store
-        .start(&record, job.attempt, &shared.host, incoming.redelivered)
-        .await
-    {
-        Ok(Start::Run) => {}
-        Ok(Start::Skip(state)) => {
-            // The same request again: a redelivery, a re-publish, or a build cancelled while
-            // queued. Its recorded outcome stands (GET /v1/builds/{id}); no second build or event.
-            tracing::info!(
-                state = state.as_str(),
-                "build already {}; acking",
-                state.as_str()
-            );
-            return Outcome::AlreadySettled;
-        }
-        Ok(Start::Foreign) => {
-            let rejection = Rejection::new(
-                "id",
-                "belongs to a different request (another repository, ref, user or \
-                 configuration); send a new id",
-            );
-            return rejected(incoming, job.build_id, rejection);
-        }
-        Err(e) => tracing::warn!(
-            "build store unavailable, building without a record: {}",
-            cause_chain(&e)
-        ),
     }
-    build(shared, &job, &incoming.body).await
 }
 
 /// Runs the build, announcing it while it runs, and says how it ended.
-async fn build(shared: &Shared, job: &Job, body: &[u8]) -> Outcome {
+async fn build(shared: &Shared, job: &Job, body: &[u8], lease: Option<&Lease>) -> Outcome {
     let redactor = secrets_of(job, &shared.registry_password);
     let writer = shared.store.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
@@ -248,20 +330,39 @@ async fn build(shared: &Shared, job: &Job, body: &[u8]) -> Outcome {
     shared.metrics.running.inc();
     // `build.started` is confirmed while the build runs, not before: one broker round trip less
     // on a cached answer. It still precedes the outcome, which is published after both.
-    let (announced, result) = tokio::join!(shared.outbox.event(&started_event), async {
-        let running = shared
-            .running
-            .register(&job.build_id, shared.hard_stop.child_token());
-        // A panic is a service fault of this attempt: retried, and dead after max_attempts.
-        panics::caught(pipeline::run(&shared.env, job, &log, &running.token))
-            .await
-            .unwrap_or_else(|panic| {
-                shared.metrics.panics.inc();
-                Err(BuildError::Internal(anyhow::anyhow!(
-                    "the build panicked (a bug of image-builder): {panic}"
-                )))
-            })
-    });
+    let stopped = OnceLock::new();
+    let running = shared
+        .running
+        .register(&job.build_id, shared.hard_stop.child_token());
+    let work = async {
+        tokio::join!(shared.outbox.event(&started_event), async {
+            // A panic is a service fault of this attempt: retried, and dead after max_attempts.
+            panics::caught(pipeline::run(&shared.env, job, &log, &running.token))
+                .await
+                .unwrap_or_else(|panic| {
+                    shared.metrics.panics.inc();
+                    Err(BuildError::Internal(anyhow::anyhow!(
+                        "the build panicked (a bug of image-builder): {panic}"
+                    )))
+                })
+        })
+    };
+    // Renewed until `build.started` is confirmed too: a build that ends while the broker is
+    // away keeps its lease, so nobody else takes the build over meanwhile.
+    let watch = async {
+        match lease {
+            Some(lease) => {
+                let (store, id) = (&shared.store, job.build_id.as_str());
+                lease_watch::watch(store, id, lease, shared.poll, &running.token, &stopped).await
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let (announced, result) = tokio::select! {
+        done = work => done,
+        never = watch => match never {},
+    };
+    drop(running);
     shared.metrics.running.dec();
     if let Err(e) = announced {
         return Outcome::Requeue(Requeue::Publish(e));
@@ -282,6 +383,9 @@ async fn build(shared: &Shared, job: &Job, body: &[u8]) -> Outcome {
         }
         Err(BuildError::Cancelled) if shared.hard_stop.is_cancelled() => {
             Outcome::Requeue(Requeue::Shutdown)
+        }
+        Err(BuildError::Cancelled) if stopped.get() == Some(&Stopped::LeaseLost) => {
+            Outcome::Requeue(Requeue::LeaseLost)
         }
         Err(BuildError::Cancelled) => {
             tracing::info!("build cancelled on request");

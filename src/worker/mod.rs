@@ -1,7 +1,9 @@
 //! The worker daemon: connect (and reconnect) to the broker, declare the topology, consume build
 //! requests with prefetch = build slots, and drain in-flight builds on shutdown.
 
+mod dead_lettered;
 mod handler;
+mod lease_watch;
 mod outbox;
 mod outcome;
 mod panics;
@@ -12,6 +14,7 @@ mod running;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -26,6 +29,7 @@ use crate::amqp::{
     self, Control, Publisher, PublisherSlotSetter, SessionEnd, Topology, publisher_slot,
 };
 use crate::config::Settings;
+use crate::error::cause_chain;
 use crate::metrics::Metrics;
 use crate::ports::Environment;
 use crate::store::BuildStore;
@@ -39,6 +43,14 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    match store.void_own_leases().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(
+            builds = n,
+            "leases of this replica's previous process voided"
+        ),
+        Err(e) => tracing::warn!("failed to void old leases: {}", cause_chain(&e)),
+    }
     let tracker = TaskTracker::new();
     let (slot, publishers) = publisher_slot();
     let hard_stop = CancellationToken::new();
@@ -53,10 +65,11 @@ pub async fn run(
 
     let (shared_ref, settings_ref) = (&shared, &*settings);
     let (tracker_ref, shutdown_ref, slot_ref) = (&tracker, &shutdown, &slot);
+    let policies = AtomicBool::new(false);
     amqp::keep_session(
         "worker",
         &shutdown,
-        || open_session(settings_ref, &topology),
+        || open_session(settings_ref, &topology, &policies),
         |session: Session| async move {
             slot_ref.set(Some(session.publisher.clone()));
             let consumed = consume(
@@ -103,13 +116,24 @@ struct Session {
     channel: lapin::Channel,
     /// Cancel commands for whichever replica runs the build.
     control: lapin::Consumer,
+    /// Build requests the broker dead-lettered (delivery limit).
+    dead_lettered: lapin::Consumer,
 }
 
-/// One try at a consuming session: connection, topology, prefetch, publisher, consumers.
-async fn open_session(settings: &Settings, topology: &Arc<Topology>) -> anyhow::Result<Session> {
+/// One try at a consuming session: connection, topology (and, once per process, its policies),
+/// prefetch, publisher, consumers.
+async fn open_session(
+    settings: &Settings,
+    topology: &Arc<Topology>,
+    policies: &AtomicBool,
+) -> anyhow::Result<Session> {
     let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
+    topology.declare(&connection).await?;
+    if !policies.load(Ordering::Acquire) {
+        apply_policies(settings, topology).await?;
+        policies.store(true, Ordering::Release);
+    }
     let channel = connection.create_channel().await?;
-    topology.declare(&channel).await?;
     channel
         .basic_qos(
             settings
@@ -131,6 +155,14 @@ async fn open_session(settings: &Settings, topology: &Arc<Topology>) -> anyhow::
     let control = topology
         .subscribe_control(&connection.create_channel().await?)
         .await?;
+    let dead_lettered = channel
+        .basic_consume(
+            topology.dead_lettered_queue.as_str().into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
     tracing::info!(
         queue = %topology.build_queue,
         slots = settings.amqp.prefetch,
@@ -143,7 +175,31 @@ async fn open_session(settings: &Settings, topology: &Arc<Topology>) -> anyhow::
         consumer,
         channel,
         control,
+        dead_lettered,
     })
+}
+
+/// This replica's retry delays and delivery limit, as policies. Once per process, not per
+/// session: after a broker restart an old replica must not put back values a newer one set.
+async fn apply_policies(settings: &Settings, topology: &Topology) -> anyhow::Result<()> {
+    if settings.amqp.management_url.is_empty() {
+        tracing::warn!(
+            "amqp.management_url is empty: this replica applies no queue policies; without \
+             them retry tiers hold messages forever (README: Queue policies)"
+        );
+        return Ok(());
+    }
+    let policies = topology.policies();
+    amqp::Management::new(&settings.amqp.management_url, &settings.amqp.url)?
+        .apply(&policies)
+        .await?;
+    tracing::info!(
+        policies = policies.len(),
+        delays_ms = ?settings.retry.delays_ms,
+        delivery_limit = settings.amqp.delivery_limit,
+        "queue policies applied"
+    );
+    Ok(())
 }
 
 /// Consumes until shutdown (Ok) or until the connection is lost (Err).
@@ -158,6 +214,16 @@ async fn consume(
     loop {
         let next = tokio::select! {
             next = session.consumer.next() => next,
+            dead = session.dead_lettered.next() => {
+                match dead {
+                    Some(Ok(delivery)) => {
+                        tracker.spawn(dead_lettered::handle(shared.clone(), delivery));
+                    }
+                    Some(Err(e)) => anyhow::bail!("dead-letter consumer failed: {e}"),
+                    None => anyhow::bail!("the broker closed the dead-letter consumer"),
+                }
+                continue;
+            }
             command = session.control.next() => {
                 match command {
                     Some(Ok(delivery)) => on_control(shared, &delivery).await,

@@ -56,6 +56,8 @@ pub enum Requeue {
     Publish(anyhow::Error),
     /// The worker is shutting down and the build was stopped.
     Shutdown,
+    /// The build's lease lapsed or was taken over: stopped so it never runs twice at once.
+    LeaseLost,
 }
 
 impl Outcome {
@@ -156,11 +158,22 @@ async fn record_rejection(
         .await
 }
 
-/// Publishes, records, counts, then acks; requeues when a publish is given up.
-pub async fn settle(shared: &Shared, key: Key, outcome: Outcome, acker: &dyn DeliveryAcker) {
+/// Publishes, records, counts, then acks; requeues when a publish is given up. Returns whether
+/// the delivery went back to the queue without an outcome.
+pub async fn settle(
+    shared: &Shared,
+    key: Key,
+    outcome: Outcome,
+    acker: &dyn DeliveryAcker,
+) -> bool {
+    let mut requeued = true;
     let settled = match outcome {
         Outcome::Requeue(Requeue::Shutdown) => {
             tracing::warn!("stopped by shutdown mid-build, requeueing");
+            acker.requeue().await
+        }
+        Outcome::Requeue(Requeue::LeaseLost) => {
+            tracing::warn!("stopped: the build's lease was lost, requeueing");
             acker.requeue().await
         }
         Outcome::Requeue(Requeue::Publish(e)) => {
@@ -174,6 +187,7 @@ pub async fn settle(shared: &Shared, key: Key, outcome: Outcome, acker: &dyn Del
                 // Before the ack: if the ack is lost with the connection, the redelivery finds
                 // this.
                 shared.recent.insert(key);
+                requeued = false;
                 acker.ack().await
             }
             Err(e) => {
@@ -186,6 +200,7 @@ pub async fn settle(shared: &Shared, key: Key, outcome: Outcome, acker: &dyn Del
         // The channel is gone; the broker redelivers the message (see `RecentOutcomes`).
         tracing::warn!("failed to settle the delivery: {e:#}");
     }
+    requeued
 }
 
 async fn publish(shared: &Shared, outcome: &Outcome) -> anyhow::Result<()> {

@@ -123,6 +123,8 @@ fn settings() -> Settings {
     settings.retry.max_attempts = 3;
     settings.retry.delays_ms = vec![300, 600];
     settings.retry.retry_user_faults = false;
+    settings.store.lease_secs = 1;
+    settings.store.poll_ms = 50;
     settings
 }
 
@@ -187,6 +189,20 @@ impl Harness {
     async fn first(&self, body: &Value) -> Vec<Sent> {
         self.deliver(&body.to_string().into_bytes(), attempt(1), false)
             .await
+    }
+
+    /// Another replica on the same store, engine and registry, with its own journal.
+    fn replica(&self) -> (Arc<Shared>, Arc<Journal>) {
+        let journal = Arc::new(Journal::default());
+        let shared = Arc::new(Shared::new(
+            &settings(),
+            self.shared.env.clone(),
+            self.store.clone(),
+            Metrics::new(),
+            Arc::new(RecordingOutbox(journal.clone())),
+            CancellationToken::new(),
+        ));
+        (shared, journal)
     }
 
     async fn state(&self, id: &str) -> Option<BuildState> {
@@ -502,4 +518,170 @@ async fn a_panic_outside_the_build_requeues_the_delivery() {
         Some("ack"),
         "the replica carries on"
     );
+}
+
+#[tokio::test]
+async fn a_stored_cancel_stops_the_running_build_without_the_broadcast() {
+    let h = Harness::new().await;
+    h.engine.hold_builds_until_cancelled();
+    let canceller = async {
+        h.engine.started.notified().await;
+        assert_eq!(
+            h.store.request_cancel("r1").await.expect("store"),
+            crate::store::CancelRequest::Marked
+        );
+    };
+    let body = request("r1");
+    let (sent, ()) = tokio::join!(h.first(&body), canceller);
+    assert_eq!(shape(&sent), ["build.started", "build.cancelled", "ack"]);
+    assert_eq!(h.state("r1").await, Some(BuildState::Cancelled));
+}
+
+#[tokio::test]
+async fn a_redelivery_to_another_replica_waits_for_the_running_build_and_only_acks() {
+    let h = Harness::new().await;
+    h.engine.hold_builds_until_cancelled();
+    let (other, other_journal) = h.replica();
+    let body = request("r1").to_string().into_bytes();
+    let second = async {
+        h.engine.started.notified().await;
+        let acker = RecordingAcker(other_journal.clone());
+        let incoming = Incoming {
+            body: body.clone(),
+            meta: attempt(1),
+            redelivered: true,
+        };
+        let waiting = handle_caught(&other, incoming, &acker);
+        tokio::pin!(waiting);
+        // It waits on the lease, renewed well past its 1 s term, while the first one builds.
+        tokio::select! {
+            () = &mut waiting => panic!("the redelivery did not wait for the running build"),
+            () = tokio::time::sleep(Duration::from_millis(1500)) => {}
+        }
+        assert!(
+            h.shared.running.cancel("r1"),
+            "still running on the first replica"
+        );
+        waiting.await;
+        other_journal.take()
+    };
+    let (first, second) = tokio::join!(h.deliver(&body, attempt(1), false), second);
+    assert_eq!(shape(&first), ["build.started", "build.cancelled", "ack"]);
+    assert_eq!(shape(&second), ["ack"], "no second build, no second event");
+    assert_eq!(h.engine.build_count(), 1);
+}
+
+#[tokio::test]
+async fn a_lapsed_lease_is_taken_over_by_the_redelivery() {
+    let h = Harness::new().await;
+    let (other, other_journal) = h.replica();
+    let new = crate::store::NewBuild {
+        id: "r1".into(),
+        request_id: "r1".into(),
+        user_id: Some("u1".into()),
+        repo: Some("acme/app".into()),
+        git_ref: None,
+        request: Value::Null,
+        rebuild_of: None,
+        fingerprint: None,
+    };
+    // A replica that died mid-build: running, its lease lapsed (term 1 ms).
+    let dead = crate::store::Lease::new("dead:1", Duration::from_millis(1));
+    let body = request("r1").to_string().into_bytes();
+    let parsed =
+        crate::request::BuildRequest::parse(&body, &other.requests, None).expect("valid request");
+    let new = crate::store::NewBuild {
+        request: parsed.public_view(),
+        fingerprint: Some(parsed.fingerprint()),
+        ..new
+    };
+    assert_eq!(
+        h.store.start(&new, 1, false, &dead).await.expect("store"),
+        crate::store::Start::Run
+    );
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let acker = RecordingAcker(other_journal.clone());
+    let incoming = Incoming {
+        body,
+        meta: attempt(1),
+        redelivered: true,
+    };
+    handle_caught(&other, incoming, &acker).await;
+    assert_eq!(
+        shape(&other_journal.take()),
+        ["build.started", "image.updated", "ack"]
+    );
+    assert_eq!(h.state("r1").await, Some(BuildState::Succeeded));
+}
+
+#[tokio::test]
+async fn a_request_the_broker_dead_lettered_ends_failed_with_an_event_and_no_secret() {
+    let h = Harness::new().await;
+    let body = request("r1").to_string().into_bytes();
+    let acker = RecordingAcker(h.journal.clone());
+    let incoming = Incoming {
+        body: body.clone(),
+        meta: attempt(1),
+        redelivered: false,
+    };
+    super::dead_lettered::settle_dead_lettered(&h.shared, incoming, &acker).await;
+    let sent = h.journal.take();
+    let dead = format!("queue {}.dead", h.prefix);
+    assert_eq!(shape(&sent), [dead.as_str(), "build.failed", "ack"]);
+    let Event::Failed(failed) = event(&sent, "build.failed") else {
+        panic!("not a failure")
+    };
+    assert_eq!(failed.fault, Fault::Service);
+    assert!(
+        failed.reason.contains("amqp.delivery_limit"),
+        "{}",
+        failed.reason
+    );
+    let parked = sent.iter().find_map(|s| match s {
+        Sent::Queue { body, .. } => Some(String::from_utf8_lossy(body).into_owned()),
+        _ => None,
+    });
+    assert!(!parked.unwrap_or_default().contains("gho_s3cret"));
+    assert_eq!(h.state("r1").await, Some(BuildState::Failed));
+
+    // A build that succeeded keeps its outcome.
+    assert_eq!(
+        shape(&h.first(&request("r2")).await),
+        ["build.started", "image.updated", "ack"]
+    );
+    let incoming = Incoming {
+        body: request("r2").to_string().into_bytes(),
+        meta: attempt(1),
+        redelivered: false,
+    };
+    super::dead_lettered::settle_dead_lettered(&h.shared, incoming, &acker).await;
+    assert_eq!(shape(&h.journal.take()), ["ack"]);
+    assert_eq!(h.state("r2").await, Some(BuildState::Succeeded));
+}
+
+#[tokio::test]
+async fn a_restarted_sqlite_replica_voids_its_previous_process_leases() {
+    let h = Harness::new().await;
+    let body = request("r1").to_string().into_bytes();
+    let parsed = crate::request::BuildRequest::parse(&body, &h.shared.requests, None)
+        .expect("valid request");
+    let new = crate::store::NewBuild {
+        id: "r1".into(),
+        request_id: "r1".into(),
+        user_id: Some("u1".into()),
+        repo: Some("acme/app".into()),
+        git_ref: None,
+        request: parsed.public_view(),
+        rebuild_of: None,
+        fingerprint: Some(parsed.fingerprint()),
+    };
+    // The previous process was killed holding a long lease.
+    let killed = crate::store::Lease::new("me:1", Duration::from_secs(3600));
+    assert_eq!(
+        h.store.start(&new, 1, false, &killed).await.expect("store"),
+        crate::store::Start::Run
+    );
+    assert_eq!(h.store.void_own_leases().await.expect("store"), 1);
+    let sent = h.deliver(&body, attempt(1), true).await;
+    assert_eq!(shape(&sent), ["build.started", "image.updated", "ack"]);
 }

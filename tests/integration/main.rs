@@ -24,6 +24,7 @@ mod egress_https;
 mod fast_builds;
 mod fault_stages;
 mod faults;
+mod fleet;
 mod git_limits;
 mod hostile_checkout;
 mod incremental_diff;

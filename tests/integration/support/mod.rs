@@ -9,6 +9,7 @@ pub mod git_server;
 pub mod hostile_repos;
 pub mod image_blobs;
 pub mod image_tree;
+pub mod management;
 pub mod registry;
 pub mod secrets;
 pub mod tls_git;
@@ -89,8 +90,11 @@ impl Stack {
         let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
             .await
             .expect("broker connection");
+        topology
+            .declare(&connection)
+            .await
+            .expect("declare topology");
         let channel = connection.create_channel().await.expect("channel");
-        topology.declare(&channel).await.expect("declare topology");
         let events = topology
             .subscribe_events(&channel)
             .await
@@ -190,6 +194,11 @@ impl Stack {
             .collect()
     }
 
+    /// A channel of this test's own broker connection.
+    pub async fn channel(&self) -> lapin::Channel {
+        self.connection.create_channel().await.expect("channel")
+    }
+
     /// Messages ready in `queue` (unacked ones are not counted: stop the workers first).
     pub async fn ready_count(&self, queue: &str) -> u32 {
         let channel = self.connection.create_channel().await.expect("channel");
@@ -234,18 +243,33 @@ impl Stack {
             .expect("broker connection");
     }
 
-    /// Deletes this test's queues and exchanges.
+    /// The policies workers apply on this stack's queues, by name (one per queue, up to 8 tiers).
+    pub fn policy_names(&self) -> Vec<String> {
+        let mut names = vec![self.topology.build_queue.clone()];
+        names.extend((1..=8).map(|n| format!("{}.retry.{n}", self.prefix)));
+        names
+    }
+
+    /// Deletes this test's queues, exchanges and policies.
     pub async fn cleanup(self) {
         let channel = self.connection.create_channel().await.expect("channel");
         let mut queues = vec![
             self.topology.build_queue.clone(),
             self.topology.dead_queue.clone(),
+            self.topology.dead_lettered_queue.clone(),
         ];
         queues.extend(self.topology.retry_queues.iter().map(|(q, _)| q.clone()));
         for queue in queues {
             let _ = channel
                 .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
                 .await;
+        }
+        let policies: Vec<String> = self.policy_names();
+        if let Ok(management) = image_builder::amqp::Management::new(
+            &self.settings.amqp.management_url,
+            &self.settings.amqp.url,
+        ) {
+            let _ = management.remove(&policies).await;
         }
         for exchange in [&self.topology.exchange, &self.topology.events_exchange] {
             let _ = channel
