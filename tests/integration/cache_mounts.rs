@@ -10,7 +10,7 @@ use image_builder::error::Fault;
 use serde_json::json;
 
 use crate::support::image_blobs::stored_images;
-use crate::support::image_tree::podman;
+use crate::support::image_tree;
 use crate::support::{
     GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_failed, expect_image, unique,
 };
@@ -57,27 +57,13 @@ async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
         ),
     ];
     // The trigger's base: built by raw podman in Docker's format (OCI has no triggers).
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(
-        dir.path().join("Dockerfile"),
-        format!(
+    image_tree::build_docker_format_base(
+        &format!(
             "FROM localhost/busybox:latest\n\
              ONBUILD RUN --mount=type=cache,id={id},target=/h touch /h/written\n"
         ),
-    )
-    .expect("write");
-    let context = dir.path().to_str().expect("utf8");
-    podman(&[
-        "build",
-        "-q",
-        "--format",
-        "docker",
-        "--isolation",
-        "chroot",
-        "-t",
         &base,
-        context,
-    ]);
+    );
 
     let mut stack = Stack::new().await;
     let worker = Worker::spawn(&stack, &git, &[]).await;

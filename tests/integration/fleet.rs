@@ -58,23 +58,6 @@ async fn cut_off(worker: &Worker, user: &str) {
     }
 }
 
-async fn consumers(stack: &Stack, queue: &str) -> u32 {
-    let channel = stack.channel().await;
-    let declared = channel
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .expect("queue exists");
-    let _ = channel.close(200, "done".into()).await;
-    declared.consumer_count()
-}
-
 fn slow_repo(git: &GitServer, name: &str, secs: u32) {
     let repo = RepoFixture::create(git.root.path(), name);
     let dockerfile = format!(
@@ -257,7 +240,7 @@ async fn a_retry_delays_change_rolls_out_to_a_running_fleet() {
     new_env.push(("IMAGE_BUILDER__RETRY__DELAYS_MS", "2000,2500,3000"));
     let new = Worker::spawn(&stack, &git, &new_env).await;
 
-    assert_eq!(consumers(&stack, &stack.topology.build_queue).await, 2);
+    assert_eq!(stack.consumer_count(&stack.topology.build_queue).await, 2);
     let retry = |n: usize| format!("{}.retry.{n}", stack.prefix);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -307,7 +290,7 @@ async fn a_retry_delays_change_rolls_out_to_a_running_fleet() {
         Event::Failed(_)
     ));
     assert_eq!(
-        consumers(&stack, &stack.topology.build_queue).await,
+        stack.consumer_count(&stack.topology.build_queue).await,
         2,
         "both still run"
     );

@@ -22,25 +22,6 @@ use fixtures::{Expect, Fixture};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// The base image with ONBUILD triggers, built locally (no registry can be pulled from here) in
-/// docker format: podman's OCI format would drop the triggers.
-fn build_onbuild_base(tag: &str) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("Dockerfile"), fixtures::ONBUILD_BASE).expect("write");
-    let context = dir.path().to_str().expect("utf8 path");
-    podman(&[
-        "build",
-        "-q",
-        "--format",
-        "docker",
-        "--isolation",
-        "chroot",
-        "-t",
-        tag,
-        context,
-    ]);
-}
-
 /// A repository holding the fixture's files (raw bytes: CRLF and BOM stay as written).
 fn repo_of(git: &GitServer, fixture: &Fixture) -> RepoFixture {
     let repo = RepoFixture::create(git.root.path(), &format!("acme/{}", fixture.name));
@@ -110,7 +91,7 @@ fn compare(fixture: &Fixture, worker_image: &str, reference: &str) -> Vec<String
 async fn dockerfile_constructs_build_as_raw_podman_builds_them() {
     let started = Instant::now();
     let base = format!("localhost/ibt-onbuild-{}:x", unique(""));
-    build_onbuild_base(&base);
+    image_tree::build_docker_format_base(fixtures::ONBUILD_BASE, &base);
     let fixtures = Arc::new(fixtures::all(&base));
     let git = GitServer::start().await;
     let repos: Vec<RepoFixture> = fixtures.iter().map(|f| repo_of(&git, f)).collect();

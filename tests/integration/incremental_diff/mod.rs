@@ -58,25 +58,6 @@ fn commit(repo: &RepoFixture, pair: &Pair) -> String {
     repo.head()
 }
 
-/// `corpus::ONBUILD_BASE`, built again each run (a rebuild only moves its name).
-fn build_onbuild_base() {
-    let (tag, dockerfile) = corpus::ONBUILD_BASE;
-    let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
-    let context = dir.path().to_str().expect("utf8 path");
-    podman(&[
-        "build",
-        "-q",
-        "--format",
-        "docker",
-        "--isolation",
-        "chroot",
-        "-t",
-        tag,
-        context,
-    ]);
-}
-
 /// The route the worker's log shows for `build_id`: "incremental" or "full: <reason>".
 fn route_taken(log: &str, build_id: &str) -> String {
     let lines: Vec<&str> = log.lines().filter(|l| l.contains(build_id)).collect();
@@ -145,7 +126,9 @@ async fn incremental_edits_equal_full_builds() {
     let started = std::time::Instant::now();
     let chains = selected_chains();
     let pairs: usize = chains.iter().map(|c| c.pairs.len()).sum();
-    build_onbuild_base();
+    // Built again each run: a rebuild only moves its name.
+    let (tag, dockerfile) = corpus::ONBUILD_BASE;
+    image_tree::build_docker_format_base(dockerfile, tag);
     let git = GitServer::start().await;
     let repos: Vec<RepoFixture> = chains
         .iter()

@@ -213,6 +213,26 @@ pub fn differences(expected: &Tree, actual: &Tree) -> Vec<String> {
     out
 }
 
+/// Builds `dockerfile` (a context of nothing else) as local image `tag` in docker format, as a
+/// base with ONBUILD triggers must be (podman's OCI format drops them). No registry can be
+/// pulled from here, so such bases are made locally.
+pub fn build_docker_format_base(dockerfile: &str, tag: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("Dockerfile"), dockerfile).expect("write");
+    let context = dir.path().to_str().expect("utf8 path");
+    podman(&[
+        "build",
+        "-q",
+        "--format",
+        "docker",
+        "--isolation",
+        "chroot",
+        "-t",
+        tag,
+        context,
+    ]);
+}
+
 /// Runs podman; panics with its stderr when it fails. Returns stdout.
 pub fn podman(args: &[&str]) -> String {
     let out = Command::new("podman")

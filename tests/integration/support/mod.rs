@@ -201,6 +201,16 @@ impl Stack {
 
     /// Messages ready in `queue` (unacked ones are not counted: stop the workers first).
     pub async fn ready_count(&self, queue: &str) -> u32 {
+        self.inspect_queue(queue).await.message_count()
+    }
+
+    /// Consumers attached to `queue` now.
+    pub async fn consumer_count(&self, queue: &str) -> u32 {
+        self.inspect_queue(queue).await.consumer_count()
+    }
+
+    /// A passive declare of `queue`: its counts as the broker sees them now.
+    async fn inspect_queue(&self, queue: &str) -> lapin::Queue {
         let channel = self.connection.create_channel().await.expect("channel");
         let declared = channel
             .queue_declare(
@@ -214,7 +224,7 @@ impl Stack {
             .await
             .expect("queue exists");
         let _ = channel.close(200, "done".into()).await;
-        declared.message_count()
+        declared
     }
 
     /// Takes every message from the dead queue: (body, attempt and last error from the headers).
