@@ -291,7 +291,8 @@ impl Podman {
             let triggers = match self.triggers(base, ctx).await? {
                 Some(triggers) => triggers,
                 None => {
-                    self.pull(base, &bases, ctx).await?;
+                    self.pull(base, &bases, checked_platform(&spec.platforms), ctx)
+                        .await?;
                     self.triggers(base, ctx).await?.ok_or_else(|| {
                         EngineError::Said(format!("{base} is not in the local store after a pull"))
                     })?
@@ -343,9 +344,18 @@ impl Podman {
     }
 
     /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
-    async fn pull(&self, image: &str, bases: &[String], ctx: &BuildCtx) -> Result<(), BuildError> {
+    async fn pull(
+        &self,
+        image: &str,
+        bases: &[String],
+        platform: &str,
+        ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
         // Not quiet: its "Trying to pull ..." lines are what the build log would have shown.
-        let mut pull = self.invocation(ctx).arg("pull");
+        let mut pull = self
+            .invocation(ctx)
+            .arg("pull")
+            .arg(format!("--platform={platform}"));
         if let Some(auth) = self.auth_file(&ctx.scratch_dir)? {
             pull = pull.arg("--authfile").arg(auth);
         }
@@ -602,6 +612,16 @@ fn is_multi_platform(spec: &BuildSpec) -> bool {
 }
 
 /// The platform this host builds without emulation, in OCI terms.
+/// The platform whose base images the trigger check pulls: this host's when the build makes it
+/// (or names none), else the first one it makes (a base may have no variant for this host).
+fn checked_platform(platforms: &[crate::request::Platform]) -> &str {
+    let native = native_platform();
+    match platforms.first() {
+        Some(first) if !platforms.iter().any(|p| p.as_str() == native) => first.as_str(),
+        _ => native,
+    }
+}
+
 fn native_platform() -> &'static str {
     match std::env::consts::ARCH {
         "aarch64" => "linux/arm64",
@@ -616,6 +636,24 @@ fn native_platform() -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_trigger_check_pulls_a_platform_the_build_makes() {
+        use crate::request::Platform;
+        let native = super::native_platform();
+        let foreign = if native == "linux/arm64" {
+            "linux/amd64"
+        } else {
+            "linux/arm64"
+        };
+        let parse = |p: &str| Platform::parse(p).expect("known platform");
+        assert_eq!(super::checked_platform(&[]), native);
+        assert_eq!(
+            super::checked_platform(&[parse(foreign), parse(native)]),
+            native
+        );
+        assert_eq!(super::checked_platform(&[parse(foreign)]), foreign);
+    }
+
     use super::*;
 
     #[test]
