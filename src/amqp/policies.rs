@@ -11,6 +11,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
 use super::topology::{BUILD_ROUTING_KEY, Topology};
+use crate::percent::encode_component;
 
 /// Above the default 0 of ad-hoc operator policies; one policy applies per queue (the highest).
 const PRIORITY: u8 = 10;
@@ -101,8 +102,9 @@ impl Management {
         format!(
             "{}/api/policies/{}/{}",
             self.base,
-            url_escape(&self.vhost),
-            url_escape(name)
+            // A vhost is often `/`.
+            encode_component(&self.vhost),
+            encode_component(name)
         )
     }
 
@@ -152,18 +154,6 @@ fn regex_escape(literal: &str) -> String {
         out.push(c);
     }
     out
-}
-
-/// Percent-encodes everything but unreserved characters (a vhost is often `/`).
-fn url_escape(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn percent_decode(raw: &str) -> Option<String> {

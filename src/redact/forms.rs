@@ -4,7 +4,9 @@
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD_NO_PAD, URL_SAFE_NO_PAD};
-use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+
+use crate::percent::encode_component;
 
 /// Shorter values would mask ordinary text and protect nothing.
 pub(super) const MIN_SECRET_LEN: usize = 4;
@@ -13,13 +15,6 @@ pub(super) const MIN_SECRET_LEN: usize = 4;
 const MIN_LINE_LEN: usize = 8;
 /// A base64 form shorter than this is too likely to be ordinary text.
 const MIN_BASE64_LEN: usize = 8;
-
-/// What JavaScript's `encodeURIComponent` and most URL libraries leave as is.
-const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'_')
-    .remove(b'.')
-    .remove(b'~');
 
 /// Every form of `secret` to mask, itself included; none shorter than the limits above.
 pub(super) fn forms_of(secret: &str) -> Vec<String> {
@@ -47,7 +42,7 @@ pub(super) fn forms_of(secret: &str) -> Vec<String> {
 
 /// The encodings URL libraries, form encoders and shell loops produce, in both hex cases.
 fn percent_forms(piece: &str) -> Vec<String> {
-    let component = utf8_percent_encode(piece, COMPONENT).to_string();
+    let component = encode_component(piece);
     let strict = utf8_percent_encode(piece, NON_ALPHANUMERIC).to_string();
     let form: String = url::form_urlencoded::byte_serialize(piece.as_bytes()).collect();
     let every_byte: String = piece.bytes().map(|b| format!("%{b:02X}")).collect();

@@ -1,6 +1,7 @@
 //! RabbitMQ's management HTTP API on loopback (guest/guest), for what AMQP cannot do: users and
 //! their permissions, closing a client's connections, a queue's effective policy.
 
+use image_builder::percent::encode_component;
 use serde_json::{Value, json};
 
 const BASE: &str = "http://127.0.0.1:15672/api";
@@ -79,7 +80,7 @@ pub async fn close_connections_of(user: &str) -> usize {
         let Some(name) = connection["name"].as_str() else {
             continue;
         };
-        let name = urlencode(name);
+        let name = encode_component(name);
         send(client().delete(format!("{BASE}/connections/{name}"))).await;
         closed += 1;
     }
@@ -88,20 +89,9 @@ pub async fn close_connections_of(user: &str) -> usize {
 
 /// The queue as the management API shows it (consumers, effective_policy_definition...).
 pub async fn queue(name: &str) -> Value {
-    send(client().get(format!("{BASE}/queues/%2F/{}", urlencode(name))))
+    send(client().get(format!("{BASE}/queues/%2F/{}", encode_component(name))))
         .await
         .json()
         .await
         .expect("queue JSON")
-}
-
-fn urlencode(raw: &str) -> String {
-    raw.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                char::from(b).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
