@@ -20,12 +20,8 @@ use crate::request::RequestSummary;
 use crate::store::Claim;
 
 pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
-    let incoming = Incoming {
-        meta: MessageMeta::from_properties(&delivery.properties),
-        body: delivery.data,
-        redelivered: delivery.redelivered,
-    };
-    settle_dead_lettered(&shared, incoming, &delivery.acker).await;
+    let (incoming, acker) = Incoming::from_delivery(delivery);
+    settle_dead_lettered(&shared, incoming, &acker).await;
 }
 
 pub async fn settle_dead_lettered(shared: &Shared, incoming: Incoming, acker: &dyn DeliveryAcker) {

@@ -94,13 +94,21 @@ pub struct Incoming {
     pub redelivered: bool,
 }
 
+impl Incoming {
+    /// A broker delivery as the handlers take it, and the acker that settles it.
+    pub fn from_delivery(delivery: lapin::message::Delivery) -> (Self, lapin::Acker) {
+        let incoming = Self {
+            meta: MessageMeta::from_properties(&delivery.properties),
+            body: delivery.data,
+            redelivered: delivery.redelivered,
+        };
+        (incoming, delivery.acker)
+    }
+}
+
 pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
-    let incoming = Incoming {
-        meta: MessageMeta::from_properties(&delivery.properties),
-        body: delivery.data,
-        redelivered: delivery.redelivered,
-    };
-    handle_caught(&shared, incoming, &delivery.acker).await;
+    let (incoming, acker) = Incoming::from_delivery(delivery);
+    handle_caught(&shared, incoming, &acker).await;
 }
 
 /// `handle_message`, with a panic outside the build itself (a build's own panic is a service
