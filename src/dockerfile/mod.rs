@@ -222,16 +222,22 @@ pub fn base_images(text: &str) -> Vec<String> {
 /// the context or another stage) is reused after those files changed (seen: a stale file in
 /// a "rebuilt" image).
 pub fn layer_cache_blind_spot(text: &str) -> Option<String> {
-    let dockerfile = Dockerfile::parse(text).ok()?;
-    let mut steps = dockerfile.stages.iter().flat_map(|s| &s.steps);
-    steps.find_map(|step| {
-        let bind = step
-            .mounts()
-            .ok()?
-            .into_iter()
-            .any(|m| m.kind == MountKind::Bind);
-        bind.then(|| format!("{} bind-mounts files", step.shown()))
-    })
+    Dockerfile::parse(text).ok()?.layer_cache_blind_spot()
+}
+
+impl Dockerfile {
+    /// `layer_cache_blind_spot` of a parsed Dockerfile.
+    pub fn layer_cache_blind_spot(&self) -> Option<String> {
+        let mut steps = self.stages.iter().flat_map(|s| &s.steps);
+        steps.find_map(|step| {
+            let bind = step
+                .mounts()
+                .ok()?
+                .into_iter()
+                .any(|m| m.kind == MountKind::Bind);
+            bind.then(|| format!("{} bind-mounts files", step.shown()))
+        })
+    }
 }
 
 #[cfg(test)]

@@ -385,7 +385,7 @@ impl ImageEngine for Podman {
             return Err(BuildError::Unsupported(format!("{shown}: {why}")));
         }
         // What podman 4.3 cannot build is refused, dropped or built in docker format.
-        let fit = Fit::of(&input.text)?;
+        let fit = Fit::of(&parsed, &input.text)?;
         // A manifest list cannot be relabelled in the registry as cheaply: label while building,
         // in the last stage (appended) or, for a target stage, with podman's `--label`.
         let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
@@ -439,7 +439,7 @@ impl ImageEngine for Podman {
         // podman keys a step's cache by its text: a layer made with one request's secret
         // (another tenant's, say) would be handed to the next request with the same step.
         let blind_spot = if spec.secrets.is_empty() {
-            crate::dockerfile::layer_cache_blind_spot(&input.text)
+            parsed.layer_cache_blind_spot()
         } else {
             Some("the build mounts secrets".to_owned())
         };
@@ -454,7 +454,7 @@ impl ImageEngine for Podman {
             .push(&format!("building {} with podman from {shown}", spec.image));
         fit.log(&ctx.log);
         // The labels add no FROM: the original names the same base images.
-        let bases = crate::dockerfile::base_images(&input.text);
+        let bases = parsed.base_images();
         let _turn = self
             .store
             .shared(&ctx.cancel)

@@ -29,15 +29,9 @@ pub(super) struct Fit {
 }
 
 impl Fit {
-    /// The fit of `text`; `Unsupported` names every line podman cannot build.
-    pub(super) fn of(text: &str) -> Result<Self, BuildError> {
-        let Ok(dockerfile) = Dockerfile::parse(text) else {
-            return Ok(Self {
-                rewritten: None,
-                docker_format: None,
-                dropped: None,
-            });
-        };
+    /// The fit of `text`, parsed as `dockerfile`; `Unsupported` names every line podman cannot
+    /// build.
+    pub(super) fn of(dockerfile: &Dockerfile, text: &str) -> Result<Self, BuildError> {
         let steps: Vec<&Step> = dockerfile.stages.iter().flat_map(|s| &s.steps).collect();
         let refused: Vec<String> = steps.iter().filter_map(|s| refusal(s)).collect();
         if !refused.is_empty() {
@@ -174,15 +168,19 @@ fn refusal(step: &Step) -> Option<String> {
 mod tests {
     use super::*;
 
+    fn parsed(text: &str) -> Dockerfile {
+        Dockerfile::parse(text).unwrap_or_else(|e| panic!("parses: {e}"))
+    }
+
     fn unsupported(text: &str) -> String {
-        match Fit::of(text) {
+        match Fit::of(&parsed(text), text) {
             Err(BuildError::Unsupported(why)) => why,
             other => panic!("expected a refusal, got {other:?}"),
         }
     }
 
     fn fitted(text: &str) -> Fit {
-        Fit::of(text).unwrap_or_else(|e| panic!("refused: {e}"))
+        Fit::of(&parsed(text), text).unwrap_or_else(|e| panic!("refused: {e}"))
     }
 
     #[test]
@@ -246,9 +244,8 @@ mod tests {
         assert_eq!(fit.text(text), text);
         assert!(fit.rewritten.is_none() && fit.dropped.is_none());
         // Unknown to BuildKit as well: podman says what is wrong.
-        assert!(Fit::of("FROM x\nCOPY --bogus a /a\n").is_ok());
-        // Not a Dockerfile the parser reads: left to podman.
-        assert!(Fit::of("FROM x\nRUN [\"unterminated\n").is_ok());
+        let bogus = "FROM x\nCOPY --bogus a /a\n";
+        assert!(Fit::of(&parsed(bogus), bogus).is_ok());
     }
 
     #[test]
