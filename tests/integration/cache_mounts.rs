@@ -51,6 +51,12 @@ async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
             "names its cache id with a variable",
         ),
         (
+            // What the parser cannot read cannot be checked, so it is not built.
+            "unreadable",
+            "FROM localhost/busybox:latest\nNOT an instruction\n".to_owned(),
+            "Dockerfile cannot be read",
+        ),
+        (
             "trigger",
             format!("FROM {base}\nRUN true\n"),
             "has an ONBUILD trigger: RUN (line 2) --mount",
