@@ -103,7 +103,13 @@ impl Podman {
     /// Every podman child reads the engine's registries.conf: short names, mirrors and
     /// insecure registries are the same for a pull inside a build as for anything else.
     fn podman(&self, timeout: Duration) -> Invocation {
-        Invocation::new(&self.program, timeout).env(
+        self.reading_registries(&self.program, timeout)
+    }
+
+    /// `program` (podman, or buildah reading a base's config) with the engine's registries.conf:
+    /// a short name means the same image to each of them.
+    fn reading_registries(&self, program: &str, timeout: Duration) -> Invocation {
+        Invocation::new(program, timeout).env(
             "CONTAINERS_REGISTRIES_CONF",
             self.registries_conf.display().to_string(),
         )
@@ -311,12 +317,8 @@ impl Podman {
         image: &str,
         ctx: &BuildCtx,
     ) -> Result<Option<Vec<String>>, BuildError> {
-        // The same registries.conf as podman's: a short name means the same image to both.
-        let inspect = Invocation::new(BUILDAH, ctx.remaining())
-            .env(
-                "CONTAINERS_REGISTRIES_CONF",
-                self.registries_conf.display().to_string(),
-            )
+        let inspect = self
+            .reading_registries(BUILDAH, ctx.remaining())
             .args([
                 "inspect",
                 "--type",
