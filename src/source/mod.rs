@@ -7,6 +7,7 @@ mod egress;
 mod eviction;
 mod fetch;
 mod git;
+mod refs;
 mod stop;
 
 use std::time::Duration;
