@@ -7,6 +7,7 @@ mod builds;
 mod catalog;
 mod error;
 mod health;
+mod params;
 mod scope;
 mod webhooks;
 
