@@ -15,7 +15,7 @@ use std::time::Duration;
 
 pub use egress::{ExtraRoots, Lookup, NetworkPolicy};
 pub use git::GitMirrors;
-pub use snapshot::{SNAPSHOT_BRANCH, snapshot_dir};
+pub use snapshot::{SNAPSHOT_BRANCH, Snapshot, snapshot_dir};
 
 use crate::config::BuildLimits;
 

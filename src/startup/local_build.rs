@@ -4,7 +4,6 @@
 
 use std::path::Path;
 
-use anyhow::Context;
 use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -16,7 +15,7 @@ use crate::metrics::Metrics;
 use crate::pipeline::{self, Job};
 use crate::request::{BuildRequest, RequestPolicy};
 use crate::source::snapshot_dir;
-use crate::store::BuildStore;
+use crate::store::{BuildState, BuildStore, NewBuild};
 
 /// Lines of build output held for the display before it falls behind (then lines are dropped
 /// from the display, never from the build).
@@ -33,13 +32,28 @@ pub async fn build(
     cancel: CancellationToken,
     mut on_line: impl FnMut(&str),
 ) -> anyhow::Result<Result<ImageUpdated, BuildError>> {
-    // Kept until the build ends: the pipeline fetches from it.
-    let snapshots = tempfile::tempdir().context("cannot create a temporary directory")?;
-    if let Some(dir) = dir {
-        let (repo, commit) = snapshot_dir(dir, snapshots.path())?;
-        on_line(&format!("snapshot of {} is {commit}", dir.display()));
+    // Held until the build ends: the pipeline fetches from it.
+    let snapshot = match dir {
+        Some(dir) => {
+            let (owned, root) = (dir.to_owned(), settings.data_dir.join("snapshots"));
+            // git2 and the lock wait block: off the async threads (Ctrl-C stays responsive).
+            let snapshot = tokio::task::spawn_blocking(move || snapshot_dir(&owned, &root))
+                .await
+                .map_err(|e| anyhow::anyhow!("the snapshot task failed: {e}"))??;
+            Some((dir, snapshot))
+        }
+        None => None,
+    };
+    if let Some((dir, snapshot)) = &snapshot {
+        on_line(&format!(
+            "snapshot of {} is {}",
+            dir.display(),
+            snapshot.commit
+        ));
+        let remote = url::Url::from_file_path(&snapshot.repo)
+            .map_err(|()| anyhow::anyhow!("{} is not an absolute path", snapshot.repo.display()))?;
         body.insert("connector".into(), "git".into());
-        body.insert("repo".into(), format!("file://{}", repo.display()).into());
+        body.insert("repo".into(), remote.to_string().into());
         // The user's own files on the user's own machine: file:// is allowed for this build.
         settings.request.allowed_schemes.push("file".into());
     }
@@ -55,6 +69,19 @@ pub async fn build(
     let metrics = Metrics::new();
     super::prepare_build_host(&settings);
     let env = super::environment(&settings, &store, &metrics)?;
+    // Recorded like a worker's build: a later request (here or on a worker sharing the store)
+    // may then be answered from the image, and the record shows who built what.
+    let new = NewBuild {
+        id: id.clone(),
+        request_id: id.clone(),
+        user_id: Some(request.user_id.as_str().to_owned()),
+        repo: Some(request.repo.display()),
+        git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
+        request: request.public_view(),
+        rebuild_of: None,
+        fingerprint: Some(request.fingerprint()),
+    };
+    store.create(&new, BuildState::Running).await?;
     let job = Job {
         request,
         build_id: id,
@@ -73,6 +100,16 @@ pub async fn build(
     log.detach_sink();
     while let Ok(line) = lines.lines.try_recv() {
         on_line(&line);
+    }
+    let id = &job.build_id;
+    match &outcome {
+        Ok(updated) => store.succeeded(id, 1, updated).await?,
+        Err(BuildError::Cancelled) => store.cancelled(id, 1).await?,
+        Err(error) => {
+            let fault = error.classify();
+            let reason = log.redactor().redact(&error.chain()).into_owned();
+            store.failed(id, 1, fault.as_str(), &reason).await?;
+        }
     }
     Ok(outcome)
 }
