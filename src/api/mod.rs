@@ -5,9 +5,11 @@ mod auth;
 mod broker;
 mod builds;
 mod catalog;
+mod console;
 mod error;
 mod health;
 mod params;
+mod registry_browser;
 mod scope;
 mod webhooks;
 
@@ -26,6 +28,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::ports::ImageRegistry;
 use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
@@ -35,6 +38,8 @@ pub struct AppState {
     pub store: BuildStore,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
+    /// Where artifacts are read from (`registry.host`), chosen by the composition root.
+    pub registry: Arc<dyn ImageRegistry>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
     pub shutdown: CancellationToken,
     keys: Arc<auth::ApiKeys>,
@@ -51,6 +56,7 @@ impl AppState {
         store: BuildStore,
         broker: Broker,
         metrics: Arc<Metrics>,
+        registry: Arc<dyn ImageRegistry>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -66,6 +72,7 @@ impl AppState {
             store,
             broker,
             metrics,
+            registry,
         })
     }
 }
@@ -83,6 +90,14 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images", get(catalog::image))
         .route("/v1/repos", get(catalog::repos))
         .route("/v1/repos/{*name_and_versions}", get(catalog::versions))
+        .route(
+            "/v1/registry/repositories",
+            get(registry_browser::repositories),
+        )
+        .route(
+            "/v1/registry/repositories/{*name_and_tags}",
+            get(registry_browser::tags),
+        )
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -111,6 +126,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(health::readyz));
     with_key
         .merge(open)
+        .merge(console::routes())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
@@ -140,10 +156,18 @@ pub async fn serve(
     settings: Arc<Settings>,
     store: BuildStore,
     metrics: Arc<Metrics>,
+    registry: Arc<dyn ImageRegistry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
-    let state = AppState::new(settings.clone(), store, broker, metrics, shutdown.clone())?;
+    let state = AppState::new(
+        settings.clone(),
+        store,
+        broker,
+        metrics,
+        registry,
+        shutdown.clone(),
+    )?;
     let (listen, make): (&str, fn(AppState) -> Router) = match what {
         Serving::Api => (&settings.api.listen, router),
         Serving::Probes => (&settings.api.probes_listen, probes_router),

@@ -65,6 +65,12 @@ pub trait ImageRegistry: Send + Sync {
         manifest: &Manifest,
     ) -> Result<(), RegistryError>;
 
+    /// Every repository name the registry lists (its catalog, all pages), in its order.
+    async fn repositories(&self) -> Result<Vec<String>, RegistryError>;
+
+    /// The tags of `repository`, or None when the registry does not know it.
+    async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>, RegistryError>;
+
     /// Points every tag at `manifest`, writing only those that point elsewhere: the common
     /// identical re-request writes nothing.
     async fn tag_all(

@@ -17,6 +17,7 @@
 
 mod auth;
 mod blobs;
+mod catalog;
 mod digest;
 mod manifests;
 
@@ -186,5 +187,13 @@ impl ImageRegistry for RegistryClient {
         len: u64,
     ) -> Result<(), RegistryError> {
         self.put_blob_file(repository, digest, path, len).await
+    }
+
+    async fn repositories(&self) -> Result<Vec<String>, RegistryError> {
+        self.list_repositories().await
+    }
+
+    async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>, RegistryError> {
+        self.list_tags(repository).await
     }
 }

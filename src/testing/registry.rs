@@ -126,4 +126,31 @@ impl ImageRegistry for FakeRegistry {
         }
         Ok(())
     }
+
+    async fn repositories(&self) -> Result<Vec<String>, RegistryError> {
+        let manifests = self
+            .manifests
+            .lock()
+            .map_err(|_| RegistryError::Protocol("poisoned lock".into()))?;
+        let names: std::collections::BTreeSet<String> =
+            manifests.keys().map(|(repo, _)| repo.clone()).collect();
+        Ok(names.into_iter().collect())
+    }
+
+    async fn tags(&self, repository: &str) -> Result<Option<Vec<String>>, RegistryError> {
+        let manifests = self
+            .manifests
+            .lock()
+            .map_err(|_| RegistryError::Protocol("poisoned lock".into()))?;
+        let mut tags: Vec<String> = manifests
+            .keys()
+            .filter(|(repo, reference)| repo == repository && !reference.starts_with("sha256:"))
+            .map(|(_, tag)| tag.clone())
+            .collect();
+        if tags.is_empty() && !manifests.keys().any(|(repo, _)| repo == repository) {
+            return Ok(None);
+        }
+        tags.sort();
+        Ok(Some(tags))
+    }
 }
