@@ -17,6 +17,7 @@ mod base_images;
 mod build_secrets;
 mod cache_mounts;
 mod cli;
+mod console;
 mod core_worker;
 mod deploy_manifests;
 mod docker_engine;
