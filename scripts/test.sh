@@ -5,6 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 scripts/services.sh up
+# Debian's chromium and playwright-core for the web console's browser test.
+scripts/browser-deps.sh
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 cargo fmt --check

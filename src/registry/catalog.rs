@@ -8,9 +8,10 @@ use serde::Deserialize;
 use super::RegistryClient;
 use crate::error::RegistryError;
 
-/// Names asked for per page: the largest page the reference registry serves.
-const PAGE: usize = 1000;
-/// Pages read at most (100,000 names): a registry that keeps linking on is not followed forever.
+/// Names asked for per page by default: the largest page the reference registry serves.
+pub(super) const PAGE: usize = 1000;
+/// Pages read at most (100,000 names at the default page): a registry that keeps linking on is
+/// not followed forever.
 const MAX_PAGES: usize = 100;
 
 #[derive(Deserialize)]
@@ -27,7 +28,7 @@ struct TagsPage {
 
 impl RegistryClient {
     pub(super) async fn list_repositories(&self) -> Result<Vec<String>, RegistryError> {
-        let first = self.url(&format!("_catalog?n={PAGE}"));
+        let first = self.url(&format!("_catalog?n={}", self.listing_page));
         let pages = self
             .read_pages("registry:catalog:*", first, "the catalog")
             .await?;
@@ -45,7 +46,7 @@ impl RegistryClient {
         &self,
         repository: &str,
     ) -> Result<Option<Vec<String>>, RegistryError> {
-        let first = self.url(&format!("{repository}/tags/list?n={PAGE}"));
+        let first = self.url(&format!("{repository}/tags/list?n={}", self.listing_page));
         let scope = format!("repository:{repository}:pull");
         let what = format!("the tags of {repository}");
         let pages = match self.read_pages(&scope, first, &what).await {
@@ -76,7 +77,10 @@ impl RegistryClient {
         let mut next = Some(first);
         while let Some(url) = next.take() {
             if bodies.len() == MAX_PAGES {
-                tracing::warn!("{what}: stopped after {MAX_PAGES} pages of {PAGE}");
+                tracing::warn!(
+                    "{what}: stopped after {MAX_PAGES} pages of {}",
+                    self.listing_page
+                );
                 break;
             }
             let response = self.send(scope, || self.http.get(&url)).await?;

@@ -41,6 +41,8 @@ pub struct RegistryClient {
     /// Identical lookups in flight at once share a round trip (bursts of cached answers).
     manifests: FreshGates<Option<Manifest>>,
     digests: FreshGates<Option<String>>,
+    /// Names asked for per page of a catalog or tag listing (`catalog`).
+    listing_page: usize,
 }
 
 impl RegistryClient {
@@ -60,7 +62,14 @@ impl RegistryClient {
             base,
             manifests: FreshGates::default(),
             digests: FreshGates::default(),
+            listing_page: catalog::PAGE,
         }
+    }
+
+    /// Lists `n` names per page (at least 1) instead of the registry's usual maximum.
+    pub fn with_listing_page(mut self, n: usize) -> Self {
+        self.listing_page = n.max(1);
+        self
     }
 
     /// `{base}/v2/{path}`.

@@ -105,7 +105,7 @@ async fn console_page_shows_no_data_without_a_key_and_the_registry_routes_keep_t
     let names = repository_names(&listing);
     assert_eq!(
         names,
-        [name.clone()],
+        std::slice::from_ref(&name),
         "the owner's key sees exactly its image"
     );
     assert_eq!(listing["repositories"][0]["namespace"], owner.as_str());
@@ -173,23 +173,25 @@ async fn console_in_chromium_follows_a_running_build_and_cancels_one_from_its_pa
         "playwright-core is not installed: run scripts/browser-deps.sh (scripts/test.sh does)"
     );
     let git = GitServer::start().await;
+    // A step podman has never run before, so its layer cache cannot answer it at once.
+    let run = unique("run-");
     let fast = RepoFixture::create(git.root.path(), "acme/console-fast");
+    let fast_dockerfile = format!(
+        "FROM localhost/busybox:latest\n\
+         RUN echo {run} && for i in 1 2 3 4 5; do echo line-$i; sleep 1; done\n"
+    );
     fast.commit(
-        &[(
-            "Dockerfile",
-            "FROM localhost/busybox:latest\n\
-             RUN for i in 1 2 3 4 5; do echo line-$i; sleep 1; done\n",
-        )],
+        &[("Dockerfile", fast_dockerfile.as_str())],
         "five lines, one a second",
     );
     fast.push();
     let slow = RepoFixture::create(git.root.path(), "acme/console-slow");
+    let slow_dockerfile = format!(
+        "FROM localhost/busybox:latest\n\
+         RUN echo {run} && for i in $(seq 1 300); do echo tick-$i; sleep 1; done\n"
+    );
     slow.commit(
-        &[(
-            "Dockerfile",
-            "FROM localhost/busybox:latest\n\
-             RUN for i in $(seq 1 300); do echo tick-$i; sleep 1; done\n",
-        )],
+        &[("Dockerfile", slow_dockerfile.as_str())],
         "five minutes of ticks",
     );
     slow.push();
@@ -205,7 +207,7 @@ async fn console_in_chromium_follows_a_running_build_and_cancels_one_from_its_pa
     let screenshot = artifacts.join("console-build.png");
     let _ = std::fs::remove_file(&screenshot);
 
-    let run = tokio::process::Command::new("node")
+    let browser = tokio::process::Command::new("node")
         .arg(&script)
         .env("CONSOLE_URL", &api.base)
         .env("CONSOLE_KEY", &api.scoped[0])
@@ -214,7 +216,7 @@ async fn console_in_chromium_follows_a_running_build_and_cancels_one_from_its_pa
         .env("CONSOLE_SCREENSHOT", &screenshot)
         .kill_on_drop(true)
         .output();
-    let output = tokio::time::timeout(BROWSER_TIMEOUT, run)
+    let output = tokio::time::timeout(BROWSER_TIMEOUT, browser)
         .await
         .expect("the browser run ends")
         .expect("node runs");

@@ -271,6 +271,48 @@ async fn a_cached_token_the_registry_rejects_is_replaced_once() {
     assert_eq!(proxy.counts.unauthorized(), before + 1);
 }
 
+#[tokio::test]
+async fn catalog_and_tags_are_read_page_by_page_with_a_token_for_each() {
+    let tokens = TokenServer::start(300).await;
+    let (registry, proxy) = token_registry(&tokens).await;
+    let client = client(&proxy.addr, PASSWORD).with_listing_page(2);
+    let image = image();
+    let repos = ["team/a", "team/b", "other/c"];
+    for repo in repos {
+        push_and_read(&client, registry.dir.path(), repo, "v1", &image).await;
+    }
+    for tag in ["v2", "latest"] {
+        client
+            .tag("team/a", tag, &image.manifest)
+            .await
+            .expect("tag");
+    }
+    let before = proxy.counts.requests();
+    let mut listed = client.repositories().await.expect("catalog");
+    // Two pages of 2 names (the registry links the second), no 401: the catalog scope's token
+    // is fetched before the first request.
+    assert_eq!(
+        proxy.counts.requests() - before,
+        2,
+        "the catalog in two pages"
+    );
+    listed.sort();
+    assert_eq!(listed, ["other/c", "team/a", "team/b"]);
+    // Tag pages (`n`, `Link`) are followed the same way where the registry pages tags; this
+    // registry version answers all tags at once.
+    let mut tags = client
+        .tags("team/a")
+        .await
+        .expect("tags")
+        .expect("team/a exists");
+    tags.sort();
+    assert_eq!(tags, ["latest", "v1", "v2"]);
+    assert_eq!(
+        client.tags("team/absent").await.expect("tags of nothing"),
+        None
+    );
+}
+
 fn mismatch(result: Result<impl std::fmt::Debug, RegistryError>) -> String {
     match result {
         Err(RegistryError::DigestMismatch { what, .. }) => what,
