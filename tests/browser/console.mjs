@@ -1,7 +1,7 @@
 // Drives Debian's chromium through the web console as a person would; started by
 // tests/integration/console.rs, which runs the real binary and checks the outcome over the API.
 //
-// In:  CONSOLE_URL, CONSOLE_KEY (a submit key of one user), CONSOLE_FAST_BUILD and
+// In:  CONSOLE_URL, CONSOLE_KEY (a submit key of CONSOLE_USER), CONSOLE_FAST_BUILD and
 //      CONSOLE_SLOW_BUILD (build request bodies), CONSOLE_SCREENSHOT (PNG path),
 //      CHROMIUM (default /usr/bin/chromium).
 // Out: one JSON line on stdout {fast, slow, rebuild, seenWhileRunning}; exit 1 with the reason
@@ -14,6 +14,7 @@ const key = need("CONSOLE_KEY");
 const fastBody = need("CONSOLE_FAST_BUILD");
 const slowBody = need("CONSOLE_SLOW_BUILD");
 const screenshot = need("CONSOLE_SCREENSHOT");
+const user = need("CONSOLE_USER");
 // Generous bounds for a podman build on a loaded 2-core machine; every wait ends as soon as
 // what it waits for is on the page.
 const BUILD_MS = 180_000;
@@ -139,6 +140,36 @@ try {
   await page.getByRole("button", { name: "Cancel build" }).focus();
   await page.keyboard.press("Enter");
   await stateIs(page, "cancelled", BUILD_MS);
+
+  // The list's filters: repository and state narrow it to the cancelled slow build.
+  await page.getByRole("link", { name: "Builds", exact: true }).click();
+  await page.getByLabel("Repository").fill("acme/console-slow");
+  await page.getByLabel("State").selectOption("cancelled");
+  await page.getByRole("button", { name: "Filter" }).click();
+  await page.getByRole("link", { name: slow, exact: true }).waitFor({ timeout: STEP_MS });
+  await page.waitForFunction(
+    (ids) => {
+      const rows = [...document.querySelectorAll("tr[data-build]")].map((r) => r.dataset.build);
+      return rows.length === 2 && ids.every((id) => rows.includes(id));
+    },
+    [slow, rebuild],
+    { timeout: STEP_MS },
+  );
+
+  // Repositories: the newest image of each ref, with its pull command.
+  await page.getByRole("link", { name: "Repositories", exact: true }).click();
+  await page.getByRole("link", { name: "acme/console-fast", exact: true }).click();
+  await page.getByRole("heading", { name: "Repository acme/console-fast" }).waitFor({ timeout: STEP_MS });
+  await page.getByRole("cell", { name: pull.slice("podman pull ".length), exact: false }).waitFor({ timeout: STEP_MS });
+
+  // Registry: this key's namespace only, the one image that was pushed, and its tags.
+  await page.getByRole("link", { name: "Registry", exact: true }).click();
+  const images = page.locator("tbody a");
+  await images.first().waitFor({ timeout: STEP_MS });
+  const names = await images.allTextContents();
+  check(names.length === 1 && names[0].startsWith(`${user}/`), `registry lists ${names}`);
+  await images.first().click();
+  await page.getByRole("cell", { name: "latest", exact: true }).waitFor({ timeout: STEP_MS });
 
   check(problems.length === 0, `the page reported problems:\n${problems.join("\n")}`);
   console.log(JSON.stringify({ fast, slow, rebuild, seenWhileRunning: seen.state }));

@@ -211,6 +211,7 @@ async fn console_in_chromium_follows_a_running_build_and_cancels_one_from_its_pa
         .arg(&script)
         .env("CONSOLE_URL", &api.base)
         .env("CONSOLE_KEY", &api.scoped[0])
+        .env("CONSOLE_USER", &user)
         .env("CONSOLE_FAST_BUILD", request("acme/console-fast", &fast_id))
         .env("CONSOLE_SLOW_BUILD", request("acme/console-slow", &slow_id))
         .env("CONSOLE_SCREENSHOT", &screenshot)
