@@ -25,6 +25,7 @@ pub mod init;
 mod layering;
 pub mod metrics;
 pub(crate) mod now_and_then;
+pub mod notify;
 pub mod percent;
 pub mod pipeline;
 pub mod plan;
