@@ -24,8 +24,8 @@ pub mod init;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
-pub(crate) mod now_and_then;
 pub mod notify;
+pub(crate) mod now_and_then;
 pub mod percent;
 pub mod pipeline;
 pub mod plan;

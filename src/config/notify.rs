@@ -135,14 +135,17 @@ fn webhook(item: &serde_json::Value) -> Result<Webhook, String> {
     let serde_json::Value::Object(fields) = item else {
         return Err(format!(" must be a table of {FIELDS}"));
     };
-    if let Some(other) = fields.keys().find(|k| !["url", "secret", "events"].contains(&k.as_str()))
+    if let Some(other) = fields
+        .keys()
+        .find(|k| !["url", "secret", "events"].contains(&k.as_str()))
     {
         let other: String = other.chars().take(40).collect();
         return Err(format!(".{other} is not a field (use {FIELDS})"));
     }
     let url = match fields.get("url") {
-        Some(serde_json::Value::String(raw)) => url::Url::parse(raw.trim())
-            .map_err(|e| format!(".url is not a URL ({e})"))?,
+        Some(serde_json::Value::String(raw)) => {
+            url::Url::parse(raw.trim()).map_err(|e| format!(".url is not a URL ({e})"))?
+        }
         Some(_) => return Err(".url must be a string".into()),
         None => return Err(".url is missing".into()),
     };
@@ -278,14 +281,23 @@ mod tests {
     #[test]
     fn bad_entries_name_the_field_and_never_the_secret() {
         let cases = [
-            (json!([{"url": "ftp://h/x", "secret": "zz-secret"}]), "notify.webhooks[0].url"),
+            (
+                json!([{"url": "ftp://h/x", "secret": "zz-secret"}]),
+                "notify.webhooks[0].url",
+            ),
             (
                 json!([{"url": "https://a/x", "secret": "zz-secret"}, {"url": "not a url", "secret": "zz-secret"}]),
                 "notify.webhooks[1].url",
             ),
             (json!([{"url": "https://a/x"}]), "notify.webhooks[0].secret"),
-            (json!([{"url": "https://a/x", "secret": ""}]), "notify.webhooks[0].secret"),
-            (json!([{"url": "https://a/x", "secret": 12345}]), "notify.webhooks[0].secret"),
+            (
+                json!([{"url": "https://a/x", "secret": ""}]),
+                "notify.webhooks[0].secret",
+            ),
+            (
+                json!([{"url": "https://a/x", "secret": 12345}]),
+                "notify.webhooks[0].secret",
+            ),
             (
                 json!([{"url": "https://a/x", "secret": "zz-secret", "events": ["image.updatd"]}]),
                 "notify.webhooks[0].events[0]",
@@ -303,7 +315,10 @@ mod tests {
         for (value, field) in cases {
             let err = parse(value.clone()).expect_err("refused");
             assert!(err.starts_with(field), "{value}: {err}");
-            assert!(!err.contains("zz-secret") && !err.contains("12345"), "{err}");
+            assert!(
+                !err.contains("zz-secret") && !err.contains("12345"),
+                "{err}"
+            );
         }
     }
 
@@ -331,5 +346,87 @@ mod tests {
         }
         assert_eq!(shown("zz-secret garbage"), "\"***\"");
         assert_eq!(shown("[]"), "[]");
+    }
+}
+
+/// Through every layer: the TOML file form, the variable's JSON form, `config check`.
+#[cfg(test)]
+mod layered {
+    use super::super::report::check;
+    use super::super::{Layers, Settings};
+
+    fn file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("ib.toml");
+        std::fs::write(&path, text).expect("written");
+        (dir, path)
+    }
+
+    const HOOKS: &str = "[[notify.webhooks]]\nurl = \"https://a.example/hook?token=t0k\"\n\
+                         secret = \"zz-file-secret\"\n\n[[notify.webhooks]]\n\
+                         url = \"http://127.0.0.1:9/b\"\nsecret = \"zz-second\"\n\
+                         events = [\"build.failed\"]\n";
+
+    #[test]
+    fn a_file_and_a_variable_configure_webhooks_and_check_shows_no_secret() {
+        let (_dir, path) = file(HOOKS);
+        let layers = Layers::gather(None, Some(&path), []).expect("gathered");
+        let (settings, _) = Settings::from_layers(&layers).expect("loads");
+        let hooks = &settings.notify.webhooks.0;
+        assert_eq!(hooks.len(), 2);
+        assert_eq!(hooks[1].events, ["build.failed"]);
+        let report = check(&layers);
+        assert!(report.ok, "{}", report.text);
+        for leak in ["zz-file-secret", "zz-second", "t0k"] {
+            assert!(!report.text.contains(leak), "{leak}: {}", report.text);
+        }
+        assert!(
+            report.text.contains("https://a.example:443/..."),
+            "{}",
+            report.text
+        );
+
+        let var = (
+            "IMAGE_BUILDER__NOTIFY__WEBHOOKS".to_owned(),
+            r#"[{"url": "https://c.example/x", "secret": "zz-var-secret", "events": ["image.updated"]}]"#
+                .to_owned(),
+        );
+        let layers = Layers::gather(None, Some(&path), [var]).expect("gathered");
+        let (settings, _) = Settings::from_layers(&layers).expect("loads");
+        let hooks = &settings.notify.webhooks.0;
+        assert_eq!(hooks.len(), 1, "the variable replaces the file's list");
+        assert_eq!(hooks[0].url.as_str(), "https://c.example/x");
+        let report = check(&layers);
+        assert!(!report.text.contains("zz-var-secret"), "{}", report.text);
+    }
+
+    #[test]
+    fn a_bad_entry_stops_the_load_naming_its_field_without_its_secret() {
+        let (_dir, path) = file(&HOOKS.replace("http://127.0.0.1:9/b", "127.0.0.1:9/b"));
+        let layers = Layers::gather(None, Some(&path), []).expect("gathered");
+        let err = Settings::from_layers(&layers)
+            .expect_err("refused")
+            .to_string();
+        assert!(err.contains("notify.webhooks[1].url"), "{err}");
+        assert!(!err.contains("zz-"), "{err}");
+        let report = check(&layers);
+        assert!(
+            !report.ok && !report.text.contains("zz-"),
+            "{}",
+            report.text
+        );
+
+        let var = (
+            "IMAGE_BUILDER__NOTIFY__GIVE_UP_AFTER_SECS".to_owned(),
+            "0".to_owned(),
+        );
+        let layers = Layers::gather(None, None, [var]).expect("gathered");
+        let err = Settings::from_layers(&layers)
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("notify.give_up_after_secs must be at least 1"),
+            "{err}"
+        );
     }
 }

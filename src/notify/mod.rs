@@ -89,7 +89,10 @@ impl Deliverer {
                 notifications = n,
                 "claims of this replica's previous process voided"
             ),
-            Err(e) => tracing::warn!("failed to void old notification claims: {}", cause_chain(&e)),
+            Err(e) => tracing::warn!(
+                "failed to void old notification claims: {}",
+                cause_chain(&e)
+            ),
         }
         tracing::info!(webhooks = self.webhooks.len(), "delivering notifications");
         let recorded = self.store.notifications_recorded();
@@ -234,8 +237,10 @@ pub fn spawn(
     metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    Ok(Deliverer::new(settings, store, metrics)?
-        .map(|deliverer| tokio::spawn(deliverer.run(stop))))
+    Ok(
+        Deliverer::new(settings, store, metrics)?
+            .map(|deliverer| tokio::spawn(deliverer.run(stop))),
+    )
 }
 
 #[cfg(test)]

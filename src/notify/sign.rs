@@ -53,7 +53,11 @@ mod tests {
         let hex = String::from_utf8_lossy(&expected.stdout);
         let hex = hex.split_whitespace().next().expect("digest");
         assert_eq!(sig, format!("sha256={hex}"));
-        assert_ne!(sig, signature(b"s3cret", 1_700_000_001, body), "timestamp signed");
+        assert_ne!(
+            sig,
+            signature(b"s3cret", 1_700_000_001, body),
+            "timestamp signed"
+        );
         assert_ne!(sig, signature(b"other", 1_700_000_000, body), "key used");
         assert_ne!(
             sig,

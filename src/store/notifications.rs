@@ -232,11 +232,9 @@ impl BuildStore {
 
     /// Rows not yet delivered nor given up.
     pub async fn pending_notifications(&self) -> Result<i64, StoreError> {
-        Ok(
-            sqlx::query("SELECT COUNT(*) AS n FROM notification_outbox")
-                .fetch_one(&self.pool)
-                .await?
-                .try_get("n")?,
-        )
+        Ok(sqlx::query("SELECT COUNT(*) AS n FROM notification_outbox")
+            .fetch_one(&self.pool)
+            .await?
+            .try_get("n")?)
     }
 }

@@ -596,7 +596,10 @@ async fn a_lapsed_lease_is_taken_over_by_the_redelivery() {
         ..new
     };
     assert_eq!(
-        h.store.start(&new, 1, false, &dead, None).await.expect("store"),
+        h.store
+            .start(&new, 1, false, &dead, None)
+            .await
+            .expect("store"),
         crate::store::Start::Run
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -678,7 +681,10 @@ async fn a_restarted_sqlite_replica_voids_its_previous_process_leases() {
     // The previous process was killed holding a long lease.
     let killed = crate::store::Lease::new("me:1", Duration::from_secs(3600));
     assert_eq!(
-        h.store.start(&new, 1, false, &killed, None).await.expect("store"),
+        h.store
+            .start(&new, 1, false, &killed, None)
+            .await
+            .expect("store"),
         crate::store::Start::Run
     );
     assert_eq!(h.store.void_own_leases().await.expect("store"), 1);

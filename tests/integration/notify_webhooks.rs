@@ -32,7 +32,7 @@ struct Received {
     key: String,
     event: String,
     retries: u64,
-    body: Vec<u8>,
+    body: String,
     signature_ok: bool,
     answered: u16,
 }
@@ -145,8 +145,10 @@ async fn receive(
         path,
         key: header("idempotency-key"),
         event: header("x-image-builder-event"),
-        retries: header("x-image-builder-retries").parse().unwrap_or(u64::MAX),
-        body: body.to_vec(),
+        retries: header("x-image-builder-retries")
+            .parse()
+            .unwrap_or(u64::MAX),
+        body: String::from_utf8_lossy(&body).into_owned(),
         signature_ok,
         answered: answered.as_u16(),
     });
@@ -183,8 +185,8 @@ async fn until(what: &str, worker: &Worker, mut done: impl AsyncFnMut() -> bool)
 }
 
 /// (event name, build id) of an event body.
-fn identity(body: &[u8]) -> (String, String) {
-    let value: serde_json::Value = serde_json::from_slice(body).expect("a JSON event body");
+fn identity(body: &str) -> (String, String) {
+    let value: serde_json::Value = serde_json::from_str(body).expect("a JSON event body");
     (
         value["event"].as_str().unwrap_or_default().to_owned(),
         value["build_id"].as_str().unwrap_or_default().to_owned(),
@@ -195,10 +197,10 @@ fn identity(body: &[u8]) -> (String, String) {
 /// carries the same body.
 fn delivered(seen: &[Received], path: &str) -> BTreeMap<String, (String, String)> {
     let mut by_key: BTreeMap<String, (String, String)> = BTreeMap::new();
-    let mut bodies: HashMap<&str, &[u8]> = HashMap::new();
+    let mut bodies: HashMap<&str, &str> = HashMap::new();
     for r in seen.iter().filter(|r| r.path == path) {
         let first = bodies.entry(&r.key).or_insert(&r.body);
-        assert_eq!(*first, r.body.as_slice(), "one key, one body: {}", r.key);
+        assert_eq!(*first, r.body, "one key, one body: {}", r.key);
         if r.answered < 300 {
             by_key.insert(r.key.clone(), identity(&r.body));
         }
@@ -248,7 +250,9 @@ async fn webhooks_get_every_event_signed_across_failures_an_outage_and_a_sigkill
     for _ in 0..2 {
         let id = unique("hook-");
         stack
-            .publish_json(&json!({"id": id, "repo": "acme/hooked", "user_id": user, "image": unique("img")}))
+            .publish_json(
+                &json!({"id": id, "repo": "acme/hooked", "user_id": user, "image": unique("img")}),
+            )
             .await;
         ids.push(id);
     }
@@ -269,15 +273,27 @@ async fn webhooks_get_every_event_signed_across_failures_an_outage_and_a_sigkill
     running.stop().await;
     let late = unique("hook-late-");
     stack
-        .publish_json(&json!({"id": late, "repo": "acme/hooked", "user_id": user, "image": unique("img")}))
+        .publish_json(
+            &json!({"id": late, "repo": "acme/hooked", "user_id": user, "image": unique("img")}),
+        )
         .await;
     ids.push(late.clone());
     stack.outcome(&late, BUILD_TIMEOUT).await;
+    // Finished = recorded: the event goes out on the broker just before its record (and with it
+    // its notifications) is written; a kill in between rebuilds the redelivery instead.
+    let store = BuildStore::connect(&store_url).await.expect("store");
+    until("the last build was recorded", &first, async || {
+        store
+            .state(&late)
+            .await
+            .expect("store")
+            .is_some_and(|state| state.is_final())
+    })
+    .await;
 
     let mut first = first;
     first.signal(Signal::SIGKILL);
     first.wait_exit(Duration::from_secs(30)).await;
-    let store = BuildStore::connect(&store_url).await.expect("store");
     let pending = store.pending_notifications().await.expect("outbox");
     assert!(pending > 0, "undelivered notifications survive the kill");
 
@@ -305,7 +321,11 @@ async fn webhooks_get_every_event_signed_across_failures_an_outage_and_a_sigkill
         .filter(|e| ids.contains(&e.build().request_id))
         .map(|e| (e.routing_key().to_owned(), e.build().build_id.clone()))
         .collect();
-    assert_eq!(published.len(), 3 * 2 + 1, "started and updated per build, one rejection");
+    assert_eq!(
+        published.len(),
+        3 * 2 + 1,
+        "started and updated per build, one rejection"
+    );
     // Every event published on the broker arrived, each under one key of its own.
     let all = delivered(&seen, "all");
     assert_eq!(
@@ -321,7 +341,8 @@ async fn webhooks_get_every_event_signed_across_failures_an_outage_and_a_sigkill
     assert_eq!(sorted(updates.values().cloned().collect()), sorted(wanted));
     // Retries counted up under the same key.
     assert!(
-        seen.iter().any(|r| r.retries > 0 && all.contains_key(&r.key)),
+        seen.iter()
+            .any(|r| r.retries > 0 && all.contains_key(&r.key)),
         "some event was retried: {seen:#?}"
     );
     running.stop().await;
@@ -400,10 +421,14 @@ async fn a_notification_nobody_accepts_is_given_up_with_a_metric() {
         .filter(|l| l.contains("gave up on a notification"))
         .collect();
     assert_eq!(warned.len(), 1, "{log}");
-    assert!(warned[0].contains("WARN") && warned[0].contains("build.rejected"), "{log}");
+    assert!(
+        warned[0].contains("WARN") && warned[0].contains("build.rejected"),
+        "{log}"
+    );
     assert!(!log.contains("refuse-s3cret"), "the secret is never logged");
     assert!(
-        !log.lines().any(|l| l.contains("notification") && l.contains("given-up-marker")),
+        !log.lines()
+            .any(|l| l.contains("notification") && l.contains("given-up-marker")),
         "no notification log line carries the body:\n{log}"
     );
     running.stop().await;
