@@ -435,3 +435,139 @@ async fn a_notification_nobody_accepts_is_given_up_with_a_metric() {
     worker.shutdown().await;
     stack.cleanup().await;
 }
+
+/// Replicas sharing a store: two deliverers claiming at once never hold the same row, on
+/// PostgreSQL (SKIP LOCKED) and on SQLite alike, and a released claim is due again at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_claims_never_share_a_row() {
+    let sqlite_dir = tempfile::tempdir().expect("dir");
+    let sqlite = format!(
+        "sqlite://{}?mode=rwc",
+        sqlite_dir.path().join("builds.db").display()
+    );
+    for url in [postgres_database().await, sqlite] {
+        let hooks = image_builder::config::Webhooks::try_from(json!([
+            {"url": "http://127.0.0.1:9/a", "secret": "s"},
+            {"url": "http://127.0.0.1:9/b", "secret": "s", "events": ["build.rejected"]},
+        ]))
+        .expect("webhooks");
+        let store = BuildStore::connect(&url)
+            .await
+            .expect("store")
+            .with_webhooks(&hooks.0);
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            let event: image_builder::events::Event = serde_json::from_value(json!({
+                "event": if i % 2 == 0 { "build.rejected" } else { "build.cancelled" },
+                "build_id": format!("b{i}"), "request_id": format!("b{i}"),
+                "user_id": null, "repo": null, "ref": null, "attempts": 1,
+                "fault": "rejected", "reason": "r", "log_tail": [], "was_running": false,
+            }))
+            .expect("event");
+            store.announce(&event).await.expect("recorded");
+            // Every event to webhook a, rejections to b as well.
+            expected.push((event.routing_key(), format!("b{i}")));
+            if i % 2 == 0 {
+                expected.push((event.routing_key(), format!("b{i}")));
+            }
+        }
+        assert_eq!(store.pending_notifications().await.expect("count"), 60);
+        let ttl = Duration::from_secs(30);
+        let claim = |token: &'static str| {
+            let store = store.clone();
+            async move {
+                let mut mine = Vec::new();
+                loop {
+                    let rows = store
+                        .claim_notifications(token, ttl, 7)
+                        .await
+                        .expect("claim");
+                    if rows.is_empty() {
+                        return mine;
+                    }
+                    mine.extend(rows);
+                }
+            }
+        };
+        let (a, b) = tokio::join!(claim("a"), claim("b"));
+        let mut ids: Vec<&str> = a.iter().chain(&b).map(|n| n.id.as_str()).collect();
+        ids.sort_unstable();
+        let total = ids.len();
+        ids.dedup();
+        assert_eq!((total, ids.len()), (60, 60), "{url}: each row claimed once");
+        let mut got: Vec<(&str, String)> = a
+            .iter()
+            .chain(&b)
+            .map(|n| match n.event.as_str() {
+                "build.rejected" => ("build.rejected", n.build_id.clone()),
+                _ => ("build.cancelled", n.build_id.clone()),
+            })
+            .collect();
+        got.sort();
+        expected.sort();
+        assert_eq!(got, expected, "{url}");
+        // One event id per event, shared by its webhooks.
+        let rejected_keys: std::collections::HashSet<&str> = a
+            .iter()
+            .chain(&b)
+            .filter(|n| n.event == "build.rejected")
+            .map(|n| n.event_id.as_str())
+            .collect();
+        assert_eq!(rejected_keys.len(), 20);
+
+        assert!(
+            store
+                .claim_notifications("c", ttl, 100)
+                .await
+                .expect("claim")
+                .is_empty()
+        );
+        store.release_notifications("a").await.expect("released");
+        let again = store
+            .claim_notifications("c", ttl, 100)
+            .await
+            .expect("claim");
+        assert_eq!(
+            again.len(),
+            a.len(),
+            "{url}: what a stopping deliverer held is due at once"
+        );
+    }
+}
+
+/// A graceful stop while the receiver is away leaves the notification in the outbox, unclaimed.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_graceful_stop_keeps_undelivered_notifications() {
+    let git = GitServer::start().await;
+    let mut stack = Stack::new().await;
+    // Nobody listens there: every attempt finds the connection refused.
+    let receiver = Receiver::new(&[]);
+    let dir = tempfile::tempdir().expect("config dir");
+    let config = notify_config(
+        dir.path(),
+        &[(receiver.url("gone"), "gone-s3cret", &[])],
+        3600,
+    );
+    let store_path = dir.path().join("builds.db");
+    let store_url = format!("sqlite://{}?mode=rwc", store_path.display());
+    let env = [
+        ("IMAGE_BUILDER_CONFIG", config.as_str()),
+        ("IMAGE_BUILDER__STORE__URL", store_url.as_str()),
+    ];
+    let worker = Worker::spawn(&stack, &git, &env).await;
+    let id = unique("hook-kept-");
+    stack
+        .publish_json(&json!({"id": id, "repo": "acme/x", "user_id": "u1", "ref": "--x"}))
+        .await;
+    stack.outcome(&id, Duration::from_secs(30)).await;
+    until("a delivery was tried", &worker, async || {
+        worker
+            .log()
+            .contains("notification not delivered, will retry")
+    })
+    .await;
+    worker.shutdown().await;
+    let store = BuildStore::connect(&store_url).await.expect("store");
+    assert_eq!(store.pending_notifications().await.expect("count"), 1);
+    stack.cleanup().await;
+}
