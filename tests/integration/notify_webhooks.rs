@@ -571,3 +571,89 @@ async fn a_graceful_stop_keeps_undelivered_notifications() {
     assert_eq!(store.pending_notifications().await.expect("count"), 1);
     stack.cleanup().await;
 }
+
+/// `run` (worker and API): a queued build cancelled through the API is announced by the API
+/// process, a running one by the worker; both reach the webhook, signed.
+#[tokio::test(flavor = "multi_thread")]
+async fn cancels_through_the_api_are_notified() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/slowhook");
+    repo.commit(
+        &[(
+            "Dockerfile",
+            "FROM localhost/busybox:latest\nRUN echo started-sleeping && sleep 866\n",
+        )],
+        "slow",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let receiver = Receiver::new(&[("cancels", "cancel-s3cret")]);
+    receiver.accept(true);
+    let running = receiver.start().await;
+    let dir = tempfile::tempdir().expect("config dir");
+    let config = notify_config(
+        dir.path(),
+        &[(
+            receiver.url("cancels"),
+            "cancel-s3cret",
+            &["build.cancelled"],
+        )],
+        3600,
+    );
+    let api = crate::support::Api::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER_CONFIG", config.as_str()),
+            ("IMAGE_BUILDER__AMQP__PREFETCH", "1"),
+        ],
+    )
+    .await;
+    let user = unique("u");
+    let submit = |id: &str| json!({"id": id, "repo": "acme/slowhook", "user_id": user, "image": unique("img")});
+    let (running_id, waiting_id) = (unique("hook-run-"), unique("hook-wait-"));
+    let (status, _) = api.post_json("/v1/builds", &submit(&running_id)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    api.wait_state(&running_id, "running", BUILD_TIMEOUT).await;
+    // One slot, taken: this one waits in the queue and is cancelled there by the API.
+    let (status, _) = api.post_json("/v1/builds", &submit(&waiting_id)).await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED);
+    let (status, body) = api
+        .post_json(&format!("/v1/builds/{waiting_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let (status, body) = api
+        .post_json(&format!("/v1/builds/{running_id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    for id in [&waiting_id, &running_id] {
+        stack.outcome(id, BUILD_TIMEOUT).await;
+    }
+    until("both cancels were delivered", &api.worker, async || {
+        delivered(&receiver.seen(), "cancels").len() == 2
+    })
+    .await;
+    let seen = receiver.seen();
+    assert!(
+        seen.iter()
+            .all(|r| r.signature_ok && r.event == "build.cancelled")
+    );
+    let mut by_build: Vec<(String, bool)> = delivered(&seen, "cancels")
+        .into_keys()
+        .filter_map(|key| seen.iter().find(|r| r.key == key))
+        .map(|r| {
+            let body: serde_json::Value = serde_json::from_str(&r.body).expect("json");
+            (
+                body["build_id"].as_str().unwrap_or_default().to_owned(),
+                body["was_running"].as_bool().unwrap_or_default(),
+            )
+        })
+        .collect();
+    by_build.sort();
+    let mut expected = vec![(waiting_id.clone(), false), (running_id.clone(), true)];
+    expected.sort();
+    assert_eq!(by_build, expected);
+    running.stop().await;
+    api.worker.stop().await;
+    stack.cleanup().await;
+}
