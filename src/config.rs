@@ -26,7 +26,7 @@ pub use docker_host::{DockerAddress, DockerHost};
 pub use layers::{Layers, Origin};
 pub use notify::{NotifySettings, Webhook, Webhooks};
 pub use safety::{Relaxation, SecuritySettings};
-pub use tenancy::{KeyScope, KeysSetting, ReposSetting, Role};
+pub use tenancy::{Forge, KeyScope, KeysSetting, ReposSetting, Role};
 
 /// Everything the daemon reads at start. Secrets are `SecretString`, whose Debug output is redacted.
 #[derive(Debug, Clone, Deserialize)]
@@ -336,6 +336,13 @@ pub struct WebhookSettings {
     /// repository build nothing.
     #[serde(default)]
     pub github_repos: ReposSetting,
+    /// GitLab's X-Gitlab-Token, compared in constant time; empty refuses GitLab webhooks.
+    pub gitlab_secret: SecretString,
+    /// Connector GitLab's pushed repositories are fetched through.
+    pub gitlab_connector: String,
+    /// The platform user each GitLab project (`group/.../name`) builds for.
+    #[serde(default)]
+    pub gitlab_repos: ReposSetting,
     /// Largest webhook body read (and so signed-checked); larger ones answer 413 unread.
     pub max_body_bytes: usize,
     /// How long a delivery id or a signed body is remembered to refuse its replay.
@@ -352,7 +359,12 @@ impl ApiSettings {
 impl WebhookSettings {
     /// `owner/name` (lowercase) -> user id.
     pub fn github_repos(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        tenancy::github_repos(&self.github_repos)
+        tenancy::mapped_repos(Forge::Github, &self.github_repos)
+    }
+
+    /// `group/.../name` (lowercase) -> user id.
+    pub fn gitlab_repos(&self) -> anyhow::Result<BTreeMap<String, String>> {
+        tenancy::mapped_repos(Forge::Gitlab, &self.gitlab_repos)
     }
 }
 
@@ -444,6 +456,7 @@ impl Settings {
         );
         self.api.key_scopes()?;
         self.webhooks.github_repos()?;
+        self.webhooks.gitlab_repos()?;
         anyhow::ensure!(
             self.webhooks.max_body_bytes > 0,
             "webhooks.max_body_bytes must be at least 1"

@@ -41,7 +41,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("image edits", &["image_edit"]),
     ("stages", &["plan", "incremental"]),
     ("pipeline", &["pipeline"]),
-    ("delivery", &["worker", "api", "submit"]),
+    ("delivery", &["worker", "api", "submit", "client"]),
     ("composition", &["startup"]),
 ];
 

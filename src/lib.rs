@@ -10,6 +10,7 @@
 pub mod amqp;
 pub mod api;
 pub mod build_log;
+pub mod client;
 pub mod config;
 pub mod confined;
 pub mod dockerfile;

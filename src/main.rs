@@ -1,27 +1,38 @@
 //! Thin binary: parse flags, load config, wire the library (`startup` picks the adapters),
 //! report how it ended.
 
+mod cli;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use image_builder::api::Serving;
 use image_builder::config::{self, Settings};
-use image_builder::events::Event;
 use image_builder::metrics::Metrics;
 use image_builder::startup;
 use image_builder::store::BuildStore;
-use serde_json::{Map, Value};
 use tokio_util::sync::CancellationToken;
+
+use cli::api_commands::{self, CancelArgs, ListArgs, LogsArgs, RebuildArgs, StatusArgs};
+use cli::build_command::{self, BuildArgs};
+use cli::docs::{self, CompletionsArgs, ManArgs};
+use cli::submit_command::{self, SubmitArgs};
 
 #[derive(Parser)]
 #[command(
     name = "image-builder",
     version,
-    about = "Queue-driven container image builder"
+    about = "Queue-driven container image builder",
+    after_help = "Examples:
+  image-builder run                         # worker + HTTP API (make run starts the services)
+  image-builder build .                     # build this directory once, push it, no broker
+  image-builder submit --repo acme/app --user-id 42 --wait
+  image-builder list --state running        # the HTTP API (--api, IMAGE_BUILDER_API_KEY)
+  image-builder logs BUILD_ID --follow
+  image-builder config check --config /etc/image-builder.toml"
 )]
 struct Cli {
     /// A TOML file of settings over the built-in defaults (nothing is read from the working
@@ -35,54 +46,61 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Consume build requests until SIGTERM/SIGINT.
+    #[command(after_help = "Examples:
+  image-builder worker --config /etc/image-builder/worker.toml
+  IMAGE_BUILDER__AMQP__PREFETCH=4 image-builder worker")]
     Worker,
     /// Serve the HTTP API (records, logs, cancel, webhooks, metrics) until SIGTERM/SIGINT.
+    #[command(after_help = "Examples:
+  IMAGE_BUILDER__API__LISTEN=0.0.0.0:8080 image-builder serve")]
     Serve,
     /// Worker and HTTP API in one process.
+    #[command(after_help = "Examples:
+  IMAGE_BUILDER_ENV=local image-builder run   # what `make run` starts")]
     Run,
     /// Declare the RabbitMQ topology, migrate the build store, and exit.
+    #[command(after_help = "Examples:
+  image-builder setup --config /etc/image-builder/worker.toml")]
     Setup,
     /// Print a new random API key and the SHA-256 to put in `api.keys` (with a role and user ids).
+    #[command(after_help = "Examples:
+  image-builder api-key   # then [[api.keys]] hash = \"<hash>\", role = \"submit\", users = [\"42\"]")]
     ApiKey,
-    /// Publish a build request; with --wait, print its outcome event.
+    /// Build a local directory (or --repo) once and push it: no broker, no API.
+    Build(Box<BuildArgs>),
+    /// Publish a build request; with --wait, follow it to its outcome.
     Submit(Box<SubmitArgs>),
+    /// List builds, newest first (HTTP API).
+    List(ListArgs),
+    /// Show one build: state, commit, image, pull command, history (HTTP API).
+    Status(StatusArgs),
+    /// Print a build's log; --follow streams it while the build runs (HTTP API).
+    Logs(LogsArgs),
+    /// Cancel a queued or running build (HTTP API).
+    Cancel(CancelArgs),
+    /// Build a finished build's request again under a new id (HTTP API).
+    Rebuild(RebuildArgs),
     /// Inspect the configuration.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Examples:
+  image-builder config check"
+    )]
     Config(ConfigCommand),
+    /// Print shell completions.
+    Completions(CompletionsArgs),
+    /// Print the manual page (or write one per command with --dir).
+    Man(ManArgs),
 }
 
 #[derive(Subcommand)]
 enum ConfigCommand {
     /// Print the effective settings (secrets masked) and where each came from; exit 1 on an
     /// unknown key or an unsafe combination.
+    #[command(after_help = "Examples:
+  image-builder config check
+  IMAGE_BUILDER__AMQP__PREFETCH=8 image-builder config check --config prod.toml")]
     Check,
-}
-
-#[derive(Args)]
-struct SubmitArgs {
-    /// A JSON request file; flags below override its fields.
-    #[arg(long)]
-    file: Option<PathBuf>,
-    #[arg(long)]
-    repo: Option<String>,
-    #[arg(long = "ref")]
-    git_ref: Option<String>,
-    #[arg(long)]
-    user_id: Option<String>,
-    #[arg(long)]
-    connector: Option<String>,
-    #[arg(long)]
-    context: Option<String>,
-    #[arg(long)]
-    dockerfile: Option<String>,
-    /// Name of an environment variable holding the token (tokens never go on the command line).
-    #[arg(long)]
-    token_env: Option<String>,
-    /// Wait for the outcome and print it; exit 1 unless the image was pushed.
-    #[arg(long)]
-    wait: bool,
-    #[arg(long, default_value_t = 600)]
-    timeout_secs: u64,
 }
 
 fn main() -> ExitCode {
@@ -102,14 +120,29 @@ fn main() -> ExitCode {
 
 async fn async_main() -> ExitCode {
     let cli = Cli::parse();
-    // These two need no settings (and `config check` reports what loading would refuse).
-    match cli.command {
-        Command::ApiKey => return api_key(),
-        Command::Config(ConfigCommand::Check) => return config_check(cli.config.as_deref()),
-        _ => {}
-    }
-    let loaded = config::process_layers(cli.config.as_deref())
-        .and_then(|layers| Settings::from_layers(&layers));
+    // These need no settings (and `config check` reports what loading would refuse); the API
+    // commands talk to a server whose settings are its own.
+    let answered = match cli.command {
+        Command::ApiKey => Ok(api_key()),
+        Command::Config(ConfigCommand::Check) => Ok(config_check(cli.config.as_deref())),
+        Command::Completions(args) => Ok(docs::completions(args, Cli::command())),
+        Command::Man(args) => docs::man(args, Cli::command()),
+        Command::List(args) => api_commands::list(args).await,
+        Command::Status(args) => api_commands::status(args).await,
+        Command::Logs(args) => api_commands::logs(args).await,
+        Command::Cancel(args) => api_commands::cancel(args).await,
+        Command::Rebuild(args) => api_commands::rebuild(args).await,
+        command => return with_settings(command, cli.config.as_deref()).await,
+    };
+    answered.unwrap_or_else(|e| {
+        eprintln!("error: {e:#}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn with_settings(command: Command, config_file: Option<&std::path::Path>) -> ExitCode {
+    let loaded =
+        config::process_layers(config_file).and_then(|layers| Settings::from_layers(&layers));
     let (settings, relaxations) = match loaded {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -121,7 +154,7 @@ async fn async_main() -> ExitCode {
     for relaxation in &relaxations {
         tracing::warn!("{}", relaxation.warning());
     }
-    match run(cli.command, settings).await {
+    match run(command, settings).await {
         Ok(code) => code,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -198,8 +231,17 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             api?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Build(args) => build_command::build(*args, settings).await,
         // Answered in async_main before settings load.
-        Command::ApiKey | Command::Config(_) => Ok(ExitCode::SUCCESS),
+        Command::ApiKey
+        | Command::Config(_)
+        | Command::Completions(_)
+        | Command::Man(_)
+        | Command::List(_)
+        | Command::Status(_)
+        | Command::Logs(_)
+        | Command::Cancel(_)
+        | Command::Rebuild(_) => Ok(ExitCode::SUCCESS),
         Command::Setup => {
             BuildStore::open(&settings).await?;
             let conn =
@@ -222,7 +264,7 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit(args) => submit(*args, settings).await,
+        Command::Submit(args) => submit_command::submit(*args, settings).await,
     }
 }
 
@@ -255,53 +297,6 @@ fn config_check(file: Option<&std::path::Path>) -> ExitCode {
     }
 }
 
-async fn submit(args: SubmitArgs, settings: Settings) -> anyhow::Result<ExitCode> {
-    let mut body = match &args.file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("failed to read {}", path.display()))?;
-            match serde_json::from_str::<Value>(&text)
-                .with_context(|| format!("failed to parse {}", path.display()))?
-            {
-                Value::Object(map) => map,
-                _ => anyhow::bail!("{} must hold a JSON object", path.display()),
-            }
-        }
-        None => Map::new(),
-    };
-    for (key, value) in [
-        ("repo", &args.repo),
-        ("ref", &args.git_ref),
-        ("user_id", &args.user_id),
-        ("connector", &args.connector),
-        ("context", &args.context),
-        ("dockerfile", &args.dockerfile),
-    ] {
-        if let Some(value) = value {
-            body.insert(key.into(), Value::String(value.clone()));
-        }
-    }
-    if let Some(var) = &args.token_env {
-        let token =
-            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
-        body.insert("token".into(), Value::String(token));
-    }
-    let wait = args.wait.then(|| Duration::from_secs(args.timeout_secs));
-    let (id, outcome) = image_builder::submit::submit(&settings, body, wait, |event| {
-        eprintln!("{}: {}", event.routing_key(), event.build().build_id);
-    })
-    .await?;
-    let Some(event) = outcome else {
-        println!("{id}");
-        return Ok(ExitCode::SUCCESS);
-    };
-    println!("{}", serde_json::to_string_pretty(&event)?);
-    Ok(match event {
-        Event::ImageUpdated(_) => ExitCode::SUCCESS,
-        _ => ExitCode::FAILURE,
-    })
-}
-
 async fn stop_on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -317,4 +312,37 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     tracing::info!("shutdown requested: finishing in-flight builds");
     shutdown.cancel();
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::Cli;
+
+    /// Every command shows examples and every flag and argument says what it is for.
+    #[test]
+    fn every_command_has_examples_and_every_flag_help() {
+        let cli = Cli::command();
+        cli.clone().debug_assert();
+        let mut commands = vec![cli];
+        while let Some(command) = commands.pop() {
+            let name = command.get_name().to_owned();
+            let help = command
+                .get_after_help()
+                .map(|h| h.to_string())
+                .unwrap_or_default();
+            if name != "help" && name != "image-builder" {
+                assert!(help.contains("Examples:"), "`{name}` shows no examples");
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                assert!(arg.get_help().is_some(), "`{name}`: {id} has no help text");
+            }
+            commands.extend(command.get_subcommands().cloned());
+        }
+    }
 }

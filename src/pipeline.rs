@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use secrecy::{ExposeSecret, SecretString};
 use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
@@ -10,6 +11,7 @@ use crate::error::{BuildError, RegistryError};
 use crate::events::{BuildRef, ImageUpdated};
 use crate::plan::{self, PlanInput};
 use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
+use crate::redact::Redactor;
 use crate::request::BuildRequest;
 use crate::{image_edit, incremental};
 
@@ -33,6 +35,23 @@ impl Job {
                 .map(str::to_owned)
                 .or_else(|| req.git_ref.as_ref().map(|r| r.as_str().to_owned())),
         }
+    }
+
+    /// Everything its log must never show: the token, build arg and secret values, the
+    /// registry password.
+    pub fn redactor(&self, registry_password: &SecretString) -> Redactor {
+        let req = &self.request;
+        let mut secrets: Vec<String> = req.build_args.values().map(str::to_owned).collect();
+        secrets.extend(
+            req.secrets
+                .iter()
+                .map(|(_, value)| value.expose_secret().to_owned()),
+        );
+        if let Some(token) = &req.token {
+            secrets.push(token.expose_secret().to_owned());
+        }
+        secrets.push(registry_password.expose_secret().to_owned());
+        Redactor::new(secrets)
     }
 }
 

@@ -3,6 +3,8 @@
 //! `Environment`. Everything below sees only the ports; tests build their own `Environment`
 //! from fakes (`testing`).
 
+pub mod local_build;
+
 use std::sync::Arc;
 use std::time::Duration;
 

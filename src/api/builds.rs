@@ -115,24 +115,11 @@ pub async fn list(
     Extension(scope): Extension<Scope>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let known = ["repo", "ref", "state", "user_id", "limit", "cursor"];
-    if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(
-            unknown,
-            format!("unknown filter; use one of {}", known.join(", ")),
-        ));
-    }
-    let max = state.settings.api.max_page;
-    let limit = match params.get("limit") {
-        None => DEFAULT_PAGE.min(max),
-        Some(raw) => raw
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=max).contains(n))
-            .ok_or_else(|| {
-                ApiError::bad_request("limit", format!("must be a number from 1 to {max}"))
-            })?,
-    };
+    super::params::only_known(
+        &params,
+        &["repo", "ref", "state", "user_id", "limit", "cursor"],
+    )?;
+    let limit = super::params::limit(&params, DEFAULT_PAGE, state.settings.api.max_page)?;
     let state_filter = match params.get("state") {
         None => None,
         Some(raw) => Some(BuildState::parse(raw).ok_or_else(|| {

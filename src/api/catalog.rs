@@ -9,9 +9,10 @@ use serde_json::{Value, json};
 
 use super::AppState;
 use super::error::ApiError;
+use super::params;
 use super::scope::Scope;
 use crate::request::Platform;
-use crate::store::BuildRecord;
+use crate::store::{BuildRecord, VersionFilter};
 
 const MAX_VERSIONS: u32 = 100;
 
@@ -78,19 +79,26 @@ pub async fn repos(
     ))
 }
 
-/// GET /v1/repos/{name}/versions, where the name may contain slashes (`owner/name`, or a URL
-/// percent-encoded).
+/// GET /v1/repos/{name}/versions?ref&limit&newest_per_ref, where the name may contain slashes
+/// (`owner/name`, or a URL percent-encoded): the repository's good builds, newest first.
 pub async fn versions(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
     Path(name_and_versions): Path<String>,
+    Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let name = name_and_versions
         .strip_suffix("/versions")
         .filter(|n| !n.is_empty())
         .ok_or_else(|| ApiError::not_found("route"))?;
+    params::only_known(&params, &["ref", "limit", "newest_per_ref"])?;
+    let filter = VersionFilter {
+        git_ref: params.get("ref").map(String::as_str),
+        newest_per_ref: params::switch(&params, "newest_per_ref")?,
+        limit: params::limit(&params, MAX_VERSIONS, MAX_VERSIONS)?,
+    };
     let users = scope.users();
-    let builds = state.store.versions(name, MAX_VERSIONS, users).await?;
+    let builds = state.store.versions(name, &filter, users).await?;
     if builds.is_empty()
         && !state
             .store

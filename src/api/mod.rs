@@ -1,5 +1,5 @@
 //! The HTTP API of DESIGN.md ("Records and HTTP API"): build records, logs, cancel and rebuild,
-//! image lookup, GitHub webhooks, metrics and health. One port; bearer keys except where noted.
+//! image lookup, GitHub and GitLab webhooks, metrics and health. One port; bearer keys except where noted.
 
 mod auth;
 mod broker;
@@ -7,8 +7,9 @@ mod builds;
 mod catalog;
 mod error;
 mod health;
+mod params;
 mod scope;
-mod webhook;
+mod webhooks;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +41,8 @@ pub struct AppState {
     policy: Arc<RequestPolicy>,
     /// GitHub `owner/name` (lowercase) -> the platform user its pushes build for.
     github_repos: Arc<BTreeMap<String, String>>,
+    /// GitLab `group/.../name` (lowercase) -> the platform user its pushes build for.
+    gitlab_repos: Arc<BTreeMap<String, String>>,
 }
 
 impl AppState {
@@ -54,6 +57,7 @@ impl AppState {
             shutdown,
             keys: Arc::new(auth::ApiKeys::new(settings.api.key_scopes()?)),
             github_repos: Arc::new(settings.webhooks.github_repos()?),
+            gitlab_repos: Arc::new(settings.webhooks.gitlab_repos()?),
             policy: Arc::new(RequestPolicy {
                 max_body_bytes: settings.request.max_body_bytes,
                 allowed_schemes: settings.request.allowed_schemes.clone(),
@@ -92,7 +96,13 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/webhooks/github",
             // Bounded before the signature is computed over it.
-            post(webhook::github).layer(DefaultBodyLimit::max(
+            post(webhooks::github::receive).layer(DefaultBodyLimit::max(
+                state.settings.webhooks.max_body_bytes,
+            )),
+        )
+        .route(
+            "/v1/webhooks/gitlab",
+            post(webhooks::gitlab::receive).layer(DefaultBodyLimit::max(
                 state.settings.webhooks.max_body_bytes,
             )),
         )

@@ -172,7 +172,7 @@ pub fn flatten_toml(text: &str, origin: &Origin) -> anyhow::Result<Vec<Entry>> {
 }
 
 /// Keys the defaults hold as an empty table: maps of operator-chosen names.
-pub const MAP_KEYS: [&str; 1] = ["webhooks.github_repos"];
+pub const MAP_KEYS: [&str; 2] = ["webhooks.github_repos", "webhooks.gitlab_repos"];
 
 fn flatten_into(
     out: &mut Vec<Entry>,

@@ -6,11 +6,12 @@ use std::collections::BTreeSet;
 use super::layers::{DEFAULTS, Entry, Origin, flatten_toml};
 
 /// Keys whose values are secrets (or URLs that may carry a password): never printed.
-pub const SECRET_KEYS: [&str; 5] = [
+pub const SECRET_KEYS: [&str; 6] = [
     "amqp.url",
     "registry.password",
     "store.url",
     "webhooks.github_secret",
+    "webhooks.gitlab_secret",
     "notify.webhooks",
 ];
 

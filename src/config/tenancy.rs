@@ -1,5 +1,6 @@
 //! Who may act for which tenant: scoped API keys (`api.keys`, plus the older `api.key_hashes` as
-//! admin keys) and the GitHub repositories mapped to platform users (`webhooks.github_repos`).
+//! admin keys) and the GitHub and GitLab repositories mapped to platform users
+//! (`webhooks.github_repos`, `webhooks.gitlab_repos`).
 //! Both come as TOML tables or, for operators' env vars, as one compact string; both are checked
 //! at load with errors naming the field.
 
@@ -71,8 +72,8 @@ impl Default for KeysSetting {
     }
 }
 
-/// `webhooks.github_repos`: `"owner/name" = "user"` pairs, or `owner/name=user,...` from
-/// IMAGE_BUILDER__WEBHOOKS__GITHUB_REPOS.
+/// `webhooks.github_repos` / `gitlab_repos`: `"path" = "user"` pairs, or `path=user,...` from
+/// IMAGE_BUILDER__WEBHOOKS__GITHUB_REPOS (or __GITLAB_REPOS).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum ReposSetting {
@@ -171,9 +172,40 @@ fn digest(hash: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| "must be a 64-digit hex SHA-256 (`image-builder api-key` makes one)".into())
 }
 
-/// The mapping with lowercase repository names (GitHub's are case-insensitive), each user id
-/// checked.
-pub fn github_repos(setting: &ReposSetting) -> anyhow::Result<BTreeMap<String, String>> {
+/// Which forge a repository mapping is for: their repository paths differ in shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forge {
+    /// `owner/name`.
+    Github,
+    /// `group/name` or `group/subgroup/.../name`.
+    Gitlab,
+}
+
+impl Forge {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Github => "webhooks.github_repos",
+            Self::Gitlab => "webhooks.gitlab_repos",
+        }
+    }
+
+    fn valid_path(self, repo: &str) -> bool {
+        let parts: Vec<&str> = repo.split('/').collect();
+        let shape = match self {
+            Self::Github => parts.len() == 2,
+            Self::Gitlab => parts.len() >= 2,
+        };
+        shape && parts.iter().all(|p| !p.is_empty())
+    }
+}
+
+/// The mapping with lowercase repository paths (both forges treat them case-insensitively),
+/// each user id checked.
+pub fn mapped_repos(
+    forge: Forge,
+    setting: &ReposSetting,
+) -> anyhow::Result<BTreeMap<String, String>> {
+    let key = forge.key();
     let pairs: Vec<(String, String)> = match setting {
         ReposSetting::Table(map) => map.iter().map(|(r, u)| (r.clone(), u.clone())).collect(),
         ReposSetting::Compact(raw) => raw
@@ -183,25 +215,21 @@ pub fn github_repos(setting: &ReposSetting) -> anyhow::Result<BTreeMap<String, S
             .map(|pair| {
                 pair.split_once('=')
                     .map(|(r, u)| (r.trim().to_owned(), u.trim().to_owned()))
-                    .ok_or_else(|| {
-                        anyhow::anyhow!(
-                            "webhooks.github_repos: {pair:?} must be owner/name=user_id"
-                        )
-                    })
+                    .ok_or_else(|| anyhow::anyhow!("{key}: {pair:?} must be path=user_id"))
             })
             .collect::<anyhow::Result<_>>()?,
     };
     let mut repos = BTreeMap::new();
     for (repo, user) in pairs {
-        let valid_repo = repo.split_once('/').is_some_and(|(owner, name)| {
-            !owner.is_empty() && !name.is_empty() && !name.contains('/')
-        });
         anyhow::ensure!(
-            valid_repo,
-            "webhooks.github_repos: {repo:?} must be a GitHub owner/name"
+            forge.valid_path(&repo),
+            "{key}: {repo:?} must be {}",
+            match forge {
+                Forge::Github => "a GitHub owner/name",
+                Forge::Gitlab => "a GitLab group/name (subgroups allowed)",
+            }
         );
-        UserId::parse(&user)
-            .map_err(|why| anyhow::anyhow!("webhooks.github_repos.{repo:?}: {user:?} {why}"))?;
+        UserId::parse(&user).map_err(|why| anyhow::anyhow!("{key}.{repo:?}: {user:?} {why}"))?;
         repos.insert(repo.to_ascii_lowercase(), user);
     }
     Ok(repos)
@@ -247,16 +275,30 @@ mod tests {
 
     #[test]
     fn repos_map_lowercased_to_valid_users() {
-        let repos = github_repos(&ReposSetting::Compact("Acme/App=42, acme/web=acme".into()))
-            .expect("valid");
+        let compact = |raw: &str| ReposSetting::Compact(raw.into());
+        let repos =
+            mapped_repos(Forge::Github, &compact("Acme/App=42, acme/web=acme")).expect("valid");
         assert_eq!(repos.get("acme/app").map(String::as_str), Some("42"));
         assert_eq!(repos.len(), 2);
         for bad in ["acme=42", "acme/app=Not Valid", "nobody"] {
-            let err = github_repos(&ReposSetting::Compact(bad.into())).expect_err(bad);
+            let err = mapped_repos(Forge::Github, &compact(bad)).expect_err(bad);
             assert!(
                 err.to_string().starts_with("webhooks.github_repos"),
                 "{err}"
             );
         }
+        // GitLab nests groups; GitHub has none.
+        let nested = compact("Group/Sub/App=acme");
+        assert!(mapped_repos(Forge::Github, &nested).is_err());
+        let gitlab = mapped_repos(Forge::Gitlab, &nested).expect("subgroups are GitLab paths");
+        assert_eq!(
+            gitlab.get("group/sub/app").map(String::as_str),
+            Some("acme")
+        );
+        let err = mapped_repos(Forge::Gitlab, &compact("group//app=acme")).expect_err("empty");
+        assert!(
+            err.to_string().starts_with("webhooks.gitlab_repos"),
+            "{err}"
+        );
     }
 }

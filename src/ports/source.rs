@@ -11,7 +11,7 @@ use url::Url;
 use super::BuildCtx;
 use crate::config::ConnectorSettings;
 use crate::error::BuildError;
-use crate::request::{BuildRequest, GitRef, Rejection, RepoSpec};
+use crate::request::{BuildRequest, GitRef, RefKind, Rejection, RepoSpec};
 
 /// What to fetch. `remote` never carries credentials; the token goes through git2 callbacks.
 #[derive(Clone)]
@@ -20,6 +20,8 @@ pub struct SourceSpec {
     pub username: String,
     pub token: Option<SecretString>,
     pub git_ref: Option<GitRef>,
+    /// How `git_ref` is read (a tag only, the newest release...).
+    pub ref_kind: RefKind,
 }
 
 /// The commit a ref resolved to and how it was named.
@@ -126,6 +128,7 @@ impl SourceSpec {
             username: connector.username.clone(),
             token: req.token.clone(),
             git_ref: req.git_ref.clone(),
+            ref_kind: req.ref_kind,
         })
     }
 }

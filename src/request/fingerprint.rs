@@ -9,7 +9,7 @@
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::{BuildRequest, BuilderKind, RepoSpec};
+use super::{BuildRequest, BuilderKind, RefKind, RepoSpec};
 
 /// Bumped whenever the fields below change, so old and new fingerprints never compare equal.
 const VERSION: &str = "v1";
@@ -19,6 +19,9 @@ struct Identity<'a> {
     repo: String,
     connector: &'a str,
     git_ref: Option<&'a str>,
+    /// Left out for "repo": fingerprints recorded before the field existed stay equal.
+    #[serde(skip_serializing_if = "RefKind::is_repo")]
+    kind: RefKind,
     user_id: &'a str,
     context: &'a str,
     dockerfile: Option<&'a str>,
@@ -44,6 +47,7 @@ impl BuildRequest {
             repo: normalised_repo(&self.repo),
             connector: self.connector.as_str(),
             git_ref: self.git_ref.as_ref().map(|r| r.as_str()),
+            kind: self.ref_kind,
             user_id: self.user_id.as_str(),
             context: self.context.as_str(),
             dockerfile: self.dockerfile.as_ref().map(|d| d.as_str()),
@@ -130,6 +134,11 @@ mod tests {
         );
         let plain = "https://git.example/acme/app";
         assert_eq!(with(|m| drop(m.insert("repo".into(), json!(plain)))), first);
+        assert_eq!(
+            with(|m| drop(m.insert("type".into(), json!("repo")))),
+            first,
+            "\"repo\" is the default"
+        );
     }
 
     #[test]
@@ -139,6 +148,7 @@ mod tests {
             ("repo", json!("https://git.example/mallory/app")),
             ("connector", json!("gitlab")),
             ("ref", json!("dev")),
+            ("type", json!("tag")),
             ("user_id", json!("mallory")),
             ("context", json!("sub")),
             ("dockerfile", json!("Other.Dockerfile")),

@@ -51,6 +51,26 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
+/// How `ref` is read: the request's `type` (the seed format's field).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RefKind {
+    /// A branch, tag or commit; the default branch without `ref`.
+    #[default]
+    Repo,
+    /// Only a tag of that name (a branch of the same name is not taken).
+    Tag,
+    /// A tag; without `ref`, the highest released version among the tags (`v1.2.3` or `1.2.3`,
+    /// pre-releases left out).
+    Release,
+}
+
+impl RefKind {
+    pub fn is_repo(&self) -> bool {
+        *self == Self::Repo
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BuilderKind {
@@ -119,6 +139,7 @@ pub struct BuildRequest {
     pub repo: RepoSpec,
     pub connector: Connector,
     pub git_ref: Option<GitRef>,
+    pub ref_kind: RefKind,
     pub token: Option<SecretString>,
     pub user_id: UserId,
     pub context: RelPath,
@@ -229,7 +250,7 @@ impl BuildRequest {
             Some(raw) => RequestId::parse(&raw).map_err(|r| Rejection::new("id", r))?,
             None => fallback_id.unwrap_or_else(RequestId::generate),
         };
-        check_type(f.string("type")?)?;
+        let ref_kind = parse_type(f.string("type")?)?;
         let connector = match f.string("connector")? {
             Some(raw) => Connector::parse(&raw).map_err(|r| Rejection::new("connector", r))?,
             None => Connector::Github,
@@ -240,6 +261,18 @@ impl BuildRequest {
         let repo = RepoSpec::parse(&repo_raw, connector, &policy.allowed_schemes)
             .map_err(|r| Rejection::new("repo", r))?;
         let git_ref = parse_opt(f.string("ref")?, "ref", GitRef::parse)?;
+        if ref_kind == RefKind::Tag && git_ref.is_none() {
+            return Err(Rejection::new(
+                "ref",
+                "is required with type \"tag\" (the tag to build)",
+            ));
+        }
+        if ref_kind != RefKind::Repo && git_ref.as_ref().is_some_and(GitRef::is_full_sha) {
+            return Err(Rejection::new(
+                "ref",
+                "must be a tag name with type \"tag\" or \"release\", not a commit",
+            ));
+        }
         let token = f.string("token")?.map(SecretString::from);
         let user_raw = f
             .string_aliased("user_id", "userID")?
@@ -281,6 +314,7 @@ impl BuildRequest {
             repo,
             connector,
             git_ref,
+            ref_kind,
             token,
             user_id,
             context,
@@ -298,18 +332,18 @@ impl BuildRequest {
     }
 }
 
-/// The seed format's `type`: "repo" builds the branch head; tags and releases are not yet built
-/// from this field (use `ref`).
-fn check_type(kind: Option<String>) -> Result<(), Rejection> {
+/// The seed format's `type`: "repo" (the default), "tag" or "release".
+fn parse_type(kind: Option<String>) -> Result<RefKind, Rejection> {
     match kind.as_deref() {
-        None | Some("repo") => Ok(()),
-        Some("tag") | Some("release") => Err(Rejection::new(
-            "type",
-            "tag and release builds are not supported through `type` yet; send the tag in `ref`",
-        )),
+        None | Some("repo") => Ok(RefKind::Repo),
+        Some("tag") => Ok(RefKind::Tag),
+        Some("release") => Ok(RefKind::Release),
         Some(other) => Err(Rejection::new(
             "type",
-            format!("unknown type {:?}; expected \"repo\"", truncate(other, 40)),
+            format!(
+                "unknown type {:?}; expected \"repo\", \"tag\" or \"release\"",
+                truncate(other, 40)
+            ),
         )),
     }
 }

@@ -144,7 +144,12 @@ fn each_bad_field_is_named() {
             r#"{"repo":"a/b","user_id":"u","builder":"make"}"#,
             "builder",
         ),
-        (r#"{"repo":"a/b","user_id":"u","type":"tag"}"#, "type"),
+        (r#"{"repo":"a/b","user_id":"u","type":"tag"}"#, "ref"),
+        (r#"{"repo":"a/b","user_id":"u","type":"branch"}"#, "type"),
+        (
+            r#"{"repo":"a/b","user_id":"u","type":"release","ref":"0123456789012345678901234567890123456789"}"#,
+            "ref",
+        ),
         (r#"{"repo":"a/b","user_id":"u","userID":"v"}"#, "user_id"),
         (r#"{"repo":"a/b","user_id":"u","colour":"red"}"#, "colour"),
         (r#"{"repo":"a/b","user_id":"u","id":"has space"}"#, "id"),
@@ -156,6 +161,29 @@ fn each_bad_field_is_named() {
     for (body, field) in cases {
         assert_eq!(rejected_field(body), field, "body {body}");
     }
+}
+
+#[test]
+fn type_says_how_ref_is_read() {
+    let kind = |body: &str| {
+        BuildRequest::parse(body.as_bytes(), &policy(), None)
+            .expect("valid")
+            .ref_kind
+    };
+    assert_eq!(kind(r#"{"repo":"a/b","user_id":"u"}"#), RefKind::Repo);
+    assert_eq!(
+        kind(r#"{"repo":"a/b","user_id":"u","type":"repo"}"#),
+        RefKind::Repo
+    );
+    assert_eq!(
+        kind(r#"{"repo":"a/b","user_id":"u","type":"tag","ref":"v1"}"#),
+        RefKind::Tag
+    );
+    // The newest release needs no ref.
+    assert_eq!(
+        kind(r#"{"repo":"a/b","user_id":"u","type":"release"}"#),
+        RefKind::Release
+    );
 }
 
 #[test]

@@ -103,6 +103,7 @@ mod tests {
             username: "x-access-token".into(),
             token: Some("gho_s3cret".to_owned().into()),
             git_ref: None,
+            ref_kind: Default::default(),
         };
         Token::new(&spec, &spec.remote)
     }

@@ -13,13 +13,13 @@ use sha2::{Digest, Sha256};
 use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
 use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
+use super::refs::Wanted;
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
 use crate::fresh::FreshGates;
 use crate::metrics::Metrics;
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, Checkout, SourceFetcher, SourceHold, SourceSpec};
-use crate::request::GitRef;
 
 pub struct GitMirrors {
     cache_dir: PathBuf,
@@ -156,10 +156,12 @@ impl SourceFetcher for GitMirrors {
             _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
         };
         self.ensure_fits_cache(&mirror, spec).await?;
-        let git_ref = spec.git_ref.clone();
-        let mut resolved =
-            blocking(move || resolve_in_mirror(&mirror, git_ref.as_ref(), default_branch, &stop))
-                .await?;
+        let wanted = Wanted {
+            git_ref: spec.git_ref.clone(),
+            kind: spec.ref_kind,
+            default_branch,
+        };
+        let mut resolved = blocking(move || resolve_in_mirror(&mirror, &wanted, &stop)).await?;
         resolved.hold = SourceHold::new(hold);
         self.evict_now_and_then();
         ctx.log
@@ -261,14 +263,9 @@ fn fetch_mirror(
 
 /// Resolves a ref in a freshly fetched mirror. Shared lock: another fetch may only add commits
 /// and move refs forward, never make this read see a half-written ref.
-fn resolve_in_mirror(
-    mirror: &Path,
-    git_ref: Option<&GitRef>,
-    default_branch: Option<String>,
-    stop: &Stop,
-) -> Result<Checkout, BuildError> {
+fn resolve_in_mirror(mirror: &Path, wanted: &Wanted, stop: &Stop) -> Result<Checkout, BuildError> {
     let (_lock, repo) = open_for_reading(mirror, stop)?;
-    let (oid, ref_name, is_default_branch) = resolve(&repo, git_ref, default_branch.as_deref())?;
+    let (oid, ref_name, is_default_branch) = super::refs::resolve(&repo, wanted)?;
     let committed_at = repo
         .find_commit(oid)
         .map_err(GitError::git("read the commit"))?
@@ -344,50 +341,6 @@ fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String
     paths.sort();
     paths.dedup();
     Ok(Some(paths))
-}
-
-/// Finds the commit for a ref: the default branch when absent, then SHA, branch, tag.
-fn resolve(
-    repo: &Repository,
-    git_ref: Option<&GitRef>,
-    default_branch: Option<&str>,
-) -> Result<(Oid, String, bool), BuildError> {
-    let not_found = |what: &str| BuildError::RefNotFound(what.to_owned());
-    let Some(git_ref) = git_ref else {
-        let branch = default_branch
-            .ok_or_else(|| not_found("the repository has no default branch (is it empty?)"))?;
-        let oid = peel(repo, branch).ok_or_else(|| not_found(branch))?;
-        let name = branch.strip_prefix("refs/heads/").unwrap_or(branch);
-        return Ok((oid, name.to_owned(), true));
-    };
-    let raw = git_ref.as_str();
-    if git_ref.is_full_sha() {
-        let oid = Oid::from_str(raw).map_err(|_| not_found(raw))?;
-        repo.find_commit(oid)
-            .map_err(|_| not_found(&format!("commit {raw} is not in the repository")))?;
-        return Ok((oid, raw.to_owned(), false));
-    }
-    let candidates = [
-        format!("refs/heads/{raw}"),
-        format!("refs/tags/{raw}"),
-        raw.to_owned(),
-    ];
-    for candidate in candidates.iter().filter(|c| c.starts_with("refs/")) {
-        if let Some(oid) = peel(repo, candidate) {
-            let name = candidate
-                .strip_prefix("refs/heads/")
-                .or_else(|| candidate.strip_prefix("refs/tags/"))
-                .unwrap_or(candidate);
-            let is_default = default_branch == Some(candidate.as_str());
-            return Ok((oid, name.to_owned(), is_default));
-        }
-    }
-    Err(not_found(&format!("no branch or tag named {raw}")))
-}
-
-fn peel(repo: &Repository, refname: &str) -> Option<Oid> {
-    let reference = repo.find_reference(refname).ok()?;
-    reference.peel_to_commit().ok().map(|c| c.id())
 }
 
 #[cfg(test)]
@@ -488,6 +441,7 @@ mod tests {
             username: "git".into(),
             token: None,
             git_ref: None,
+            ref_kind: Default::default(),
         };
         let err = mirrors
             .ensure_fits_cache(&mirror, &spec)

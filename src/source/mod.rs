@@ -7,12 +7,15 @@ mod egress;
 mod eviction;
 mod fetch;
 mod git;
+mod refs;
+mod snapshot;
 mod stop;
 
 use std::time::Duration;
 
 pub use egress::{ExtraRoots, Lookup, NetworkPolicy};
 pub use git::GitMirrors;
+pub use snapshot::{SNAPSHOT_BRANCH, snapshot_dir};
 
 use crate::config::BuildLimits;
 

@@ -22,7 +22,7 @@ pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
 pub use notifications::Notification;
 pub use ownership::Claim;
-pub use queries::{BuildFilter, Page, RepoSummary};
+pub use queries::{BuildFilter, Page, RepoSummary, VersionFilter};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
 pub use writes::Start;
 

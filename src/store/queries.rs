@@ -21,6 +21,16 @@ pub struct BuildFilter {
     pub users: Option<Vec<String>>,
 }
 
+/// Which of a repository's good builds `GET /v1/repos/{name}/versions` lists, newest first.
+#[derive(Debug, Clone, Copy)]
+pub struct VersionFilter<'a> {
+    /// Only builds of this ref.
+    pub git_ref: Option<&'a str>,
+    /// Only the newest build of each ref: the versions there are, as one line each.
+    pub newest_per_ref: bool,
+    pub limit: u32,
+}
+
 /// One page of a newest-first list and the cursor of the next one.
 #[derive(Debug, Clone, Serialize)]
 pub struct Page {
@@ -265,17 +275,29 @@ impl BuildStore {
     pub async fn versions(
         &self,
         repo: &str,
-        limit: u32,
+        filter: &VersionFilter<'_>,
         users: Option<&[String]>,
     ) -> Result<Vec<BuildRecord>, StoreError> {
-        let (scope, scope_users) = scoped(users, 3);
-        let sql = format!(
-            "SELECT {BUILD_COLUMNS} FROM builds WHERE state = 'succeeded' AND repo = $1{scope} \
-             ORDER BY finished_at DESC, id DESC LIMIT $2"
-        );
+        let (scope, scope_users) = scoped(users, 4);
+        let matching =
+            format!("state = 'succeeded' AND repo = $1 AND ($3 IS NULL OR git_ref = $3){scope}");
+        // Window functions exist in both stores (SQLite 3.25+, PostgreSQL).
+        let sql = if filter.newest_per_ref {
+            format!(
+                "SELECT {BUILD_COLUMNS} FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY git_ref \
+                 ORDER BY finished_at DESC, id DESC) AS newest FROM builds WHERE {matching}) \
+                 ranked WHERE newest = 1 ORDER BY finished_at DESC, id DESC LIMIT $2"
+            )
+        } else {
+            format!(
+                "SELECT {BUILD_COLUMNS} FROM builds WHERE {matching} \
+                 ORDER BY finished_at DESC, id DESC LIMIT $2"
+            )
+        };
         let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
             .bind(repo)
-            .bind(i64::from(limit));
+            .bind(i64::from(filter.limit))
+            .bind(filter.git_ref);
         for user in scope_users {
             query = query.bind(user);
         }

@@ -5,7 +5,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -24,7 +24,6 @@ use crate::events::{BuildCancelled, BuildFailed, BuildRef, BuildRetrying, BuildS
 use crate::metrics::Metrics;
 use crate::pipeline::{self, Job};
 use crate::ports::Environment;
-use crate::redact::Redactor;
 use crate::request::{BuildRequest, Rejection, RequestId, RequestPolicy, RequestSummary};
 use crate::store::{BuildStore, Lease, NewBuild, Start};
 
@@ -325,7 +324,7 @@ pub(super) fn record_of(job: &Job) -> NewBuild {
 
 /// Runs the build, announcing it while it runs, and says how it ended.
 async fn build(shared: &Shared, job: &Job, body: &[u8], lease: Option<&Lease>) -> Outcome {
-    let redactor = secrets_of(job, &shared.registry_password);
+    let redactor = job.redactor(&shared.registry_password);
     let writer = shared.store.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
     let started_event = started_event(shared, job);
@@ -544,23 +543,6 @@ fn rejected(incoming: &Incoming, build_id: String, rejection: Rejection) -> Outc
         },
         record,
     }
-}
-
-/// Everything that must never be shown: the token, build arg and secret values, the registry
-/// password.
-fn secrets_of(job: &Job, registry_password: &SecretString) -> Redactor {
-    let mut secrets: Vec<String> = job.request.build_args.values().map(str::to_owned).collect();
-    secrets.extend(
-        job.request
-            .secrets
-            .iter()
-            .map(|(_, value)| value.expose_secret().to_owned()),
-    );
-    if let Some(token) = &job.request.token {
-        secrets.push(token.expose_secret().to_owned());
-    }
-    secrets.push(registry_password.expose_secret().to_owned());
-    Redactor::new(secrets)
 }
 
 /// This replica's name in events: host and pid, since replicas may share a host.

@@ -65,6 +65,7 @@ fn mirror_of(dir: &std::path::Path, url: &str) -> (GitMirrors, SourceSpec) {
         username: "test".into(),
         token: None,
         git_ref: None,
+        ref_kind: Default::default(),
     };
     (mirrors, spec)
 }

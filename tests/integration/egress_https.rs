@@ -50,6 +50,7 @@ fn spec(url: &str, token: Option<&str>) -> SourceSpec {
         username: "test".into(),
         token: token.map(|t| t.to_owned().into()),
         git_ref: None,
+        ref_kind: Default::default(),
     }
 }
 

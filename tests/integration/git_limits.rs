@@ -47,6 +47,7 @@ fn spec(base_url: &str, repo: &str) -> SourceSpec {
         username: "test".into(),
         token: None,
         git_ref: None,
+        ref_kind: Default::default(),
     }
 }
 

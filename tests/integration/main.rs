@@ -10,6 +10,7 @@ mod secret_hygiene;
 mod secure_defaults;
 mod support;
 mod tenancy_api;
+mod triggers;
 mod worker_probes;
 
 mod base_images;

@@ -275,6 +275,46 @@ async fn http_flow(store_url: Option<String>) {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(body["error"]["field"], "tokn");
 
+    // Versions as the older package server listed them: by ref, the newest of each ref, the last N.
+    let version_ids = |versions: &Value| -> Vec<String> {
+        versions["versions"]
+            .as_array()
+            .expect("versions")
+            .iter()
+            .filter_map(|v| v["build_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (_, every) = api.get_json("/v1/repos/acme/app/versions").await;
+    assert_eq!(
+        version_ids(&every),
+        [rebuilt_id.as_str(), "second", "first"]
+    );
+    let (_, feature) = api
+        .get_json("/v1/repos/acme/app/versions?ref=feature")
+        .await;
+    assert_eq!(version_ids(&feature), ["second"], "{feature}");
+    let (_, newest) = api
+        .get_json("/v1/repos/acme/app/versions?newest_per_ref=true")
+        .await;
+    assert_eq!(
+        version_ids(&newest),
+        [rebuilt_id.as_str(), "second"],
+        "one line per ref: {newest}"
+    );
+    let (_, last) = api.get_json("/v1/repos/acme/app/versions?limit=1").await;
+    assert_eq!(version_ids(&last), [rebuilt_id.as_str()]);
+    for (query, field) in [
+        ("limit=0", "limit"),
+        ("newest_per_ref=maybe", "newest_per_ref"),
+        ("tag=v1", "tag"),
+    ] {
+        let (status, body) = api
+            .get_json(&format!("/v1/repos/acme/app/versions?{query}"))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}");
+    }
+
     // Metrics and probes.
     let metrics = api
         .client
