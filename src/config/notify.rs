@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -245,14 +245,10 @@ pub fn shown(value: &str) -> String {
     format!("[{}]", shown.join(", "))
 }
 
-/// The secret as the signer needs it.
-pub fn secret_bytes(hook: &Webhook) -> &[u8] {
-    hook.secret.expose_secret().as_bytes()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use secrecy::ExposeSecret;
     use serde_json::json;
 
     fn parse(value: serde_json::Value) -> Result<Webhooks, String> {
@@ -329,7 +325,7 @@ mod tests {
         ))
         .expect("valid");
         assert_eq!(hooks.0[0].events, ["build.failed"]);
-        assert_eq!(secret_bytes(&hooks.0[0]), b"s;,=");
+        assert_eq!(hooks.0[0].secret.expose_secret(), "s;,=");
         assert!(parse(json!("")).expect("empty").0.is_empty());
     }
 
