@@ -14,6 +14,7 @@ mod base_images;
 mod bridge;
 mod docker_host;
 pub mod layers;
+pub mod notify;
 pub mod report;
 pub mod safety;
 pub mod schema;
@@ -23,6 +24,7 @@ pub use base_images::{BaseImageSettings, BaseMirror, BaseRegistry};
 pub use bridge::{BridgeName, BuildSubnet};
 pub use docker_host::{DockerAddress, DockerHost};
 pub use layers::{Layers, Origin};
+pub use notify::{NotifySettings, Webhook, Webhooks};
 pub use safety::{Relaxation, SecuritySettings};
 pub use tenancy::{Forge, KeyScope, KeysSetting, ReposSetting, Role};
 
@@ -45,6 +47,8 @@ pub struct Settings {
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
     pub security: SecuritySettings,
+    /// HTTP webhooks notified of every recorded event.
+    pub notify: NotifySettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -461,6 +465,8 @@ impl Settings {
             self.webhooks.replay_window_secs > 0,
             "webhooks.replay_window_secs must be at least 1"
         );
+        let problems = self.notify.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(())
     }
 

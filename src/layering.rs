@@ -37,6 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "adapters",
         &["source", "engine", "registry", "store", "amqp", "testing"],
     ),
+    ("notifications", &["notify"]),
     ("image edits", &["image_edit"]),
     ("stages", &["plan", "incremental"]),
     ("pipeline", &["pipeline"]),

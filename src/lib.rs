@@ -25,6 +25,7 @@ pub mod init;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod notify;
 pub(crate) mod now_and_then;
 pub mod percent;
 pub mod pipeline;

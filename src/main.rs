@@ -192,6 +192,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 _ if !settings.api.probes_listen.is_empty() => Some(Serving::Probes),
                 _ => None,
             };
+            // Delivers the notification outbox until the worker and the API are done (what a
+            // draining worker records still goes out; what is left waits in the store).
+            let notify_stop = CancellationToken::new();
+            let notifier = image_builder::notify::spawn(
+                &settings,
+                store.clone(),
+                metrics.clone(),
+                notify_stop.clone(),
+            )?;
             let api = serving.map(|what| {
                 image_builder::api::serve(what, settings, store, metrics, shutdown.clone())
             });
@@ -214,6 +223,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     result
                 }
             );
+            notify_stop.cancel();
+            if let Some(notifier) = notifier {
+                let _ = notifier.await;
+            }
             worker?;
             api?;
             Ok(ExitCode::SUCCESS)

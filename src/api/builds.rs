@@ -272,20 +272,21 @@ pub async fn cancel(
     }
     // Stored first: the replica running it finds the cancel when it next renews its lease, even
     // if the broadcast below never reaches it (it was reconnecting, or the broker is away).
-    match state.store.request_cancel(&id).await? {
+    // The event a queued build's cancel announces, written to the notification outbox with it.
+    let event = Event::Cancelled(BuildCancelled {
+        build: BuildRef {
+            build_id: build.id.clone(),
+            request_id: build.request_id.clone(),
+            user_id: build.user_id.clone(),
+            repo: build.repo.clone(),
+            git_ref: build.git_ref.clone(),
+        },
+        attempts: u32::try_from(build.attempts).unwrap_or(0),
+        was_running: false,
+        log_tail: Vec::new(),
+    });
+    match state.store.request_cancel(&id, Some(&event)).await? {
         CancelRequest::Cancelled => {
-            let event = Event::Cancelled(BuildCancelled {
-                build: BuildRef {
-                    build_id: build.id.clone(),
-                    request_id: build.request_id.clone(),
-                    user_id: build.user_id.clone(),
-                    repo: build.repo.clone(),
-                    git_ref: build.git_ref.clone(),
-                },
-                attempts: u32::try_from(build.attempts).unwrap_or(0),
-                was_running: false,
-                log_tail: Vec::new(),
-            });
             if let Err(e) = state.broker.event(&event).await {
                 tracing::warn!(build_id = %id, "failed to publish build.cancelled: {e:#}");
             }

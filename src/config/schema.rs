@@ -6,12 +6,13 @@ use std::collections::BTreeSet;
 use super::layers::{DEFAULTS, Entry, Origin, flatten_toml};
 
 /// Keys whose values are secrets (or URLs that may carry a password): never printed.
-pub const SECRET_KEYS: [&str; 5] = [
+pub const SECRET_KEYS: [&str; 6] = [
     "amqp.url",
     "registry.password",
     "store.url",
     "webhooks.github_secret",
     "webhooks.gitlab_secret",
+    "notify.webhooks",
 ];
 
 /// Connectors are a map of operator-chosen names; the defaults' entries name its fields.
@@ -87,6 +88,10 @@ fn edit_distance(a: &str, b: &str) -> usize {
 pub fn shown(key: &str, value: &str) -> String {
     if !SECRET_KEYS.contains(&key) || value.is_empty() || value == "\"\"" {
         return value.to_owned();
+    }
+    if key == "notify.webhooks" {
+        // A list of tables holding secrets: each one masked, the rest kept readable.
+        return super::notify::shown(value);
     }
     let bare = value.trim_matches('"');
     match url::Url::parse(bare) {

@@ -5,6 +5,7 @@
 mod deliveries;
 mod lease;
 mod log_writer;
+mod notifications;
 mod ownership;
 mod queries;
 mod record;
@@ -19,12 +20,13 @@ use sqlx::any::AnyPoolOptions;
 
 pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
+pub use notifications::Notification;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary, VersionFilter};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
 pub use writes::Start;
 
-use crate::config::Settings;
+use crate::config::{Settings, Webhook};
 use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -37,6 +39,8 @@ pub struct BuildStore {
     writer: AnyPool,
     /// SQLite serves one replica (see `lease::void_own_leases`).
     sqlite: bool,
+    /// Which webhooks each recorded event is written to the outbox for.
+    notify: notifications::Notifications,
 }
 
 fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
@@ -75,7 +79,16 @@ impl BuildStore {
         } else {
             url.to_owned()
         };
-        Self::connect(&url).await
+        Ok(Self::connect(&url)
+            .await?
+            .with_webhooks(&settings.notify.webhooks.0))
+    }
+
+    /// From now on every state change that announces an event also writes its notifications
+    /// for the `webhooks` that want it, in the same transaction.
+    pub fn with_webhooks(mut self, webhooks: &[Webhook]) -> Self {
+        self.notify = notifications::Notifications::new(webhooks);
+        self
     }
 
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -103,6 +116,7 @@ impl BuildStore {
             pool,
             writer,
             sqlite,
+            notify: notifications::Notifications::default(),
         })
     }
 

@@ -30,4 +30,5 @@ mod fleet;
 mod git_limits;
 mod hostile_checkout;
 mod incremental_diff;
+mod notify_webhooks;
 mod process_lifetime;
