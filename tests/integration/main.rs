@@ -19,6 +19,7 @@ mod cache_mounts;
 mod cli;
 mod core_worker;
 mod deploy_manifests;
+mod dev_workflow;
 mod docker_engine;
 mod dockerfile_compat;
 mod egress;
