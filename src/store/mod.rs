@@ -29,7 +29,15 @@ pub use writes::Start;
 use crate::config::{Settings, Webhook};
 use crate::error::StoreError;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations of this release. Migrations only add (tables, columns with defaults), so a
+/// store migrated by a newer release still serves this one: the versions it does not know are
+/// left alone instead of refusing to start, which lets a fleet roll forward (and an old replica
+/// restart mid-rollout) without stopping.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 #[derive(Clone)]
 pub struct BuildStore {
@@ -111,7 +119,7 @@ impl BuildStore {
         } else {
             pool.clone()
         };
-        MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
+        migrator().run(&writer).await.map_err(StoreError::Migrate)?;
         Ok(Self {
             pool,
             writer,
@@ -124,5 +132,28 @@ impl BuildStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::BuildStore;
+
+    #[tokio::test]
+    async fn a_store_migrated_by_a_newer_release_still_opens() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        let store = BuildStore::connect(&url).await.expect("store");
+        // What a later release's migration leaves behind: a version this binary does not have.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99990101, 'from the future', TRUE, X'00', 1)",
+        )
+        .execute(&store.writer)
+        .await
+        .expect("a newer migration recorded");
+        drop(store);
+        let reopened = BuildStore::connect(&url).await;
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
     }
 }
