@@ -32,4 +32,5 @@ mod git_limits;
 mod hostile_checkout;
 mod incremental_diff;
 mod notify_webhooks;
+mod openapi_contract;
 mod process_lifetime;
