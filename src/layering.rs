@@ -37,7 +37,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "adapters",
         &["source", "engine", "registry", "store", "amqp", "testing"],
     ),
-    ("image edits", &["image_edit"]),
+    ("image edits", &["image_edit", "artifacts"]),
     ("stages", &["plan", "incremental"]),
     ("pipeline", &["pipeline"]),
     ("delivery", &["worker", "api", "submit"]),
