@@ -45,6 +45,7 @@ pub struct Settings {
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
     pub security: SecuritySettings,
+    pub artifacts: ArtifactSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -267,6 +268,13 @@ impl BuildLimits {
     pub fn git_stall(&self) -> Duration {
         Duration::from_secs(self.git_stall_secs)
     }
+}
+
+/// `[artifacts]`: exports of built images (see `artifacts`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArtifactSettings {
+    /// Bound of one artifact's uncompressed tar.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,6 +48,26 @@ pub struct ImageUpdated {
     pub duration_ms: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: time::OffsetDateTime,
+    /// The request's `artifacts`, exported and stored next to the image; absent when none were
+    /// asked for, so consumers that predate the field see the same body.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+/// One stored artifact: an OCI artifact manifest in the image's repository whose subject is the
+/// image, with one `tar.gz` layer of `path`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    /// The path in the image, normalised.
+    pub path: String,
+    /// `os/arch[/variant]` of the image it was read from.
+    pub platform: String,
+    /// The artifact manifest's digest (`oras pull <image repo>@<digest>`).
+    pub digest: String,
+    /// The `tar.gz` blob's digest and size.
+    pub blob_digest: String,
+    pub size: u64,
 }
 
 /// Body of `build.failed` and `build.rejected`.
