@@ -158,7 +158,11 @@ pub async fn list(
 }
 
 /// The build if it is this key's to see; another tenant's answers exactly like an unknown id.
-async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    scope: &Scope,
+    id: &str,
+) -> Result<BuildRecord, ApiError> {
     state
         .store
         .get(id)

@@ -1,6 +1,7 @@
 //! The HTTP API of DESIGN.md ("Records and HTTP API"): build records, logs, cancel and rebuild,
 //! image lookup, GitHub webhooks, metrics and health. One port; bearer keys except where noted.
 
+mod artifacts;
 mod auth;
 mod broker;
 mod builds;
@@ -25,6 +26,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::ports::ImageRegistry;
 use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
@@ -34,6 +36,8 @@ pub struct AppState {
     pub store: BuildStore,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
+    /// Where artifacts are read from (`registry.host`), chosen by the composition root.
+    pub registry: Arc<dyn ImageRegistry>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
     pub shutdown: CancellationToken,
     keys: Arc<auth::ApiKeys>,
@@ -48,6 +52,7 @@ impl AppState {
         store: BuildStore,
         broker: Broker,
         metrics: Arc<Metrics>,
+        registry: Arc<dyn ImageRegistry>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -62,6 +67,7 @@ impl AppState {
             store,
             broker,
             metrics,
+            registry,
         })
     }
 }
@@ -76,6 +82,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/builds/{id}/logs", get(builds::logs))
         .route("/v1/builds/{id}/cancel", post(builds::cancel))
         .route("/v1/builds/{id}/rebuild", post(builds::rebuild))
+        .route("/v1/builds/{id}/artifacts", get(artifacts::list))
+        .route("/v1/builds/{id}/artifacts/{name}", get(artifacts::download))
+        .route("/v1/artifacts", get(artifacts::latest))
         .route("/v1/images", get(catalog::image))
         .route("/v1/repos", get(catalog::repos))
         .route("/v1/repos/{*name_and_versions}", get(catalog::versions))
@@ -130,10 +139,18 @@ pub async fn serve(
     settings: Arc<Settings>,
     store: BuildStore,
     metrics: Arc<Metrics>,
+    registry: Arc<dyn ImageRegistry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
-    let state = AppState::new(settings.clone(), store, broker, metrics, shutdown.clone())?;
+    let state = AppState::new(
+        settings.clone(),
+        store,
+        broker,
+        metrics,
+        registry,
+        shutdown.clone(),
+    )?;
     let (listen, make): (&str, fn(AppState) -> Router) = match what {
         Serving::Api => (&settings.api.listen, router),
         Serving::Probes => (&settings.api.probes_listen, probes_router),
