@@ -215,7 +215,11 @@ pub async fn latest(
     let body = build_request(&state, &scope, &params, repo, git_ref, &name, platform).await?;
     let request = BuildRequest::parse(&body, &state.policy, None)?;
     scope.may_submit_for(request.user_id.as_str())?;
-    enqueue(&state, &request, &body, None).await
+    let queued = enqueue(&state, &request, &body, None).await?;
+    if queued.status() != StatusCode::ACCEPTED {
+        return Ok(queued);
+    }
+    Ok(accepted(request.id.as_str(), "queued", false))
 }
 
 /// 202 naming the build that will make the artifact.

@@ -12,6 +12,7 @@ mod support;
 mod tenancy_api;
 mod worker_probes;
 
+mod artifacts;
 mod base_images;
 mod build_secrets;
 mod cache_mounts;
