@@ -265,7 +265,7 @@ async fn artifact_round_trip_matches_the_image() {
     let (status, body) = other.get_json(&format!("/v1/builds/{id}/artifacts")).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
     let (status, body) = other
-        .get_json(&format!("/v1/artifacts?repo=acme/app&name=dist"))
+        .get_json("/v1/artifacts?repo=acme/app&name=dist")
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
