@@ -66,18 +66,28 @@ pub async fn export_all(e: &Export<'_>) -> Result<Vec<ArtifactRef>, BuildError> 
             stored.push(store_one(e, &subject, &platform, &layers, &dir, i, spec).await?);
         }
     }
+    list_referrers(e, &subject, &stored).await?;
+    Ok(stored.into_iter().map(|s| s.artifact).collect())
+}
+
+/// Adds the stored artifacts to the image's referrers fallback tag. Another export of the same
+/// image (a cached answer beside this one) may write the tag at the same moment: the tag is read
+/// back, and merged again while an artifact of ours is missing from it.
+async fn list_referrers(
+    e: &Export<'_>,
+    subject: &oci::Descriptor,
+    stored: &[Stored],
+) -> Result<(), BuildError> {
+    const TRIES: usize = 3;
     let tag = oci::referrers_tag(&e.image.digest);
-    let current = e.registry.manifest(e.repository, &tag).await?;
-    let blobs: Vec<oci::Descriptor> = stored.iter().map(|s| s.blob.clone()).collect();
     let artifacts: Vec<oci::Artifact<'_>> = stored
         .iter()
-        .zip(&blobs)
-        .map(|(s, blob)| oci::Artifact {
+        .map(|s| oci::Artifact {
             name: &s.artifact.name,
             path: &s.artifact.path,
             platform: &s.artifact.platform,
-            blob,
-            subject: &subject,
+            blob: &s.blob,
+            subject,
         })
         .collect();
     let added: Vec<(oci::Descriptor, &oci::Artifact<'_>)> = stored
@@ -85,20 +95,33 @@ pub async fn export_all(e: &Export<'_>) -> Result<Vec<ArtifactRef>, BuildError> 
         .zip(&artifacts)
         .map(|(s, a)| (s.manifest.clone(), a))
         .collect();
-    let index = oci::referrers_index(
+    let index_of = |current: &Option<Manifest>| -> Option<Vec<u8>> {
         current
             .as_ref()
             .filter(|m| media_type(m) == oci::IMAGE_INDEX)
-            .map(|m| m.bytes.as_slice()),
-        &added,
-    );
-    let index = Manifest {
-        media_type: oci::IMAGE_INDEX.to_owned(),
-        digest: content_digest(&index),
-        bytes: index,
+            .map(|m| m.bytes.clone())
     };
-    e.registry.tag(e.repository, &tag, &index).await?;
-    Ok(stored.into_iter().map(|s| s.artifact).collect())
+    let mut current = e.registry.manifest(e.repository, &tag).await?;
+    for _ in 0..TRIES {
+        let bytes = oci::referrers_index(index_of(&current).as_deref(), &added);
+        let index = Manifest {
+            media_type: oci::IMAGE_INDEX.to_owned(),
+            digest: content_digest(&bytes),
+            bytes,
+        };
+        if current.as_ref().map(|c| &c.digest) != Some(&index.digest) {
+            e.registry.tag(e.repository, &tag, &index).await?;
+        }
+        current = e.registry.manifest(e.repository, &tag).await?;
+        let listed = index_of(&current).unwrap_or_default();
+        if oci::lists_all(&listed, &added) {
+            return Ok(());
+        }
+    }
+    Err(protocol(format!(
+        "the referrers tag {tag} kept changing under {TRIES} writes; the artifacts are stored \
+         but not all listed there"
+    )))
 }
 
 /// One stored artifact and the descriptors the referrers index needs.
@@ -117,6 +140,7 @@ async fn store_one(
     index: usize,
     spec: &ArtifactSpec,
 ) -> Result<Stored, BuildError> {
+    let started = std::time::Instant::now();
     let out = dir.join(format!("{}-{index}.tar.gz", platform.replace('/', "-")));
     let (layers_owned, path, max) = (layers.to_vec(), spec.path.clone(), e.max_bytes);
     let out_file = out.clone();
@@ -162,12 +186,13 @@ async fn store_one(
     // The file is uploaded; the scratch disk is not a second copy of every artifact.
     let _ = tokio::fs::remove_file(&out).await;
     e.log.push(&format!(
-        "artifact {} ({} for {platform}): {}, {} bytes in {} entries",
+        "artifact {} ({} for {platform}): {}, {} bytes in {} entries, stored in {} ms",
         spec.name.as_str(),
         spec.path.as_str(),
         manifest.digest,
         exported.size,
-        exported.entries
+        exported.entries,
+        started.elapsed().as_millis()
     ));
     Ok(Stored {
         artifact: ArtifactRef {
@@ -311,3 +336,6 @@ fn protocol(message: String) -> BuildError {
 fn internal(doing: &str, err: std::io::Error) -> BuildError {
     BuildError::Internal(anyhow::anyhow!("failed to {doing}: {err}"))
 }
+
+#[cfg(test)]
+mod tests;

@@ -114,6 +114,18 @@ pub fn referrers_index(current: Option<&[u8]>, added: &[(Descriptor, &Artifact<'
     serde_json::to_vec(&index).unwrap_or_default()
 }
 
+/// Whether the index `bytes` lists every descriptor of `added`.
+pub fn lists_all(bytes: &[u8], added: &[(Descriptor, &Artifact<'_>)]) -> bool {
+    let listed: Vec<String> = serde_json::from_slice::<Value>(bytes)
+        .ok()
+        .and_then(|index| index.get("manifests").and_then(Value::as_array).cloned())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|m| m.get("digest").and_then(Value::as_str).map(str::to_owned))
+        .collect();
+    added.iter().all(|(d, _)| listed.contains(&d.digest))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -185,6 +197,8 @@ mod tests {
         assert_eq!(digests, vec!["sha256:sig", "sha256:1"]);
         assert_eq!(index["mediaType"], IMAGE_INDEX);
         assert_eq!(index["manifests"][1]["artifactType"], ARTIFACT_TYPE);
+        assert!(lists_all(&again, &[(descriptor("sha256:1"), &a)]));
+        assert!(!lists_all(foreign, &[(descriptor("sha256:1"), &a)]));
         let garbage = referrers_index(Some(b"not json"), &[(descriptor("sha256:1"), &a)]);
         assert_eq!(garbage, first);
     }
