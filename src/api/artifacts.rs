@@ -113,7 +113,16 @@ pub async fn download(
                 name.as_str()
             ))
         })?;
-    let mut response = Body::from_stream(blob.chunks).into_response();
+    // An error ends the body where it is: the client sees a cut-off response, the log says why.
+    let build_id = id.clone();
+    let chunks = futures_util::TryStreamExt::inspect_err(blob.chunks, move |e| {
+        tracing::warn!(
+            build_id = %build_id,
+            "artifact download cut off: {}",
+            crate::error::cause_chain(e)
+        );
+    });
+    let mut response = Body::from_stream(chunks).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -246,3 +246,18 @@ fn bad_artifacts_name_their_field() {
         .collect();
     assert_eq!(with(&format!("[{}]", many.join(","))), "artifacts");
 }
+
+#[test]
+fn the_recorded_view_parses_back_with_its_artifacts() {
+    // The rebuild route re-submits the stored view: its artifacts must survive the trip.
+    let req =
+        parse(r#"{"user_id":"u","repo":"a/b","artifacts":[{"name":"dist","path":"/app/dist"}]}"#)
+            .expect("parses");
+    let mut view = req.public_view();
+    if let Some(map) = view.as_object_mut() {
+        map.remove("has_token");
+    }
+    let again = parse(&view.to_string()).expect("the view parses");
+    assert_eq!(again.artifacts, req.artifacts);
+    assert_eq!(again.fingerprint(), req.fingerprint());
+}

@@ -424,3 +424,92 @@ async fn bad_artifact_paths_are_refused_or_fail_as_the_users_fault() {
     }
     stack.cleanup().await;
 }
+
+/// The download route streams from the registry and checks the digest on the way: a registry
+/// that serves other bytes (the lying fake of `registry_client`) gets the response cut off,
+/// never a complete body. The record is written straight into the store the API reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_whose_blob_is_not_its_digest_is_cut_off() {
+    use image_builder::events::{ArtifactRef, BuildRef};
+    use image_builder::ports::content_digest;
+    use image_builder::store::{BuildState, BuildStore, NewBuild};
+
+    let fake = crate::registry_client::fake::Fake::start().await;
+    let git = GitServer::start().await;
+    let stack = Stack::new().await;
+    let url = postgres_database().await;
+    let store = BuildStore::connect(&url).await.expect("store");
+    let id = unique("lie");
+    let new = NewBuild {
+        id: id.clone(),
+        request_id: id.clone(),
+        user_id: Some("u1".into()),
+        repo: Some("acme/app".into()),
+        git_ref: Some("main".into()),
+        request: json!({}),
+        rebuild_of: None,
+        fingerprint: Some(id.clone()),
+    };
+    store
+        .create(&new, BuildState::Queued)
+        .await
+        .expect("create");
+    let blob_digest = content_digest(b"the blob");
+    let out = ImageUpdated {
+        build: BuildRef {
+            build_id: id.clone(),
+            request_id: id.clone(),
+            user_id: Some("u1".into()),
+            repo: Some("acme/app".into()),
+            git_ref: Some("main".into()),
+        },
+        commit: "c".repeat(40),
+        image: format!("{}/tampered", fake.addr),
+        tags: vec![],
+        digest: content_digest(b"image"),
+        platforms: vec![],
+        cached: false,
+        duration_ms: 1,
+        finished_at: time::OffsetDateTime::now_utc(),
+        artifacts: vec![ArtifactRef {
+            name: "dist".into(),
+            path: "/app/dist".into(),
+            platform: "linux/amd64".into(),
+            digest: content_digest(b"manifest"),
+            blob_digest: blob_digest.clone(),
+            size: 8,
+        }],
+    };
+    store.succeeded(&id, 1, &out).await.expect("succeeded");
+
+    let api = Api::spawn(
+        &stack,
+        &git,
+        &[
+            ("IMAGE_BUILDER__STORE__URL", url.as_str()),
+            ("IMAGE_BUILDER__REGISTRY__HOST", fake.addr.as_str()),
+        ],
+    )
+    .await;
+    let (status, listed) = api.get_json(&format!("/v1/builds/{id}/artifacts")).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    assert_eq!(listed["artifacts"][0]["blob_digest"], blob_digest.as_str());
+    // The one chunk is held back for the check, so the connection may end before the headers
+    // are out; either way no complete response arrives.
+    let served = match api
+        .request(Method::GET, &format!("/v1/builds/{id}/artifacts/dist"))
+        .send()
+        .await
+    {
+        Ok(response) => response.bytes().await.map(|b| b.to_vec()),
+        Err(cut) => Err(cut),
+    };
+    assert!(served.is_err(), "a complete body was served: {served:?}");
+    assert!(
+        api.worker.log().contains("has digest"),
+        "the mismatch is logged:\n{}",
+        api.worker.log()
+    );
+    drop(api);
+    stack.cleanup().await;
+}

@@ -3,7 +3,7 @@
 //! server), each behind a counting proxy, plus a fake that serves content not matching its
 //! digest. Only 127.0.0.1 is contacted.
 
-mod fake;
+pub(crate) mod fake;
 mod processes;
 mod proxy;
 mod token_server;
