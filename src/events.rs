@@ -176,4 +176,42 @@ mod tests {
         let back: Event = serde_json::from_value(value).expect("round trip");
         assert_eq!(back.routing_key(), "build.rejected");
     }
+
+    #[test]
+    fn image_updated_names_artifacts_only_when_there_are_some() {
+        let mut updated = ImageUpdated {
+            build: BuildRef {
+                build_id: "b".into(),
+                request_id: "r".into(),
+                user_id: None,
+                repo: None,
+                git_ref: None,
+            },
+            commit: "c".into(),
+            image: "reg/u/app".into(),
+            tags: vec![],
+            digest: "sha256:i".into(),
+            platforms: vec![],
+            cached: false,
+            duration_ms: 1,
+            finished_at: time::OffsetDateTime::UNIX_EPOCH,
+            artifacts: vec![],
+        };
+        let plain = serde_json::to_value(&updated).expect("json");
+        assert!(plain.get("artifacts").is_none(), "{plain}");
+        // A body from before the field reads as no artifacts.
+        let old: ImageUpdated = serde_json::from_value(plain).expect("old body");
+        assert!(old.artifacts.is_empty());
+        updated.artifacts.push(ArtifactRef {
+            name: "dist".into(),
+            path: "/app/dist".into(),
+            platform: "linux/amd64".into(),
+            digest: "sha256:a".into(),
+            blob_digest: "sha256:b".into(),
+            size: 3,
+        });
+        let listed = serde_json::to_value(&updated).expect("json");
+        assert_eq!(listed["artifacts"][0]["digest"], "sha256:a");
+        assert_eq!(listed["artifacts"][0]["blob_digest"], "sha256:b");
+    }
 }
