@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::AppState;
-use super::builds::{enqueue, find};
+use super::builds::{enqueue, find, links};
 use super::error::ApiError;
 use super::scope::Scope;
 use crate::config::Role;
@@ -237,11 +237,7 @@ fn accepted(id: &str, state: &str, existing: bool) -> Response {
         "id": id,
         "state": state,
         "existing": existing,
-        "links": {
-            "self": format!("/v1/builds/{id}"),
-            "logs": format!("/v1/builds/{id}/logs"),
-            "artifacts": format!("/v1/builds/{id}/artifacts"),
-        },
+        "links": links(id),
     });
     (StatusCode::ACCEPTED, Json(answer)).into_response()
 }

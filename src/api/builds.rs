@@ -23,12 +23,13 @@ const DEFAULT_PAGE: u32 = 50;
 const LOG_PAGE: u32 = 1000;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-fn links(id: &str) -> Value {
+pub(super) fn links(id: &str) -> Value {
     json!({
         "self": format!("/v1/builds/{id}"),
         "logs": format!("/v1/builds/{id}/logs"),
         "cancel": format!("/v1/builds/{id}/cancel"),
         "rebuild": format!("/v1/builds/{id}/rebuild"),
+        "artifacts": format!("/v1/builds/{id}/artifacts"),
     })
 }
 
