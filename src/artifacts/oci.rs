@@ -2,6 +2,12 @@
 //! conventions) and the referrers fallback index (distribution spec 1.1, "referrers tag
 //! schema") for registries without the referrers API.
 //!
+//! Checked against the shared registry (Debian's docker-registry, distribution 2.8): a manifest
+//! with `artifactType`, `subject` and the empty config (with its `data`) is accepted as it is
+//! (201) and served back byte for byte; the answer has no `OCI-Subject` header and
+//! `GET /v2/<name>/referrers/<digest>` is 404, so the fallback tag is always written. On a
+//! registry with the referrers API the tag is redundant but harmless (clients prefer the API).
+//!
 //! Every document is a pure function of its inputs (no timestamps), so exporting the same path
 //! of the same image again writes the same digests and the index converges instead of growing.
 
