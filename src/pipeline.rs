@@ -121,7 +121,7 @@ pub async fn run(
             manifest.digest
         ));
         // The build key names the image, not its exports: read them from the image there is.
-        let exported = export(env, job, repository, &manifest, &ctx).await?;
+        let exported = export(env, job, (&image, repository), &manifest, &ctx).await?;
         return Ok(updated(manifest.digest, naming.tags, true, exported));
     }
 
@@ -177,7 +177,7 @@ pub async fn run(
             .await?;
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
-    let exported = export(env, job, repository, &manifest, &ctx).await?;
+    let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
     Ok(updated(digest, build_spec.tags, false, exported))
 }
 
@@ -233,14 +233,20 @@ async fn produce(
 async fn export(
     env: &Environment,
     job: &Job,
-    repository: &str,
+    (image_name, repository): (&str, &str),
     image: &Manifest,
     ctx: &BuildCtx,
 ) -> Result<Vec<crate::events::ArtifactRef>, BuildError> {
     if job.request.artifacts.is_empty() {
         return Ok(Vec::new());
     }
+    // Records of this image's exports: a cached answer reuses them instead of reading layers.
+    let recorded = env
+        .recorded_images
+        .recorded_artifacts(image_name, &image.digest)
+        .await?;
     let export = artifacts::Export {
+        recorded: &recorded,
         registry: env.registry.as_ref(),
         repository,
         image,

@@ -35,6 +35,9 @@ pub struct Export<'a> {
     /// The build's scratch dir: layers and artifacts pass through it, removed with it.
     pub scratch_dir: &'a Path,
     pub log: &'a BuildLog,
+    /// What earlier builds of this very image stored (`RecordedImages::recorded_artifacts`):
+    /// reused when it covers every spec and is still in the registry.
+    pub recorded: &'a [ArtifactRef],
 }
 
 /// Exports every spec from every platform of the image, stores each as an artifact and lists
@@ -42,6 +45,18 @@ pub struct Export<'a> {
 pub async fn export_all(e: &Export<'_>) -> Result<Vec<ArtifactRef>, BuildError> {
     if e.specs.is_empty() {
         return Ok(Vec::new());
+    }
+    if let Some(reused) = reuse(e).await? {
+        e.log.push(&format!(
+            "artifacts of {} already stored: {}",
+            e.image.digest,
+            reused
+                .iter()
+                .map(|a| format!("{} ({}) {}", a.name, a.platform, a.digest))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        return Ok(reused);
     }
     let subject = oci::Descriptor {
         media_type: media_type(e.image),
@@ -68,6 +83,31 @@ pub async fn export_all(e: &Export<'_>) -> Result<Vec<ArtifactRef>, BuildError> 
     }
     list_referrers(e, &subject, &stored).await?;
     Ok(stored.into_iter().map(|s| s.artifact).collect())
+}
+
+/// The recorded artifacts of this image for every spec (same name and path), each still in the
+/// registry; None when any is missing, and everything is exported again. Exports are
+/// deterministic, so a reuse is exactly what a new export would store.
+async fn reuse(e: &Export<'_>) -> Result<Option<Vec<ArtifactRef>>, BuildError> {
+    let mut reused = Vec::new();
+    for spec in e.specs {
+        let matching: Vec<&ArtifactRef> = e
+            .recorded
+            .iter()
+            .filter(|a| a.name == spec.name.as_str() && a.path == spec.path.as_str())
+            .collect();
+        if matching.is_empty() {
+            return Ok(None);
+        }
+        for artifact in matching {
+            let there = e.registry.digest(e.repository, &artifact.digest).await?;
+            if there.as_deref() != Some(artifact.digest.as_str()) {
+                return Ok(None);
+            }
+            reused.push(artifact.clone());
+        }
+    }
+    Ok(Some(reused))
 }
 
 /// Adds the stored artifacts to the image's referrers fallback tag. Another export of the same

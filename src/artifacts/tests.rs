@@ -114,6 +114,7 @@ async fn every_platform_of_an_index_gets_its_artifact_listed_under_the_referrers
         max_bytes: 1 << 20,
         scratch_dir: scratch.path(),
         log: &log,
+        recorded: &[],
     };
     let stored = export_all(&export).await.expect("exported");
     let platforms: Vec<&str> = stored.iter().map(|a| a.platform.as_str()).collect();
@@ -177,6 +178,33 @@ async fn every_platform_of_an_index_gets_its_artifact_listed_under_the_referrers
         rewritten.is_empty(),
         "an unchanged index is not written: {rewritten:?}"
     );
+
+    // Recorded and still in the registry: reused, nothing read or written.
+    let writes = registry.tags_written().len();
+    let reusing = Export {
+        recorded: &stored,
+        ..export
+    };
+    assert_eq!(export_all(&reusing).await.expect("reused"), stored);
+    assert_eq!(registry.tags_written().len(), writes);
+    assert!(
+        log.tail(1)[0].contains("already stored"),
+        "{:?}",
+        log.tail(1)
+    );
+    // A record whose manifest the registry lacks is exported again.
+    let mut gone = stored.clone();
+    gone[1].digest = content_digest(b"not in the registry");
+    let stale = Export {
+        recorded: &gone,
+        ..reusing
+    };
+    assert_eq!(export_all(&stale).await.expect("exported"), stored);
+    assert!(
+        !log.tail(1)[0].contains("already stored"),
+        "{:?}",
+        log.tail(1)
+    );
 }
 
 #[tokio::test]
@@ -197,6 +225,7 @@ async fn a_path_the_image_lacks_is_the_users_fault_naming_it() {
         max_bytes: 1 << 20,
         scratch_dir: scratch.path(),
         log: &log,
+        recorded: &[],
     };
     let err = export_all(&export).await.expect_err("missing");
     assert_eq!(err.classify(), crate::error::Fault::User);

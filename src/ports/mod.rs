@@ -2,8 +2,8 @@
 //! cross them. The pipeline (`pipeline`, `plan`, `incremental`) is written against these traits;
 //! adapters (`source`, `engine`, `registry`, `store`) implement them; `startup` picks which.
 //!
-//! This module sits below every adapter and imports only base modules (`config`, `error`,
-//! `request`, `build_log`): see `layering` for the rule and its check.
+//! This module sits below every adapter and imports only lower modules (`config`, `error`,
+//! `request`, `build_log`, `events`): see `layering` for the rule and its check.
 
 mod context;
 mod engine;

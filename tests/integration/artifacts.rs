@@ -349,6 +349,19 @@ async fn get_or_build_queues_once_then_answers_with_the_artifact() {
     );
     api.wait_state(&cached_id, "succeeded", Duration::from_secs(10))
         .await;
+    // Once more: every artifact is recorded for this image and still there, so it is reused
+    // without reading a layer.
+    let third_id = unique("again");
+    let mut third = request.clone();
+    third["id"] = json!(third_id);
+    let (status, body) = api.post_json("/v1/builds", &third).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let reused = expect_image(stack.outcome(&third_id, BUILD_TIMEOUT).await, &api);
+    assert_eq!(reused.artifacts, cached.artifacts);
+    let logs = api.text(&format!("/v1/builds/{third_id}/logs")).await;
+    assert!(logs.contains("already stored"), "{logs}");
+    let logs = api.text(&format!("/v1/builds/{cached_id}/logs")).await;
+    assert!(!logs.contains("already stored"), "{logs}");
     let (_, over, _) = download(&api, &format!("/v1/builds/{cached_id}/artifacts/over")).await;
     let served = artifact_tree(&over, "/app/dist");
     let new = hex::encode(Sha256::digest(b"new\n"));
