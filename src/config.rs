@@ -49,6 +49,7 @@ pub struct Settings {
     pub security: SecuritySettings,
     /// HTTP webhooks notified of every recorded event.
     pub notify: NotifySettings,
+    pub artifacts: ArtifactSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -271,6 +272,13 @@ impl BuildLimits {
     pub fn git_stall(&self) -> Duration {
         Duration::from_secs(self.git_stall_secs)
     }
+}
+
+/// `[artifacts]`: exports of built images (see `artifacts`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArtifactSettings {
+    /// Bound of one artifact's uncompressed tar.
+    pub max_bytes: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

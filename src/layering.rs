@@ -38,7 +38,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["source", "engine", "registry", "store", "amqp", "testing"],
     ),
     ("notifications", &["notify"]),
-    ("image edits", &["image_edit"]),
+    ("image edits", &["image_edit", "artifacts"]),
     ("stages", &["plan", "incremental"]),
     ("pipeline", &["pipeline"]),
     ("delivery", &["worker", "api", "submit", "client"]),

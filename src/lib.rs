@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod artifacts;
 pub mod build_log;
 pub mod client;
 pub mod config;

@@ -202,7 +202,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 notify_stop.clone(),
             )?;
             let api = serving.map(|what| {
-                image_builder::api::serve(what, settings, store, metrics, shutdown.clone())
+                let registry = startup::registry(&settings);
+                image_builder::api::serve(
+                    what,
+                    settings,
+                    store,
+                    metrics,
+                    registry,
+                    shutdown.clone(),
+                )
             });
             let (worker, api) = tokio::join!(
                 async {

@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::{EngineKind, Settings};
 use crate::engine::{DockerEngine, Podman};
 use crate::metrics::Metrics;
-use crate::ports::{Environment, ImageEngine, PipelineSettings};
+use crate::ports::{Environment, ImageEngine, ImageRegistry, PipelineSettings};
 use crate::registry::RegistryClient;
 use crate::source::{ExtraRoots, GitMirrors, NetworkPolicy};
 use crate::store::BuildStore;
@@ -41,10 +41,15 @@ pub fn environment(
             .counting(metrics.clone()),
         ),
         engine,
-        registry: Arc::new(RegistryClient::new(&settings.registry)),
+        registry: registry(settings),
         recorded_images: Arc::new(store.clone()),
         build_slots: Arc::new(Semaphore::new(usize::from(settings.amqp.prefetch.max(1)))),
     })
+}
+
+/// The registry images are pushed to: the pipeline's, and the API's for artifacts.
+pub fn registry(settings: &Settings) -> Arc<dyn ImageRegistry> {
+    Arc::new(RegistryClient::new(&settings.registry))
 }
 
 /// The certificates of `request.git_ca_file`, read at start (none when it is empty).

@@ -23,12 +23,13 @@ const DEFAULT_PAGE: u32 = 50;
 const LOG_PAGE: u32 = 1000;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-fn links(id: &str) -> Value {
+pub(super) fn links(id: &str) -> Value {
     json!({
         "self": format!("/v1/builds/{id}"),
         "logs": format!("/v1/builds/{id}/logs"),
         "cancel": format!("/v1/builds/{id}/cancel"),
         "rebuild": format!("/v1/builds/{id}/rebuild"),
+        "artifacts": format!("/v1/builds/{id}/artifacts"),
     })
 }
 
@@ -165,7 +166,11 @@ pub async fn list(
 }
 
 /// The build if it is this key's to see; another tenant's answers exactly like an unknown id.
-async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    scope: &Scope,
+    id: &str,
+) -> Result<BuildRecord, ApiError> {
     state
         .store
         .get(id)

@@ -1,6 +1,7 @@
 //! The HTTP API of DESIGN.md ("Records and HTTP API"): build records, logs, cancel and rebuild,
 //! image lookup, GitHub and GitLab webhooks, metrics and health. One port; bearer keys except where noted.
 
+mod artifacts;
 mod auth;
 mod broker;
 mod builds;
@@ -30,6 +31,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
+use crate::ports::ImageRegistry;
 use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
@@ -39,6 +41,8 @@ pub struct AppState {
     pub store: BuildStore,
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
+    /// Where artifacts are read from (`registry.host`), chosen by the composition root.
+    pub registry: Arc<dyn ImageRegistry>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
     pub shutdown: CancellationToken,
     keys: Arc<auth::ApiKeys>,
@@ -55,6 +59,7 @@ impl AppState {
         store: BuildStore,
         broker: Broker,
         metrics: Arc<Metrics>,
+        registry: Arc<dyn ImageRegistry>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -70,6 +75,7 @@ impl AppState {
             store,
             broker,
             metrics,
+            registry,
         })
     }
 }
@@ -82,6 +88,9 @@ fn keyed_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(builds::logs))
         .routes(routes!(builds::cancel))
         .routes(routes!(builds::rebuild))
+        .routes(routes!(artifacts::list))
+        .routes(routes!(artifacts::download))
+        .routes(routes!(artifacts::latest))
         .routes(routes!(catalog::image))
         .routes(routes!(catalog::repos))
         // A repository name holds slashes: a wildcard axum route, documented in `ApiDoc` as
@@ -165,10 +174,18 @@ pub async fn serve(
     settings: Arc<Settings>,
     store: BuildStore,
     metrics: Arc<Metrics>,
+    registry: Arc<dyn ImageRegistry>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
-    let state = AppState::new(settings.clone(), store, broker, metrics, shutdown.clone())?;
+    let state = AppState::new(
+        settings.clone(),
+        store,
+        broker,
+        metrics,
+        registry,
+        shutdown.clone(),
+    )?;
     let (listen, make): (&str, fn(AppState) -> Router) = match what {
         Serving::Api => (&settings.api.listen, router),
         Serving::Probes => (&settings.api.probes_listen, probes_router),

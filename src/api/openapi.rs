@@ -31,6 +31,7 @@ use utoipa::{Modify, OpenApi, ToSchema};
     tags(
         (name = "builds", description = "Submit, list, follow, cancel, rebuild and delete builds"),
         (name = "catalog", description = "What has been built: images, repositories, versions"),
+        (name = "artifacts", description = "Files exported from built images, stored as OCI artifacts"),
         (name = "webhooks", description = "Forge push, tag and release events"),
         (name = "operations", description = "Probes, metrics and this document")
     )

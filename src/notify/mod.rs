@@ -290,6 +290,7 @@ mod tests {
                 cached: false,
                 duration_ms: 0,
                 finished_at: time::OffsetDateTime::UNIX_EPOCH,
+                artifacts: Vec::new(),
             }),
             Event::Failed(failed.clone()),
             Event::Rejected(failed),

@@ -2,6 +2,7 @@
 //! `Any` driver with portable SQL, so SQLite (the default, a file in the data dir) and PostgreSQL
 //! (shared by replicas) run the same queries and the same migrations.
 
+mod artifacts;
 mod deliveries;
 mod lease;
 mod log_writer;
@@ -18,6 +19,7 @@ use secrecy::ExposeSecret;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use artifacts::ArtifactRecord;
 pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
 pub use notifications::Notification;

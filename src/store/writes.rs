@@ -157,6 +157,7 @@ impl BuildStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        super::artifacts::replace(&mut tx, id, &out.artifacts, now).await?;
         history(&mut tx, id, BuildState::Succeeded, attempt, None).await?;
         let wrote = self.notify.enqueue(&mut tx, event).await?;
         tx.commit().await?;
@@ -208,6 +209,11 @@ impl BuildStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM build_states WHERE build_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        // The records only: the artifacts stay in the registry next to the image, like it.
+        sqlx::query("DELETE FROM build_artifacts WHERE build_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

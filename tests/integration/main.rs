@@ -13,6 +13,7 @@ mod tenancy_api;
 mod triggers;
 mod worker_probes;
 
+mod artifacts;
 mod base_images;
 mod build_secrets;
 mod cache_mounts;
