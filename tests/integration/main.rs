@@ -15,6 +15,7 @@ mod worker_probes;
 mod base_images;
 mod build_secrets;
 mod cache_mounts;
+mod cluster;
 mod core_worker;
 mod deploy_manifests;
 mod docker_engine;
