@@ -272,7 +272,12 @@ impl Stack {
     }
 
     /// Deletes this test's queues, exchanges and policies.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        if !self.connection.status().connected() {
+            // Cut (a broker restart, a missed heartbeat on a loaded machine): clean up anyway.
+            eprintln!("the test's broker connection was closed; reconnecting to clean up");
+            self.reconnect().await;
+        }
         let channel = self.connection.create_channel().await.expect("channel");
         let mut queues = vec![
             self.topology.build_queue.clone(),
