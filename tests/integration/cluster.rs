@@ -13,7 +13,7 @@ use image_builder::store::{BuildState, BuildStore};
 use serde_json::{Value, json};
 
 use crate::support::api::postgres_database;
-use crate::support::{GitServer, RepoFixture, Stack, Worker, unique};
+use crate::support::{Api, GitServer, RepoFixture, Stack, Worker, unique};
 
 const REQUESTS: usize = 50;
 /// All 50 cheap builds on 3 replicas of 2 slots, on a shared 2-core machine.
@@ -120,9 +120,11 @@ async fn leader_of(queue: &str, via: Node) -> Node {
     }
 }
 
-/// The seconds a worker logged for its reconnect, once it has.
-fn reconnect_secs(log: &str) -> Option<f64> {
-    let rest = log.split("reconnected to the broker after ").nth(1)?;
+/// The seconds `who` (`worker`, `API`) logged for its reconnect, once it has.
+fn reconnect_secs(log: &str, who: &str) -> Option<f64> {
+    let rest = log
+        .split(&format!("{who}: reconnected to the broker after "))
+        .nth(1)?;
     rest.split_whitespace().next()?.parse().ok()
 }
 
@@ -137,7 +139,7 @@ fn last_broker(log: &str) -> Option<String> {
 }
 
 /// What each replica logged about `id`, and its last lines: why a request has no outcome.
-fn traces(workers: &[Worker], id: &str) -> String {
+fn traces(workers: &[&Worker], id: &str) -> String {
     let mut out = String::new();
     for (i, worker) in workers.iter().enumerate() {
         let log = worker.log();
@@ -189,10 +191,12 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
     // Every replica starts on the leader, so every one of them must fail over; after it, the
     // orders differ so the replicas spread over the other two nodes. `amqp.url` points nowhere:
     // `amqp.urls` must take precedence.
+    // The third replica also serves the API (`run`), which must fail over too.
     let orders = [[leader, a, b], [leader, b, a], [leader, a, b]];
     let store_url = postgres_database().await;
     let mut workers = Vec::new();
-    for order in orders {
+    let mut api = None;
+    for (i, order) in orders.into_iter().enumerate() {
         let urls: Vec<String> = order.iter().map(|n| n.amqp_url()).collect();
         let apis: Vec<String> = order.iter().map(|n| n.management_url()).collect();
         let (urls, apis) = (urls.join(","), apis.join(","));
@@ -206,9 +210,15 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
             ("IMAGE_BUILDER__AMQP__URLS", urls.as_str()),
             ("IMAGE_BUILDER__AMQP__MANAGEMENT_URLS", apis.as_str()),
         ];
-        workers.push(Worker::spawn(&stack, &git, &env).await);
+        if i < 2 {
+            workers.push(Worker::spawn(&stack, &git, &env).await);
+        } else {
+            api = Some(Api::spawn(&stack, &git, &env).await);
+        }
     }
-    for worker in &workers {
+    let api = api.expect("the API replica");
+    let replicas: Vec<&Worker> = workers.iter().chain([&api.worker]).collect();
+    for worker in &replicas {
         let log = worker.log();
         let port = leader.port();
         assert_eq!(
@@ -235,7 +245,7 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
             .event_where(from, |e| matches!(e, Event::Started(_)), ALL_DONE)
             .await
         else {
-            panic!("builds did not start:\n{}", workers[0].log());
+            panic!("builds did not start:\n{}", replicas[0].log());
         };
         started.insert(s.build.request_id);
     }
@@ -252,14 +262,16 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
     );
     let done_at_stop = stack.seen.iter().filter(|e| e.is_terminal()).count();
     eprintln!(
-        "stopped {} with {done_at_stop} of {REQUESTS} requests done",
-        leader.name()
+        "stopped {} (rabbitmqctl stop_app took {:.1} s) with {done_at_stop} of {REQUESTS} \
+         outcomes seen",
+        leader.name(),
+        stopped_at.elapsed().as_secs_f64()
     );
     assert!(done_at_stop < REQUESTS, "the load was over before the stop");
 
     // Every replica reconnects, to another node.
-    for (i, worker) in workers.iter().enumerate() {
-        while reconnect_secs(&worker.log()).is_none() {
+    for (i, worker) in replicas.iter().enumerate() {
+        while reconnect_secs(&worker.log(), "worker").is_none() {
             assert!(
                 stopped_at.elapsed() < RECONNECT,
                 "replica {i} did not reconnect within {RECONNECT:?}:\n{}",
@@ -275,13 +287,35 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
                 .any(|n| broker == format!("127.0.0.1:{}", n.port())),
             "replica {i} reconnected to {broker:?}, not to a surviving node:\n{log}"
         );
+        // The replica's own figure: from the lost session to consuming on the next node.
         eprintln!(
-            "replica {i}: reconnected to {broker} {:.3} s after the stop was issued \
-             (its own outage: {:.3} s)",
-            stopped_at.elapsed().as_secs_f64(),
-            reconnect_secs(&log).unwrap_or_default()
+            "replica {i}: reconnected to {broker} {:.3} s after it lost the broker",
+            reconnect_secs(&log, "worker").unwrap_or_default()
         );
     }
+    while reconnect_secs(&api.worker.log(), "API").is_none() {
+        assert!(
+            stopped_at.elapsed() < RECONNECT,
+            "the API did not reconnect within {RECONNECT:?}:\n{}",
+            api.worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "API: reconnected {:.3} s after it lost the broker",
+        reconnect_secs(&api.worker.log(), "API").unwrap_or_default()
+    );
+    // The API publishes through its new node: one more request, submitted after the stop.
+    let id = unique("cl-api-");
+    let (status, body) = api
+        .post_json(
+            "/v1/builds",
+            &json!({"id": id, "repo": "acme/cluster", "user_id": user,
+                "image": unique("img"), "build_args": {"N": id}}),
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::ACCEPTED, "{body}");
+    ids.push(id);
 
     // 0 lost: every request ends image.updated, and succeeded in the shared store.
     let deadline = Instant::now() + ALL_DONE;
@@ -293,7 +327,7 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
         else {
             panic!(
                 "{id}: no outcome within {ALL_DONE:?}\n{}",
-                traces(&workers, id)
+                traces(&replicas, id)
             );
         };
         assert!(
@@ -302,7 +336,8 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
         );
     }
     eprintln!(
-        "all {REQUESTS} succeeded {:.1} s after the stop",
+        "all {} succeeded {:.1} s after the stop",
+        ids.len(),
         stopped_at.elapsed().as_secs_f64()
     );
     // 0 duplicates: one success event per request, a quiet while after the last.
@@ -327,6 +362,7 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
     for worker in workers {
         worker.shutdown().await;
     }
+    api.worker.shutdown().await;
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     stack.cleanup().await;
 }
