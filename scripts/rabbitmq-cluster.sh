@@ -134,8 +134,10 @@ cluster_down() {
 cluster_status() {
   local node ok=0
   for node in "${cluster_nodes[@]}"; do
-    if ! node_running "$node"; then
+    if ! node_pingable "$node"; then
       log "$(node_name "$node"): stopped"; ok=1
+    elif ! node_running "$node"; then
+      log "$(node_name "$node"): Erlang VM up, application stopped (stop_app; run: cluster up)"; ok=1
     elif ! in_cluster "$node"; then
       log "$(node_name "$node"): running, not in the cluster of $(node_name ib1)"; ok=1
     elif ! curl -sf -u guest:guest "http://127.0.0.1:$(mgmt_port "$node")/api/overview" >/dev/null; then
