@@ -371,3 +371,31 @@ async fn a_cluster_losing_the_build_queue_leader_loses_and_duplicates_nothing() 
     assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
     stack.cleanup().await;
 }
+
+/// The first broker that answers is used, whichever place it has in the list, after a lost
+/// session too (on the single node of `scripts/services.sh up`; no cluster needed).
+#[tokio::test]
+async fn a_broker_that_does_not_answer_is_skipped() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let settings = Stack::settings();
+    let brokers = image_builder::amqp::Brokers::new(vec![
+        format!("amqp://guest:guest@127.0.0.1:{closed}/%2f").into(),
+        settings.amqp.url.clone(),
+    ]);
+    let first = brokers
+        .connect("test skip")
+        .await
+        .expect("the second answers");
+    assert!(first.status().connected());
+    let _ = first.close(200, "done".into()).await;
+    // Lost on the second: the round starts with the first again, which still does not answer.
+    brokers.lost();
+    let again = brokers
+        .connect("test skip")
+        .await
+        .expect("the second again");
+    let _ = again.close(200, "done".into()).await;
+}
