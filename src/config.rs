@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod base_images;
 mod bridge;
+mod brokers;
 mod docker_host;
 pub mod layers;
 pub mod notify;
@@ -22,6 +23,7 @@ mod tenancy;
 
 pub use base_images::{BaseImageSettings, BaseMirror, BaseRegistry};
 pub use bridge::{BridgeName, BuildSubnet};
+pub use brokers::broker_endpoint;
 pub use docker_host::{DockerAddress, DockerHost};
 pub use layers::{Layers, Origin};
 pub use notify::{NotifySettings, Webhook, Webhooks};
@@ -83,6 +85,11 @@ pub struct AmqpSettings {
     pub consumer_timeout_secs: u64,
     /// Management HTTP API base URL, for the queue policies.
     pub management_url: String,
+    /// The nodes of one cluster, tried in order; when it names any, `url` is not used
+    /// (`broker_urls`). May hold broker credentials: never logged.
+    pub urls: Vec<SecretString>,
+    /// Management APIs of those nodes; when it names any, `management_url` is not used.
+    pub management_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -414,6 +421,8 @@ impl Settings {
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
         );
+        let broker_problems = self.amqp.url_problems();
+        anyhow::ensure!(broker_problems.is_empty(), "{}", broker_problems.join("\n"));
         anyhow::ensure!(
             self.build
                 .timeout_secs

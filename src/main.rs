@@ -252,18 +252,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         | Command::Rebuild(_) => Ok(ExitCode::SUCCESS),
         Command::Setup => {
             BuildStore::open(&settings).await?;
-            let conn =
-                image_builder::amqp::connect(&settings.amqp.url, "image-builder setup").await?;
+            let brokers = image_builder::amqp::Brokers::from_settings(&settings.amqp);
+            let conn = brokers.connect("image-builder setup").await?;
             let topology = image_builder::amqp::Topology::from_settings(&settings);
             topology
                 .declare(&conn)
                 .await
                 .context("failed to declare the topology")?;
-            image_builder::amqp::Management::new(
-                &settings.amqp.management_url,
-                &settings.amqp.url,
-            )?
-            .apply(&topology.policies())
+            let first = brokers
+                .first()
+                .context("no broker URL configured (amqp.url, amqp.urls)")?;
+            image_builder::amqp::apply_through_any(
+                &settings.amqp.management_apis(),
+                first,
+                &topology.policies(),
+            )
             .await
             .context("failed to apply the queue policies")?;
             println!(

@@ -239,14 +239,20 @@ mod tests {
         assert!(none.is_none());
 
         let first = pushed("b1", "alice", vec![artifact("dist", "sha256:d1")]);
-        store.succeeded("b1", 1, &first, None).await.expect("succeeded");
+        store
+            .succeeded("b1", 1, &first, None)
+            .await
+            .expect("succeeded");
         // A later attempt's list replaces the earlier one.
         let again = pushed(
             "b1",
             "alice",
             vec![artifact("dist", "sha256:d2"), artifact("docs", "sha256:d3")],
         );
-        store.succeeded("b1", 2, &again, None).await.expect("succeeded");
+        store
+            .succeeded("b1", 2, &again, None)
+            .await
+            .expect("succeeded");
         let listed = store.artifacts("b1").await.expect("list");
         let digests: Vec<&str> = listed.iter().map(|a| a.digest.as_str()).collect();
         assert_eq!(digests, vec!["sha256:d2", "sha256:d3"]);

@@ -493,7 +493,10 @@ async fn a_download_whose_blob_is_not_its_digest_is_cut_off() {
             size: 8,
         }],
     };
-    store.succeeded(&id, 1, &out, None).await.expect("succeeded");
+    store
+        .succeeded(&id, 1, &out, None)
+        .await
+        .expect("succeeded");
 
     let api = Api::spawn(
         &stack,

@@ -18,6 +18,7 @@ mod base_images;
 mod build_secrets;
 mod cache_mounts;
 mod cli;
+mod cluster;
 mod core_worker;
 mod deploy_manifests;
 mod dev_workflow;

@@ -81,10 +81,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new() -> Self {
-        let prefix = unique("ibt-");
+        Self::with_settings(Self::settings()).await
+    }
+
+    /// The settings of a new stack: the built-in `local` ones with a fresh prefix.
+    pub fn settings() -> Settings {
         let mut settings = Settings::for_env("local").expect("built-in local config loads");
-        settings.amqp.prefix = prefix.clone();
+        settings.amqp.prefix = unique("ibt-");
         settings.retry.delays_ms = vec![300, 600];
+        settings
+    }
+
+    /// A stack on `settings` (its prefix, and its broker: `amqp.url` for this stack's own
+    /// connection, `amqp.management_url` for clean-up).
+    pub async fn with_settings(settings: Settings) -> Self {
+        let prefix = settings.amqp.prefix.clone();
         require_services(&settings).await;
         let topology = Arc::new(Topology::from_settings(&settings));
         let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
@@ -261,7 +272,12 @@ impl Stack {
     }
 
     /// Deletes this test's queues, exchanges and policies.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        if !self.connection.status().connected() {
+            // Cut (a broker restart, a missed heartbeat on a loaded machine): clean up anyway.
+            eprintln!("the test's broker connection was closed; reconnecting to clean up");
+            self.reconnect().await;
+        }
         let channel = self.connection.create_channel().await.expect("channel");
         let mut queues = vec![
             self.topology.build_queue.clone(),
