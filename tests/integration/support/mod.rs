@@ -273,6 +273,7 @@ impl Stack {
 
     /// Deletes this test's queues, exchanges and policies.
     pub async fn cleanup(mut self) {
+        const CLEANUP_STEP: Duration = Duration::from_secs(20);
         if !self.connection.status().connected() {
             // Cut (a broker restart, a missed heartbeat on a loaded machine): clean up anyway.
             eprintln!("the test's broker connection was closed; reconnecting to clean up");
@@ -285,10 +286,14 @@ impl Stack {
             self.topology.dead_lettered_queue.clone(),
         ];
         queues.extend(self.topology.retry_queues.iter().map(|(q, _)| q.clone()));
+        // Best effort, and bounded: a broker that does not answer a delete (a cluster member
+        // still recovering) must not hang the test after its checks passed.
         for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_STEP,
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
         }
         let policies: Vec<String> = self.policy_names();
         if let Ok(management) = image_builder::amqp::Management::new(
@@ -298,9 +303,11 @@ impl Stack {
             let _ = management.remove(&policies).await;
         }
         for exchange in [&self.topology.exchange, &self.topology.events_exchange] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_STEP,
+                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()),
+            )
+            .await;
         }
         let _ = self.connection.close(200, "test done".into()).await;
     }
