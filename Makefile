@@ -1,5 +1,15 @@
-# Entry points for people; CI runs `make test` (see .ci/run).
-.PHONY: run test services down status bench bench-api
+# Entry points for people; CI runs `make test` (see .ci/run). `make help` lists them.
+.PHONY: help run test prep services down status bench bench-api image up logs devc
+
+# docker compose, docker-compose or podman-compose, whichever is installed.
+COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+	elif command -v docker-compose >/dev/null 2>&1; then echo docker-compose; \
+	elif command -v podman-compose >/dev/null 2>&1; then echo podman-compose; \
+	else echo "echo no compose tool found: install docker compose or podman-compose; false"; fi)
+
+## Every target with what it does.
+help:
+	@awk '/^## /{doc=substr($$0,4); next} /^[a-z][a-z-]*:/{if(doc!=""){split($$0,t,":"); printf "  %-10s %s\n", t[1], doc}; doc=""}' $(MAKEFILE_LIST)
 
 ## Set up services, build, start the worker and run a demo build of examples/hello-world.
 run:
@@ -9,16 +19,24 @@ run:
 test:
 	scripts/test.sh
 
+## Before a commit: format, lint, then the whole test suite.
+prep:
+	cargo fmt
+	cargo clippy --all-targets -- -D warnings
+	scripts/test.sh
+
 ## Install (if needed) and start RabbitMQ, the registry and the base image.
 services:
 	scripts/services.sh up
 
-## Stop the demo worker, the demo git daemon and the services.
+## Stop the compose stack (if any), the demo worker, the demo git daemon and the services.
 down:
+	-@[ -f docker-compose.yml ] && $(COMPOSE) down 2>/dev/null
 	-@[ -f .run/worker.pid ] && kill -TERM $$(cat .run/worker.pid) 2>/dev/null; rm -f .run/worker.pid
 	-@[ -f .run/git-daemon.pid ] && kill $$(cat .run/git-daemon.pid) 2>/dev/null; rm -f .run/git-daemon.pid
 	scripts/services.sh down
 
+## Say what runs.
 status:
 	scripts/services.sh status
 
@@ -29,3 +47,21 @@ bench:
 ## GET /v1/builds latency (p50/p99, wrk) with 10,000 stored builds, SQLite and PostgreSQL.
 bench-api:
 	scripts/bench-api.sh
+
+## The service image (Containerfile) from a binary built here, checked (podman, no registry pulls).
+image:
+	cargo build --bin image-builder
+	scripts/service-image.sh target/debug/image-builder localhost/image-builder:latest
+
+## Build the image and run 3 worker replicas, the API, RabbitMQ, the registry and PostgreSQL.
+up:
+	$(COMPOSE) up -d --build
+
+## Follow the logs of everything `make up` started.
+logs:
+	$(COMPOSE) logs -f
+
+## Open a shell in the development container (needs the devcontainer CLI: npm i -g @devcontainers/cli).
+devc:
+	devcontainer up --workspace-folder .
+	devcontainer exec --workspace-folder . bash

@@ -7,6 +7,8 @@
 #   scripts/services.sh up       install what is missing, start everything (idempotent)
 #   scripts/services.sh down     stop RabbitMQ and the registry
 #   scripts/services.sh status   say what runs
+#   scripts/services.sh cluster up|down|status
+#                                a 3-node RabbitMQ cluster beside the single node (failover tests)
 #
 # Must run as root (it installs packages and starts system services without systemd).
 set -euo pipefail
@@ -236,5 +238,14 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) status ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  cluster)
+    . "$here/scripts/rabbitmq-cluster.sh"
+    case "${2:-}" in
+      up) need_root; install_missing; cluster_up ;;
+      down) cluster_down ;;
+      status) cluster_status ;;
+      *) echo "usage: $0 cluster up|down|status" >&2; exit 2 ;;
+    esac
+    ;;
+  *) echo "usage: $0 up|down|status|cluster up|down|status" >&2; exit 2 ;;
 esac

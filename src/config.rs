@@ -12,8 +12,10 @@ use serde::Deserialize;
 
 mod base_images;
 mod bridge;
+mod brokers;
 mod docker_host;
 pub mod layers;
+pub mod notify;
 pub mod report;
 pub mod safety;
 pub mod schema;
@@ -21,8 +23,10 @@ mod tenancy;
 
 pub use base_images::{BaseImageSettings, BaseMirror, BaseRegistry};
 pub use bridge::{BridgeName, BuildSubnet};
+pub use brokers::broker_endpoint;
 pub use docker_host::{DockerAddress, DockerHost};
 pub use layers::{Layers, Origin};
+pub use notify::{NotifySettings, Webhook, Webhooks};
 pub use safety::{Relaxation, SecuritySettings};
 pub use tenancy::{Forge, KeyScope, KeysSetting, ReposSetting, Role};
 
@@ -45,6 +49,9 @@ pub struct Settings {
     pub api: ApiSettings,
     pub webhooks: WebhookSettings,
     pub security: SecuritySettings,
+    /// HTTP webhooks notified of every recorded event.
+    pub notify: NotifySettings,
+    pub artifacts: ArtifactSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +85,11 @@ pub struct AmqpSettings {
     pub consumer_timeout_secs: u64,
     /// Management HTTP API base URL, for the queue policies.
     pub management_url: String,
+    /// The nodes of one cluster, tried in order; when it names any, `url` is not used
+    /// (`broker_urls`). May hold broker credentials: never logged.
+    pub urls: Vec<SecretString>,
+    /// Management APIs of those nodes; when it names any, `management_url` is not used.
+    pub management_urls: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -269,6 +281,13 @@ impl BuildLimits {
     }
 }
 
+/// `[artifacts]`: exports of built images (see `artifacts`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ArtifactSettings {
+    /// Bound of one artifact's uncompressed tar.
+    pub max_bytes: u64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct RegistrySettings {
     pub host: String,
@@ -402,6 +421,8 @@ impl Settings {
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
         );
+        let broker_problems = self.amqp.url_problems();
+        anyhow::ensure!(broker_problems.is_empty(), "{}", broker_problems.join("\n"));
         anyhow::ensure!(
             self.build
                 .timeout_secs
@@ -461,6 +482,8 @@ impl Settings {
             self.webhooks.replay_window_secs > 0,
             "webhooks.replay_window_secs must be at least 1"
         );
+        let problems = self.notify.problems();
+        anyhow::ensure!(problems.is_empty(), "{}", problems.join("\n"));
         Ok(())
     }
 

@@ -78,6 +78,9 @@ pub enum BuildError {
     Store(#[from] StoreError),
     #[error("build engine failed")]
     Engine(#[from] EngineError),
+    /// A path the request asked to export is not in the built image.
+    #[error("artifact path not found: {0}")]
+    ArtifactMissing(String),
     /// A bound of `build.limits` was passed; the message names it.
     #[error("limit exceeded: {0}")]
     LimitExceeded(String),
@@ -106,6 +109,7 @@ impl BuildError {
             | Self::NoRecipe(_)
             | Self::StepFailed(_)
             | Self::Unsupported(_)
+            | Self::ArtifactMissing(_)
             | Self::LimitExceeded(_) => Fault::User,
             Self::GitUnavailable(_)
             | Self::Git(_)
@@ -135,6 +139,7 @@ impl BuildError {
             Self::Registry(_) => "registry",
             Self::Store(_) => "store",
             Self::Engine(_) => "engine",
+            Self::ArtifactMissing(_) => "artifact_missing",
             Self::LimitExceeded(_) => "limit_exceeded",
             Self::TimedOut(_) => "timed_out",
             Self::Cancelled => "cancelled",

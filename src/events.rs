@@ -48,6 +48,26 @@ pub struct ImageUpdated {
     pub duration_ms: u64,
     #[serde(with = "time::serde::rfc3339")]
     pub finished_at: time::OffsetDateTime,
+    /// The request's `artifacts`, exported and stored next to the image; absent when none were
+    /// asked for, so consumers that predate the field see the same body.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<ArtifactRef>,
+}
+
+/// One stored artifact: an OCI artifact manifest in the image's repository whose subject is the
+/// image, with one `tar.gz` layer of `path`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ArtifactRef {
+    pub name: String,
+    /// The path in the image, normalised.
+    pub path: String,
+    /// `os/arch[/variant]` of the image it was read from.
+    pub platform: String,
+    /// The artifact manifest's digest (`oras pull <image repo>@<digest>`).
+    pub digest: String,
+    /// The `tar.gz` blob's digest and size.
+    pub blob_digest: String,
+    pub size: u64,
 }
 
 /// Body of `build.failed` and `build.rejected`.
@@ -155,5 +175,43 @@ mod tests {
         assert_eq!(value["repo"], "a/b");
         let back: Event = serde_json::from_value(value).expect("round trip");
         assert_eq!(back.routing_key(), "build.rejected");
+    }
+
+    #[test]
+    fn image_updated_names_artifacts_only_when_there_are_some() {
+        let mut updated = ImageUpdated {
+            build: BuildRef {
+                build_id: "b".into(),
+                request_id: "r".into(),
+                user_id: None,
+                repo: None,
+                git_ref: None,
+            },
+            commit: "c".into(),
+            image: "reg/u/app".into(),
+            tags: vec![],
+            digest: "sha256:i".into(),
+            platforms: vec![],
+            cached: false,
+            duration_ms: 1,
+            finished_at: time::OffsetDateTime::UNIX_EPOCH,
+            artifacts: vec![],
+        };
+        let plain = serde_json::to_value(&updated).expect("json");
+        assert!(plain.get("artifacts").is_none(), "{plain}");
+        // A body from before the field reads as no artifacts.
+        let old: ImageUpdated = serde_json::from_value(plain).expect("old body");
+        assert!(old.artifacts.is_empty());
+        updated.artifacts.push(ArtifactRef {
+            name: "dist".into(),
+            path: "/app/dist".into(),
+            platform: "linux/amd64".into(),
+            digest: "sha256:a".into(),
+            blob_digest: "sha256:b".into(),
+            size: 3,
+        });
+        let listed = serde_json::to_value(&updated).expect("json");
+        assert_eq!(listed["artifacts"][0]["digest"], "sha256:a");
+        assert_eq!(listed["artifacts"][0]["blob_digest"], "sha256:b");
     }
 }

@@ -9,6 +9,7 @@
 
 pub mod amqp;
 pub mod api;
+pub mod artifacts;
 pub mod build_log;
 pub mod client;
 pub mod config;
@@ -25,6 +26,7 @@ pub mod init;
 #[cfg(test)]
 mod layering;
 pub mod metrics;
+pub mod notify;
 pub(crate) mod now_and_then;
 pub mod percent;
 pub mod pipeline;

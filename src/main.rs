@@ -192,6 +192,15 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                 _ if !settings.api.probes_listen.is_empty() => Some(Serving::Probes),
                 _ => None,
             };
+            // Delivers the notification outbox until the worker and the API are done (what a
+            // draining worker records still goes out; what is left waits in the store).
+            let notify_stop = CancellationToken::new();
+            let notifier = image_builder::notify::spawn(
+                &settings,
+                store.clone(),
+                metrics.clone(),
+                notify_stop.clone(),
+            )?;
             let api = serving.map(|what| {
                 let registry = startup::registry(&settings);
                 image_builder::api::serve(
@@ -222,6 +231,10 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
                     result
                 }
             );
+            notify_stop.cancel();
+            if let Some(notifier) = notifier {
+                let _ = notifier.await;
+            }
             worker?;
             api?;
             Ok(ExitCode::SUCCESS)
@@ -239,18 +252,21 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
         | Command::Rebuild(_) => Ok(ExitCode::SUCCESS),
         Command::Setup => {
             BuildStore::open(&settings).await?;
-            let conn =
-                image_builder::amqp::connect(&settings.amqp.url, "image-builder setup").await?;
+            let brokers = image_builder::amqp::Brokers::from_settings(&settings.amqp);
+            let conn = brokers.connect("image-builder setup").await?;
             let topology = image_builder::amqp::Topology::from_settings(&settings);
             topology
                 .declare(&conn)
                 .await
                 .context("failed to declare the topology")?;
-            image_builder::amqp::Management::new(
-                &settings.amqp.management_url,
-                &settings.amqp.url,
-            )?
-            .apply(&topology.policies())
+            let first = brokers
+                .first()
+                .context("no broker URL configured (amqp.url, amqp.urls)")?;
+            image_builder::amqp::apply_through_any(
+                &settings.amqp.management_apis(),
+                first,
+                &topology.policies(),
+            )
             .await
             .context("failed to apply the queue policies")?;
             println!(

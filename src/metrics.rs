@@ -25,6 +25,19 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NotificationLabels {
+    /// The event name (`image.updated`...).
+    pub event: String,
+    /// delivered | failed
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabels {
+    pub event: String,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub builds: Family<OutcomeLabels, Counter>,
@@ -36,6 +49,10 @@ pub struct Metrics {
     pub panics: Counter,
     /// Builds refused because their repository's mirror alone is larger than the cache bound.
     pub mirror_over_cache_bound: Counter,
+    /// Webhook POSTs by event and result (`notify`).
+    pub notification_attempts: Family<NotificationLabels, Counter>,
+    /// Notifications dropped undelivered after `notify.give_up_after_secs`, by event.
+    pub notifications_given_up: Family<EventLabels, Counter>,
 }
 
 impl Metrics {
@@ -76,6 +93,18 @@ impl Metrics {
             "Builds failed because their repository's mirror alone exceeds git_cache_max_mb",
             mirror_over_cache_bound.clone(),
         );
+        let notification_attempts = Family::<NotificationLabels, Counter>::default();
+        registry.register(
+            "notification_attempts",
+            "Webhook notification POSTs by event and result (delivered: a 2xx answer)",
+            notification_attempts.clone(),
+        );
+        let notifications_given_up = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "notifications_given_up",
+            "Webhook notifications dropped undelivered after notify.give_up_after_secs",
+            notifications_given_up.clone(),
+        );
         Arc::new(Self {
             registry,
             builds,
@@ -85,6 +114,8 @@ impl Metrics {
             queue_depth,
             panics,
             mirror_over_cache_bound,
+            notification_attempts,
+            notifications_given_up,
         })
     }
 
@@ -99,6 +130,25 @@ impl Metrics {
         if let Some(seconds) = seconds {
             self.duration.observe(seconds);
         }
+    }
+
+    /// One webhook POST's result (`delivered` or `failed`).
+    pub fn notification_attempt(&self, event: &str, delivered: bool) {
+        let result = if delivered { "delivered" } else { "failed" };
+        self.notification_attempts
+            .get_or_create(&NotificationLabels {
+                event: event.to_owned(),
+                result: result.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn notification_given_up(&self, event: &str) {
+        self.notifications_given_up
+            .get_or_create(&EventLabels {
+                event: event.to_owned(),
+            })
+            .inc();
     }
 
     /// The text exposition format.

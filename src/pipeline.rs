@@ -13,7 +13,7 @@ use crate::plan::{self, PlanInput};
 use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
 use crate::redact::Redactor;
 use crate::request::BuildRequest;
-use crate::{image_edit, incremental};
+use crate::{artifacts, image_edit, incremental};
 
 /// A request on its way through the worker: identity that survives retries, and the attempt.
 pub struct Job {
@@ -102,7 +102,7 @@ pub async fn run(
         .iter()
         .map(|p| p.as_str().to_owned())
         .collect();
-    let updated = |digest: String, tags: Vec<String>, cached: bool| ImageUpdated {
+    let updated = |digest: String, tags: Vec<String>, cached: bool, artifacts| ImageUpdated {
         build: job.build_ref(Some(&checkout.ref_name)),
         commit: checkout.commit.clone(),
         image: image.clone(),
@@ -112,6 +112,7 @@ pub async fn run(
         cached,
         duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         finished_at: time::OffsetDateTime::now_utc(),
+        artifacts,
     };
 
     // Built before with this exact configuration: point the tags at it, build nothing.
@@ -138,7 +139,9 @@ pub async fn run(
             "{image}@{} already built for this commit and configuration",
             manifest.digest
         ));
-        return Ok(updated(manifest.digest, naming.tags, true));
+        // The build key names the image, not its exports: read them from the image there is.
+        let exported = export(env, job, (&image, repository), &manifest, &ctx).await?;
+        return Ok(updated(manifest.digest, naming.tags, true, exported));
     }
 
     // Only real builds take a slot, and the timeout runs from when the build does.
@@ -193,7 +196,8 @@ pub async fn run(
             .await?;
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
-    Ok(updated(digest, build_spec.tags, false))
+    let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
+    Ok(updated(digest, build_spec.tags, false, exported))
 }
 
 /// Puts the image under `a.tag` and returns its manifest: edited in the registry when only
@@ -242,6 +246,39 @@ async fn produce(
         labelled.digest
     ));
     Ok(labelled)
+}
+
+/// The request's artifacts, read from the image in the registry and stored next to it.
+async fn export(
+    env: &Environment,
+    job: &Job,
+    (image_name, repository): (&str, &str),
+    image: &Manifest,
+    ctx: &BuildCtx,
+) -> Result<Vec<crate::events::ArtifactRef>, BuildError> {
+    if job.request.artifacts.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Records of this image's exports: a cached answer reuses them instead of reading layers.
+    let recorded = env
+        .recorded_images
+        .recorded_artifacts(image_name, &image.digest)
+        .await?;
+    let export = artifacts::Export {
+        recorded: &recorded,
+        registry: env.registry.as_ref(),
+        repository,
+        image,
+        specs: &job.request.artifacts,
+        max_bytes: env.settings.artifact_max_bytes,
+        scratch_dir: &ctx.scratch_dir,
+        log: &ctx.log,
+    };
+    tokio::select! {
+        result = artifacts::export_all(&export) => result,
+        _ = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
+        _ = tokio::time::sleep(ctx.remaining()) => Err(BuildError::TimedOut(env.settings.build_timeout)),
+    }
 }
 
 /// `registry/ns/name` -> `ns/name`, the repository path of the distribution API.

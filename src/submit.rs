@@ -33,7 +33,9 @@ pub async fn submit(
 ) -> anyhow::Result<(String, Option<Event>)> {
     let id = ensure_id(&mut body);
     let topology = Arc::new(Topology::from_settings(settings));
-    let connection = amqp::connect(&settings.amqp.url, "image-builder submit").await?;
+    let connection = amqp::Brokers::from_settings(&settings.amqp)
+        .connect("image-builder submit")
+        .await?;
     topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
 

@@ -1,5 +1,6 @@
 //! RabbitMQ adapter: topology, headers that carry a build across retries, confirmed publishing.
 
+mod brokers;
 mod control;
 mod headers;
 mod policies;
@@ -8,9 +9,10 @@ mod session;
 mod slot;
 mod topology;
 
+pub use brokers::Brokers;
 pub use control::Control;
 pub use headers::{Attempt, MessageMeta};
-pub use policies::{Management, Policy};
+pub use policies::{Management, Policy, apply_through_any};
 pub use publisher::Publisher;
 pub use session::{SessionEnd, broker_backoff, keep_session};
 pub use slot::{PublisherSlot, PublisherSlotSetter, publisher_slot};

@@ -74,9 +74,10 @@ impl Management {
     pub fn new(management_url: &str, amqp_url: &SecretString) -> anyhow::Result<Self> {
         // Errors never show the AMQP URL: it may hold a password.
         let amqp = url::Url::parse(amqp_url.expose_secret())
-            .map_err(|_| anyhow::anyhow!("amqp.url is not a URL"))?;
+            .map_err(|_| anyhow::anyhow!("the broker URL (amqp.url, amqp.urls) is not a URL"))?;
         let decode = |raw: &str| {
-            percent_decode(raw).ok_or_else(|| anyhow::anyhow!("amqp.url: bad percent-encoding"))
+            percent_decode(raw)
+                .ok_or_else(|| anyhow::anyhow!("the broker URL: bad percent-encoding"))
         };
         let vhost = match amqp.path().trim_start_matches('/') {
             "" => "/".to_owned(),
@@ -143,6 +144,24 @@ impl Management {
         }
         Ok(())
     }
+}
+
+/// Applies `policies` through the first of `apis` that takes them all, with the credentials and
+/// vhost of `amqp_url`; returns the API used. Policies are cluster-wide: any node will do.
+pub async fn apply_through_any<'a>(
+    apis: &'a [String],
+    amqp_url: &SecretString,
+    policies: &[Policy],
+) -> anyhow::Result<&'a str> {
+    let mut failures = Vec::new();
+    for api in apis {
+        match Management::new(api, amqp_url)?.apply(policies).await {
+            Ok(()) => return Ok(api),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    anyhow::ensure!(!failures.is_empty(), "no management API configured");
+    anyhow::bail!("{}", failures.join("; "))
 }
 
 fn regex_escape(literal: &str) -> String {

@@ -2,7 +2,7 @@
 //! another, until shutdown. The worker and the API server both keep their sessions with it.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable};
 use tokio_util::sync::CancellationToken;
@@ -39,6 +39,8 @@ pub async fn keep_session<S, Open, Opening, Run, Running>(
 {
     let backoff = broker_backoff(Duration::from_millis(200), Duration::from_secs(10));
     let mut open = open;
+    // When the last session was lost: the time to the next one is logged (the outage as seen here).
+    let mut lost_at: Option<Instant> = None;
     while !shutdown.is_cancelled() {
         // Retries until connected; only shutdown ends the wait.
         let session = tokio::select! {
@@ -56,9 +58,16 @@ pub async fn keep_session<S, Open, Opening, Run, Running>(
                 continue;
             }
         };
+        if let Some(at) = lost_at.take() {
+            let secs = at.elapsed().as_secs_f64();
+            tracing::info!(secs, "{who}: reconnected to the broker after {secs:.3} s");
+        }
         match run(session).await {
             SessionEnd::Shutdown => return,
-            SessionEnd::Lost(e) => tracing::warn!("{who}: lost the broker, reconnecting: {e:#}"),
+            SessionEnd::Lost(e) => {
+                lost_at = Some(Instant::now());
+                tracing::warn!("{who}: lost the broker, reconnecting: {e:#}");
+            }
         }
     }
 }

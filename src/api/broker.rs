@@ -109,8 +109,10 @@ async fn keep_connected(
     tx: watch::Sender<Option<Live>>,
     shutdown: CancellationToken,
 ) {
+    let brokers = amqp::Brokers::from_settings(&settings.amqp);
+    let brokers = &brokers;
     let open = || async {
-        let connection = amqp::connect(&settings.amqp.url, "image-builder api").await?;
+        let connection = brokers.connect("image-builder api").await?;
         topology.declare(&connection).await?;
         let channel = connection.create_channel().await?;
         let publisher = Publisher::open(&connection, topology.clone()).await?;
@@ -131,6 +133,7 @@ async fn keep_connected(
             }
         }
         tx.send_replace(None);
+        brokers.lost();
         SessionEnd::Lost(anyhow::anyhow!("the connection closed"))
     };
     amqp::keep_session("API", &shutdown, open, watch).await;

@@ -23,17 +23,27 @@ const DEFAULT_PAGE: u32 = 50;
 const LOG_PAGE: u32 = 1000;
 const FOLLOW_POLL: Duration = Duration::from_millis(250);
 
-fn links(id: &str) -> Value {
+pub(super) fn links(id: &str) -> Value {
     json!({
         "self": format!("/v1/builds/{id}"),
         "logs": format!("/v1/builds/{id}/logs"),
         "cancel": format!("/v1/builds/{id}/cancel"),
         "rebuild": format!("/v1/builds/{id}/rebuild"),
+        "artifacts": format!("/v1/builds/{id}/artifacts"),
     })
 }
 
 /// POST /v1/builds. Idempotent on the request id: the identical request again answers 200 with
 /// the recorded build; a different request under a taken id is 409 (the id is not its own).
+#[utoipa::path(post, path = "/v1/builds", tag = "builds", security(("bearer" = [])),
+    request_body = crate::api::openapi::BuildRequestBody,
+    responses(
+        (status = 202, description = "Queued", body = crate::api::openapi::Accepted),
+        (status = 200, description = "The identical request seen before: its record", body = crate::api::openapi::Accepted),
+        (status = 400, description = "A field is wrong (named in `field`)", body = crate::api::openapi::ErrorBody),
+        (status = 401, description = "No key, or not a key this API knows", body = crate::api::openapi::ErrorBody),
+        (status = 403, description = "The key may not act for this user id", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The id belongs to a different request", body = crate::api::openapi::ErrorBody)))]
 pub async fn submit(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -110,6 +120,17 @@ async fn recorded_outcome(state: &AppState, id: &str) -> Result<Response, ApiErr
 }
 
 /// GET /v1/builds?repo&ref&state&user_id&limit&cursor, newest first.
+#[utoipa::path(get, path = "/v1/builds", tag = "builds", security(("bearer" = [])),
+    params(
+        ("repo" = Option<String>, Query, description = "Only this repository, as requested"),
+        ("ref" = Option<String>, Query, description = "Only this ref, as requested"),
+        ("state" = Option<String>, Query, description = "queued, running, succeeded, failed, cancelled or rejected"),
+        ("user_id" = Option<String>, Query, description = "Only this user's builds (within the key's users)"),
+        ("limit" = Option<u32>, Query, description = "Page size, 1 to api.max_page"),
+        ("cursor" = Option<String>, Query, description = "`next_cursor` of the previous page")),
+    responses(
+        (status = 200, description = "`{builds: [record...], next_cursor}`, newest first"),
+        (status = 400, description = "A parameter is wrong", body = crate::api::openapi::ErrorBody)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -145,7 +166,11 @@ pub async fn list(
 }
 
 /// The build if it is this key's to see; another tenant's answers exactly like an unknown id.
-async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, ApiError> {
+pub(super) async fn find(
+    state: &AppState,
+    scope: &Scope,
+    id: &str,
+) -> Result<BuildRecord, ApiError> {
     state
         .store
         .get(id)
@@ -155,6 +180,11 @@ async fn find(state: &AppState, scope: &Scope, id: &str) -> Result<BuildRecord, 
 }
 
 /// GET /v1/builds/{id}: the record, its state history and links.
+#[utoipa::path(get, path = "/v1/builds/{id}", tag = "builds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The build id")),
+    responses(
+        (status = 200, description = "The record with `states` (its history) and `links`"),
+        (status = 404, description = "No such build for this key", body = crate::api::openapi::ErrorBody)))]
 pub async fn details(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -169,6 +199,12 @@ pub async fn details(
 }
 
 /// GET /v1/builds/{id}/logs[?follow=true]: plain text; following streams until the build ends.
+#[utoipa::path(get, path = "/v1/builds/{id}/logs", tag = "builds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The build id"),
+        ("follow" = Option<bool>, Query, description = "Stream lines as they come until the build ends")),
+    responses(
+        (status = 200, description = "The log, plain text", content_type = "text/plain"),
+        (status = 404, description = "No such build for this key", body = crate::api::openapi::ErrorBody)))]
 pub async fn logs(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -257,6 +293,13 @@ impl Follow {
 
 /// POST /v1/builds/{id}/cancel. Queued: never built. Running: the replica running it kills the
 /// build's process tree and reports `build.cancelled`.
+#[utoipa::path(post, path = "/v1/builds/{id}/cancel", tag = "builds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The build id")),
+    responses(
+        (status = 200, description = "Queued: cancelled, never built"),
+        (status = 202, description = "Running: the cancel is stored and broadcast"),
+        (status = 404, description = "No such build for this key", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "The build has already ended", body = crate::api::openapi::ErrorBody)))]
 pub async fn cancel(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -272,20 +315,21 @@ pub async fn cancel(
     }
     // Stored first: the replica running it finds the cancel when it next renews its lease, even
     // if the broadcast below never reaches it (it was reconnecting, or the broker is away).
-    match state.store.request_cancel(&id).await? {
+    // The event a queued build's cancel announces, written to the notification outbox with it.
+    let event = Event::Cancelled(BuildCancelled {
+        build: BuildRef {
+            build_id: build.id.clone(),
+            request_id: build.request_id.clone(),
+            user_id: build.user_id.clone(),
+            repo: build.repo.clone(),
+            git_ref: build.git_ref.clone(),
+        },
+        attempts: u32::try_from(build.attempts).unwrap_or(0),
+        was_running: false,
+        log_tail: Vec::new(),
+    });
+    match state.store.request_cancel(&id, Some(&event)).await? {
         CancelRequest::Cancelled => {
-            let event = Event::Cancelled(BuildCancelled {
-                build: BuildRef {
-                    build_id: build.id.clone(),
-                    request_id: build.request_id.clone(),
-                    user_id: build.user_id.clone(),
-                    repo: build.repo.clone(),
-                    git_ref: build.git_ref.clone(),
-                },
-                attempts: u32::try_from(build.attempts).unwrap_or(0),
-                was_running: false,
-                log_tail: Vec::new(),
-            });
             if let Err(e) = state.broker.event(&event).await {
                 tracing::warn!(build_id = %id, "failed to publish build.cancelled: {e:#}");
             }
@@ -326,6 +370,13 @@ pub async fn cancel(
 /// POST /v1/builds/{id}/rebuild: the same request under a new id, built even if an image exists.
 /// Secrets are not stored, so a private repository's token, any build arg values and build
 /// secrets come in the body: `{"token": "...", "build_args": {...}, "secrets": {...}}`.
+#[utoipa::path(post, path = "/v1/builds/{id}/rebuild", tag = "builds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The build to do again")),
+    request_body = crate::api::openapi::RebuildBody,
+    responses(
+        (status = 202, description = "The new build, queued", body = crate::api::openapi::Accepted),
+        (status = 400, description = "A body field is wrong", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such build for this key", body = crate::api::openapi::ErrorBody)))]
 pub async fn rebuild(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -405,6 +456,12 @@ fn truncate_id(id: &str) -> &str {
 
 /// DELETE /v1/builds/{id}: the record, history and log. A build still queued or running must be
 /// cancelled first. The image stays in the registry.
+#[utoipa::path(delete, path = "/v1/builds/{id}", tag = "builds", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The build id")),
+    responses(
+        (status = 200, description = "Deleted: record, history and log (the image stays)"),
+        (status = 404, description = "No such build for this key", body = crate::api::openapi::ErrorBody),
+        (status = 409, description = "Still queued or running: cancel it first", body = crate::api::openapi::ErrorBody)))]
 pub async fn delete(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,

@@ -17,6 +17,14 @@ use crate::store::{BuildRecord, VersionFilter};
 const MAX_VERSIONS: u32 = 100;
 
 /// GET /v1/images?repo&ref&platform: the newest good image of the key's users and how to pull it.
+#[utoipa::path(get, path = "/v1/images", tag = "catalog", security(("bearer" = [])),
+    params(("repo" = String, Query, description = "The repository, as requested"),
+        ("ref" = Option<String>, Query, description = "Only builds of this ref"),
+        ("platform" = Option<String>, Query, description = "e.g. linux/amd64")),
+    responses(
+        (status = 200, description = "The newest good image: reference, digest, tags, `pull` command"),
+        (status = 400, description = "A parameter is wrong", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such image for this key", body = crate::api::openapi::ErrorBody)))]
 pub async fn image(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -70,6 +78,8 @@ pub async fn image(
 }
 
 /// GET /v1/repos: every repository with builds of the key's users.
+#[utoipa::path(get, path = "/v1/repos", tag = "catalog", security(("bearer" = [])),
+    responses((status = 200, description = "`{repos: [{name, builds, last_build_at}]}`")))]
 pub async fn repos(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -81,6 +91,15 @@ pub async fn repos(
 
 /// GET /v1/repos/{name}/versions?ref&limit&newest_per_ref, where the name may contain slashes
 /// (`owner/name`, or a URL percent-encoded): the repository's good builds, newest first.
+#[utoipa::path(get, path = "/v1/repos/{name}/versions", tag = "catalog", security(("bearer" = [])),
+    params(("name" = String, Path, description = "owner/name (slashes allowed), or a percent-encoded URL"),
+        ("ref" = Option<String>, Query, description = "Only builds of this ref"),
+        ("limit" = Option<u32>, Query, description = "The last N, 1 to 100"),
+        ("newest_per_ref" = Option<bool>, Query, description = "One line per ref: its newest good build")),
+    responses(
+        (status = 200, description = "`{repo, versions: [...]}`, newest first"),
+        (status = 400, description = "A parameter is wrong", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such repository for this key", body = crate::api::openapi::ErrorBody)))]
 pub async fn versions(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,

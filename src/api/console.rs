@@ -26,13 +26,18 @@ pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'
 style-src 'self'; img-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; \
 frame-ancestors 'none'";
 
-/// `/` and the assets under `/console/`; open (the data behind them is not).
-pub fn routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+/// The console's page; open (the data behind it is not).
+#[utoipa::path(get, path = "/", tag = "operations",
+    responses((status = 200, description = "The web console: a login form until a key is entered, \
+        then builds, repositories and registry images as that key may see them", content_type = "text/html")))]
+pub async fn index() -> Response {
+    asset(INDEX_HTML, "text/html; charset=utf-8")
+}
+
+/// The page's script, stylesheet and icon under `/console/`: static files, not API operations,
+/// so they are not in the OpenAPI document.
+pub fn assets<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route(
-            "/",
-            get(|| async { asset(INDEX_HTML, "text/html; charset=utf-8") }),
-        )
         .route(
             "/console/app.js",
             get(|| async { asset(APP_JS, "text/javascript; charset=utf-8") }),

@@ -1,6 +1,7 @@
 //! The HTTP API of DESIGN.md ("Records and HTTP API"): build records, logs, cancel and rebuild,
 //! image lookup, GitHub and GitLab webhooks, metrics and health. One port; bearer keys except where noted.
 
+mod artifacts;
 mod auth;
 mod broker;
 mod builds;
@@ -8,6 +9,7 @@ mod catalog;
 mod console;
 mod error;
 mod health;
+pub mod openapi;
 mod params;
 mod registry_browser;
 mod scope;
@@ -19,8 +21,11 @@ use std::sync::Arc;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::get;
 use tokio_util::sync::CancellationToken;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use auth::{generate_key, hash_key};
 pub use broker::Broker;
@@ -39,6 +44,7 @@ pub struct AppState {
     pub broker: Broker,
     pub metrics: Arc<Metrics>,
     /// Where artifacts are read from (`registry.host`), chosen by the composition root.
+    /// Also what `/v1/registry` lists.
     pub registry: Arc<dyn ImageRegistry>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
     pub shutdown: CancellationToken,
@@ -77,27 +83,64 @@ impl AppState {
     }
 }
 
-pub fn router(state: AppState) -> Router {
-    let with_key = Router::new()
-        .route("/v1/builds", post(builds::submit).get(builds::list))
-        .route(
-            "/v1/builds/{id}",
-            get(builds::details).delete(builds::delete),
-        )
-        .route("/v1/builds/{id}/logs", get(builds::logs))
-        .route("/v1/builds/{id}/cancel", post(builds::cancel))
-        .route("/v1/builds/{id}/rebuild", post(builds::rebuild))
-        .route("/v1/images", get(catalog::image))
-        .route("/v1/repos", get(catalog::repos))
+/// The routes that need a key, each registered with its OpenAPI operation.
+fn keyed_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(builds::submit, builds::list))
+        .routes(routes!(builds::details, builds::delete))
+        .routes(routes!(builds::logs))
+        .routes(routes!(builds::cancel))
+        .routes(routes!(builds::rebuild))
+        .routes(routes!(artifacts::list))
+        .routes(routes!(artifacts::download))
+        .routes(routes!(artifacts::latest))
+        .routes(routes!(catalog::image))
+        .routes(routes!(catalog::repos))
+        // A repository name holds slashes: a wildcard axum route, documented in `ApiDoc` as
+        // /v1/repos/{name}/versions.
         .route("/v1/repos/{*name_and_versions}", get(catalog::versions))
-        .route(
-            "/v1/registry/repositories",
-            get(registry_browser::repositories),
-        )
+        .routes(routes!(registry_browser::repositories))
+        // Documented in `ApiDoc` as /v1/registry/repositories/{name}/tags.
         .route(
             "/v1/registry/repositories/{*name_and_tags}",
             get(registry_browser::tags),
         )
+}
+
+/// Authenticated by their own signature or token: bounded before that is checked.
+fn webhook_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(webhooks::github::receive))
+        .routes(routes!(webhooks::gitlab::receive))
+}
+
+/// What an orchestrator and a scraper ask for.
+fn probe_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// Open to probes, scrapers and readers of the contract.
+fn open_routes() -> OpenApiRouter<AppState> {
+    probe_routes()
+        .routes(routes!(openapi::document))
+        .routes(routes!(openapi::reference))
+        .routes(routes!(console::index))
+}
+
+/// The OpenAPI document of every route `router` serves (built from the same route lists).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    OpenApiRouter::<AppState>::with_openapi(openapi::ApiDoc::openapi())
+        .merge(keyed_routes())
+        .merge(webhook_routes())
+        .merge(open_routes())
+        .into_openapi()
+}
+
+pub fn router(state: AppState) -> Router {
+    let with_key = keyed_routes()
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             auth::require_key,
@@ -106,37 +149,23 @@ pub fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(
             state.settings.request.max_body_bytes.saturating_mul(4),
         ));
-    // Authenticated by their own HMAC, or open (probes and scrapers).
-    let open = Router::new()
-        .route(
-            "/v1/webhooks/github",
-            // Bounded before the signature is computed over it.
-            post(webhooks::github::receive).layer(DefaultBodyLimit::max(
-                state.settings.webhooks.max_body_bytes,
-            )),
-        )
-        .route(
-            "/v1/webhooks/gitlab",
-            post(webhooks::gitlab::receive).layer(DefaultBodyLimit::max(
-                state.settings.webhooks.max_body_bytes,
-            )),
-        )
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz));
-    with_key
-        .merge(open)
-        .merge(console::routes())
+    let webhooks = webhook_routes().layer(DefaultBodyLimit::max(
+        state.settings.webhooks.max_body_bytes,
+    ));
+    let (router, _) = with_key
+        .merge(webhooks)
+        .merge(open_routes())
+        .split_for_parts();
+    router
+        .merge(console::assets())
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }
 
 /// Probes and metrics only: what an orchestrator asks a worker that serves no API.
 pub fn probes_router(state: AppState) -> Router {
-    Router::new()
-        .route("/metrics", get(health::metrics))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
+    let (router, _) = probe_routes().split_for_parts();
+    router
         .fallback(|| async { ApiError::not_found("route") })
         .with_state(state)
 }

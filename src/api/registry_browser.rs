@@ -16,10 +16,24 @@ use super::params;
 use super::scope::Scope;
 use crate::error::RegistryError;
 
-/// Tags image-builder writes for itself (build keys, lineage): reserved, never a user's.
-const INTERNAL_TAG_PREFIX: &str = "ib-";
+/// Tags image-builder writes for itself: build keys and lineage (`ib-…`, reserved, never a
+/// user's), and the referrers fallback tag of an image with artifacts (`sha256-<64 hex>`).
+fn is_internal(tag: &str) -> bool {
+    tag.starts_with("ib-")
+        || tag.strip_prefix("sha256-").is_some_and(|hex| {
+            hex.len() == 64
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
 
 /// GET /v1/registry/repositories: the registry's repositories in the key's namespaces.
+#[utoipa::path(get, path = "/v1/registry/repositories", tag = "registry", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "`{registry, repositories: [{name, namespace, image, links}]}`: \
+            the registry's catalog, only the key's namespaces (user ids; all for an admin key)"),
+        (status = 503, description = "The registry did not answer", body = crate::api::openapi::ErrorBody)))]
 pub async fn repositories(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -53,7 +67,15 @@ pub async fn repositories(
 }
 
 /// GET /v1/registry/repositories/{name}/tags, the name with its slashes: the repository's tags,
-/// the user's first (sorted), then how many build-key tags (`ib-…`) it also carries.
+/// sorted, then how many of image-builder's own tags (`is_internal`) it also carries.
+#[utoipa::path(get, path = "/v1/registry/repositories/{name}/tags", tag = "registry", security(("bearer" = [])),
+    params(("name" = String, Path, description = "user_id/name (slashes allowed)")),
+    responses(
+        (status = 200, description = "`{name, image, tags: [{tag, pull}], internal_tags}`: \
+            internal_tags counts image-builder's own (`ib-…` build keys, `sha256-…` referrers)"),
+        (status = 400, description = "Not a repository name", body = crate::api::openapi::ErrorBody),
+        (status = 404, description = "No such repository for this key", body = crate::api::openapi::ErrorBody),
+        (status = 503, description = "The registry did not answer", body = crate::api::openapi::ErrorBody)))]
 pub async fn tags(
     State(state): State<AppState>,
     Extension(scope): Extension<Scope>,
@@ -76,9 +98,8 @@ pub async fn tags(
         .await
         .map_err(unreachable)?
         .ok_or_else(hidden)?;
-    let (internal, mut user): (Vec<String>, Vec<String>) = all
-        .into_iter()
-        .partition(|t| t.starts_with(INTERNAL_TAG_PREFIX));
+    let (internal, mut user): (Vec<String>, Vec<String>) =
+        all.into_iter().partition(|t| is_internal(t));
     user.sort();
     let image = format!("{}/{name}", state.settings.registry.host);
     let tags: Vec<Value> = user
@@ -89,7 +110,7 @@ pub async fn tags(
         "name": name,
         "image": image,
         "tags": tags,
-        "build_key_tags": internal.len(),
+        "internal_tags": internal.len(),
     })))
 }
 
@@ -143,6 +164,15 @@ mod tests {
             "no namespace: admins only"
         );
         assert!(Scope::new(Role::Admin, None).may_see(namespace("busybox")));
+    }
+
+    #[test]
+    fn build_keys_and_referrer_tags_are_image_builders_own() {
+        assert!(is_internal("ib-0123") && is_internal("ib-line-0123"));
+        assert!(is_internal(&format!("sha256-{}", "ab".repeat(32))));
+        for user in ["latest", "main", "0123456789ab", "sha256-short", "v1-ib-"] {
+            assert!(!is_internal(user), "{user}");
+        }
     }
 
     #[test]

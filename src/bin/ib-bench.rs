@@ -37,7 +37,9 @@ async fn main() -> anyhow::Result<()> {
     let template: Value = serde_json::from_str(&std::fs::read_to_string(&args.body)?)
         .context("failed to parse the request body")?;
     let topology = Arc::new(Topology::from_settings(&settings));
-    let connection = amqp::connect(&settings.amqp.url, "ib-bench").await?;
+    let connection = amqp::Brokers::from_settings(&settings.amqp)
+        .connect("ib-bench")
+        .await?;
     topology.declare(&connection).await?;
     let channel = connection.create_channel().await?;
     let mut events = topology.subscribe_events(&channel).await?;

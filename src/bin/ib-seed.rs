@@ -47,11 +47,12 @@ async fn main() -> anyhow::Result<()> {
                 1,
                 false,
                 &Lease::new("seed:1", Duration::from_secs(60)),
+                None,
             )
             .await?;
         if i % 10 == 9 {
             store
-                .failed(&id, 1, "user", "build step failed: RUN exited 1")
+                .failed(&id, 1, "user", "build step failed: RUN exited 1", None)
                 .await?;
             continue;
         }
@@ -72,8 +73,9 @@ async fn main() -> anyhow::Result<()> {
             cached: i % 4 == 0,
             duration_ms: 1_000,
             finished_at: time::OffsetDateTime::now_utc(),
+            artifacts: vec![],
         };
-        store.succeeded(&id, 1, &out).await?;
+        store.succeeded(&id, 1, &out, None).await?;
     }
     println!("seeded {} builds", args.n);
     Ok(())

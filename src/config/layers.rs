@@ -139,6 +139,8 @@ impl Layers {
             .with_list_parse_key("request.allowed_schemes")
             .with_list_parse_key("request.allowed_networks")
             .with_list_parse_key("api.key_hashes")
+            .with_list_parse_key("amqp.urls")
+            .with_list_parse_key("amqp.management_urls")
             .try_parsing(true)
             .source(Some(self.vars.iter().cloned().collect()));
         Ok(builder.add_source(env))

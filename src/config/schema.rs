@@ -6,12 +6,14 @@ use std::collections::BTreeSet;
 use super::layers::{DEFAULTS, Entry, Origin, flatten_toml};
 
 /// Keys whose values are secrets (or URLs that may carry a password): never printed.
-pub const SECRET_KEYS: [&str; 5] = [
+pub const SECRET_KEYS: [&str; 7] = [
     "amqp.url",
+    "amqp.urls",
     "registry.password",
     "store.url",
     "webhooks.github_secret",
     "webhooks.gitlab_secret",
+    "notify.webhooks",
 ];
 
 /// Connectors are a map of operator-chosen names; the defaults' entries name its fields.
@@ -83,11 +85,36 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// The value as it may be shown: secrets masked (a URL keeps all but its password).
+/// Secret keys whose value is a list (a TOML array, or comma-separated in a variable).
+const SECRET_LISTS: [&str; 1] = ["amqp.urls"];
+
+/// The value as it may be shown: secrets masked (a URL keeps all but its password; a list, each
+/// of its items).
 pub fn shown(key: &str, value: &str) -> String {
-    if !SECRET_KEYS.contains(&key) || value.is_empty() || value == "\"\"" {
+    if !SECRET_KEYS.contains(&key) || value.is_empty() || value == "\"\"" || value == "[]" {
         return value.to_owned();
     }
+    if key == "notify.webhooks" {
+        // A list of tables holding secrets: each one masked, the rest kept readable.
+        return super::notify::shown(value);
+    }
+    if SECRET_LISTS.contains(&key) {
+        // A comma inside an item splits it: each part is then masked whole (fails closed).
+        let items: Vec<String> = value
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(shown_item)
+            .collect();
+        return format!("[{}]", items.join(", "));
+    }
+    shown_item(value)
+}
+
+/// One secret value, quoted or not, as it may be shown.
+fn shown_item(value: &str) -> String {
     let bare = value.trim_matches('"');
     match url::Url::parse(bare) {
         Ok(mut url) if url.has_host() => {
@@ -149,6 +176,19 @@ mod tests {
         assert_eq!(shown("registry.host", "\"r:5000\""), "\"r:5000\"");
         // An env var's raw text has no quotes: still masked.
         assert_eq!(shown("webhooks.github_secret", "s3cret"), "\"***\"");
+        // A list of URLs: each item keeps its shape, from a file or a variable alike.
+        assert_eq!(
+            shown(
+                "amqp.urls",
+                "[\"amqp://u:p1@127.0.0.1:5681/%2f\", \"amqp://u:p2@127.0.0.1:5682/%2f\"]"
+            ),
+            "[\"amqp://u:***@127.0.0.1:5681/%2f\", \"amqp://u:***@127.0.0.1:5682/%2f\"]"
+        );
+        assert_eq!(
+            shown("amqp.urls", "amqp://u:p1@127.0.0.1:5681,secret"),
+            "[\"amqp://u:***@127.0.0.1:5681\", \"***\"]"
+        );
+        assert_eq!(shown("amqp.urls", "[]"), "[]");
     }
 }
 

@@ -24,6 +24,8 @@ pub struct PipelineSettings {
     pub connectors: BTreeMap<String, ConnectorSettings>,
     /// Edit the previous image in the registry when only the final COPY steps' files changed.
     pub incremental: bool,
+    /// `artifacts.max_bytes`: bound of one exported artifact (uncompressed tar).
+    pub artifact_max_bytes: u64,
 }
 
 impl PipelineSettings {
@@ -34,6 +36,7 @@ impl PipelineSettings {
             registry_host: settings.registry.host.clone(),
             connectors: settings.connectors.clone(),
             incremental: settings.build.incremental,
+            artifact_max_bytes: settings.artifacts.max_bytes,
         }
     }
 }

@@ -2,8 +2,8 @@
 //! cross them. The pipeline (`pipeline`, `plan`, `incremental`) is written against these traits;
 //! adapters (`source`, `engine`, `registry`, `store`) implement them; `startup` picks which.
 //!
-//! This module sits below every adapter and imports only base modules (`config`, `error`,
-//! `request`, `build_log`): see `layering` for the rule and its check.
+//! This module sits below every adapter and imports only lower modules (`config`, `error`,
+//! `request`, `build_log`, `events`): see `layering` for the rule and its check.
 
 mod context;
 mod engine;
@@ -16,5 +16,5 @@ pub use context::BuildCtx;
 pub use engine::{BuildSpec, ImageEngine, Recipe};
 pub use environment::{Environment, PipelineSettings, recorded};
 pub use recorded::RecordedImages;
-pub use registry::{ImageRegistry, Manifest, content_digest};
+pub use registry::{BlobChunks, BlobStream, ImageRegistry, Manifest, content_digest};
 pub use source::{Checkout, SourceFetcher, SourceHold, SourceSpec};

@@ -5,10 +5,22 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
+use crate::events::ArtifactRef;
 
 /// Whether an image digest is one of this service's finished builds.
 #[async_trait]
 pub trait RecordedImages: Send + Sync {
     /// True when a succeeded build of `image` (registry/ns/name) recorded `digest`.
     async fn recorded(&self, image: &str, digest: &str) -> Result<bool, StoreError>;
+
+    /// The artifacts succeeded builds stored for the image `image@digest`, one per name, path
+    /// and platform: a cached answer reuses them instead of reading the layers again. None by
+    /// default (everything is exported afresh).
+    async fn recorded_artifacts(
+        &self,
+        _image: &str,
+        _digest: &str,
+    ) -> Result<Vec<ArtifactRef>, StoreError> {
+        Ok(Vec::new())
+    }
 }

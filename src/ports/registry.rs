@@ -11,6 +11,18 @@ pub fn content_digest(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// A blob's bytes as they arrive.
+pub type BlobChunks = futures_util::stream::BoxStream<'static, Result<bytes::Bytes, RegistryError>>;
+
+/// A blob on its way from the registry, checked against its digest while it streams: the last
+/// chunk is held back until everything hashed to the digest, and a mismatch ends the stream with
+/// an error instead, so a reader never receives a whole blob that is not the one asked for.
+pub struct BlobStream {
+    /// The length the registry announced, if it did.
+    pub len: Option<u64>,
+    pub chunks: BlobChunks,
+}
+
 /// A manifest as the registry stores it: bytes are kept verbatim so the digest does not change.
 #[derive(Debug, Clone)]
 pub struct Manifest {
@@ -37,6 +49,54 @@ pub trait ImageRegistry: Send + Sync {
 
     /// A blob's bytes (an image config: small), if the registry has it.
     async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError>;
+
+    /// A blob as a digest-checked stream (see `BlobStream`), for blobs too big to hold: layers,
+    /// artifacts. Held in memory by adapters without a streaming read.
+    async fn blob_stream(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<BlobStream>, RegistryError> {
+        Ok(self
+            .blob(repository, digest)
+            .await?
+            .map(|bytes| BlobStream {
+                len: Some(bytes.len() as u64),
+                chunks: Box::pin(futures_util::stream::once(async move {
+                    Ok(bytes::Bytes::from(bytes))
+                })),
+            }))
+    }
+
+    /// Writes the blob `digest` to the file `path` (created or truncated), checked against the
+    /// digest; its size, or None when the registry does not have it.
+    async fn blob_to_file(
+        &self,
+        repository: &str,
+        digest: &str,
+        path: &std::path::Path,
+    ) -> Result<Option<u64>, RegistryError> {
+        use futures_util::StreamExt;
+        use tokio::io::AsyncWriteExt;
+        let Some(mut blob) = self.blob_stream(repository, digest).await? else {
+            return Ok(None);
+        };
+        let disk = |e: std::io::Error| {
+            RegistryError::Protocol(format!(
+                "failed to write blob {digest} to {}: {e}",
+                path.display()
+            ))
+        };
+        let mut file = tokio::fs::File::create(path).await.map_err(disk)?;
+        let mut size = 0u64;
+        while let Some(chunk) = blob.chunks.next().await {
+            let chunk = chunk?;
+            size += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(disk)?;
+        }
+        file.flush().await.map_err(disk)?;
+        Ok(Some(size))
+    }
 
     /// Uploads `bytes` as the blob `digest` (`sha256:<hex>` of the bytes): for small blobs
     /// (configs) held in memory anyway.

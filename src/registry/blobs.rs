@@ -11,6 +11,50 @@ use tokio_util::io::ReaderStream;
 
 use super::{RegistryClient, digest};
 use crate::error::RegistryError;
+use crate::ports::BlobStream;
+
+/// The state of a digest-checked blob stream: the chunk held back and the running hash (taken
+/// when the stream has ended).
+struct Checked {
+    chunks: futures_util::stream::BoxStream<'static, reqwest::Result<Bytes>>,
+    hasher: Option<digest::Hasher>,
+    held: Option<Bytes>,
+    what: String,
+    digest: String,
+}
+
+impl Checked {
+    async fn next(mut self) -> Option<(Result<Bytes, RegistryError>, Self)> {
+        use futures_util::StreamExt;
+        let hasher = self.hasher.as_mut()?;
+        loop {
+            match self.chunks.next().await {
+                Some(Ok(chunk)) if chunk.is_empty() => {}
+                Some(Ok(chunk)) => {
+                    hasher.update(&chunk);
+                    if let Some(previous) = self.held.replace(chunk) {
+                        return Some((Ok(previous), self));
+                    }
+                }
+                Some(Err(source)) => {
+                    self.hasher = None;
+                    let error = RegistryError::Unreadable {
+                        what: "a blob",
+                        source,
+                    };
+                    return Some((Err(error), self));
+                }
+                None => {
+                    let hasher = self.hasher.take()?;
+                    return match hasher.verify(&self.what, &self.digest) {
+                        Ok(()) => self.held.take().map(|last| (Ok(last), self)),
+                        Err(mismatch) => Some((Err(mismatch), self)),
+                    };
+                }
+            }
+        }
+    }
+}
 
 impl RegistryClient {
     /// The blob's bytes, hashed as they arrive: bytes that are not `digest` are an error.
@@ -47,6 +91,42 @@ impl RegistryClient {
         }
         hasher.verify(&format!("blob {digest} of {repository}"), digest)?;
         Ok(Some(bytes))
+    }
+
+    /// The blob as it arrives, hashed on the way; the last chunk waits for the digest check
+    /// (`ports::BlobStream`).
+    pub(super) async fn stream_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<BlobStream>, RegistryError> {
+        let hasher = digest::Hasher::for_digest(digest)?;
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
+        let scope = format!("repository:{repository}:pull");
+        let response = self.send(&scope, || self.http.get(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => return Ok(None),
+            status if !status.is_success() => {
+                return Err(RegistryError::Status {
+                    status,
+                    doing: format!("for blob {digest} of {repository}"),
+                });
+            }
+            _ => {}
+        }
+        let len = response.content_length();
+        let checked = Checked {
+            chunks: Box::pin(response.bytes_stream()),
+            hasher: Some(hasher),
+            held: None,
+            what: format!("blob {digest} of {repository}"),
+            digest: digest.to_owned(),
+        };
+        let chunks = futures_util::stream::unfold(checked, Checked::next);
+        Ok(Some(BlobStream {
+            len,
+            chunks: Box::pin(chunks),
+        }))
     }
 
     /// Uploads `bytes` (small: a config) as the blob `digest`; each try sends the same buffer.

@@ -31,7 +31,7 @@ use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 use crate::config::RegistrySettings;
 use crate::error::RegistryError;
 use crate::fresh::FreshGates;
-use crate::ports::{ImageRegistry, Manifest};
+use crate::ports::{BlobStream, ImageRegistry, Manifest};
 
 /// Talks to one registry (`registry.host`), with its credentials when it asks for them.
 pub struct RegistryClient {
@@ -177,6 +177,14 @@ impl ImageRegistry for RegistryClient {
 
     async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
         self.get_blob(repository, digest).await
+    }
+
+    async fn blob_stream(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<BlobStream>, RegistryError> {
+        self.stream_blob(repository, digest).await
     }
 
     async fn upload_blob(

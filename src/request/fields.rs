@@ -8,11 +8,25 @@ use super::Rejection;
 
 pub(super) struct Fields {
     map: Map<String, Value>,
+    /// Where this object sits in the body (`artifacts[0]`); empty at the top.
+    prefix: String,
 }
 
 impl Fields {
     pub(super) fn new(map: Map<String, Value>) -> Self {
-        Self { map }
+        Self {
+            map,
+            prefix: String::new(),
+        }
+    }
+
+    /// A member's full name for errors: `artifacts[0].path`.
+    fn named(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
     }
 
     /// Removes a field; JSON `null` counts as absent.
@@ -24,7 +38,7 @@ impl Fields {
         match self.take(name) {
             None => Ok(None),
             Some(Value::String(s)) => Ok(Some(s)),
-            Some(other) => Err(wrong_type(name, "a string", &other)),
+            Some(other) => Err(wrong_type(&self.named(name), "a string", &other)),
         }
     }
 
@@ -73,6 +87,35 @@ impl Fields {
             .collect()
     }
 
+    /// An array of objects, each handed back as its own `Fields` with its path (`name[i]`) for
+    /// the errors of its members.
+    pub(super) fn object_list(
+        &mut self,
+        name: &str,
+        max: usize,
+    ) -> Result<Vec<(String, Fields)>, Rejection> {
+        let Some(value) = self.take(name) else {
+            return Ok(Vec::new());
+        };
+        let Value::Array(items) = value else {
+            return Err(wrong_type(name, "an array of objects", &value));
+        };
+        if items.len() > max {
+            return Err(Rejection::new(name, format!("has more than {max} entries")));
+        }
+        items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| {
+                let path = format!("{name}[{i}]");
+                match item {
+                    Value::Object(map) => Ok((path.clone(), Fields { map, prefix: path })),
+                    other => Err(wrong_type(&path, "an object", &other)),
+                }
+            })
+            .collect()
+    }
+
     pub(super) fn string_map(
         &mut self,
         name: &str,
@@ -101,7 +144,7 @@ impl Fields {
         match self.map.keys().next() {
             None => Ok(()),
             Some(key) => Err(Rejection::new(
-                &super::types::truncate(key, 64),
+                &self.named(&super::types::truncate(key, 64)),
                 "is not a known field",
             )),
         }

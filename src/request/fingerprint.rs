@@ -5,6 +5,12 @@
 //! Build-arg values are left out on purpose: they are often secrets that rotate, and a keyed hash
 //! would need a key every replica shares. The arg names are in, and so is the owner (`user_id`),
 //! so another tenant cannot pass as the first request by changing only values.
+//!
+//! Artifacts are in: under one id, a request that asks for other exports is another request.
+//! They are not in the build key (`plan::build_key`), which names the image: an artifact is read
+//! from the image in the registry after the push, so a cached answer exports the new list from
+//! the cached image instead of building an identical image again. A cached image is therefore
+//! never handed out without the artifacts its request names.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -37,6 +43,9 @@ struct Identity<'a> {
     /// Left out when there are none: fingerprints recorded before the field existed stay equal.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     secret_ids: Vec<&'a str>,
+    /// `(name, normalised path)` by name; left out when there are none, for the same reason.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    artifacts: Vec<(&'a str, &'a str)>,
 }
 
 impl BuildRequest {
@@ -59,6 +68,15 @@ impl BuildRequest {
             labels: &self.labels,
             build_arg_names: self.build_args.keys().collect(),
             secret_ids: self.secrets.ids().collect(),
+            artifacts: {
+                let mut list: Vec<(&str, &str)> = self
+                    .artifacts
+                    .iter()
+                    .map(|a| (a.name.as_str(), a.path.as_str()))
+                    .collect();
+                list.sort_unstable();
+                list
+            },
         };
         // Serialising strings, options and a string map cannot fail.
         let canonical = serde_json::to_vec(&identity).unwrap_or_default();
@@ -132,6 +150,24 @@ mod tests {
             with(|m| drop(m.insert("no_cache".into(), json!(true)))),
             first
         );
+        // An artifact list that normalises to the same paths, in another order, is the same.
+        let two = |first: Value, second: Value| {
+            with(|m| drop(m.insert("artifacts".into(), json!([first, second]))))
+        };
+        assert_eq!(
+            two(
+                json!({"name": "a", "path": "/x/./a/"}),
+                json!({"name": "b", "path": "/b"})
+            ),
+            two(
+                json!({"name": "b", "path": "/b"}),
+                json!({"name": "a", "path": "/x/a"})
+            ),
+        );
+        assert_eq!(
+            with(|m| drop(m.insert("artifacts".into(), json!([])))),
+            first
+        );
         let plain = "https://git.example/acme/app";
         assert_eq!(with(|m| drop(m.insert("repo".into(), json!(plain)))), first);
         assert_eq!(
@@ -158,6 +194,7 @@ mod tests {
             ("tags", json!(["a"])),
             ("labels", json!({"k": "w"})),
             ("build_args", json!({"OTHER": "one"})),
+            ("artifacts", json!([{"name": "dist", "path": "/app/dist"}])),
         ];
         for (field, value) in changes {
             let changed = with(|m| drop(m.insert(field.into(), value)));

@@ -1,6 +1,7 @@
 //! Wire JSON -> `BuildRequest`, through one constructor that names the field and reason of any
 //! refusal. Nothing downstream handles unvalidated input.
 
+mod artifacts;
 mod fields;
 mod fingerprint;
 mod repo;
@@ -14,8 +15,12 @@ use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use artifacts::{ArtifactSpec, MAX_ARTIFACTS};
 pub use repo::{Connector, RepoSpec, strip_userinfo};
-pub use types::{GitRef, ImageName, Platform, RelPath, RequestId, StageName, Tag, UserId};
+pub use types::{
+    ArtifactName, GitRef, ImageName, ImagePath, Platform, RelPath, RequestId, StageName, Tag,
+    UserId,
+};
 
 use fields::Fields;
 use types::truncate;
@@ -155,6 +160,8 @@ pub struct BuildRequest {
     pub labels: BTreeMap<String, String>,
     /// Build even when an image of this exact configuration exists (a rebuild).
     pub no_cache: bool,
+    /// Paths of the built image to export as OCI artifacts after the push.
+    pub artifacts: Vec<ArtifactSpec>,
 }
 
 /// Best-effort identifiers of a request, for the `build.rejected` event of one that failed to parse.
@@ -218,6 +225,11 @@ impl BuildRequest {
             "tags": self.tags.iter().map(Tag::as_str).collect::<Vec<_>>(),
             "labels": self.labels,
             "no_cache": self.no_cache,
+            "artifacts": self
+                .artifacts
+                .iter()
+                .map(|a| serde_json::json!({"name": a.name.as_str(), "path": a.path.as_str()}))
+                .collect::<Vec<_>>(),
             "has_token": self.token.is_some(),
         })
     }
@@ -307,6 +319,7 @@ impl BuildRequest {
         let tags = parse_list(f.string_list("tags", MAX_LIST)?, "tags", Tag::parse)?;
         let labels = parse_labels(f.string_map("labels", MAX_MAP)?)?;
         let no_cache = f.boolean("no_cache")?.unwrap_or(false);
+        let artifacts = artifacts::parse_artifacts(&mut f)?;
         f.finish()?;
 
         Ok(Self {
@@ -328,6 +341,7 @@ impl BuildRequest {
             tags,
             labels,
             no_cache,
+            artifacts,
         })
     }
 }

@@ -218,3 +218,74 @@ fn summary_never_quotes_a_token_in_the_repo() {
         assert!(!rejected.to_string().contains(token), "{rejected}");
     }
 }
+
+#[test]
+fn artifacts_are_parsed_and_normalised() {
+    let req = parse(
+        r#"{"user_id":"u","repo":"a/b","artifacts":[{"name":"dist","path":"/app/./dist/"},{"name":"bin","path":"/usr/local/bin/tool"}]}"#,
+    )
+    .expect("parses");
+    let got: Vec<(&str, &str)> = req
+        .artifacts
+        .iter()
+        .map(|a| (a.name.as_str(), a.path.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![("dist", "/app/dist"), ("bin", "/usr/local/bin/tool")]
+    );
+    assert_eq!(req.public_view()["artifacts"][0]["path"], "/app/dist");
+}
+
+#[test]
+fn bad_artifacts_name_their_field() {
+    let with = |artifacts: &str| {
+        rejected_field(&format!(
+            r#"{{"user_id":"u","repo":"a/b","artifacts":{artifacts}}}"#
+        ))
+    };
+    assert_eq!(
+        with(r#"[{"name":"dist","path":"/app/../../etc"}]"#),
+        "artifacts[0].path"
+    );
+    assert_eq!(
+        with(r#"[{"name":"a","path":"/a"},{"name":"b","path":"relative"}]"#),
+        "artifacts[1].path"
+    );
+    assert_eq!(
+        with(r#"[{"name":"Dist","path":"/a"}]"#),
+        "artifacts[0].name"
+    );
+    assert_eq!(with(r#"[{"path":"/a"}]"#), "artifacts[0].name");
+    assert_eq!(with(r#"[{"name":"a"}]"#), "artifacts[0].path");
+    assert_eq!(with(r#"[{"name":"a","path":7}]"#), "artifacts[0].path");
+    assert_eq!(
+        with(r#"[{"name":"a","path":"/a","follow":true}]"#),
+        "artifacts[0].follow"
+    );
+    assert_eq!(
+        with(r#"[{"name":"a","path":"/a"},{"name":"a","path":"/b"}]"#),
+        "artifacts[1].name"
+    );
+    assert_eq!(with(r#"["/app/dist"]"#), "artifacts[0]");
+    assert_eq!(with(r#"{"name":"a"}"#), "artifacts");
+    let many: Vec<String> = (0..=MAX_ARTIFACTS)
+        .map(|i| format!(r#"{{"name":"a{i}","path":"/a"}}"#))
+        .collect();
+    assert_eq!(with(&format!("[{}]", many.join(","))), "artifacts");
+}
+
+#[test]
+fn the_recorded_view_parses_back_with_its_artifacts() {
+    // The rebuild route re-submits the stored view: its artifacts must survive the trip.
+    let req =
+        parse(r#"{"user_id":"u","repo":"a/b","artifacts":[{"name":"dist","path":"/app/dist"}]}"#)
+            .expect("parses");
+    let mut view = req.public_view();
+    if let Some(map) = view.as_object_mut() {
+        map.remove("has_token");
+    }
+    let again = parse(&view.to_string()).expect("the view parses");
+    assert_eq!(again.artifacts, req.artifacts);
+    assert_eq!(again.fingerprint(), req.fingerprint());
+}

@@ -237,6 +237,84 @@ impl ImageName {
     }
 }
 
+/// An artifact's name: `[a-z0-9][a-z0-9._-]*`, at most 64 characters. It names the file
+/// (`<name>.tar.gz`), the API path segment and the OCI title, so it stays URL- and file-safe.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ArtifactName(String);
+
+impl ArtifactName {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let mut chars = raw.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        let rest_ok = chars
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
+        if !first_ok || !rest_ok || raw.len() > 64 {
+            return Err(format!(
+                "{:?} must match [a-z0-9][a-z0-9._-]* and be at most 64 characters",
+                truncate(raw, 70)
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An absolute path inside an image, normalised (`.` and empty parts dropped, `..` applied):
+/// `/app/dist`. A `..` that would climb above `/` is refused, as is `/` itself (the whole
+/// image is an image, not an artifact).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePath(String);
+
+impl ImagePath {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw.is_empty() || raw.len() > 1024 {
+            return Err("must be 1 to 1024 characters".into());
+        }
+        if !raw.starts_with('/') {
+            return Err(format!(
+                "{:?} must be absolute (start with '/')",
+                truncate(raw, 70)
+            ));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err("must not contain control characters".into());
+        }
+        let mut parts: Vec<&str> = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Err(format!(
+                            "{:?} leaves the image's root through '..'",
+                            truncate(raw, 70)
+                        ));
+                    }
+                }
+                other => parts.push(other),
+            }
+        }
+        if parts.is_empty() {
+            return Err("must name a file or directory below '/', not the root".into());
+        }
+        Ok(Self(format!("/{}", parts.join("/"))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The path as tar entries of a layer name it: without the leading '/'.
+    pub fn relative(&self) -> &str {
+        &self.0[1..]
+    }
+}
+
 /// An image tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tag(String);
@@ -413,6 +491,41 @@ mod tests {
             Some("ref-ib-line-0123".into())
         );
         assert!(Tag::parse("ib-0123").is_err());
+    }
+
+    #[test]
+    fn image_paths_are_normalised_and_stay_inside() {
+        let ok = |raw: &str| ImagePath::parse(raw).map(|p| p.0);
+        assert_eq!(ok("/app/dist"), Ok("/app/dist".into()));
+        assert_eq!(ok("/app//./dist/"), Ok("/app/dist".into()));
+        assert_eq!(ok("/app/x/../dist"), Ok("/app/dist".into()));
+        assert_eq!(ok("/app/../etc"), Ok("/etc".into()));
+        assert_eq!(
+            ImagePath::parse("/app/dist").map(|p| p.relative().to_owned()),
+            Ok("app/dist".into())
+        );
+        for bad in [
+            "",
+            "app/dist",
+            "/..",
+            "/app/../../etc",
+            "/",
+            "/.",
+            "/a\nb",
+            "./x",
+        ] {
+            assert!(ImagePath::parse(bad).is_err(), "accepted {bad:?}");
+        }
+    }
+
+    #[test]
+    fn artifact_names() {
+        for good in ["dist", "web-1.0", "a_b", "0"] {
+            assert!(ArtifactName::parse(good).is_ok(), "refused {good:?}");
+        }
+        for bad in ["", "Dist", "-x", ".x", "a/b", "a b", &"a".repeat(65)] {
+            assert!(ArtifactName::parse(bad).is_err(), "accepted {bad:?}");
+        }
     }
 
     #[test]

@@ -101,14 +101,16 @@ pub async fn build(
     while let Ok(line) = lines.lines.try_recv() {
         on_line(&line);
     }
+    // Recorded without events: a build run here is announced to nobody (no broker, and no
+    // webhook notification, which only a worker's or the API's outcomes send).
     let id = &job.build_id;
     match &outcome {
-        Ok(updated) => store.succeeded(id, 1, updated).await?,
-        Err(BuildError::Cancelled) => store.cancelled(id, 1).await?,
+        Ok(updated) => store.succeeded(id, 1, updated, None).await?,
+        Err(BuildError::Cancelled) => store.cancelled(id, 1, None).await?,
         Err(error) => {
             let fault = error.classify();
             let reason = log.redactor().redact(&error.chain()).into_owned();
-            store.failed(id, 1, fault.as_str(), &reason).await?;
+            store.failed(id, 1, fault.as_str(), &reason, None).await?;
         }
     }
     Ok(outcome)

@@ -16,6 +16,7 @@ use super::BuildStore;
 use super::record::{BuildState, now_millis};
 use super::writes::{Start, history};
 use crate::error::StoreError;
+use crate::events::Event;
 
 /// One replica's hold on one build (one attempt): a token nobody else has.
 #[derive(Debug, Clone)]
@@ -170,8 +171,13 @@ impl BuildStore {
     }
 
     /// Stores a cancel: a queued build is cancelled at once, a running one is marked for its
-    /// replica to find.
-    pub async fn request_cancel(&self, id: &str) -> Result<CancelRequest, StoreError> {
+    /// replica to find. `cancelled` (its `build.cancelled`) is written to the notification
+    /// outbox when a queued build is cancelled here.
+    pub async fn request_cancel(
+        &self,
+        id: &str,
+        cancelled: Option<&Event>,
+    ) -> Result<CancelRequest, StoreError> {
         let now = now_millis();
         let mut tx = self.writer.begin().await?;
         let moved = sqlx::query(
@@ -183,8 +189,10 @@ impl BuildStore {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        let mut wrote = false;
         let marked = if moved == 1 {
             history(&mut tx, id, BuildState::Cancelled, 0, None).await?;
+            wrote = self.notify.enqueue(&mut tx, cancelled).await?;
             0
         } else {
             sqlx::query(
@@ -198,6 +206,7 @@ impl BuildStore {
             .rows_affected()
         };
         tx.commit().await?;
+        self.notify.committed(wrote);
         Ok(match (moved, marked) {
             (1, _) => CancelRequest::Cancelled,
             (_, 1) => CancelRequest::Marked,

@@ -2,9 +2,11 @@
 //! `Any` driver with portable SQL, so SQLite (the default, a file in the data dir) and PostgreSQL
 //! (shared by replicas) run the same queries and the same migrations.
 
+mod artifacts;
 mod deliveries;
 mod lease;
 mod log_writer;
+mod notifications;
 mod ownership;
 mod queries;
 mod record;
@@ -17,17 +19,27 @@ use secrecy::ExposeSecret;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
+pub use artifacts::ArtifactRecord;
 pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
+pub use notifications::Notification;
 pub use ownership::Claim;
 pub use queries::{BuildFilter, Page, RepoSummary, VersionFilter};
 pub use record::{BuildRecord, BuildState, NewBuild, StateChange};
 pub use writes::Start;
 
-use crate::config::Settings;
+use crate::config::{Settings, Webhook};
 use crate::error::StoreError;
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The migrations of this release. Migrations only add (tables, columns with defaults), so a
+/// store migrated by a newer release still serves this one: the versions it does not know are
+/// left alone instead of refusing to start, which lets a fleet roll forward (and an old replica
+/// restart mid-rollout) without stopping.
+fn migrator() -> sqlx::migrate::Migrator {
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+}
 
 #[derive(Clone)]
 pub struct BuildStore {
@@ -37,6 +49,8 @@ pub struct BuildStore {
     writer: AnyPool,
     /// SQLite serves one replica (see `lease::void_own_leases`).
     sqlite: bool,
+    /// Which webhooks each recorded event is written to the outbox for.
+    notify: notifications::Notifications,
 }
 
 fn pool_options(sqlite: bool, max_connections: u32) -> AnyPoolOptions {
@@ -75,7 +89,16 @@ impl BuildStore {
         } else {
             url.to_owned()
         };
-        Self::connect(&url).await
+        Ok(Self::connect(&url)
+            .await?
+            .with_webhooks(&settings.notify.webhooks.0))
+    }
+
+    /// From now on every state change that announces an event also writes its notifications
+    /// for the `webhooks` that want it, in the same transaction.
+    pub fn with_webhooks(mut self, webhooks: &[Webhook]) -> Self {
+        self.notify = notifications::Notifications::new(webhooks);
+        self
     }
 
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
@@ -98,11 +121,12 @@ impl BuildStore {
         } else {
             pool.clone()
         };
-        MIGRATOR.run(&writer).await.map_err(StoreError::Migrate)?;
+        migrator().run(&writer).await.map_err(StoreError::Migrate)?;
         Ok(Self {
             pool,
             writer,
             sqlite,
+            notify: notifications::Notifications::default(),
         })
     }
 
@@ -110,5 +134,28 @@ impl BuildStore {
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::store::BuildStore;
+
+    #[tokio::test]
+    async fn a_store_migrated_by_a_newer_release_still_opens() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+        let store = BuildStore::connect(&url).await.expect("store");
+        // What a later release's migration leaves behind: a version this binary does not have.
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, success, checksum, \
+             execution_time) VALUES (99990101, 'from the future', TRUE, X'00', 1)",
+        )
+        .execute(&store.writer)
+        .await
+        .expect("a newer migration recorded");
+        drop(store);
+        let reopened = BuildStore::connect(&url).await;
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
     }
 }

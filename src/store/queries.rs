@@ -91,7 +91,7 @@ fn users_condition(users: Option<&[String]>, first: usize) -> Option<(String, Ve
 }
 
 /// ` AND <scope condition>` to append to a WHERE clause, or nothing.
-fn scoped(users: Option<&[String]>, first: usize) -> (String, Vec<String>) {
+pub(super) fn scoped(users: Option<&[String]>, first: usize) -> (String, Vec<String>) {
     users_condition(users, first)
         .map(|(condition, values)| (format!(" AND {condition}"), values))
         .unwrap_or_default()

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 
 use super::BuildStore;
 use crate::error::StoreError;
+use crate::events::ArtifactRef;
 use crate::ports::RecordedImages;
 
 #[async_trait]
@@ -19,5 +20,34 @@ impl RecordedImages for BuildStore {
         .fetch_optional(&self.pool)
         .await?;
         Ok(found.is_some())
+    }
+
+    async fn recorded_artifacts(
+        &self,
+        image: &str,
+        digest: &str,
+    ) -> Result<Vec<ArtifactRef>, StoreError> {
+        use sqlx::Row;
+        let rows = sqlx::query(
+            "SELECT DISTINCT a.name, a.path, a.platform, a.digest, a.blob_digest, a.size \
+             FROM build_artifacts a JOIN builds b ON b.id = a.build_id \
+             WHERE b.digest = $1 AND b.image = $2 AND b.state = 'succeeded' \
+             ORDER BY a.name, a.platform, a.digest",
+        )
+        .bind(digest)
+        .bind(image)
+        .fetch_all(&self.pool)
+        .await?;
+        let artifact = |row: &sqlx::any::AnyRow| -> sqlx::Result<ArtifactRef> {
+            Ok(ArtifactRef {
+                name: row.try_get("name")?,
+                path: row.try_get("path")?,
+                platform: row.try_get("platform")?,
+                digest: row.try_get("digest")?,
+                blob_digest: row.try_get("blob_digest")?,
+                size: u64::try_from(row.try_get::<i64, _>("size")?).unwrap_or(0),
+            })
+        };
+        Ok(rows.iter().map(artifact).collect::<sqlx::Result<_>>()?)
     }
 }

@@ -8,7 +8,7 @@ use super::lease::Lease;
 use super::ownership::{Claim, Holder};
 use super::record::{BuildState, NewBuild, now_millis};
 use crate::error::StoreError;
-use crate::events::ImageUpdated;
+use crate::events::{Event, ImageUpdated};
 
 /// Whether a worker should build a delivery it just received.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -50,13 +50,15 @@ impl BuildStore {
     /// build's outcome instead of running it twice. A stored cancel is `CancelRequested`. A failed
     /// build runs again only through the retry tiers (which set it back to queued) or the rebuild
     /// route (a new id), never because a message was re-published. One transaction: this is on
-    /// the path of every cached answer.
+    /// the path of every cached answer. `started` (its `build.started`) is written to the
+    /// notification outbox when the build moves to running.
     pub async fn start(
         &self,
         new: &NewBuild,
         attempt: u32,
         redelivered: bool,
         lease: &Lease,
+        started: Option<&Event>,
     ) -> Result<Start, StoreError> {
         let mut tx = self.writer.begin().await?;
         if !insert(&mut tx, new, BuildState::Queued).await? {
@@ -102,7 +104,9 @@ impl BuildStore {
                 Some(&lease.host),
             )
             .await?;
+            let wrote = self.notify.enqueue(&mut tx, started).await?;
             tx.commit().await?;
+            self.notify.committed(wrote);
             return Ok(Start::Run);
         }
         tx.commit().await?;
@@ -112,9 +116,18 @@ impl BuildStore {
         })
     }
 
+    // Each outcome takes the event that announces it (if any): its notifications are written in
+    // the transaction of the state change (`notifications`).
+
     /// A service fault sent the build to a retry tier: queued again, for the next attempt.
-    pub async fn retrying(&self, id: &str, attempt: u32, error: &str) -> Result<(), StoreError> {
-        self.update_state(id, BuildState::Queued, attempt, None, Some(error))
+    pub async fn retrying(
+        &self,
+        id: &str,
+        attempt: u32,
+        error: &str,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError> {
+        self.update_state(id, BuildState::Queued, attempt, None, Some(error), event)
             .await
     }
 
@@ -123,6 +136,7 @@ impl BuildStore {
         id: &str,
         attempt: u32,
         out: &ImageUpdated,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let mut tx = self.writer.begin().await?;
@@ -143,8 +157,11 @@ impl BuildStore {
         .bind(now)
         .execute(&mut *tx)
         .await?;
+        super::artifacts::replace(&mut tx, id, &out.artifacts, now).await?;
         history(&mut tx, id, BuildState::Succeeded, attempt, None).await?;
+        let wrote = self.notify.enqueue(&mut tx, event).await?;
         tx.commit().await?;
+        self.notify.committed(wrote);
         Ok(())
     }
 
@@ -154,14 +171,34 @@ impl BuildStore {
         attempt: u32,
         fault: &str,
         error: &str,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
-        self.update_state(id, BuildState::Failed, attempt, Some(fault), Some(error))
-            .await
+        self.update_state(
+            id,
+            BuildState::Failed,
+            attempt,
+            Some(fault),
+            Some(error),
+            event,
+        )
+        .await
     }
 
-    pub async fn cancelled(&self, id: &str, attempt: u32) -> Result<(), StoreError> {
-        self.update_state(id, BuildState::Cancelled, attempt, None, Some("cancelled"))
-            .await
+    pub async fn cancelled(
+        &self,
+        id: &str,
+        attempt: u32,
+        event: Option<&Event>,
+    ) -> Result<(), StoreError> {
+        self.update_state(
+            id,
+            BuildState::Cancelled,
+            attempt,
+            None,
+            Some("cancelled"),
+            event,
+        )
+        .await
     }
 
     /// Removes a build with its history and log.
@@ -172,6 +209,11 @@ impl BuildStore {
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM build_states WHERE build_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        // The records only: the artifacts stay in the registry next to the image, like it.
+        sqlx::query("DELETE FROM build_artifacts WHERE build_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -191,6 +233,7 @@ impl BuildStore {
         attempt: u32,
         fault: Option<&str>,
         error: Option<&str>,
+        event: Option<&Event>,
     ) -> Result<(), StoreError> {
         let now = now_millis();
         let finished = state.is_final().then_some(now);
@@ -210,7 +253,9 @@ impl BuildStore {
         .execute(&mut *tx)
         .await?;
         history(&mut tx, id, state, attempt, None).await?;
+        let wrote = self.notify.enqueue(&mut tx, event).await?;
         tx.commit().await?;
+        self.notify.committed(wrote);
         Ok(())
     }
 }

@@ -61,6 +61,7 @@ pub fn pipeline_settings(work_dir: &Path) -> PipelineSettings {
             },
         )]),
         incremental: false,
+        artifact_max_bytes: 1 << 20,
     }
 }
 

@@ -205,11 +205,18 @@ async fn outcome_of(
     tracing::Span::current().record("request_id", job.request.id.as_str());
     let record = record_of(&job);
     let lease = Lease::new(&shared.host, shared.lease_ttl);
+    let started = started_event(shared, &job);
     let mut waiting = false;
     loop {
         match shared
             .store
-            .start(&record, job.attempt, incoming.redelivered, &lease)
+            .start(
+                &record,
+                job.attempt,
+                incoming.redelivered,
+                &lease,
+                Some(&started),
+            )
             .await
         {
             Ok(Start::Held) => {
@@ -320,11 +327,7 @@ async fn build(shared: &Shared, job: &Job, body: &[u8], lease: Option<&Lease>) -
     let redactor = job.redactor(&shared.registry_password);
     let writer = shared.store.log_writer(&job.build_id);
     let log = BuildLog::with_sink(redactor.clone(), writer.sender());
-    let started_event = Event::Started(BuildStarted {
-        build: job.build_ref(None),
-        attempt: job.attempt,
-        host: shared.host.clone(),
-    });
+    let started_event = started_event(shared, job);
     tracing::info!(repo = %job.request.repo.display(), "build started");
     if job.attempt > 1 {
         log.push(&format!(
@@ -416,6 +419,15 @@ async fn build(shared: &Shared, job: &Job, body: &[u8], lease: Option<&Lease>) -
             failed(shared, job, body, failure)
         }
     }
+}
+
+/// `build.started` of this attempt on this replica.
+fn started_event(shared: &Shared, job: &Job) -> Event {
+    Event::Started(BuildStarted {
+        build: job.build_ref(None),
+        attempt: job.attempt,
+        host: shared.host.clone(),
+    })
 }
 
 struct Failure<'a> {

@@ -66,10 +66,12 @@ pub async fn run(
     let (shared_ref, settings_ref) = (&shared, &*settings);
     let (tracker_ref, shutdown_ref, slot_ref) = (&tracker, &shutdown, &slot);
     let policies = AtomicBool::new(false);
+    let brokers = amqp::Brokers::from_settings(&settings.amqp);
+    let brokers_ref = &brokers;
     amqp::keep_session(
         "worker",
         &shutdown,
-        || open_session(settings_ref, &topology, &policies),
+        || open_session(settings_ref, brokers_ref, &topology, &policies),
         |session: Session| async move {
             slot_ref.set(Some(session.publisher.clone()));
             let consumed = consume(
@@ -84,7 +86,10 @@ pub async fn run(
             slot_ref.set(None);
             match consumed {
                 Ok(()) => SessionEnd::Shutdown,
-                Err(e) => SessionEnd::Lost(e),
+                Err(e) => {
+                    brokers_ref.lost();
+                    SessionEnd::Lost(e)
+                }
             }
         },
     )
@@ -124,13 +129,14 @@ struct Session {
 /// prefetch, publisher, consumers.
 async fn open_session(
     settings: &Settings,
+    brokers: &amqp::Brokers,
     topology: &Arc<Topology>,
     policies: &AtomicBool,
 ) -> anyhow::Result<Session> {
-    let connection = amqp::connect(&settings.amqp.url, "image-builder worker").await?;
+    let connection = brokers.connect("image-builder worker").await?;
     topology.declare(&connection).await?;
     if !policies.load(Ordering::Acquire) {
-        apply_policies(settings, topology).await?;
+        apply_policies(settings, brokers, topology).await?;
         policies.store(true, Ordering::Release);
     }
     let channel = connection.create_channel().await?;
@@ -181,19 +187,24 @@ async fn open_session(
 
 /// This replica's retry delays and delivery limit, as policies. Once per process, not per
 /// session: after a broker restart an old replica must not put back values a newer one set.
-async fn apply_policies(settings: &Settings, topology: &Topology) -> anyhow::Result<()> {
-    if settings.amqp.management_url.is_empty() {
+async fn apply_policies(
+    settings: &Settings,
+    brokers: &amqp::Brokers,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let apis = settings.amqp.management_apis();
+    let Some(credentials) = brokers.first().filter(|_| !apis.is_empty()) else {
         tracing::warn!(
-            "amqp.management_url is empty: this replica applies no queue policies; without \
-             them retry tiers hold messages forever (README: Queue policies)"
+            "amqp.management_url and amqp.management_urls are empty: this replica applies no \
+             queue policies; without them retry tiers hold messages forever (README: Queue \
+             policies)"
         );
         return Ok(());
-    }
+    };
     let policies = topology.policies();
-    amqp::Management::new(&settings.amqp.management_url, &settings.amqp.url)?
-        .apply(&policies)
-        .await?;
+    let api = amqp::apply_through_any(&apis, credentials, &policies).await?;
     tracing::info!(
+        api,
         policies = policies.len(),
         delays_ms = ?settings.retry.delays_ms,
         delivery_limit = settings.amqp.delivery_limit,

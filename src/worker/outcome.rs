@@ -73,30 +73,41 @@ impl Outcome {
         })
     }
 
-    /// Writes the outcome to the build store. A failed write is logged and changes nothing
-    /// else: the events are the contract, the record follows them.
+    /// Writes the outcome to the build store, and in the same transaction the notifications of
+    /// its event (`notify.webhooks`). A failed write is logged and changes nothing else: the
+    /// events are the contract, the record follows them.
     async fn record(&self, store: &BuildStore) {
+        let announced = self.messages().map(|(_, event)| event);
+        let announced = announced.as_ref();
         let (what, result) = match self {
             Self::AlreadySettled | Self::Requeue(_) => return,
-            Self::Rejected { event, record } => {
-                ("a rejection", record_rejection(store, event, record).await)
-            }
+            Self::Rejected { event, record } => (
+                "a rejection",
+                record_rejection(store, event, record, announced).await,
+            ),
             Self::Pushed {
                 updated, attempt, ..
             } => (
                 "success",
                 store
-                    .succeeded(&updated.build.build_id, *attempt, updated)
+                    .succeeded(&updated.build.build_id, *attempt, updated, announced)
                     .await,
             ),
             Self::Cancelled { event, .. } => (
                 "a cancellation",
-                store.cancelled(&event.build.build_id, event.attempts).await,
+                store
+                    .cancelled(&event.build.build_id, event.attempts, announced)
+                    .await,
             ),
             Self::Retrying { event, .. } => (
                 "a retry",
                 store
-                    .retrying(&event.build.build_id, event.attempt, &event.reason)
+                    .retrying(
+                        &event.build.build_id,
+                        event.attempt,
+                        &event.reason,
+                        announced,
+                    )
                     .await,
             ),
             Self::Failed { event, .. } => (
@@ -107,6 +118,7 @@ impl Outcome {
                         event.attempts,
                         event.fault.as_str(),
                         &event.reason,
+                        announced,
                     )
                     .await,
             ),
@@ -139,14 +151,19 @@ impl Outcome {
     }
 }
 
-/// An id already taken keeps its record: a rejection never overwrites another build.
+/// An id already taken keeps its record: a rejection never overwrites another build. Its
+/// `build.rejected` is published all the same, so its notifications are written on their own.
 async fn record_rejection(
     store: &BuildStore,
     event: &BuildFailed,
     record: &NewBuild,
+    announced: Option<&Event>,
 ) -> Result<(), StoreError> {
     if store.create(record, BuildState::Queued).await? != Claim::New {
-        return Ok(());
+        return match announced {
+            Some(announced) => store.announce(announced).await,
+            None => Ok(()),
+        };
     }
     store
         .failed(
@@ -154,6 +171,7 @@ async fn record_rejection(
             event.attempts,
             event.fault.as_str(),
             &event.reason,
+            announced,
         )
         .await
 }

@@ -130,13 +130,19 @@ fn settings() -> Settings {
 
 impl Harness {
     async fn new() -> Self {
+        Self::notifying(&[]).await
+    }
+
+    /// With a store that writes notifications for `webhooks`.
+    async fn notifying(webhooks: &[crate::config::Webhook]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = BuildStore::connect(&format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("builds.db").display()
         ))
         .await
-        .expect("store");
+        .expect("store")
+        .with_webhooks(webhooks);
         let work = dir.path().join("work");
         let registry = Arc::new(FakeRegistry::default());
         let engine = Arc::new(FakeEngine::new(registry.clone()));
@@ -527,7 +533,7 @@ async fn a_stored_cancel_stops_the_running_build_without_the_broadcast() {
     let canceller = async {
         h.engine.started.notified().await;
         assert_eq!(
-            h.store.request_cancel("r1").await.expect("store"),
+            h.store.request_cancel("r1", None).await.expect("store"),
             crate::store::CancelRequest::Marked
         );
     };
@@ -596,7 +602,10 @@ async fn a_lapsed_lease_is_taken_over_by_the_redelivery() {
         ..new
     };
     assert_eq!(
-        h.store.start(&new, 1, false, &dead).await.expect("store"),
+        h.store
+            .start(&new, 1, false, &dead, None)
+            .await
+            .expect("store"),
         crate::store::Start::Run
     );
     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -678,10 +687,94 @@ async fn a_restarted_sqlite_replica_voids_its_previous_process_leases() {
     // The previous process was killed holding a long lease.
     let killed = crate::store::Lease::new("me:1", Duration::from_secs(3600));
     assert_eq!(
-        h.store.start(&new, 1, false, &killed).await.expect("store"),
+        h.store
+            .start(&new, 1, false, &killed, None)
+            .await
+            .expect("store"),
         crate::store::Start::Run
     );
     assert_eq!(h.store.void_own_leases().await.expect("store"), 1);
     let sent = h.deliver(&body, attempt(1), true).await;
     assert_eq!(shape(&sent), ["build.started", "image.updated", "ack"]);
+}
+
+/// Every event the worker publishes has its notification row, with the very body published:
+/// started, retrying, failed, rejected, cancelled and updated alike (one webhook wanting all,
+/// one wanting only image.updated).
+#[tokio::test]
+async fn every_published_event_is_written_to_the_notification_outbox() {
+    let hooks = crate::config::Webhooks::try_from(json!([
+        {"url": "http://127.0.0.1:9/all", "secret": "s"},
+        {"url": "http://127.0.0.1:9/updates", "secret": "s", "events": ["image.updated"]},
+    ]))
+    .expect("webhooks");
+    let h = Harness::notifying(&hooks.0).await;
+    let mut published = Vec::new();
+    let mut keep = |sent: Vec<Sent>| {
+        published.extend(sent.into_iter().filter_map(|s| match s {
+            Sent::Event(e) => Some(e),
+            _ => None,
+        }))
+    };
+    // A cancel on a harness of its own: its engine holds every build.
+    let hc = Harness::notifying(&hooks.0).await;
+    hc.engine.hold_builds_until_cancelled();
+    let shared = hc.shared.clone();
+    let canceller = async {
+        hc.engine.started.notified().await;
+        assert!(shared.running.cancel("r5"));
+    };
+    let body = request("r5");
+    let (sent, ()) = tokio::join!(hc.first(&body), canceller);
+    keep(sent);
+    h.engine
+        .fail_next_build(BuildError::Engine(crate::error::EngineError::Said(
+            "podman crashed".into(),
+        )));
+    keep(h.first(&request("r1")).await);
+    h.engine
+        .fail_next_build(BuildError::StepFailed("RUN false exited 1".into()));
+    keep(h.first(&request("r2")).await);
+    keep(
+        h.first(&json!({"id": "r3", "repo": "acme/app", "user_id": "u1", "ref": "-oops"}))
+            .await,
+    );
+    keep(h.first(&request("r4")).await);
+
+    let mut names: Vec<&str> = published.iter().map(Event::routing_key).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), 6, "every kind of event: {names:?}");
+    let mut rows = Vec::new();
+    for store in [&h.store, &hc.store] {
+        rows.extend(
+            store
+                .claim_notifications("t", Duration::from_secs(30), 1000)
+                .await
+                .expect("claim"),
+        );
+    }
+    let bodies = |hook: &crate::config::Webhook| {
+        let mut bodies: Vec<String> = rows
+            .iter()
+            .filter(|n| n.target == hook.id())
+            .map(|n| n.body.clone())
+            .collect();
+        bodies.sort();
+        bodies
+    };
+    let expected = |filter: &dyn Fn(&Event) -> bool| {
+        let mut bodies: Vec<String> = published
+            .iter()
+            .filter(|e| filter(e))
+            .map(|e| String::from_utf8(e.to_json()).expect("utf-8"))
+            .collect();
+        bodies.sort();
+        bodies
+    };
+    assert_eq!(bodies(&hooks.0[0]), expected(&|_| true));
+    assert_eq!(
+        bodies(&hooks.0[1]),
+        expected(&|e| e.routing_key() == "image.updated")
+    );
 }

@@ -121,7 +121,7 @@ async fn console_page_shows_no_data_without_a_key_and_the_registry_routes_keep_t
         .collect();
     assert!(listed.contains(&&commit[..12]), "{tags}");
     assert!(listed.iter().all(|t| !t.starts_with("ib-")), "{tags}");
-    assert!(tags["build_key_tags"].as_u64() >= Some(1), "{tags}");
+    assert!(tags["internal_tags"].as_u64() >= Some(1), "{tags}");
     assert_eq!(
         tags["tags"][0]["pull"],
         format!(

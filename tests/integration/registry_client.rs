@@ -3,7 +3,7 @@
 //! server), each behind a counting proxy, plus a fake that serves content not matching its
 //! digest. Only 127.0.0.1 is contacted.
 
-mod fake;
+pub(crate) mod fake;
 mod processes;
 mod proxy;
 mod token_server;
@@ -339,6 +339,38 @@ async fn content_that_does_not_match_its_digest_is_refused() {
             .await,
     );
     mismatch(client.blob("tampered", &content_digest(b"the blob")).await);
+    // Streamed (artifact downloads): the stream ends in the mismatch, never cleanly, and the
+    // last chunk is held back for the check, so no reader gets the whole wrong blob.
+    let mut stream = client
+        .blob_stream("tampered", &content_digest(b"the blob"))
+        .await
+        .expect("an answer")
+        .expect("the blob exists");
+    let (mut received, mut ended) = (Vec::new(), None);
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream.chunks).await {
+        match chunk {
+            Ok(bytes) => received.extend_from_slice(&bytes),
+            Err(e) => {
+                ended = Some(e);
+                break;
+            }
+        }
+    }
+    mismatch(Err::<(), _>(ended.expect("the stream ends in an error")));
+    assert!(
+        received.len() < stream.len.map_or(1, |l| l as usize),
+        "{received:?}"
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    mismatch(
+        client
+            .blob_to_file(
+                "tampered",
+                &content_digest(b"the blob"),
+                &dir.path().join("b"),
+            )
+            .await,
+    );
     // Writes: a different digest announced back is an error.
     let manifest = Manifest {
         media_type: "application/vnd.oci.image.manifest.v1+json".into(),

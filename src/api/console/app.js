@@ -398,7 +398,7 @@ function tagsView(name) {
     const path = `/v1/registry/repositories/${name.split("/").map(encodeURIComponent).join("/")}/tags`;
     const answer = await api(path, { signal });
     rows.replaceChildren(...answer.tags.map((t) => el("tr", {}, el("td", {}, t.tag), el("td", {}, el("code", {}, t.pull)))));
-    note.textContent = answer.build_key_tags ? `Also ${answer.build_key_tags} build-key tags (ib-…) that image-builder keeps for itself.` : "";
+    note.textContent = answer.internal_tags ? `Also ${answer.internal_tags} tags that image-builder keeps for itself (build keys ib-…, artifact referrers sha256-…).` : "";
   }, status);
 }
 

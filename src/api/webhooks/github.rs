@@ -19,6 +19,16 @@ use super::{Trigger, answer, bounded_body, delivery_id, field};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
+#[utoipa::path(post, path = "/v1/webhooks/github", tag = "webhooks",
+    params(("X-Hub-Signature-256" = String, Header, description = "sha256=HMAC of the body with webhooks.github_secret"),
+        ("X-GitHub-Event" = String, Header, description = "push, release or ping"),
+        ("X-GitHub-Delivery" = Option<String>, Header, description = "Names the build; a repeat builds nothing")),
+    request_body(content = String, description = "GitHub's event payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued, or ignored with the reason"),
+        (status = 200, description = "A ping, or a delivery seen before"),
+        (status = 401, description = "Missing or wrong signature", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body over webhooks.max_body_bytes", body = crate::api::openapi::ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

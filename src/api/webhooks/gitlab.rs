@@ -21,6 +21,16 @@ use crate::api::error::ApiError;
 /// The `after` of a push that deleted its ref.
 const NO_COMMIT: &str = "0000000000000000000000000000000000000000";
 
+#[utoipa::path(post, path = "/v1/webhooks/gitlab", tag = "webhooks",
+    params(("X-Gitlab-Token" = String, Header, description = "webhooks.gitlab_secret"),
+        ("X-Gitlab-Event" = String, Header, description = "Push Hook, Tag Push Hook or Release Hook"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Names the build; a repeat builds nothing")),
+    request_body(content = String, description = "GitLab's event payload", content_type = "application/json"),
+    responses(
+        (status = 202, description = "Queued, or ignored with the reason"),
+        (status = 200, description = "A delivery seen before"),
+        (status = 401, description = "Missing or wrong token", body = crate::api::openapi::ErrorBody),
+        (status = 413, description = "Body over webhooks.max_body_bytes", body = crate::api::openapi::ErrorBody)))]
 pub async fn receive(
     State(state): State<AppState>,
     headers: HeaderMap,

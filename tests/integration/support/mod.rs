@@ -81,10 +81,21 @@ pub struct Stack {
 
 impl Stack {
     pub async fn new() -> Self {
-        let prefix = unique("ibt-");
+        Self::with_settings(Self::settings()).await
+    }
+
+    /// The settings of a new stack: the built-in `local` ones with a fresh prefix.
+    pub fn settings() -> Settings {
         let mut settings = Settings::for_env("local").expect("built-in local config loads");
-        settings.amqp.prefix = prefix.clone();
+        settings.amqp.prefix = unique("ibt-");
         settings.retry.delays_ms = vec![300, 600];
+        settings
+    }
+
+    /// A stack on `settings` (its prefix, and its broker: `amqp.url` for this stack's own
+    /// connection, `amqp.management_url` for clean-up).
+    pub async fn with_settings(settings: Settings) -> Self {
+        let prefix = settings.amqp.prefix.clone();
         require_services(&settings).await;
         let topology = Arc::new(Topology::from_settings(&settings));
         let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
@@ -261,7 +272,13 @@ impl Stack {
     }
 
     /// Deletes this test's queues, exchanges and policies.
-    pub async fn cleanup(self) {
+    pub async fn cleanup(mut self) {
+        const CLEANUP_STEP: Duration = Duration::from_secs(20);
+        if !self.connection.status().connected() {
+            // Cut (a broker restart, a missed heartbeat on a loaded machine): clean up anyway.
+            eprintln!("the test's broker connection was closed; reconnecting to clean up");
+            self.reconnect().await;
+        }
         let channel = self.connection.create_channel().await.expect("channel");
         let mut queues = vec![
             self.topology.build_queue.clone(),
@@ -269,10 +286,14 @@ impl Stack {
             self.topology.dead_lettered_queue.clone(),
         ];
         queues.extend(self.topology.retry_queues.iter().map(|(q, _)| q.clone()));
+        // Best effort, and bounded: a broker that does not answer a delete (a cluster member
+        // still recovering) must not hang the test after its checks passed.
         for queue in queues {
-            let _ = channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_STEP,
+                channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()),
+            )
+            .await;
         }
         let policies: Vec<String> = self.policy_names();
         if let Ok(management) = image_builder::amqp::Management::new(
@@ -282,9 +303,11 @@ impl Stack {
             let _ = management.remove(&policies).await;
         }
         for exchange in [&self.topology.exchange, &self.topology.events_exchange] {
-            let _ = channel
-                .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
+            let _ = tokio::time::timeout(
+                CLEANUP_STEP,
+                channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()),
+            )
+            .await;
         }
         let _ = self.connection.close(200, "test done".into()).await;
     }
