@@ -171,6 +171,12 @@ try {
   await images.first().click();
   await page.getByRole("cell", { name: "latest", exact: true }).waitFor({ timeout: STEP_MS });
 
+  // Signing out forgets the key and leaves only the login form.
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("API key").waitFor({ state: "visible", timeout: STEP_MS });
+  check((await page.evaluate(() => sessionStorage.length)) === 0, "the key outlived sign-out");
+  check((await text(page, "#view")) === "", "data is still shown after sign-out");
+
   check(problems.length === 0, `the page reported problems:\n${problems.join("\n")}`);
   console.log(JSON.stringify({ fast, slow, rebuild, seenWhileRunning: seen.state }));
   await browser.close();

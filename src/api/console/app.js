@@ -404,7 +404,7 @@ function tagsView(name) {
 
 // ---- routing ----
 
-function route() {
+function route(event) {
   current.abort();
   current = new AbortController();
   if (!key()) {
@@ -429,7 +429,13 @@ function route() {
   else if (section === "registry" && name) tagsView(name);
   else if (section === "registry") registryView();
   else buildsView(params);
-  document.title = `${view.querySelector("h2")?.textContent ?? "Console"} · image-builder`;
+  const heading = view.querySelector("h2");
+  document.title = `${heading?.textContent ?? "Console"} · image-builder`;
+  // After following a link, keyboard and screen reader users land on the new page's heading.
+  if (event && heading) {
+    heading.tabIndex = -1;
+    heading.focus();
+  }
 }
 
 document.getElementById("login-form").addEventListener("submit", signIn);
