@@ -4,6 +4,9 @@
 
 const KEY = "image-builder.api-key";
 const POLL_MS = 2000;
+// Repositories and the registry change with finished builds only, and a registry's catalog is
+// read whole for each listing: refreshed less often.
+const SLOW_POLL_MS = 15000;
 const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 const STATES = ["queued", "running", "succeeded", "failed", "cancelled"];
 
@@ -77,8 +80,8 @@ function errorBox(message) {
   return el("p", { class: "error", role: "alert" }, message);
 }
 
-// Runs `tick` now and every POLL_MS until the route changes; a failing tick shows its error.
-function poll(tick, status) {
+// Runs `tick` now and every `every` ms until the route changes; a failing tick shows its error.
+function poll(tick, status, every = POLL_MS) {
   const { signal } = current;
   const loop = async () => {
     if (signal.aborted) return;
@@ -89,7 +92,7 @@ function poll(tick, status) {
       if (e instanceof Unauthorized || signal.aborted) return;
       status.textContent = `Could not refresh: ${e.message}`;
     }
-    if (!signal.aborted) setTimeout(loop, POLL_MS);
+    if (!signal.aborted) setTimeout(loop, every);
   };
   loop();
 }
@@ -327,7 +330,7 @@ function reposView() {
       ),
     );
     if (repos.length === 0) rows.append(el("tr", {}, el("td", { colspan: "3" }, "No repositories yet.")));
-  }, status);
+  }, status, SLOW_POLL_MS);
 }
 
 function versionsView(name) {
@@ -356,7 +359,7 @@ function versionsView(name) {
         ),
       ),
     );
-  }, status);
+  }, status, SLOW_POLL_MS);
 }
 
 // ---- registry ----
@@ -380,7 +383,7 @@ function registryView() {
       ),
     );
     if (repositories.length === 0) rows.append(el("tr", {}, el("td", { colspan: "2" }, "No images.")));
-  }, status);
+  }, status, SLOW_POLL_MS);
 }
 
 function tagsView(name) {
@@ -399,7 +402,7 @@ function tagsView(name) {
     const answer = await api(path, { signal });
     rows.replaceChildren(...answer.tags.map((t) => el("tr", {}, el("td", {}, t.tag), el("td", {}, el("code", {}, t.pull)))));
     note.textContent = answer.internal_tags ? `Also ${answer.internal_tags} tags that image-builder keeps for itself (build keys ib-…, artifact referrers sha256-…).` : "";
-  }, status);
+  }, status, SLOW_POLL_MS);
 }
 
 // ---- routing ----
