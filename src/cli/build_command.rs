@@ -141,7 +141,7 @@ pub async fn build(args: BuildArgs, settings: Settings) -> anyhow::Result<ExitCo
                 } else {
                     ""
                 };
-                println!("pushed {}@{}{how}", updated.image, updated.digest);
+                println!("image  {}@{}{how}", updated.image, updated.digest);
                 println!("tags   {}", updated.tags.join(", "));
                 println!("pull   podman pull {}@{}", updated.image, updated.digest);
             }

@@ -49,6 +49,9 @@ pub fn snapshot_dir(dir: &Path, root: &Path) -> anyhow::Result<Snapshot> {
         .collect();
     let name = name.trim_matches(|c| matches!(c, '-' | '.' | '_'));
     let name = if name.is_empty() { "app" } else { name };
+    // Absolute: the repository is fetched through a file:// URL (`data_dir` may be relative).
+    let root =
+        std::path::absolute(root).with_context(|| format!("cannot resolve {}", root.display()))?;
     let place = hex::encode(Sha256::digest(dir.as_os_str().as_bytes()));
     let home = root.join(&place[..16]);
     std::fs::create_dir_all(&home).with_context(|| format!("cannot create {}", home.display()))?;
@@ -159,5 +162,6 @@ mod tests {
         std::fs::write(other.join("Dockerfile"), "FROM scratch\n").expect("write");
         let elsewhere = snapshot_dir(&other, root.path()).expect("snapshot");
         assert_ne!(elsewhere.repo.parent(), changed.repo.parent());
+        assert!(elsewhere.repo.is_absolute());
     }
 }

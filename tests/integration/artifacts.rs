@@ -240,6 +240,39 @@ async fn artifact_round_trip_matches_the_image() {
             art.name
         );
     }
+    // ORAS, the ecosystem's artifact client, pulls it by its reference: the same files.
+    let dist = &updated.artifacts[0];
+    let (_, served, _) = download(&api, &format!("/v1/builds/{id}/artifacts/dist")).await;
+    let pulled_dir = tempfile::tempdir().expect("oras out");
+    let reference = format!("{}@{}", updated.image, dist.digest);
+    let oras =
+        std::process::Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/oras-pull.sh"))
+            .arg(&reference)
+            .arg(pulled_dir.path())
+            .output()
+            .expect("oras-pull.sh runs");
+    assert!(
+        oras.status.success(),
+        "oras pull {reference}: {}",
+        String::from_utf8_lossy(&oras.stderr)
+    );
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&served[..]));
+    let mut files = 0;
+    for entry in archive.entries().expect("a tar") {
+        let mut entry = entry.expect("an entry");
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let name = entry.path().expect("a path").into_owned();
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).expect("file bytes");
+        let pulled = std::fs::read(pulled_dir.path().join(&name))
+            .unwrap_or_else(|e| panic!("oras did not pull {}: {e}", name.display()));
+        assert_eq!(pulled, bytes, "{} differs", name.display());
+        files += 1;
+    }
+    assert!(files > 0, "the dist artifact holds files");
+
     // And what the Dockerfile did, spelled out.
     let (_, dist, _) = download(&api, &format!("/v1/builds/{id}/artifacts/dist")).await;
     let served = artifact_tree(&dist, "/app");
