@@ -271,6 +271,10 @@ function buildView(id) {
       ...detailRow("Tags", b.tags?.length ? b.tags.join(", ") : ""),
       ...detailRow("Pull", pull ? el("code", { id: "pull" }, pull) : ""),
       ...detailRow("Attempts", b.attempts),
+      // How it was made, as far as the record says (the build log tells which path a build took).
+      ...(b.state === "succeeded"
+        ? detailRow("How", b.cached ? "answered from the registry: this commit and configuration were built before" : "built", { id: "how" })
+        : []),
       ...(b.rebuild_of ? detailRow("Rebuild of", el("a", { href: `#/builds/${encodeURIComponent(b.rebuild_of)}` }, b.rebuild_of)) : []),
       ...(b.error ? detailRow("Error", `${b.fault ? `${b.fault} fault: ` : ""}${b.error}`, { class: "error" }) : []),
     );
