@@ -174,6 +174,11 @@ try {
   await page.getByRole("cell", { name: "latest", exact: true }).waitFor({ timeout: STEP_MS });
 
   // Signing out forgets the key and leaves only the login form.
+  // The API reference, rendered from the OpenAPI document, one link away; then back.
+  await page.getByRole("link", { name: "API reference" }).click();
+  await page.getByRole("heading", { name: "POST /v1/builds", exact: true }).waitFor({ timeout: STEP_MS });
+  await page.goBack();
+  await page.getByRole("button", { name: "Sign out" }).waitFor({ timeout: STEP_MS });
   await page.getByRole("button", { name: "Sign out" }).click();
   await page.getByLabel("API key").waitFor({ state: "visible", timeout: STEP_MS });
   check((await page.evaluate(() => sessionStorage.length)) === 0, "the key outlived sign-out");
