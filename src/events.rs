@@ -52,6 +52,36 @@ pub struct ImageUpdated {
     /// asked for, so consumers that predate the field see the same body.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub artifacts: Vec<ArtifactRef>,
+    /// How the image was made, so a container manager can decide whether to redeploy.
+    #[serde(default)]
+    pub how: How,
+    /// Why it was made that way, in one sentence ("first build of this configuration", "only
+    /// files no step but the final COPYs reads changed: app/main.py").
+    #[serde(default)]
+    pub why: String,
+}
+
+/// How an image came to be.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum How {
+    /// It existed for this commit and configuration: only its tags were pointed at it.
+    Cached,
+    /// The previous image of this configuration, edited in the registry (final COPY layers).
+    Incremental,
+    /// Built by the engine.
+    #[default]
+    Full,
+}
+
+impl How {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cached => "cached",
+            Self::Incremental => "incremental",
+            Self::Full => "full",
+        }
+    }
 }
 
 /// One stored artifact: an OCI artifact manifest in the image's repository whose subject is the
@@ -195,6 +225,8 @@ mod tests {
             cached: false,
             duration_ms: 1,
             finished_at: time::OffsetDateTime::UNIX_EPOCH,
+            how: Default::default(),
+            why: String::new(),
             artifacts: vec![],
         };
         let plain = serde_json::to_value(&updated).expect("json");

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
 use crate::error::{BuildError, RegistryError};
-use crate::events::{BuildRef, ImageUpdated};
+use crate::events::{BuildRef, How, ImageUpdated};
 use crate::plan::{self, PlanInput};
 use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
 use crate::redact::Redactor;
@@ -102,18 +102,21 @@ pub async fn run(
         .iter()
         .map(|p| p.as_str().to_owned())
         .collect();
-    let updated = |digest: String, tags: Vec<String>, cached: bool, artifacts| ImageUpdated {
-        build: job.build_ref(Some(&checkout.ref_name)),
-        commit: checkout.commit.clone(),
-        image: image.clone(),
-        tags,
-        digest,
-        platforms: platforms.clone(),
-        cached,
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        finished_at: time::OffsetDateTime::now_utc(),
-        artifacts,
-    };
+    let updated =
+        |digest: String, tags: Vec<String>, (how, why): (How, String), artifacts| ImageUpdated {
+            build: job.build_ref(Some(&checkout.ref_name)),
+            commit: checkout.commit.clone(),
+            image: image.clone(),
+            tags,
+            digest,
+            platforms: platforms.clone(),
+            cached: how == How::Cached,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            finished_at: time::OffsetDateTime::now_utc(),
+            artifacts,
+            how,
+            why,
+        };
 
     // Built before with this exact configuration: point the tags at it, build nothing.
     let existing = if job.request.no_cache {
@@ -141,7 +144,16 @@ pub async fn run(
         ));
         // The build key names the image, not its exports: read them from the image there is.
         let exported = export(env, job, (&image, repository), &manifest, &ctx).await?;
-        return Ok(updated(manifest.digest, naming.tags, true, exported));
+        let why = format!(
+            "this commit and configuration were built before ({})",
+            manifest.digest
+        );
+        return Ok(updated(
+            manifest.digest,
+            naming.tags,
+            (How::Cached, why),
+            exported,
+        ));
     }
 
     // Only real builds take a slot, and the timeout runs from when the build does.
@@ -183,7 +195,7 @@ pub async fn run(
         created: time::OffsetDateTime::now_utc(),
         log,
     };
-    let manifest = produce(&attempt, job.request.no_cache, &ctx).await?;
+    let (manifest, how) = produce(&attempt, job.request.no_cache, &ctx).await?;
     let digest = manifest.digest.clone();
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
     for tag in tags {
@@ -197,24 +209,35 @@ pub async fn run(
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
-    Ok(updated(digest, build_spec.tags, false, exported))
+    Ok(updated(digest, build_spec.tags, how, exported))
 }
 
-/// Puts the image under `a.tag` and returns its manifest: edited in the registry when only
-/// files of the final COPYs changed, else built and pushed by the engine (and labelled in the
-/// registry when the engine did not label it).
+/// Puts the image under `a.tag` and returns its manifest with how and why it was made: edited
+/// in the registry when only files of the final COPYs changed, else built and pushed by the
+/// engine (and labelled in the registry when the engine did not label it).
 async fn produce(
     a: &incremental::Attempt<'_>,
     no_cache: bool,
     ctx: &BuildCtx,
-) -> Result<Manifest, BuildError> {
+) -> Result<(Manifest, (How, String)), BuildError> {
+    let env = a.env;
+    let why = if no_cache {
+        "the request asked for no_cache".to_owned()
+    } else if !env.settings.incremental {
+        "incremental rebuilds are off (build.incremental)".to_owned()
+    } else {
+        match incremental::rebuild(a).await? {
+            Ok((edited, why)) => return Ok((edited, (How::Incremental, why))),
+            Err(reason) => reason,
+        }
+    };
+    let manifest = full_build(a, ctx).await?;
+    Ok((manifest, (How::Full, why)))
+}
+
+/// The engine's build and push, labelled in the registry when the engine did not label it.
+async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Manifest, BuildError> {
     let (env, spec) = (a.env, a.spec);
-    if !no_cache
-        && env.settings.incremental
-        && let Some(edited) = incremental::rebuild(a).await?
-    {
-        return Ok(edited);
-    }
     env.engine.build(spec, ctx).await?;
     if env.engine.labels_at_build(spec) {
         let digest = env.engine.push(spec, a.tag, ctx).await?;

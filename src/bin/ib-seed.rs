@@ -73,6 +73,8 @@ async fn main() -> anyhow::Result<()> {
             cached: i % 4 == 0,
             duration_ms: 1_000,
             finished_at: time::OffsetDateTime::now_utc(),
+            how: Default::default(),
+            why: String::new(),
             artifacts: vec![],
         };
         store.succeeded(&id, 1, &out, None).await?;

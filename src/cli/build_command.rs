@@ -142,6 +142,7 @@ pub async fn build(args: BuildArgs, settings: Settings) -> anyhow::Result<ExitCo
                     ""
                 };
                 println!("image  {}@{}{how}", updated.image, updated.digest);
+                println!("how    {}: {}", updated.how.as_str(), updated.why);
                 println!("tags   {}", updated.tags.join(", "));
                 println!("pull   podman pull {}@{}", updated.image, updated.digest);
             }

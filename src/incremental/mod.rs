@@ -45,29 +45,50 @@ pub struct Attempt<'a> {
     pub log: &'a BuildLog,
 }
 
-/// The edited image, pushed under `tag`; None when this build needs the engine.
-pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Option<Manifest>, BuildError> {
-    match try_rebuild(attempt).await? {
-        Ok(manifest) => Ok(Some(manifest)),
-        Err(reason) => {
-            attempt
-                .log
-                .push(&format!("full build: no incremental rebuild ({reason})"));
-            Ok(None)
-        }
+/// The edited image, pushed under `tag`, with why it could be edited; or why this build needs
+/// the engine.
+pub async fn rebuild(
+    attempt: &Attempt<'_>,
+) -> Result<Result<(Manifest, String), String>, BuildError> {
+    let outcome = try_rebuild(attempt).await?;
+    if let Err(reason) = &outcome {
+        attempt
+            .log
+            .push(&format!("full build: no incremental rebuild ({reason})"));
     }
+    Ok(outcome)
+}
+
+/// "app/a.py, app/b.py and 3 more": the changed paths, named up to a few.
+fn named(paths: &[String]) -> String {
+    const SHOWN: usize = 3;
+    let mut text = paths
+        .iter()
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if paths.len() > SHOWN {
+        text.push_str(&format!(" and {} more", paths.len() - SHOWN));
+    }
+    text
 }
 
 /// Outer error: the registry or git failed (a service fault, as in any build). Inner error:
 /// why this build does not qualify.
-async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildError> {
+async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<(Manifest, String), String>, BuildError> {
     let spec = a.spec;
-    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
-        return Ok(Err("nixpacks generates the Dockerfile".into()));
-    };
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
     }
+    // First: of all the reasons a build is full, this one says the most.
+    let store = &a.env.registry;
+    let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
+        return Ok(Err("first build of this configuration".into()));
+    };
+    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
+        return Ok(Err("nixpacks generates the Dockerfile".into()));
+    };
     // The tail analysis reads the last stage as the image; a target may be an earlier one.
     if let Some(target) = &spec.target {
         return Ok(Err(format!("the target stage '{target}' is built")));
@@ -104,10 +125,6 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
         )));
     }
 
-    let store = &a.env.registry;
-    let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
-        return Ok(Err("no earlier image of this configuration".into()));
-    };
     if !crate::ports::recorded(a.env, &spec.image, &previous.digest).await? {
         return Ok(Err(format!(
             "the lineage tag points at {}, which this service did not record building",
@@ -212,7 +229,15 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Manifest, String>, BuildE
          replaced from {files} file(s), every other layer reused",
         spec.image, previous.digest
     ));
-    Ok(Ok(edited))
+    let why = if changed.is_empty() {
+        format!("nothing changed since commit {prev_commit} but the commit")
+    } else {
+        format!(
+            "only files no step but the final COPYs reads changed: {}",
+            named(&changed)
+        )
+    };
+    Ok(Ok((edited, why)))
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

@@ -290,6 +290,8 @@ mod tests {
                 cached: false,
                 duration_ms: 0,
                 finished_at: time::OffsetDateTime::UNIX_EPOCH,
+                how: Default::default(),
+                why: String::new(),
                 artifacts: Vec::new(),
             }),
             Event::Failed(failed.clone()),

@@ -77,6 +77,8 @@ async fn a_build_is_pushed_under_every_tag_with_the_build_key_then_the_lineage_t
     let f = fixture(1);
     let updated = build(&f, "r1").await.expect("pushed");
     assert!(!updated.cached);
+    assert_eq!(updated.how, crate::events::How::Full);
+    assert!(!updated.why.is_empty(), "a full build says why");
     assert_eq!(updated.image, "registry.test/u1/app");
     assert_eq!(updated.commit, COMMIT);
     assert_eq!(updated.tags, ["0123456789ab", "main", "latest", "v1"]);
@@ -113,6 +115,8 @@ async fn an_identical_recorded_build_is_answered_from_the_registry_without_a_bui
     f.env.build_slots = Arc::new(tokio::sync::Semaphore::new(0));
     let second = build(&f, "r2").await.expect("answered");
     assert!(second.cached);
+    assert_eq!(second.how, crate::events::How::Cached);
+    assert!(second.why.contains(&first.digest), "{}", second.why);
     assert_eq!(second.digest, first.digest);
     assert_eq!(f.engine.build_count(), 1, "nothing built again");
     assert_eq!(

@@ -211,6 +211,8 @@ mod tests {
             cached: false,
             duration_ms: 1,
             finished_at: OffsetDateTime::now_utc(),
+            how: Default::default(),
+            why: String::new(),
             artifacts,
         }
     }

@@ -77,6 +77,10 @@ pub struct BuildRecord {
     pub tags: Vec<String>,
     pub platforms: Vec<String>,
     pub cached: bool,
+    /// How a succeeded build's image was made: cached, incremental or full.
+    pub how: Option<String>,
+    /// Why it was made that way.
+    pub why: Option<String>,
     pub fault: Option<String>,
     pub error: Option<String>,
     pub rebuild_of: Option<String>,
@@ -101,8 +105,8 @@ pub struct StateChange {
 }
 
 pub(super) const BUILD_COLUMNS: &str = "id, request_id, state, user_id, repo, git_ref, request, \
-    attempts, host, commit_sha, image, digest, tags, platforms, cached, fault, error, rebuild_of, \
-    created_at, started_at, finished_at, updated_at";
+    attempts, host, commit_sha, image, digest, tags, platforms, cached, how, why, fault, error, \
+    rebuild_of, created_at, started_at, finished_at, updated_at";
 
 impl BuildRecord {
     pub(super) fn from_row(row: &AnyRow) -> sqlx::Result<Self> {
@@ -137,6 +141,8 @@ impl BuildRecord {
             tags: list("tags")?,
             platforms: list("platforms")?,
             cached: row.try_get::<i64, _>("cached")? != 0,
+            how: row.try_get("how")?,
+            why: row.try_get("why")?,
             fault: row.try_get("fault")?,
             error: row.try_get("error")?,
             rebuild_of: row.try_get("rebuild_of")?,

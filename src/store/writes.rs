@@ -144,7 +144,7 @@ impl BuildStore {
             "UPDATE builds SET state = 'succeeded', commit_sha = $2, image = $3, digest = $4, \
              tags = $5, platforms = $6, cached = $7, git_ref = COALESCE($8, git_ref), \
              error = NULL, fault = NULL, finished_at = $9, updated_at = $9, \
-             lease_owner = NULL, lease_until = NULL WHERE id = $1",
+             lease_owner = NULL, lease_until = NULL, how = $10, why = $11 WHERE id = $1",
         )
         .bind(id)
         .bind(&out.commit)
@@ -155,6 +155,8 @@ impl BuildStore {
         .bind(i64::from(out.cached))
         .bind(&out.build.git_ref)
         .bind(now)
+        .bind(out.how.as_str())
+        .bind(&out.why)
         .execute(&mut *tx)
         .await?;
         super::artifacts::replace(&mut tx, id, &out.artifacts, now).await?;

@@ -115,7 +115,9 @@ try {
   const pull = await text(page, "#pull");
   check(/^podman pull \S+@sha256:[0-9a-f]{64}$/.test(pull), `pull command: ${pull}`);
   const how = await text(page, "#how");
-  check(how === "built", `how it was made: ${how}`);
+  check(how === "full", `how it was made: ${how}`);
+  const why = await text(page, "#why");
+  check(why === "first build of this configuration", `why: ${why}`);
   await page.getByText("The build has ended; this is its whole log.").waitFor({ timeout: STEP_MS });
   check(await page.locator("#cancel").isHidden(), "Cancel is offered on a finished build");
   await page.screenshot({ path: screenshot, fullPage: true });

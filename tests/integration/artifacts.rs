@@ -517,6 +517,8 @@ async fn a_download_whose_blob_is_not_its_digest_is_cut_off() {
         cached: false,
         duration_ms: 1,
         finished_at: time::OffsetDateTime::now_utc(),
+        how: Default::default(),
+        why: String::new(),
         artifacts: vec![ArtifactRef {
             name: "dist".into(),
             path: "/app/dist".into(),

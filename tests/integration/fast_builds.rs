@@ -495,11 +495,14 @@ async fn a_change_only_the_final_copy_reads_is_rebuilt_in_the_registry() {
 
     stack.publish_json(&request("first")).await;
     let first = expect_image(stack.outcome("first", BUILD_TIMEOUT).await);
+    // image.updated says how and why, for a container manager deciding whether to redeploy.
+    assert_eq!(first.how, image_builder::events::How::Full);
+    assert_eq!(first.why, "first build of this configuration");
     let lines = build_lines(&worker.log(), &first.build.build_id);
     assert!(
         lines
             .iter()
-            .any(|l| l.contains("no earlier image of this configuration")),
+            .any(|l| l.contains("first build of this configuration")),
         "{lines:#?}"
     );
 
@@ -518,6 +521,15 @@ async fn a_change_only_the_final_copy_reads_is_rebuilt_in_the_registry() {
     let second = expect_image(stack.outcome("second", BUILD_TIMEOUT).await);
     assert!(!second.cached);
     assert_eq!(second.commit, second_commit);
+    assert_eq!(second.how, image_builder::events::How::Incremental);
+    assert!(
+        second
+            .why
+            .starts_with("only files no step but the final COPYs reads changed: ")
+            && second.why.contains("src/main.txt"),
+        "{}",
+        second.why
+    );
     let lines = build_lines(&worker.log(), &second.build.build_id);
     assert!(
         lines.iter().any(|l| l.contains("incremental rebuild")),

@@ -271,10 +271,9 @@ function buildView(id) {
       ...detailRow("Tags", b.tags?.length ? b.tags.join(", ") : ""),
       ...detailRow("Pull", pull ? el("code", { id: "pull" }, pull) : ""),
       ...detailRow("Attempts", b.attempts),
-      // How it was made, as far as the record says (the build log tells which path a build took).
-      ...(b.state === "succeeded"
-        ? detailRow("How", b.cached ? "answered from the registry: this commit and configuration were built before" : "built", { id: "how" })
-        : []),
+      // How the image was made and why (cached, incremental or full), as image.updated said.
+      ...(b.how ? detailRow("How", b.how, { id: "how" }) : []),
+      ...(b.why ? detailRow("Why", b.why, { id: "why" }) : []),
       ...(b.rebuild_of ? detailRow("Rebuild of", el("a", { href: `#/builds/${encodeURIComponent(b.rebuild_of)}` }, b.rebuild_of)) : []),
       ...(b.error ? detailRow("Error", `${b.fault ? `${b.fault} fault: ` : ""}${b.error}`, { class: "error" }) : []),
     );
