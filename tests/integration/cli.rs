@@ -347,3 +347,46 @@ async fn completions_and_man_pages_come_from_the_flags() {
         assert!(pages.path().join(page).is_file(), "{page} was not written");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn build_repo_builds_a_ref_of_a_repository_with_no_broker() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/cli-repo");
+    let marker = unique("tagged-");
+    let tagged = repo.commit(
+        &[(
+            "Dockerfile",
+            &format!("FROM localhost/busybox:latest\nRUN echo {marker}\n"),
+        )],
+        "one",
+    );
+    repo.tag("v1.0.0");
+    repo.commit(&[("later.txt", "later")], "two");
+    repo.push();
+    let data = tempfile::tempdir().expect("data dir");
+    let mut cmd = cli(data.path());
+    cmd.env(
+        "IMAGE_BUILDER__AMQP__URL",
+        "amqp://guest:guest@127.0.0.1:1/%2f",
+    )
+    .env("IMAGE_BUILDER__CONNECTORS__GITHUB__BASE_URL", &git.base_url)
+    .args([
+        "build",
+        "--repo",
+        "acme/cli-repo",
+        "--ref",
+        "v1.0.0",
+        "--json",
+    ])
+    .args(["--user-id", &unique("u")]);
+    let built = run(cmd).await;
+    assert!(built.ok, "{}\n{}", built.stdout, built.stderr);
+    let updated: ImageUpdated = serde_json::from_str(&built.stdout).expect("image.updated JSON");
+    assert_eq!(updated.commit, tagged, "the tag, not the branch head");
+    assert!(
+        updated.tags.iter().any(|t| t == "v1.0.0"),
+        "{:?}",
+        updated.tags
+    );
+    assert!(built.stderr.contains(&marker), "{}", built.stderr);
+}
