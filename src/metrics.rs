@@ -53,6 +53,9 @@ pub struct Metrics {
     pub notification_attempts: Family<NotificationLabels, Counter>,
     /// Notifications dropped undelivered after `notify.give_up_after_secs`, by event.
     pub notifications_given_up: Family<EventLabels, Counter>,
+    /// Notifications waiting in the outbox, as this process last counted them (the store is
+    /// shared: every replica reports the same fleet-wide number).
+    pub notifications_pending: Gauge,
 }
 
 impl Metrics {
@@ -105,6 +108,12 @@ impl Metrics {
             "Webhook notifications dropped undelivered after notify.give_up_after_secs",
             notifications_given_up.clone(),
         );
+        let notifications_pending = Gauge::default();
+        registry.register(
+            "notifications_pending",
+            "Webhook notifications waiting in the outbox (the whole fleet's, from the shared store)",
+            notifications_pending.clone(),
+        );
         Arc::new(Self {
             registry,
             builds,
@@ -116,6 +125,7 @@ impl Metrics {
             mirror_over_cache_bound,
             notification_attempts,
             notifications_given_up,
+            notifications_pending,
         })
     }
 

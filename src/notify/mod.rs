@@ -128,6 +128,10 @@ impl Deliverer {
             if more {
                 continue;
             }
+            // What is left after this round: a backlog or a receiver down shows here first.
+            if let Ok(pending) = self.store.pending_notifications().await {
+                self.metrics.notifications_pending.set(pending);
+            }
             tokio::select! {
                 () = tokio::time::sleep(self.poll) => {}
                 () = recorded.notified() => {}

@@ -397,8 +397,19 @@ async fn a_notification_nobody_accepts_is_given_up_with_a_metric() {
             .await
             .ok()
     };
+    // While the receiver refuses, the row waits in the outbox and the gauge says so.
+    let mut saw_pending = false;
     until("the give-up was counted", &worker, async || {
-        metrics().await.is_some_and(|m| m.contains(given_up))
+        let text = metrics().await.unwrap_or_default();
+        saw_pending |= text.contains("image_builder_notifications_pending 1");
+        text.contains(given_up)
+    })
+    .await;
+    assert!(saw_pending, "the pending notification was never reported");
+    until("the outbox is empty again", &worker, async || {
+        metrics()
+            .await
+            .is_some_and(|m| m.contains("image_builder_notifications_pending 0"))
     })
     .await;
     let text = metrics().await.expect("metrics");
