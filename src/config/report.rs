@@ -35,6 +35,20 @@ pub fn check(layers: &Layers) -> CheckReport {
     for relaxation in &review.relaxations {
         let _ = writeln!(text, "warning: {}", relaxation.warning());
     }
+    // A list that replaces a single setting: someone who set the single one should know.
+    for (single, list) in [
+        ("amqp.url", "amqp.urls"),
+        ("amqp.management_url", "amqp.management_urls"),
+    ] {
+        let set = |key: &str| {
+            effective.get(key).is_some_and(|e| {
+                e.origin != super::Origin::Default && !matches!(e.value.trim(), "" | "\"\"" | "[]")
+            })
+        };
+        if set(single) && set(list) {
+            let _ = writeln!(text, "note: {single} is not used: {list} is set");
+        }
+    }
     for problem in &review.problems {
         let _ = writeln!(text, "error: {problem}");
     }
@@ -79,6 +93,23 @@ mod tests {
             "{}",
             report.text
         );
+    }
+
+    #[test]
+    fn a_single_url_that_a_list_replaces_is_pointed_out() {
+        let url = var("IMAGE_BUILDER__AMQP__URL", "amqp://u:p@127.0.0.1:5672/%2f");
+        let urls = var("IMAGE_BUILDER__AMQP__URLS", "amqp://u:p@127.0.0.1:5681/%2f");
+        let report = check(&Layers::gather(None, None, [url.clone(), urls]).expect("gathered"));
+        assert!(report.ok, "{}", report.text);
+        assert!(
+            report
+                .text
+                .contains("note: amqp.url is not used: amqp.urls is set"),
+            "{}",
+            report.text
+        );
+        let alone = check(&Layers::gather(None, None, [url]).expect("gathered"));
+        assert!(!alone.text.contains("note:"), "{}", alone.text);
     }
 
     #[test]
