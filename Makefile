@@ -31,7 +31,8 @@ services:
 
 ## Stop the compose stack (if any), the demo worker, the demo git daemon and the services.
 down:
-	-@[ -f docker-compose.yml ] && $(COMPOSE) down 2>/dev/null
+	-@if docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null 2>&1 \
+		|| command -v podman-compose >/dev/null 2>&1; then $(COMPOSE) down 2>/dev/null; fi
 	-@[ -f .run/worker.pid ] && kill -TERM $$(cat .run/worker.pid) 2>/dev/null; rm -f .run/worker.pid
 	-@[ -f .run/git-daemon.pid ] && kill $$(cat .run/git-daemon.pid) 2>/dev/null; rm -f .run/git-daemon.pid
 	scripts/services.sh down
