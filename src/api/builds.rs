@@ -63,16 +63,7 @@ pub(super) async fn enqueue(
     rebuild_of: Option<String>,
 ) -> Result<Response, ApiError> {
     let id = request.id.as_str();
-    let new = NewBuild {
-        id: id.to_owned(),
-        request_id: id.to_owned(),
-        user_id: Some(request.user_id.as_str().to_owned()),
-        repo: Some(request.repo.display()),
-        git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
-        request: request.public_view(),
-        rebuild_of: rebuild_of.clone(),
-        fingerprint: Some(request.fingerprint()),
-    };
+    let new = NewBuild::of_request(id, request, rebuild_of.clone());
     match state.store.create(&new, BuildState::Queued).await? {
         Claim::New => {}
         Claim::Same(_) => return recorded_outcome(state, id).await,

@@ -71,16 +71,7 @@ pub async fn build(
     let env = super::environment(&settings, &store, &metrics)?;
     // Recorded like a worker's build: a later request (here or on a worker sharing the store)
     // may then be answered from the image, and the record shows who built what.
-    let new = NewBuild {
-        id: id.clone(),
-        request_id: id.clone(),
-        user_id: Some(request.user_id.as_str().to_owned()),
-        repo: Some(request.repo.display()),
-        git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
-        request: request.public_view(),
-        rebuild_of: None,
-        fingerprint: Some(request.fingerprint()),
-    };
+    let new = NewBuild::of_request(&id, &request, None);
     store.create(&new, BuildState::Running).await?;
     let job = Job {
         request,

@@ -59,6 +59,26 @@ pub struct NewBuild {
     pub fingerprint: Option<String>,
 }
 
+impl NewBuild {
+    /// The record of a parsed request, built under `build_id`.
+    pub fn of_request(
+        build_id: &str,
+        request: &crate::request::BuildRequest,
+        rebuild_of: Option<String>,
+    ) -> Self {
+        Self {
+            id: build_id.to_owned(),
+            request_id: request.id.as_str().to_owned(),
+            user_id: Some(request.user_id.as_str().to_owned()),
+            repo: Some(request.repo.display()),
+            git_ref: request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
+            request: request.public_view(),
+            rebuild_of,
+            fingerprint: Some(request.fingerprint()),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct BuildRecord {
     pub id: String,

@@ -310,16 +310,7 @@ pub(super) fn job_of(
 
 /// The job's record as first written.
 pub(super) fn record_of(job: &Job) -> NewBuild {
-    NewBuild {
-        id: job.build_id.clone(),
-        request_id: job.request.id.as_str().to_owned(),
-        user_id: Some(job.request.user_id.as_str().to_owned()),
-        repo: Some(job.request.repo.display()),
-        git_ref: job.request.git_ref.as_ref().map(|r| r.as_str().to_owned()),
-        request: job.request.public_view(),
-        rebuild_of: None,
-        fingerprint: Some(job.request.fingerprint()),
-    }
+    NewBuild::of_request(&job.build_id, &job.request, None)
 }
 
 /// Runs the build, announcing it while it runs, and says how it ended.
