@@ -12,10 +12,10 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use hmac::{Hmac, KeyInit, Mac};
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
-use super::{Trigger, answer, bounded_body, delivery_id, field};
+use super::{Mapping, Trigger, answer, bounded_body, delivery_id, field, pushed};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
@@ -82,17 +82,9 @@ fn trigger(
                     "a deleted ref has nothing to build".into(),
                 ));
             }
-            let full_ref = field(payload, "/ref")?;
-            if let Some(tag) = full_ref.strip_prefix("refs/tags/") {
-                ("tag", tag.to_owned())
-            } else if full_ref.starts_with("refs/heads/") {
-                ("repo", field(payload, "/after")?.to_owned())
-            } else {
-                return Err(ApiError::bad_request(
-                    "ref",
-                    "is neither a branch nor a tag",
-                ));
-            }
+            pushed(field(payload, "/ref")?, || {
+                Ok(field(payload, "/after")?.to_owned())
+            })?
         }
         // `published` covers releases and pre-releases once; `released` would repeat it.
         "release" => match field(payload, "/action")? {
@@ -109,19 +101,13 @@ fn trigger(
             )));
         }
     };
-    let repo = field(payload, "/repository/full_name")?;
-    let Some(user) = repos.get(&repo.to_ascii_lowercase()) else {
-        return Ok(Trigger::Ignored(format!(
-            "repository {repo:?} is not configured (webhooks.github_repos)"
-        )));
+    let mapping = Mapping {
+        connector,
+        repos,
+        setting: "webhooks.github_repos",
+        noun: "repository",
     };
-    Ok(Trigger::Build(json!({
-        "connector": connector,
-        "repo": repo,
-        "type": kind,
-        "ref": git_ref,
-        "user_id": user,
-    })))
+    Ok(mapping.build(field(payload, "/repository/full_name")?, kind, git_ref))
 }
 
 /// `sha256=<hex>` over the raw body.
@@ -141,6 +127,8 @@ fn signature_matches(secret: &[u8], body: &[u8], header: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn sign(secret: &[u8], body: &[u8]) -> String {

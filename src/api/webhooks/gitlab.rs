@@ -10,11 +10,11 @@ use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::Response;
 use secrecy::ExposeSecret;
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use super::{Trigger, answer, bounded_body, delivery_id, field};
+use super::{Mapping, Trigger, answer, bounded_body, delivery_id, field, pushed};
 use crate::api::AppState;
 use crate::api::error::ApiError;
 
@@ -94,22 +94,14 @@ fn trigger(
                     "a deleted ref has nothing to build".into(),
                 ));
             }
-            let full_ref = field(payload, "/ref")?;
-            if let Some(tag) = full_ref.strip_prefix("refs/tags/") {
-                ("tag", tag.to_owned())
-            } else if full_ref.starts_with("refs/heads/") {
-                // checkout_sha is the head after the push; `after` when GitLab leaves it out.
-                let commit = payload
+            // checkout_sha is the head after the push; `after` when GitLab leaves it out.
+            pushed(field(payload, "/ref")?, || {
+                Ok(payload
                     .get("checkout_sha")
                     .and_then(Value::as_str)
-                    .unwrap_or(after);
-                ("repo", commit.to_owned())
-            } else {
-                return Err(ApiError::bad_request(
-                    "ref",
-                    "is neither a branch nor a tag",
-                ));
-            }
+                    .unwrap_or(after)
+                    .to_owned())
+            })?
         }
         "Release Hook" => match field(payload, "/action")? {
             "create" => ("release", field(payload, "/tag")?.to_owned()),
@@ -125,23 +117,23 @@ fn trigger(
             )));
         }
     };
-    let project = field(payload, "/project/path_with_namespace")?;
-    let Some(user) = repos.get(&project.to_ascii_lowercase()) else {
-        return Ok(Trigger::Ignored(format!(
-            "project {project:?} is not configured (webhooks.gitlab_repos)"
-        )));
+    let mapping = Mapping {
+        connector,
+        repos,
+        setting: "webhooks.gitlab_repos",
+        noun: "project",
     };
-    Ok(Trigger::Build(json!({
-        "connector": connector,
-        "repo": project,
-        "type": kind,
-        "ref": git_ref,
-        "user_id": user,
-    })))
+    Ok(mapping.build(
+        field(payload, "/project/path_with_namespace")?,
+        kind,
+        git_ref,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
 
     fn repos() -> BTreeMap<String, String> {

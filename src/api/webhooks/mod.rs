@@ -8,6 +8,7 @@
 pub mod github;
 pub mod gitlab;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::Json;
@@ -111,4 +112,54 @@ pub fn field<'a>(payload: &'a Value, path: &str) -> Result<&'a str, ApiError> {
         .pointer(path)
         .and_then(Value::as_str)
         .ok_or_else(|| ApiError::bad_request(&path[1..].replace('/', "."), "is required"))
+}
+
+/// What a push asks for: the tag it pushed (type "tag"), or for a branch the commit
+/// `branch_commit` reads from the payload (type "repo").
+pub fn pushed(
+    full_ref: &str,
+    branch_commit: impl FnOnce() -> Result<String, ApiError>,
+) -> Result<(&'static str, String), ApiError> {
+    if let Some(tag) = full_ref.strip_prefix("refs/tags/") {
+        Ok(("tag", tag.to_owned()))
+    } else if full_ref.starts_with("refs/heads/") {
+        Ok(("repo", branch_commit()?))
+    } else {
+        Err(ApiError::bad_request(
+            "ref",
+            "is neither a branch nor a tag",
+        ))
+    }
+}
+
+/// A forge's repositories and the platform users they build for (never the forge's own user
+/// names: they could name another tenant).
+pub struct Mapping<'a> {
+    pub connector: &'a str,
+    /// Repository path (lowercase) -> user id.
+    pub repos: &'a BTreeMap<String, String>,
+    /// The setting that maps them, named when a repository is not in it.
+    pub setting: &'static str,
+    /// What the forge calls a repository.
+    pub noun: &'static str,
+}
+
+impl Mapping<'_> {
+    /// The build of `git_ref`, read as `kind`, of `repo` for the user it is mapped to; a
+    /// repository nobody is mapped to builds nothing.
+    pub fn build(&self, repo: &str, kind: &str, git_ref: String) -> Trigger {
+        let Some(user) = self.repos.get(&repo.to_ascii_lowercase()) else {
+            return Trigger::Ignored(format!(
+                "{} {repo:?} is not configured ({})",
+                self.noun, self.setting
+            ));
+        };
+        Trigger::Build(json!({
+            "connector": self.connector,
+            "repo": repo,
+            "type": kind,
+            "ref": git_ref,
+            "user_id": user,
+        }))
+    }
 }
