@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Args;
 use image_builder::client::{ApiClient, build_path};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
 /// Where the API is.
@@ -25,11 +24,7 @@ pub struct ApiArgs {
 
 impl ApiArgs {
     pub fn client(&self) -> anyhow::Result<ApiClient> {
-        let key = std::env::var("IMAGE_BUILDER_API_KEY")
-            .ok()
-            .filter(|k| !k.is_empty())
-            .map(SecretString::from);
-        ApiClient::new(&self.api, key)
+        super::api_client(&self.api)
     }
 }
 
@@ -235,15 +230,11 @@ pub async fn cancel(args: CancelArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn rebuild(args: RebuildArgs) -> anyhow::Result<ExitCode> {
-    let mut body = json!({});
-    if let Some(var) = &args.token_env {
-        let token =
-            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
-        body["token"] = json!(token);
-    }
+    let mut body = serde_json::Map::new();
+    super::request_fields(&mut body, &[], args.token_env.as_deref())?;
     let client = args.api.client()?;
     let answer = client
-        .post(&build_path(&args.id, "/rebuild"), &body)
+        .post(&build_path(&args.id, "/rebuild"), &Value::Object(body))
         .await?;
     let id = answer["id"]
         .as_str()

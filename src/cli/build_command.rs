@@ -12,7 +12,7 @@ use image_builder::config::Settings;
 use image_builder::error::BuildError;
 use image_builder::startup::local_build;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{Map, Value};
+use serde_json::Map;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Args)]
@@ -73,22 +73,17 @@ fn stage_of(line: &str) -> Option<&'static str> {
 pub async fn build(args: BuildArgs, settings: Settings) -> anyhow::Result<ExitCode> {
     let mut body = Map::new();
     body.insert("user_id".into(), args.user_id.clone().into());
-    for (key, value) in [
-        ("repo", &args.repo),
-        ("ref", &args.git_ref),
-        ("connector", &args.connector),
-        ("context", &args.context),
-        ("dockerfile", &args.dockerfile),
-    ] {
-        if let Some(value) = value {
-            body.insert(key.into(), Value::String(value.clone()));
-        }
-    }
-    if let Some(var) = &args.token_env {
-        let token =
-            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
-        body.insert("token".into(), Value::String(token));
-    }
+    super::request_fields(
+        &mut body,
+        &[
+            ("repo", &args.repo),
+            ("ref", &args.git_ref),
+            ("connector", &args.connector),
+            ("context", &args.context),
+            ("dockerfile", &args.dockerfile),
+        ],
+        args.token_env.as_deref(),
+    )?;
     let dir = match (&args.repo, args.dir) {
         (Some(_), _) => None,
         (None, Some(dir)) => Some(dir),

@@ -10,7 +10,6 @@ use clap::Args;
 use image_builder::client::ApiClient;
 use image_builder::config::Settings;
 use image_builder::events::Event;
-use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 /// How often the log follower asks whether the worker has recorded the build yet.
@@ -82,32 +81,23 @@ pub async fn submit(args: SubmitArgs, settings: Settings) -> anyhow::Result<Exit
         }
         None => Map::new(),
     };
-    for (key, value) in [
-        ("repo", &args.repo),
-        ("ref", &args.git_ref),
-        ("type", &args.kind),
-        ("user_id", &args.user_id),
-        ("connector", &args.connector),
-        ("context", &args.context),
-        ("dockerfile", &args.dockerfile),
-    ] {
-        if let Some(value) = value {
-            body.insert(key.into(), Value::String(value.clone()));
-        }
-    }
-    if let Some(var) = &args.token_env {
-        let token =
-            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?;
-        body.insert("token".into(), Value::String(token));
-    }
+    super::request_fields(
+        &mut body,
+        &[
+            ("repo", &args.repo),
+            ("ref", &args.git_ref),
+            ("type", &args.kind),
+            ("user_id", &args.user_id),
+            ("connector", &args.connector),
+            ("context", &args.context),
+            ("dockerfile", &args.dockerfile),
+        ],
+        args.token_env.as_deref(),
+    )?;
     let id = image_builder::submit::ensure_id(&mut body);
     let follower = match (&args.api, args.wait) {
         (Some(api), true) => {
-            let key = std::env::var("IMAGE_BUILDER_API_KEY")
-                .ok()
-                .filter(|k| !k.is_empty())
-                .map(SecretString::from);
-            let client = ApiClient::new(api, key)?;
+            let client = super::api_client(api)?;
             Some(tokio::spawn(follow_log(client, id.clone())))
         }
         _ => None,
