@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "events",
             "confined",
+            "digest_writer",
             "dockerfile",
             "dockerignore",
             "process",

@@ -14,6 +14,7 @@ pub mod build_log;
 pub mod client;
 pub mod config;
 pub mod confined;
+pub mod digest_writer;
 pub mod dockerfile;
 pub mod dockerignore;
 pub mod engine;

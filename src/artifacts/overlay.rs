@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use flate2::Compression;
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 use tar::EntryType;
 
+use crate::digest_writer::DigestWriter;
 use crate::request::ImagePath;
 
 const WHITEOUT: &str = ".wh.";
@@ -62,7 +62,7 @@ pub fn export(
     out: &Path,
 ) -> Result<Exported, ExportError> {
     let file = File::create(out).map_err(ExportError::Write)?;
-    let hashed = Hashing::new(BufWriter::new(file));
+    let hashed = DigestWriter::new(BufWriter::new(file));
     let mut tar = tar::Builder::new(GzEncoder::new(hashed, Compression::default()));
     tar.follow_symlinks(false);
     let mut walk = Walk::new(target, max_bytes);
@@ -75,14 +75,15 @@ pub fn export(
     let gz = tar.into_inner().map_err(ExportError::Write)?;
     let mut hashed = gz.finish().map_err(ExportError::Write)?;
     hashed.flush().map_err(ExportError::Write)?;
+    let (_, blob) = hashed.into_parts();
     Ok(Exported {
-        digest: format!("sha256:{}", hex::encode(hashed.hasher.finalize())),
-        size: hashed.bytes,
+        digest: blob.digest,
+        size: blob.size,
         entries: walk.entries,
     })
 }
 
-type Out = tar::Builder<GzEncoder<Hashing<BufWriter<File>>>>;
+type Out = tar::Builder<GzEncoder<DigestWriter<BufWriter<File>>>>;
 
 /// What the layers above the current one decided.
 struct Walk<'a> {
@@ -385,35 +386,6 @@ fn ancestors_and_self(path: &str) -> impl Iterator<Item = &str> {
         };
         Some(current)
     })
-}
-
-/// Hashes and counts the compressed bytes on their way to the file.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 #[cfg(test)]

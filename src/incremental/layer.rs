@@ -19,10 +19,10 @@ use std::path::{Path, PathBuf};
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use sha2::{Digest, Sha256};
 
 use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
+use crate::digest_writer::DigestWriter;
 use crate::dockerfile::IgnoreFile;
 
 /// Sources above this size are built by the engine instead (the layer goes through the
@@ -39,39 +39,6 @@ pub(super) struct Layer {
     /// `sha256:` of the uncompressed tar (the config's `rootfs.diff_ids`).
     pub diff_id: String,
     pub files: usize,
-}
-
-/// Hashes and counts a stream on its way through.
-struct Hashing<W> {
-    inner: W,
-    hasher: Sha256,
-    bytes: u64,
-}
-
-impl<W> Hashing<W> {
-    fn new(inner: W) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            bytes: 0,
-        }
-    }
-}
-
-fn sha256(hasher: Sha256) -> String {
-    format!("sha256:{}", hex::encode(hasher.finalize()))
-}
-
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.bytes += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
 }
 
 /// Why a step cannot be made here (the build then goes to the engine).
@@ -96,7 +63,7 @@ impl Why {
     }
 }
 
-type LayerTar = tar::Builder<Hashing<GzEncoder<Hashing<BufWriter<File>>>>>;
+type LayerTar = tar::Builder<DigestWriter<GzEncoder<DigestWriter<BufWriter<File>>>>>;
 
 /// Writes the layer of `step` to `out`. `mtime` goes into every entry.
 pub(super) fn build(
@@ -107,9 +74,9 @@ pub(super) fn build(
     out: &Path,
 ) -> Result<Layer, String> {
     let file = File::create(out).map_err(|e| format!("failed to create the layer file: {e}"))?;
-    let compressed = Hashing::new(BufWriter::new(file));
+    let compressed = DigestWriter::new(BufWriter::new(file));
     let gz = GzEncoder::new(compressed, Compression::fast());
-    let mut tar = tar::Builder::new(Hashing::new(gz));
+    let mut tar = tar::Builder::new(DigestWriter::new(gz));
     tar.follow_symlinks(false);
     let mut state = Walk {
         files: 0,
@@ -154,25 +121,24 @@ pub(super) fn build(
     let hashing = tar
         .into_inner()
         .map_err(|e| format!("failed to finish the layer: {e}"))?;
-    let diff_id = sha256(hashing.hasher);
-    let mut compressed = hashing
-        .inner
+    let (gz, uncompressed) = hashing.into_parts();
+    let mut compressed = gz
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
     compressed
         .flush()
         .map_err(|e| format!("failed to write the layer: {e}"))?;
-    let file = compressed
-        .inner
+    let (buffered, blob) = compressed.into_parts();
+    let file = buffered
         .into_inner()
         .map_err(|e| format!("failed to write the layer: {e}"))?;
     file.sync_all()
         .map_err(|e| format!("failed to write the layer: {e}"))?;
     Ok(Layer {
         path: out.to_owned(),
-        digest: sha256(compressed.hasher),
-        size: compressed.bytes,
-        diff_id,
+        digest: blob.digest,
+        size: blob.size,
+        diff_id: uncompressed.digest,
         files: state.files,
     })
 }
