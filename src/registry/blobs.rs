@@ -57,6 +57,25 @@ impl Checked {
 }
 
 impl RegistryClient {
+    /// The answer to a GET of the blob, its body unread; None when the registry has no such blob.
+    async fn open_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+    ) -> Result<Option<reqwest::Response>, RegistryError> {
+        let url = self.url(&format!("{repository}/blobs/{digest}"));
+        let scope = format!("repository:{repository}:pull");
+        let response = self.send(&scope, || self.http.get(&url)).await?;
+        match response.status() {
+            StatusCode::NOT_FOUND => Ok(None),
+            status if !status.is_success() => Err(RegistryError::Status {
+                status,
+                doing: format!("for blob {digest} of {repository}"),
+            }),
+            _ => Ok(Some(response)),
+        }
+    }
+
     /// The blob's bytes, hashed as they arrive: bytes that are not `digest` are an error.
     pub(super) async fn get_blob(
         &self,
@@ -65,19 +84,9 @@ impl RegistryClient {
     ) -> Result<Option<Vec<u8>>, RegistryError> {
         // Before any request: a digest we cannot check is not fetched.
         let mut hasher = digest::Hasher::for_digest(digest)?;
-        let url = self.url(&format!("{repository}/blobs/{digest}"));
-        let scope = format!("repository:{repository}:pull");
-        let mut response = self.send(&scope, || self.http.get(&url)).await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => return Ok(None),
-            status if !status.is_success() => {
-                return Err(RegistryError::Status {
-                    status,
-                    doing: format!("for blob {digest} of {repository}"),
-                });
-            }
-            _ => {}
-        }
+        let Some(mut response) = self.open_blob(repository, digest).await? else {
+            return Ok(None);
+        };
         let unreadable = |source| RegistryError::Unreadable {
             what: "a blob",
             source,
@@ -101,19 +110,9 @@ impl RegistryClient {
         digest: &str,
     ) -> Result<Option<BlobStream>, RegistryError> {
         let hasher = digest::Hasher::for_digest(digest)?;
-        let url = self.url(&format!("{repository}/blobs/{digest}"));
-        let scope = format!("repository:{repository}:pull");
-        let response = self.send(&scope, || self.http.get(&url)).await?;
-        match response.status() {
-            StatusCode::NOT_FOUND => return Ok(None),
-            status if !status.is_success() => {
-                return Err(RegistryError::Status {
-                    status,
-                    doing: format!("for blob {digest} of {repository}"),
-                });
-            }
-            _ => {}
-        }
+        let Some(response) = self.open_blob(repository, digest).await? else {
+            return Ok(None);
+        };
         let len = response.content_length();
         let checked = Checked {
             chunks: Box::pin(response.bytes_stream()),
