@@ -99,6 +99,11 @@ pub(crate) fn swap(s: &Swap<'_>) -> Result<(Vec<u8>, Vec<u8>), String> {
             "the new base's {field} differs from the old one's, and a full build would inherit it"
         ));
     }
+    if meaningful(&old.config["config"]["OnBuild"]).is_some() {
+        return Err(
+            "the base has ONBUILD triggers, which ran as steps of the image's build".into(),
+        );
+    }
     let old_history = old.history();
     let image_history = image.history();
     let made = |h: &[Value]| h.iter().filter(|e| !is_empty_layer(e)).count();
@@ -338,6 +343,12 @@ mod tests {
         let mut same = image(&["n1"], &[("ADD base v2", false)], &["PATH=/bin"]);
         same.config["config"]["Cmd"] = json!([]);
         assert!(swapped(&app(), &old, &same).is_ok());
+        // Triggers ran in the image's build: what they made depends on the base.
+        let (mut triggered, mut new) = bases();
+        triggered.config["config"]["OnBuild"] = json!(["RUN make"]);
+        new.config["config"]["OnBuild"] = json!(["RUN make"]);
+        let err = swapped(&app(), &triggered, &new).expect_err("ONBUILD");
+        assert!(err.contains("ONBUILD"), "{err}");
     }
 
     #[test]
