@@ -123,7 +123,8 @@ pub async fn rebase(r: &Rebase<'_>) -> Result<Result<Manifest, String>, BuildErr
         Ok(edited) => edited,
         Err(why) => return Ok(Err(why)),
     };
-    let layers: Vec<&str> = new_base.manifest["layers"]
+    // Each once: a base may list one (empty) layer twice, and a copy goes through one file.
+    let layers: std::collections::BTreeSet<&str> = new_base.manifest["layers"]
         .as_array()
         .map(|layers| layers.iter().filter_map(|l| l["digest"].as_str()).collect())
         .unwrap_or_default();
