@@ -43,7 +43,8 @@ install_missing() {
   fi
 }
 
-rabbit_running() { rabbitmqctl -q status >/dev/null 2>&1; }
+# Bounded, and lighter than `status` (which waits on the broker's file handle cache).
+rabbit_running() { [ "$(timeout 30 rabbitmqctl -q eval 'rabbit:is_running().' 2>/dev/null)" = true ]; }
 
 # Every RabbitMQ listener on loopback only: AMQP, the management API (guest/guest works from
 # localhost), epmd and Erlang distribution. Builds have their own network namespace, but a
@@ -67,6 +68,9 @@ ERL_EPMD_ADDRESS=127.0.0.1
 SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 CTL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
 EOF
+  # Sourced as shell by the broker's start script, after su: see rabbit_nofile.
+  echo "ulimit -n $rabbit_nofile 2>/dev/null || ulimit -n \"\$(ulimit -Hn)\" 2>/dev/null || true" \
+    >>/etc/rabbitmq/rabbitmq-env.conf
 }
 
 # Ports of ours listening beyond loopback (from the kernel's socket tables).
@@ -79,11 +83,40 @@ exposed_ports() {
   done
 }
 
+# Open files RabbitMQ gets. Every quorum queue holds file handles; with Debian's default of 1024
+# (927 for RabbitMQ's handle cache) a few hundred queues take them all, and from then on every
+# classic queue's file operation waits forever: declares, deletes, the closing of connections
+# that own exclusive queues (seen: the broker wedged with 307 quorum queues, handle cache at
+# 927/927, classic declares hanging while quorum ones still answered). Up to what the host
+# allows (`ulimit -Hn`); set in rabbitmq-env.conf, because the packaged wrapper starts the broker
+# through `su`, whose PAM session resets the soft limit to 1024. A broker below
+# `rabbit_nofile_min` is restarted.
+rabbit_nofile=65536
+hard_nofile=$(ulimit -Hn)
+if [ "$hard_nofile" != unlimited ] && [ "$hard_nofile" -lt "$rabbit_nofile" ]; then
+  rabbit_nofile=$hard_nofile
+fi
+rabbit_nofile_min=4096
+
+# The open-files limit of the running broker (0 when unknown).
+rabbit_nofile_now() {
+  local pid
+  pid=$(cat "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid" 2>/dev/null) || { echo 0; return; }
+  awk '/^Max open files/ {print $4}' "/proc/$pid/limits" 2>/dev/null || echo 0
+}
+
 start_rabbitmq() {
   configure_rabbitmq_loopback
+  local restart=""
   if rabbit_running && [ -n "$(exposed_ports)" ]; then
-    log "restarting RabbitMQ on loopback only (it listened on: $(exposed_ports | tr '\n' ' '))"
-    rabbitmqctl -q stop >/dev/null 2>&1 || true
+    restart="on loopback only (it listened on: $(exposed_ports | tr '\n' ' '))"
+  elif rabbit_running && [ "$(rabbit_nofile_now)" -lt "$rabbit_nofile_min" ]; then
+    restart="with $rabbit_nofile open files (it had $(rabbit_nofile_now))"
+  fi
+  if [ -n "$restart" ]; then
+    log "restarting RabbitMQ $restart"
+    timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 ||
+      kill -9 "$(cat "/var/lib/rabbitmq/mnesia/rabbit@$(hostname -s).pid" 2>/dev/null)" 2>/dev/null || true
     epmd -kill >/dev/null 2>&1 || true
     for _ in $(seq 1 50); do rabbit_running || break; sleep 0.2; done
   fi
