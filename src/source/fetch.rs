@@ -50,7 +50,9 @@ impl FetchPlan {
     /// only tips) gets just the tip, when the remote can send that (`shallow`: libgit2's
     /// file:// transport cannot).
     pub(super) fn one_ref(refname: &str, mirror: &Repository, shallow: bool) -> Self {
-        let no_refs = mirror.references().map_or(true, |mut refs| refs.next().is_none());
+        let no_refs = mirror
+            .references()
+            .map_or(true, |mut refs| refs.next().is_none());
         let depth = if shallow && (mirror.is_shallow() || no_refs) {
             Depth::Tip
         } else {
@@ -200,7 +202,9 @@ pub(super) fn list(
 /// Keeps libgit2 from following http redirects when it only lists (`connect` has no option
 /// for it; the fetch sets it in its options). Written once, when the mirror is created.
 pub(super) fn forbid_redirects(repo: &Repository) -> Result<(), BuildError> {
-    let mut config = repo.config().map_err(GitError::git("open the mirror's config"))?;
+    let mut config = repo
+        .config()
+        .map_err(GitError::git("open the mirror's config"))?;
     config
         .set_bool(REDIRECTS_KEY, false)
         .map_err(GitError::git("write the mirror's config"))?;

@@ -165,7 +165,8 @@ impl SourceFetcher for GitMirrors {
         };
         let (commit, committed_at) = match found {
             Some(at) => {
-                ctx.log.push(&format!("{oid} is in the mirror already: no fetch"));
+                ctx.log
+                    .push(&format!("{oid} is in the mirror already: no fetch"));
                 (oid, at)
             }
             None => {

@@ -111,7 +111,12 @@ impl Refs for Repository {
         let Ok(names) = Repository::tag_names(self, None) else {
             return Vec::new();
         };
-        names.iter().flatten().flatten().map(str::to_owned).collect()
+        names
+            .iter()
+            .flatten()
+            .flatten()
+            .map(str::to_owned)
+            .collect()
     }
 
     fn knows_commit(&self, oid: Oid) -> bool {

@@ -16,9 +16,9 @@ use image_builder::source::{ExtraRoots, GitLimits, GitMirrors, Lookup, NetworkPo
 use tokio::net::TcpListener;
 
 use crate::egress::ctx_for;
+use crate::support::git_server::git_daemon;
 use crate::support::tls_git::{Tally, TestCa, TlsGitHost};
 use crate::support::{GitServer, RepoFixture};
-use crate::support::git_server::git_daemon;
 
 /// Bounds each fetch, so one that never returns fails the test instead of hanging the run.
 const OUTER: Duration = Duration::from_secs(120);

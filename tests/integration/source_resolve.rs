@@ -155,7 +155,13 @@ async fn tags_a_release_a_branch_and_a_sha_resolve_and_a_missing_ref_is_named() 
         (Some("v1.0.0"), RefKind::Tag, &v1, "v1.0.0", false),
         (None, RefKind::Release, &v12, "v1.2.0", false),
         // Not a tip: in no shallow fetch so far, so the whole history is fetched for it.
-        (Some(initial.as_str()), RefKind::Repo, &initial, &initial, false),
+        (
+            Some(initial.as_str()),
+            RefKind::Repo,
+            &initial,
+            &initial,
+            false,
+        ),
     ];
     for (git_ref, kind, commit, name, default) in cases {
         let (resolved, log) = resolve(&mirrors, &want(git_ref, kind), dir.path()).await;
@@ -314,7 +320,11 @@ async fn a_warm_rebuild_on_a_new_shallow_mirror_takes_the_incremental_path() {
 
     // No build runs: the mirror goes as an eviction would take it.
     let cache = worker.data_dir.path().join("data").join("git-cache");
-    assert!(cache.is_dir(), "the worker's git cache is {}", cache.display());
+    assert!(
+        cache.is_dir(),
+        "the worker's git cache is {}",
+        cache.display()
+    );
     std::fs::remove_dir_all(&cache).expect("mirror removed");
     let third = repo.commit(&[("src/main.txt", "three\n")], "three");
     repo.push();
