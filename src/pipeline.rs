@@ -194,6 +194,7 @@ pub async fn run(
         tag: first,
         created: time::OffsetDateTime::now_utc(),
         log,
+        ctx: &ctx,
     };
     let (manifest, how) = produce(&attempt, job.request.no_cache, &ctx).await?;
     let digest = manifest.digest.clone();

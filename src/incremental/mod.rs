@@ -25,7 +25,7 @@ use std::path::Path;
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
 use crate::error::BuildError;
-use crate::ports::{BuildSpec, Checkout, Environment, Manifest, Recipe, SourceSpec};
+use crate::ports::{BuildCtx, BuildSpec, Checkout, Environment, Manifest, Recipe, SourceSpec};
 
 use crate::image_edit::{NewLayer, Previous, config_digest, publish, rfc3339};
 
@@ -43,6 +43,8 @@ pub struct Attempt<'a> {
     pub tag: &'a str,
     pub created: time::OffsetDateTime,
     pub log: &'a BuildLog,
+    /// Bounds what the attempt fetches (a shallow mirror deepened for the diff).
+    pub ctx: &'a BuildCtx,
 }
 
 /// The edited image, pushed under `tag`, with why it could be edited; or why this build needs
@@ -158,7 +160,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<(Manifest, String), Strin
     let changed = a
         .env
         .source
-        .changed_paths(a.source, &prev_commit, &a.checkout.commit)
+        .changed_paths(a.source, &prev_commit, &a.checkout.commit, a.ctx)
         .await?;
     let Some(changed) = changed else {
         return Ok(Err(format!("commit {prev_commit} is not in the mirror")));

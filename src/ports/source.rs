@@ -74,12 +74,14 @@ pub trait SourceFetcher: Send + Sync {
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError>;
 
     /// Paths (from the repository root) that differ between two commits of the mirror, or None
-    /// when either commit is not there (or a path is not UTF-8).
+    /// when either commit is not there (or a path is not UTF-8). A mirror fetched shallow is
+    /// deepened first when `from` is not in it (so `ctx` bounds a fetch).
     async fn changed_paths(
         &self,
         spec: &SourceSpec,
         from: &str,
         to: &str,
+        ctx: &BuildCtx,
     ) -> Result<Option<Vec<String>>, BuildError>;
 
     /// Writes the tree of `commit` (already fetched by `resolve`) into `dest`.

@@ -1,4 +1,4 @@
-//! One bounded fetch into a mirror. While data flows, the transfer callbacks stop it on cancel,
+//! The remote's ref listing, and one bounded fetch into a mirror. While data flows, the transfer callbacks stop it on cancel,
 //! at the build's deadline and past `build.limits.fetch_mb`; a host that goes silent is cut off
 //! by the pinned transports (https, git://) or libgit2's socket timeout (http, set once at start
 //! by `configure_timeouts`), both `build.limits.git_stall_secs`. An aborted fetch leaves the mirror as it was: libgit2 deletes the
@@ -9,25 +9,85 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use git2::{
-    AutotagOption, Cred, CredentialType, ErrorClass, ErrorCode, FetchOptions, FetchPrune,
-    ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository,
+    AutotagOption, ConfigLevel, Cred, CredentialType, Direction, ErrorClass, ErrorCode,
+    FetchOptions, FetchPrune, ProxyOptions, RemoteCallbacks, RemoteRedirect, Repository,
 };
 use secrecy::ExposeSecret;
 
 use super::GitLimits;
 use super::credentials::{AuthSeen, Token};
 use super::egress::{CONNECT_TIMEOUT, Route};
+use super::refs::Listing;
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
 use crate::ports::SourceSpec;
 
 const REFSPECS: [&str; 2] = ["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"];
 
-/// Fetches all branches and tags along `route`; returns the remote's default branch
+/// libgit2's depth for "all of the history" (`GIT_FETCH_DEPTH_UNSHALLOW`).
+const UNSHALLOW: i32 = i32::MAX;
+
+/// What one fetch asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct FetchPlan {
+    /// One ref (`refs/heads/main`) into the same name, or every branch and tag.
+    refname: Option<String>,
+    depth: Depth,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Depth {
+    /// Only the wanted commit: its tree, none of its history.
+    Tip,
+    /// As deep as the history the mirror already has (all of it, unless it is shallow).
+    AsIs,
+    /// All of the history: a shallow mirror is made whole.
+    Whole,
+}
+
+impl FetchPlan {
+    /// The ref a request resolved to in the listing; a mirror that holds no history yet (or
+    /// only tips) gets just the tip, when the remote can send that (`shallow`: libgit2's
+    /// file:// transport cannot).
+    pub(super) fn one_ref(refname: &str, mirror: &Repository, shallow: bool) -> Self {
+        let no_refs = mirror
+            .references()
+            .map_or(true, |mut refs| refs.next().is_none());
+        let depth = if shallow && (mirror.is_shallow() || no_refs) {
+            Depth::Tip
+        } else {
+            Depth::AsIs
+        };
+        Self {
+            refname: Some(refname.to_owned()),
+            depth,
+        }
+    }
+
+    /// Every branch and tag with their history: a commit that no ref is known to name could
+    /// be anywhere in it.
+    pub(super) fn everything() -> Self {
+        Self {
+            refname: None,
+            depth: Depth::Whole,
+        }
+    }
+
+    /// The whole history of one ref (a shallow mirror lacks an earlier commit of it).
+    pub(super) fn deepen(refname: &str) -> Self {
+        Self {
+            refname: Some(refname.to_owned()),
+            depth: Depth::Whole,
+        }
+    }
+}
+
+/// Fetches what `plan` asks for along `route`; returns the remote's default branch
 /// (`refs/heads/...`).
 pub(super) fn fetch(
     repo: &Repository,
     spec: &SourceSpec,
+    plan: &FetchPlan,
     limits: &GitLimits,
     stop: &Stop,
     route: &Route,
@@ -40,13 +100,7 @@ pub(super) fn fetch(
     let token = Arc::new(Token::new(spec, &route.fetch_url));
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
-    let mut callbacks = RemoteCallbacks::new();
-    // Asked by libgit2's http transport; the pinned https transport asks `token` itself.
-    callbacks.credentials(|url, _user_from_url, allowed| {
-        let plaintext = allowed.contains(CredentialType::USER_PASS_PLAINTEXT);
-        let (user, secret) = token.ask(url, plaintext).map_err(git2::Error::from_str)?;
-        Cred::userpass_plaintext(user, secret.expose_secret())
-    });
+    let mut callbacks = offering(&token);
     let max_bytes = limits.fetch_bytes();
     callbacks.transfer_progress(|progress| {
         let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
@@ -63,24 +117,37 @@ pub(super) fn fetch(
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks)
         .prune(FetchPrune::On)
-        .download_tags(AutotagOption::All)
         .update_fetchhead(false);
+    let refspecs: Vec<String> = match &plan.refname {
+        Some(refname) => {
+            // The ref was resolved from the listing: other tags are not needed.
+            opts.download_tags(AutotagOption::None);
+            vec![format!("+{refname}:{refname}")]
+        }
+        None => {
+            opts.download_tags(AutotagOption::All);
+            REFSPECS.map(str::to_owned).to_vec()
+        }
+    };
+    match plan.depth {
+        Depth::Tip => {
+            opts.depth(1);
+        }
+        Depth::Whole if repo.is_shallow() => {
+            opts.depth(UNSHALLOW);
+        }
+        Depth::Whole | Depth::AsIs => {}
+    }
     // No proxy from the environment or git config, and no redirect around the relay (the
     // pinned transports follow only those that stay on the checked host).
     opts.proxy_options(ProxyOptions::new())
         .follow_redirects(RemoteRedirect::None);
     // The transport libgit2 creates on this thread connects to the checked addresses.
     let entered = route.enter(&token);
-    let fetched = remote.fetch(&REFSPECS, Some(&mut opts), None);
+    let fetched = remote.fetch(&refspecs, Some(&mut opts), None);
     drop(entered);
     if let Err(err) = fetched {
-        if let Some(why) = route.refused() {
-            return Err(why);
-        }
-        if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
-            return Err(why);
-        }
-        return Err(fetch_error(err, token.seen(), limits, spec));
+        return Err(failure(err, &aborted, &token, route, stop, limits, spec));
     }
     // Available after the fetch has disconnected.
     let default = remote
@@ -91,6 +158,99 @@ pub(super) fn fetch(
         let _ = repo.set_head(branch);
     }
     Ok(default)
+}
+
+/// The remote's refs and default branch, from one connection that fetches nothing (for http,
+/// one request). `repo` is the mirror: its config keeps libgit2 from following redirects,
+/// which would go around the relay (see `forbid_redirects`).
+pub(super) fn list(
+    repo: &Repository,
+    spec: &SourceSpec,
+    limits: &GitLimits,
+    stop: &Stop,
+    route: &Route,
+) -> Result<Listing, BuildError> {
+    let mut remote = repo
+        .remote_anonymous(route.fetch_url.as_str())
+        .map_err(GitError::git("set up the remote"))?;
+    let token = Arc::new(Token::new(spec, &route.fetch_url));
+    let aborted = RefCell::new(None);
+    let entered = route.enter(&token);
+    let connected = remote.connect_auth(
+        Direction::Fetch,
+        Some(offering(&token)),
+        Some(ProxyOptions::new()),
+    );
+    let listed = connected.and_then(|connection| {
+        let mut listing = Listing {
+            head: connection
+                .default_branch()
+                .ok()
+                .and_then(|b| b.as_str().ok().map(str::to_owned)),
+            ..Listing::default()
+        };
+        for head in connection.list()? {
+            listing.refs.insert(head.name().to_owned(), head.oid());
+        }
+        Ok(listing)
+        // Dropping the connection disconnects (for git://, a flush; for http, nothing).
+    });
+    drop(entered);
+    listed.map_err(|err| failure(err, &aborted, &token, route, stop, limits, spec))
+}
+
+/// Keeps libgit2 from following http redirects when it only lists (`connect` has no option
+/// for it; the fetch sets it in its options). Written once, when the mirror is created.
+pub(super) fn forbid_redirects(repo: &Repository) -> Result<(), BuildError> {
+    let mut config = repo
+        .config()
+        .map_err(GitError::git("open the mirror's config"))?;
+    config
+        .set_bool(REDIRECTS_KEY, false)
+        .map_err(GitError::git("write the mirror's config"))?;
+    Ok(())
+}
+
+/// Whether `forbid_redirects` was done.
+pub(super) fn redirects_forbidden(repo: &Repository) -> bool {
+    let Ok(config) = repo.config() else {
+        return false;
+    };
+    let local = config.open_level(ConfigLevel::Local);
+    local.and_then(|c| c.get_bool(REDIRECTS_KEY)) == Ok(false)
+}
+
+const REDIRECTS_KEY: &str = "http.followRedirects";
+
+/// Callbacks that offer `token` when libgit2's http transport asks (the pinned https
+/// transport asks `token` itself).
+fn offering(token: &Token) -> RemoteCallbacks<'_> {
+    let mut callbacks = RemoteCallbacks::new();
+    callbacks.credentials(|url, _user_from_url, allowed| {
+        let plaintext = allowed.contains(CredentialType::USER_PASS_PLAINTEXT);
+        let (user, secret) = token.ask(url, plaintext).map_err(git2::Error::from_str)?;
+        Cred::userpass_plaintext(user, secret.expose_secret())
+    });
+    callbacks
+}
+
+/// Why talking to the remote failed: the relay's refusal, a stop, or libgit2's error mapped.
+fn failure(
+    err: git2::Error,
+    aborted: &RefCell<Option<BuildError>>,
+    token: &Token,
+    route: &Route,
+    stop: &Stop,
+    limits: &GitLimits,
+    spec: &SourceSpec,
+) -> BuildError {
+    if let Some(why) = route.refused() {
+        return why;
+    }
+    if let Some(why) = aborted.take().or_else(|| stop.stopped()) {
+        return why;
+    }
+    fetch_error(err, token.seen(), limits, spec)
 }
 
 /// Records why the fetch must stop (the first reason wins) and tells libgit2 whether to go on.

@@ -1,6 +1,8 @@
-//! git2 adapter: one bare mirror per remote in the cache dir, fetched incrementally under a file
-//! lock (safe across builds and replicas sharing the dir), then one commit checked out -- after
-//! measuring what it would write.
+//! git2 adapter: one bare mirror per remote in the cache dir. A ref is resolved from the remote's
+//! ref listing (one round trip); the mirror is fetched under a file lock (safe across builds and
+//! replicas sharing the dir) only when it lacks that commit -- the first time just the commit
+//! (shallow), deepened when an incremental diff needs an earlier one. Then one commit is checked
+//! out, after measuring what it would write.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -13,7 +15,8 @@ use sha2::{Digest, Sha256};
 use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
 use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
-use super::refs::Wanted;
+use super::fetch::FetchPlan;
+use super::refs::{Listing, Refs, Wanted};
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
 use crate::fresh::FreshGates;
@@ -29,8 +32,10 @@ pub struct GitMirrors {
     policy: NetworkPolicy,
     /// Trusted for https hosts besides the system's roots (`request.git_ca_file`).
     roots: ExtraRoots,
-    /// Concurrent requests for one mirror (and credentials) share fresh fetches.
-    gates: FreshGates<Option<String>>,
+    /// Concurrent lookups of one remote (with the same credentials) share fresh listings...
+    listings: FreshGates<Listing>,
+    /// ...and fresh fetches of the same refs into one mirror.
+    fetches: FreshGates<()>,
     /// Sizing the cache walks it: not more often than this.
     eviction: NowAndThen,
     /// Counts mirrors over the cache bound, when given.
@@ -57,7 +62,8 @@ impl GitMirrors {
             limits: limits.into(),
             policy,
             roots: ExtraRoots::default(),
-            gates: FreshGates::default(),
+            listings: FreshGates::default(),
+            fetches: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
             metrics: None,
         }
@@ -137,32 +143,54 @@ impl SourceFetcher for GitMirrors {
         // the mirror between this fetch and the checkout (or the incremental diff) that read it.
         let hold = {
             let (mirror, stop) = (mirror.clone(), stop.clone());
-            blocking(move || super::eviction::hold(&mirror, &stop)).await?
+            blocking(move || {
+                let hold = super::eviction::hold(&mirror, &stop)?;
+                prepare_mirror(&mirror, &stop)?;
+                Ok(hold)
+            })
+            .await?
         };
-        let fetch = {
-            let (mirror, spec, limits, stop) =
-                (mirror.clone(), spec.clone(), self.limits, stop.clone());
-            let (policy, roots) = (self.policy.clone(), self.roots.clone());
-            move || async move {
-                // Opened per fetch, dropped (relay closed) when the fetch returns.
-                let stall = std::time::Duration::from_secs(limits.stall_secs);
-                let route = Route::open(&policy, &roots, &spec.remote, &stop, stall).await?;
-                blocking(move || fetch_mirror(&mirror, &spec, &limits, &stop, &route)).await
-            }
-        };
-        let key = gate_key(&mirror, spec);
-        let default_branch = tokio::select! {
-            fetched = self.gates.fresh(&key, fetch) => fetched?,
-            _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
-        };
-        self.ensure_fits_cache(&mirror, spec).await?;
+        // One listing round trip says which commit the ref names; most answers stop there.
+        let listing = self.listing(&mirror, spec, &stop, ctx).await?;
         let wanted = Wanted {
             git_ref: spec.git_ref.clone(),
             kind: spec.ref_kind,
-            default_branch,
+            default_branch: listing.head.clone(),
         };
-        let mut resolved = blocking(move || resolve_in_mirror(&mirror, &wanted, &stop)).await?;
-        resolved.hold = SourceHold::new(hold);
+        let listed = super::refs::resolve(&listing, &wanted)?;
+        let oid = listed.oid;
+        let found = {
+            let (mirror, stop) = (mirror.clone(), stop.clone());
+            blocking(move || committed_at(&mirror, oid, &stop)).await?
+        };
+        let (commit, committed_at) = match found {
+            Some(at) => {
+                ctx.log
+                    .push(&format!("{oid} is in the mirror already: no fetch"));
+                (oid, at)
+            }
+            None => {
+                let target = listed.refname.clone();
+                let shallow = spec.remote.scheme() != "file";
+                let plan = move |repo: &Repository| match &target {
+                    Some(refname) => FetchPlan::one_ref(refname, repo, shallow),
+                    None => FetchPlan::everything(),
+                };
+                let key = listed.refname.as_deref().unwrap_or("*").to_owned();
+                self.fetch(&mirror, spec, &key, plan, &stop, ctx).await?;
+                self.ensure_fits_cache(&mirror, spec).await?;
+                let (mirror, stop) = (mirror.clone(), stop.clone());
+                let refname = listed.refname.clone();
+                blocking(move || fetched_commit(&mirror, oid, refname.as_deref(), &stop)).await?
+            }
+        };
+        let resolved = Checkout {
+            commit: commit.to_string(),
+            ref_name: listed.name,
+            is_default_branch: listed.is_default_branch,
+            committed_at,
+            hold: SourceHold::new(hold),
+        };
         self.evict_now_and_then();
         ctx.log
             .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
@@ -174,10 +202,42 @@ impl SourceFetcher for GitMirrors {
         spec: &SourceSpec,
         from: &str,
         to: &str,
+        ctx: &BuildCtx,
     ) -> Result<Option<Vec<String>>, BuildError> {
         let mirror = self.mirror_path(spec);
         let (from, to) = (from.to_owned(), to.to_owned());
-        blocking(move || diff_commits(&mirror, &from, &to)).await
+        let diff = {
+            let (mirror, from, to) = (mirror.clone(), from.clone(), to.clone());
+            blocking(move || diff_commits(&mirror, &from, &to)).await?
+        };
+        let Diff::Shallow = diff else {
+            return Ok(diff.paths());
+        };
+        // A shallow mirror lacks the earlier commit: its history is fetched rather than the
+        // warm rebuild degraded to a full one.
+        let wanted = Wanted {
+            git_ref: spec.git_ref.clone(),
+            kind: spec.ref_kind,
+            default_branch: None,
+        };
+        let stop = Stop::new(&ctx.cancel, ctx.deadline);
+        let refname = {
+            let (mirror, stop) = (mirror.clone(), stop.clone());
+            blocking(move || mirror_refname(&mirror, wanted, &stop)).await?
+        };
+        ctx.log.push(&format!(
+            "commit {from} is not in the shallow mirror: fetching the history of {}",
+            refname.as_deref().unwrap_or("every branch and tag")
+        ));
+        let key = format!("{}|whole", refname.as_deref().unwrap_or("*"));
+        let plan = move |_: &Repository| match &refname {
+            Some(refname) => FetchPlan::deepen(refname),
+            None => FetchPlan::everything(),
+        };
+        self.fetch(&mirror, spec, &key, plan, &stop, ctx).await?;
+        self.ensure_fits_cache(&mirror, spec).await?;
+        let diff = blocking(move || diff_commits(&mirror, &from, &to)).await?;
+        Ok(diff.paths())
     }
 
     async fn checkout(
@@ -197,6 +257,77 @@ impl SourceFetcher for GitMirrors {
         let stop = Stop::new(&ctx.cancel, ctx.deadline);
         blocking(move || checkout_commit(&mirror, &commit, &dest, &bounds, &stop)).await
     }
+}
+
+impl GitMirrors {
+    /// The remote's refs, from a listing that started after this call (shared with identical
+    /// lookups in flight).
+    async fn listing(
+        &self,
+        mirror: &Path,
+        spec: &SourceSpec,
+        stop: &Stop,
+        ctx: &BuildCtx,
+    ) -> Result<Listing, BuildError> {
+        let list = {
+            let (mirror, spec, limits, stop) =
+                (mirror.to_owned(), spec.clone(), self.limits, stop.clone());
+            let (policy, roots) = (self.policy.clone(), self.roots.clone());
+            move || async move {
+                let route = open_route(&policy, &roots, &spec, &limits, &stop).await?;
+                blocking(move || {
+                    let repo =
+                        Repository::open_bare(&mirror).map_err(GitError::git("open the mirror"))?;
+                    super::fetch::list(&repo, &spec, &limits, &stop, &route)
+                })
+                .await
+            }
+        };
+        let key = gate_key(mirror, spec);
+        tokio::select! {
+            listed = self.listings.fresh(&key, list) => listed,
+            _ = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
+        }
+    }
+
+    /// Fetches into the mirror what `plan` (decided under the mirror's lock) asks for; fetches
+    /// with the same `target` in flight are shared.
+    async fn fetch(
+        &self,
+        mirror: &Path,
+        spec: &SourceSpec,
+        target: &str,
+        plan: impl FnOnce(&Repository) -> FetchPlan + Send + 'static,
+        stop: &Stop,
+        ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
+        let fetch = {
+            let (mirror, spec, limits, stop) =
+                (mirror.to_owned(), spec.clone(), self.limits, stop.clone());
+            let (policy, roots) = (self.policy.clone(), self.roots.clone());
+            move || async move {
+                // Opened per fetch, dropped (relay closed) when the fetch returns.
+                let route = open_route(&policy, &roots, &spec, &limits, &stop).await?;
+                blocking(move || fetch_mirror(&mirror, &spec, plan, &limits, &stop, &route)).await
+            }
+        };
+        let key = format!("{}|{target}", gate_key(mirror, spec));
+        tokio::select! {
+            fetched = self.fetches.fresh(&key, fetch) => fetched,
+            _ = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
+        }
+    }
+}
+
+async fn open_route(
+    policy: &NetworkPolicy,
+    roots: &ExtraRoots,
+    spec: &SourceSpec,
+    limits: &GitLimits,
+    stop: &Stop,
+) -> Result<Route, BuildError> {
+    let stall = std::time::Duration::from_secs(limits.stall_secs);
+    Route::open(policy, roots, &spec.remote, stop, stall).await
 }
 
 /// git2 is blocking: run it off the async threads.
@@ -245,40 +376,83 @@ fn gate_key(mirror: &Path, spec: &SourceSpec) -> String {
     hex::encode(hasher.finalize())
 }
 
-/// Fetches the remote into the mirror (created on first use); returns its default branch.
-fn fetch_mirror(
-    mirror: &Path,
-    spec: &SourceSpec,
-    limits: &GitLimits,
-    stop: &Stop,
-    route: &Route,
-) -> Result<Option<String>, BuildError> {
+/// Creates the mirror on first use, set up so that listing it follows no redirect; takes the
+/// exclusive lock only then.
+fn prepare_mirror(mirror: &Path, stop: &Stop) -> Result<(), BuildError> {
+    let ready = |repo: &Repository| super::fetch::redirects_forbidden(repo);
+    if Repository::open_bare(mirror).is_ok_and(|repo| ready(&repo)) {
+        return Ok(());
+    }
     let _lock = lock_mirror(mirror, true, stop)?;
     let repo = match Repository::open_bare(mirror) {
         Ok(repo) => repo,
         Err(_) => Repository::init_bare(mirror).map_err(GitError::git("create the mirror"))?,
     };
-    super::fetch::fetch(&repo, spec, limits, stop, route)
+    if !ready(&repo) {
+        super::fetch::forbid_redirects(&repo)?;
+    }
+    Ok(())
 }
 
-/// Resolves a ref in a freshly fetched mirror. Shared lock: another fetch may only add commits
-/// and move refs forward, never make this read see a half-written ref.
-fn resolve_in_mirror(mirror: &Path, wanted: &Wanted, stop: &Stop) -> Result<Checkout, BuildError> {
+/// Fetches what `plan` asks for into the mirror, under its exclusive lock.
+fn fetch_mirror(
+    mirror: &Path,
+    spec: &SourceSpec,
+    plan: impl FnOnce(&Repository) -> FetchPlan,
+    limits: &GitLimits,
+    stop: &Stop,
+    route: &Route,
+) -> Result<(), BuildError> {
+    let _lock = lock_mirror(mirror, true, stop)?;
+    let repo = Repository::open_bare(mirror).map_err(GitError::git("open the mirror"))?;
+    let plan = plan(&repo);
+    super::fetch::fetch(&repo, spec, &plan, limits, stop, route).map(drop)
+}
+
+/// The committer time of `oid` when the mirror has that commit. Shared lock: another fetch
+/// may only add commits and move refs forward, never make this read see a half-written ref.
+fn committed_at(mirror: &Path, oid: Oid, stop: &Stop) -> Result<Option<i64>, BuildError> {
     let (_lock, repo) = open_for_reading(mirror, stop)?;
-    let (oid, ref_name, is_default_branch) = super::refs::resolve(&repo, wanted)?;
-    let committed_at = repo
+    Ok(repo
         .find_commit(oid)
-        .map_err(GitError::git("read the commit"))?
-        .committer()
-        .when()
-        .seconds();
-    Ok(Checkout {
-        commit: oid.to_string(),
-        ref_name,
-        is_default_branch,
-        committed_at,
-        hold: SourceHold::default(),
-    })
+        .ok()
+        .map(|commit| commit.committer().when().seconds()))
+}
+
+/// The commit a fetch brought for the listed `oid`: that one, or what `refname` names now when
+/// the ref moved between the listing and the fetch.
+fn fetched_commit(
+    mirror: &Path,
+    oid: Oid,
+    refname: Option<&str>,
+    stop: &Stop,
+) -> Result<(Oid, i64), BuildError> {
+    let (_lock, repo) = open_for_reading(mirror, stop)?;
+    let moved = refname.and_then(|name| repo.commit_of(name));
+    let commit = repo
+        .find_commit(oid)
+        .or_else(|e| moved.map_or(Err(e), |now| repo.find_commit(now)))
+        .map_err(|_| match refname {
+            Some(name) => BuildError::RefNotFound(format!("{name} is gone from the repository")),
+            None => BuildError::RefNotFound(format!("commit {oid} is not in the repository")),
+        })?;
+    Ok((commit.id(), commit.committer().when().seconds()))
+}
+
+/// The ref the request names in the mirror (as its last fetch left it), for deepening it.
+fn mirror_refname(
+    mirror: &Path,
+    mut wanted: Wanted,
+    stop: &Stop,
+) -> Result<Option<String>, BuildError> {
+    let (_lock, repo) = open_for_reading(mirror, stop)?;
+    wanted.default_branch = repo
+        .find_reference("HEAD")
+        .ok()
+        .and_then(|head| head.symbolic_target().ok().flatten().map(str::to_owned));
+    Ok(super::refs::resolve(&repo, &wanted)
+        .ok()
+        .and_then(|resolved| resolved.refname))
 }
 
 /// Writes the tree of `commit` into `dest`, after making sure it fits `bounds` (nothing is
@@ -313,7 +487,27 @@ fn checkout_commit(
     Ok(())
 }
 
-fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String>>, BuildError> {
+/// What comparing two commits of a mirror came to.
+#[derive(Debug, PartialEq, Eq)]
+enum Diff {
+    /// The changed paths, sorted.
+    Paths(Vec<String>),
+    /// A commit is not in the mirror, which is shallow: fetching its history may bring it.
+    Shallow,
+    /// A commit is not in the (whole) mirror, or a path is not UTF-8.
+    Unknown,
+}
+
+impl Diff {
+    fn paths(self) -> Option<Vec<String>> {
+        match self {
+            Diff::Paths(paths) => Some(paths),
+            Diff::Shallow | Diff::Unknown => None,
+        }
+    }
+}
+
+fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Diff, BuildError> {
     let (_lock, repo) = open_for_reading(mirror, &Stop::never())?;
     let commit = |sha: &str| {
         Oid::from_str(sha)
@@ -321,7 +515,11 @@ fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String
             .and_then(|o| repo.find_commit(o).ok())
     };
     let (Some(old), Some(new)) = (commit(from), commit(to)) else {
-        return Ok(None);
+        return Ok(if repo.is_shallow() {
+            Diff::Shallow
+        } else {
+            Diff::Unknown
+        });
     };
     let old = old.tree().map_err(GitError::git("read a tree"))?;
     let new = new.tree().map_err(GitError::git("read a tree"))?;
@@ -333,14 +531,14 @@ fn diff_commits(mirror: &Path, from: &str, to: &str) -> Result<Option<Vec<String
         for file in [delta.old_file(), delta.new_file()] {
             let Some(path) = file.path() else { continue };
             let Some(path) = path.to_str() else {
-                return Ok(None);
+                return Ok(Diff::Unknown);
             };
             paths.push(path.to_owned());
         }
     }
     paths.sort();
     paths.dedup();
-    Ok(Some(paths))
+    Ok(Diff::Paths(paths))
 }
 
 #[cfg(test)]

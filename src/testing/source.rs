@@ -56,6 +56,7 @@ impl SourceFetcher for FakeSource {
         _spec: &SourceSpec,
         _from: &str,
         _to: &str,
+        _ctx: &BuildCtx,
     ) -> Result<Option<Vec<String>>, BuildError> {
         Ok(None)
     }

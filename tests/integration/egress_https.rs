@@ -16,6 +16,7 @@ use image_builder::source::{ExtraRoots, GitLimits, GitMirrors, Lookup, NetworkPo
 use tokio::net::TcpListener;
 
 use crate::egress::ctx_for;
+use crate::support::git_server::git_daemon;
 use crate::support::tls_git::{Tally, TestCa, TlsGitHost};
 use crate::support::{GitServer, RepoFixture};
 
@@ -288,34 +289,7 @@ async fn a_git_daemon_fetch_reaches_only_the_checked_address() {
     let port = listener.local_addr().expect("addr").port();
     // git daemon takes the port over (a gap of a few milliseconds).
     drop(listener);
-    let root = git.root.path().to_str().expect("utf8 root");
-    // git-daemon itself: `git daemon` would run it as a child that outlives a kill.
-    let exec_path = std::process::Command::new("git")
-        .arg("--exec-path")
-        .output()
-        .expect("git --exec-path");
-    let exec_path = String::from_utf8_lossy(&exec_path.stdout).trim().to_owned();
-    let _daemon = tokio::process::Command::new(format!("{exec_path}/git-daemon"))
-        .args(["--reuseaddr", "--export-all", "--listen=127.0.0.3"])
-        .arg(format!("--port={port}"))
-        .arg(format!("--base-path={root}"))
-        .arg(root)
-        .kill_on_drop(true)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("git-daemon runs");
-    let listening = Instant::now();
-    while tokio::net::TcpStream::connect((PINNED, port))
-        .await
-        .is_err()
-    {
-        assert!(
-            listening.elapsed() < Duration::from_secs(20),
-            "git daemon did not listen"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let _daemon = git_daemon(git.root.path(), &PINNED.to_string(), port).await;
     let policy = crate::git_limits::loopback().resolving_with(lookup(&[PINNED]));
     let dir = tempfile::tempdir().expect("tempdir");
     let mirrors = mirrors(dir.path(), policy);

@@ -9,6 +9,7 @@ mod reserved_tags;
 mod sandbox;
 mod secret_hygiene;
 mod secure_defaults;
+mod source_resolve;
 mod support;
 mod tenancy_api;
 mod triggers;

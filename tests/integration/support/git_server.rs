@@ -1,5 +1,6 @@
 //! A local git host for tests: `git http-backend` (smart HTTP) behind axum, with HTTP basic auth
-//! on private repositories, so tokens travel exactly as they would to GitHub.
+//! on private repositories, so tokens travel exactly as they would to GitHub; it counts the
+//! requests it serves. And `git daemon` over the same root.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -18,12 +19,17 @@ struct ServerState {
     root: PathBuf,
     /// repo path ("owner/name") -> token required as the basic-auth password.
     private: Arc<Mutex<HashMap<String, String>>>,
+    served: Served,
 }
+
+/// Every request served, as "METHOD /path?query".
+type Served = Arc<Mutex<Vec<String>>>;
 
 pub struct GitServer {
     pub root: tempfile::TempDir,
     pub base_url: String,
     private: Arc<Mutex<HashMap<String, String>>>,
+    served: Served,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -31,9 +37,11 @@ impl GitServer {
     pub async fn start() -> Self {
         let root = tempfile::tempdir().expect("git server root");
         let private = Arc::new(Mutex::new(HashMap::new()));
+        let served = Served::default();
         let state = ServerState {
             root: root.path().to_owned(),
             private: private.clone(),
+            served: served.clone(),
         };
         let app = axum::Router::new().fallback(handle).with_state(state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
@@ -47,6 +55,7 @@ impl GitServer {
             root,
             base_url: format!("http://{addr}"),
             private,
+            served,
             task,
         }
     }
@@ -58,6 +67,59 @@ impl GitServer {
             .expect("lock")
             .insert(repo.to_owned(), token.to_owned());
     }
+}
+
+impl GitServer {
+    /// The requests served for `owner/name` so far: the ref listings (`GET .../info/refs`) and
+    /// the fetch negotiations (`POST .../git-upload-pack`).
+    pub fn requests_for(&self, repo: &str) -> Requests {
+        let prefix = format!("/{repo}.git/");
+        let served = self.served.lock().expect("lock");
+        let of_repo = || served.iter().filter(|line| line.contains(&prefix));
+        Requests {
+            listings: of_repo().filter(|l| l.starts_with("GET ")).count(),
+            negotiations: of_repo().filter(|l| l.starts_with("POST ")).count(),
+        }
+    }
+}
+
+/// What a repository was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requests {
+    pub listings: usize,
+    pub negotiations: usize,
+}
+
+/// `git daemon` serving `root` on `ip:port` (all of it exported), killed when dropped; returns
+/// once it accepts connections.
+pub async fn git_daemon(root: &std::path::Path, ip: &str, port: u16) -> tokio::process::Child {
+    let root = root.to_str().expect("utf8 root");
+    // git-daemon itself: `git daemon` would run it as a child that outlives a kill.
+    let exec_path = std::process::Command::new("git")
+        .arg("--exec-path")
+        .output()
+        .expect("git --exec-path");
+    let exec_path = String::from_utf8_lossy(&exec_path.stdout).trim().to_owned();
+    let daemon = tokio::process::Command::new(format!("{exec_path}/git-daemon"))
+        .args(["--reuseaddr", "--export-all"])
+        .arg(format!("--listen={ip}"))
+        .arg(format!("--port={port}"))
+        .arg(format!("--base-path={root}"))
+        .arg(root)
+        .kill_on_drop(true)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("git-daemon runs");
+    let listening = std::time::Instant::now();
+    while tokio::net::TcpStream::connect((ip, port)).await.is_err() {
+        assert!(
+            listening.elapsed() < std::time::Duration::from_secs(20),
+            "git daemon did not listen"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    daemon
 }
 
 impl Drop for GitServer {
@@ -74,6 +136,11 @@ async fn handle(
     body: Bytes,
 ) -> Response {
     let path = uri.path().to_owned();
+    let line = match uri.query() {
+        Some(query) => format!("{method} {path}?{query}"),
+        None => format!("{method} {path}"),
+    };
+    state.served.lock().expect("lock").push(line);
     let repo: String = path
         .trim_start_matches('/')
         .splitn(3, '/')

@@ -1,0 +1,347 @@
+//! Resolving a ref against real git servers: one ref listing round trip, a fetch only when the
+//! mirror lacks the commit, a shallow first fetch deepened when an incremental diff needs an
+//! earlier commit. Requests are counted at the smart-HTTP server, not timed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use git2::{Oid, Repository};
+use image_builder::error::{BuildError, Fault};
+use image_builder::ports::{Checkout, SourceFetcher, SourceSpec};
+use image_builder::request::{GitRef, RefKind};
+use image_builder::source::{GitLimits, GitMirrors};
+use serde_json::json;
+
+use crate::egress::ctx_for;
+use crate::git_limits::loopback;
+use crate::support::git_server::{Requests, git_daemon};
+use crate::support::{GitServer, RepoFixture, Stack, Worker, expect_image, unique};
+
+const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
+/// Bounds each git call, so one that never returns fails the test instead of hanging the run.
+const OUTER: Duration = Duration::from_secs(120);
+
+fn mirrors(dir: &Path) -> GitMirrors {
+    // libgit2's socket timeout is process-wide: the value git_limits uses.
+    image_builder::source::configure_git_timeouts(Duration::from_secs(3));
+    let limits = GitLimits {
+        checkout_mb: 64,
+        fetch_mb: 64,
+        stall_secs: 3,
+    };
+    GitMirrors::new(dir.join("cache"), u64::MAX, limits, loopback())
+}
+
+fn spec(url: &str, git_ref: Option<&str>, kind: RefKind, token: Option<&str>) -> SourceSpec {
+    SourceSpec {
+        remote: url::Url::parse(url).expect("url"),
+        username: "x-access-token".into(),
+        token: token.map(|t| t.to_owned().into()),
+        git_ref: git_ref.map(|r| GitRef::parse(r).expect("valid ref")),
+        ref_kind: kind,
+    }
+}
+
+/// Resolves `spec`; returns the checkout and the build log's lines.
+async fn resolve(
+    mirrors: &GitMirrors,
+    spec: &SourceSpec,
+    dir: &Path,
+) -> (Result<Checkout, BuildError>, Vec<String>) {
+    let ctx = ctx_for(dir, OUTER);
+    let resolved = tokio::time::timeout(OUTER, mirrors.resolve(spec, &ctx))
+        .await
+        .expect("resolve returned");
+    (resolved, ctx.log.tail(100))
+}
+
+/// The only mirror in the cache of `mirrors(dir)`.
+fn mirror_dir(dir: &Path) -> PathBuf {
+    let cache = dir.join("cache");
+    let mut found = std::fs::read_dir(&cache)
+        .expect("cache dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && p.extension().is_some_and(|e| e == "git"));
+    let mirror = found.next().expect("a mirror");
+    assert!(found.next().is_none(), "one mirror");
+    mirror
+}
+
+fn has_commit(mirror: &Path, sha: &str) -> bool {
+    let repo = Repository::open_bare(mirror).expect("mirror");
+    repo.find_commit(Oid::from_str(sha).expect("sha")).is_ok()
+}
+
+fn fetched(log: &[String]) -> bool {
+    !log.iter().any(|line| line.ends_with("no fetch"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unchanged_ref_is_answered_from_one_listing_and_a_moved_one_is_fetched() {
+    let git = GitServer::start().await;
+    let fixture = RepoFixture::create(git.root.path(), "acme/resolve");
+    let one = fixture.commit(&[("README", "one\n")], "one");
+    fixture.push();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirrors = mirrors(dir.path());
+    let spec = spec(
+        &format!("{}/acme/resolve.git", git.base_url),
+        None,
+        RefKind::Repo,
+        None,
+    );
+
+    let (first, log) = resolve(&mirrors, &spec, dir.path()).await;
+    let first = first.expect("resolves");
+    assert_eq!(
+        (first.commit.as_str(), first.ref_name.as_str()),
+        (one.as_str(), "main")
+    );
+    assert!(first.is_default_branch);
+    assert!(fetched(&log), "{log:?}");
+    let after_first = git.requests_for("acme/resolve");
+    assert!(after_first.negotiations >= 1, "{after_first:?}");
+
+    for round in 1..=3 {
+        let (again, log) = resolve(&mirrors, &spec, dir.path()).await;
+        assert_eq!(again.expect("resolves"), first);
+        assert!(!fetched(&log), "{log:?}");
+        assert_eq!(
+            git.requests_for("acme/resolve"),
+            Requests {
+                listings: after_first.listings + round,
+                negotiations: after_first.negotiations,
+            },
+            "one listing request per cached answer, no fetch"
+        );
+    }
+
+    let two = fixture.commit(&[("README", "two\n")], "two");
+    fixture.push();
+    let (moved, log) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(moved.expect("resolves").commit, two);
+    assert!(fetched(&log), "{log:?}");
+    let after_move = git.requests_for("acme/resolve");
+    assert!(
+        after_move.negotiations > after_first.negotiations,
+        "{after_move:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tags_a_release_a_branch_and_a_sha_resolve_and_a_missing_ref_is_named() {
+    let git = GitServer::start().await;
+    let fixture = RepoFixture::create(git.root.path(), "acme/refs");
+    let initial = fixture.commit(&[("README", "0\n")], "initial");
+    let v1 = fixture.commit(&[("README", "1\n")], "one");
+    fixture.tag("v1.0.0");
+    let v12 = fixture.commit(&[("README", "2\n")], "two");
+    fixture.tag("v1.2.0");
+    fixture.checkout_new_branch("feature");
+    let feature = fixture.commit(&[("feature", "f\n")], "feature");
+    fixture.checkout("main");
+    let main = fixture.commit(&[("README", "3\n")], "three");
+    fixture.tag("v2.0.0-rc.1");
+    fixture.push();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirrors = mirrors(dir.path());
+    let url = format!("{}/acme/refs.git", git.base_url);
+    let want = |git_ref: Option<&str>, kind| spec(&url, git_ref, kind, None);
+
+    let cases = [
+        (None, RefKind::Repo, &main, "main", true),
+        (Some("feature"), RefKind::Repo, &feature, "feature", false),
+        (Some("v1.0.0"), RefKind::Tag, &v1, "v1.0.0", false),
+        (None, RefKind::Release, &v12, "v1.2.0", false),
+        // Not a tip: in no shallow fetch so far, so the whole history is fetched for it.
+        (
+            Some(initial.as_str()),
+            RefKind::Repo,
+            &initial,
+            &initial,
+            false,
+        ),
+    ];
+    for (git_ref, kind, commit, name, default) in cases {
+        let (resolved, log) = resolve(&mirrors, &want(git_ref, kind), dir.path()).await;
+        let resolved = resolved.unwrap_or_else(|e| panic!("{git_ref:?} {kind:?}: {e}"));
+        assert_eq!(
+            (
+                resolved.commit.as_str(),
+                resolved.ref_name.as_str(),
+                resolved.is_default_branch
+            ),
+            (commit.as_str(), name, default),
+            "{git_ref:?} {kind:?}: {log:?}"
+        );
+    }
+    // All of them are in the mirror now: answered from listings alone.
+    let before = git.requests_for("acme/refs");
+    for (git_ref, kind) in [(None, RefKind::Release), (Some("feature"), RefKind::Repo)] {
+        let (resolved, log) = resolve(&mirrors, &want(git_ref, kind), dir.path()).await;
+        resolved.expect("resolves");
+        assert!(!fetched(&log), "{log:?}");
+    }
+
+    for (git_ref, kind, message) in [
+        (Some("nope"), RefKind::Repo, "no branch or tag named nope"),
+        (Some("feature"), RefKind::Tag, "no tag named feature"),
+    ] {
+        let (missing, _) = resolve(&mirrors, &want(git_ref, kind), dir.path()).await;
+        let err = missing.expect_err("no such ref");
+        assert_eq!(err.classify(), Fault::User, "{err}");
+        assert!(
+            matches!(&err, BuildError::RefNotFound(m) if m == message),
+            "{err:?}"
+        );
+    }
+    let after = git.requests_for("acme/refs");
+    assert_eq!(after.negotiations, before.negotiations, "no fetch for any");
+    assert_eq!(after.listings, before.listings + 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_repository_resolves_with_its_token_and_a_missing_or_wrong_one_is_refused() {
+    let git = GitServer::start().await;
+    let fixture = RepoFixture::create(git.root.path(), "acme/private");
+    let head = fixture.commit(&[("README", "secret\n")], "one");
+    fixture.push();
+    git.make_private("acme/private", "s3cret-token");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirrors = mirrors(dir.path());
+    let url = format!("{}/acme/private.git", git.base_url);
+
+    for round in 0..2 {
+        let with_token = spec(&url, None, RefKind::Repo, Some("s3cret-token"));
+        let (resolved, log) = resolve(&mirrors, &with_token, dir.path()).await;
+        assert_eq!(resolved.expect("resolves with the token").commit, head);
+        assert_eq!(fetched(&log), round == 0, "{log:?}");
+        assert!(!log.iter().any(|l| l.contains("s3cret")), "{log:?}");
+    }
+    let (without, _) = resolve(&mirrors, &spec(&url, None, RefKind::Repo, None), dir.path()).await;
+    let err = without.expect_err("no token");
+    assert!(
+        matches!(&err, BuildError::AuthRefused(m) if m.contains("has no token")),
+        "{err:?}"
+    );
+    let wrong = spec(&url, None, RefKind::Repo, Some("wrong"));
+    let (wrong, _) = resolve(&mirrors, &wrong, dir.path()).await;
+    let err = wrong.expect_err("wrong token");
+    assert!(
+        matches!(&err, BuildError::AuthRefused(m) if m.contains("refused the token")),
+        "{err:?}"
+    );
+    assert_eq!(err.classify(), Fault::User);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_fetch_is_shallow_and_an_incremental_diff_deepens_it() {
+    let git = GitServer::start().await;
+    let fixture = RepoFixture::create(git.root.path(), "acme/shallow");
+    let c1 = fixture.commit(&[("a", "1\n"), ("b", "1\n")], "one");
+    let c2 = fixture.commit(&[("a", "2\n")], "two");
+    let c3 = fixture.commit(&[("b", "3\n")], "three");
+    fixture.push();
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        probe.local_addr().expect("addr").port()
+    };
+    let _daemon = git_daemon(git.root.path(), "127.0.0.1", port).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirrors = mirrors(dir.path());
+    let spec = spec(
+        &format!("git://127.0.0.1:{port}/acme/shallow.git"),
+        Some("main"),
+        RefKind::Repo,
+        None,
+    );
+    let ctx = ctx_for(dir.path(), OUTER);
+
+    let (first, _) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(first.expect("resolves").commit, c3);
+    let mirror = mirror_dir(dir.path());
+    assert!(mirror.join("shallow").is_file(), "a shallow mirror");
+    assert!(!has_commit(&mirror, &c2), "depth 1: no history");
+    let (again, log) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(again.expect("resolves").commit, c3);
+    assert!(!fetched(&log), "{log:?}");
+
+    // A warm rebuild of the next commit: its fetch is shallow too, and the diff against the
+    // commit built before needs no history.
+    let c4 = fixture.commit(&[("a", "4\n")], "four");
+    fixture.push();
+    let (next, _) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(next.expect("resolves").commit, c4);
+    let changed = mirrors.changed_paths(&spec, &c3, &c4, &ctx).await;
+    assert_eq!(changed.expect("diff"), Some(vec!["a".to_owned()]));
+    assert!(!has_commit(&mirror, &c2), "still shallow");
+
+    // An earlier commit this mirror never fetched: the history comes, the diff is made.
+    let changed = mirrors.changed_paths(&spec, &c1, &c4, &ctx).await;
+    assert_eq!(
+        changed.expect("diff"),
+        Some(vec!["a".to_owned(), "b".to_owned()])
+    );
+    assert!(has_commit(&mirror, &c2), "deepened");
+    assert!(!mirror.join("shallow").exists(), "made whole");
+    // A commit that is nowhere in the history still says "not there".
+    let unknown = "0123456789abcdef0123456789abcdef01234567";
+    let changed = mirrors.changed_paths(&spec, unknown, &c4, &ctx).await;
+    assert_eq!(changed.expect("diff"), None);
+}
+
+/// A worker whose mirror of the repository is gone (evicted, or a new replica sharing the store)
+/// fetches it anew, shallow, and still edits the image it built before instead of building it
+/// again: the diff fetches the history it needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_warm_rebuild_on_a_new_shallow_mirror_takes_the_incremental_path() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/shallowincr");
+    let dockerfile = "FROM localhost/busybox:latest\nCOPY deps.txt /deps.txt\n\
+        RUN cp /deps.txt /deps.copy\nCOPY src/ /app/src/\n";
+    repo.commit(
+        &[
+            ("Dockerfile", dockerfile),
+            ("deps.txt", "deps\n"),
+            ("src/main.txt", "one\n"),
+        ],
+        "one",
+    );
+    repo.commit(&[("README.md", "history\n")], "two");
+    repo.push();
+    let mut stack = Stack::new().await;
+    let user = unique("u");
+    let request = |id: &str| json!({"id": id, "repo": "acme/shallowincr", "user_id": user});
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    stack.publish_json(&request("first")).await;
+    let first = expect_image(stack.outcome("first", BUILD_TIMEOUT).await);
+    assert_eq!(first.how, image_builder::events::How::Full);
+
+    // No build runs: the mirror goes as an eviction would take it.
+    let cache = worker.data_dir.path().join("data").join("git-cache");
+    assert!(
+        cache.is_dir(),
+        "the worker's git cache is {}",
+        cache.display()
+    );
+    std::fs::remove_dir_all(&cache).expect("mirror removed");
+    let third = repo.commit(&[("src/main.txt", "three\n")], "three");
+    repo.push();
+    stack.publish_json(&request("second")).await;
+    let second = expect_image(stack.outcome("second", BUILD_TIMEOUT).await);
+    assert_eq!(second.commit, third);
+    let log = worker.log();
+    assert_eq!(
+        second.how,
+        image_builder::events::How::Incremental,
+        "{}\n{log}",
+        second.why
+    );
+    assert!(
+        log.contains("is not in the shallow mirror: fetching the history of refs/heads/main"),
+        "{log}"
+    );
+    worker.stop().await;
+    stack.cleanup().await;
+}
