@@ -3,9 +3,9 @@
 # cache mounts; own podman storage: layer cache), sharing one PostgreSQL store, the registry and
 # the broker. Runs the same 200 mixed requests (cold = first build of a repository, warm = one
 # file changed, cached = identical re-request) across several repositories twice:
-#   shared   -- every replica consumes one build queue (what image-builder does);
-#   affinity -- each replica consumes a queue of its own and a request goes to the one its
-#               repository hashes to (static affinity, the best a consistent-hash exchange does).
+#   shared   -- every replica consumes one build queue (amqp.affinity_fallback_ms = 0);
+#   affinity -- a request goes to the replica its repository hashes to, and to any replica if
+#               that one has not taken it within amqp.affinity_fallback_ms (BENCH_FALLBACK_MS).
 # Prints throughput, p99 pickup latency (publish -> build.started), the warm-hit ratio and the
 # mean build time of each mode.
 #   BENCH_REPOS=9 BENCH_WARM=4 BENCH_REQUESTS=200 scripts/bench-fleet.sh
@@ -14,8 +14,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 repos=${BENCH_REPOS:-9} warm=${BENCH_WARM:-4} requests=${BENCH_REQUESTS:-200}
 replicas=3 in_flight=${BENCH_IN_FLIGHT:-9} profile=${BENCH_PROFILE:-release}
+fallback_ms=${BENCH_FALLBACK_MS:-2000}
 dir=$here/.run/bench-fleet
-port=${BENCH_GIT_PORT:-9420}
+# A free port unless one is given: fixed ones collide with other benches on a shared machine.
+port=${BENCH_GIT_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log() { printf '[bench-fleet] %s\n' "$*" >&2; }
 
 scripts/services.sh up >/dev/null 2>&1
@@ -56,6 +58,7 @@ done
 cd "$here"
 git daemon --reuseaddr --export-all --base-path="$dir/git" --listen=127.0.0.1 --port="$port" \
   --detach --pid-file="$dir/git-daemon.pid"
+timeout 20 git ls-remote -q "git://127.0.0.1:$port/r1.git" >/dev/null || { log "git daemon on port $port does not answer"; exit 1; }
 
 # The plan, in rounds: round c builds commit c of every repository (round 0 cold, later rounds
 # warm), each repository's build followed (from round 2) by identical re-requests of its commit
@@ -84,6 +87,7 @@ stop_workers() {
   workers=()
 }
 trap 'stop_workers; kill $(cat "$dir/git-daemon.pid") 2>/dev/null' EXIT
+trap 'exit 1' INT TERM
 
 database() { # a fresh PostgreSQL database shared by one mode's replicas; prints its URL
   local name=ib_fleet_${stamp}_$1
@@ -92,30 +96,29 @@ database() { # a fresh PostgreSQL database shared by one mode's replicas; prints
 }
 
 run_mode() { # mode -> one JSON line of figures
-  local mode=$1 store prefix base=ib-fleet-$stamp-$1 args=()
+  local mode=$1 store
   store=$(database "$mode")
+  export IMAGE_BUILDER__AMQP__PREFIX=ib-fleet-$stamp-$mode IMAGE_BUILDER__STORE__URL=$store
+  export IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=0
+  if [ "$mode" = affinity ]; then IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=$fallback_ms; fi
   for i in $(seq 1 $replicas); do
     local home=$dir/$mode/replica$i
     mkdir -p "$home/storage" "$home/run"
     printf '[storage]\ndriver = "overlay"\ngraphroot = "%s"\nrunroot = "%s"\n' \
       "$home/storage" "$home/run" >"$home/storage.conf"
     CONTAINERS_STORAGE_CONF=$home/storage.conf podman load -q -i "$dir/busybox.tar" >/dev/null
-    prefix=$base
-    if [ "$mode" = affinity ]; then prefix=$base-$i; args+=(--prefix "$prefix"); fi
-    CONTAINERS_STORAGE_CONF=$home/storage.conf IMAGE_BUILDER__STORE__URL=$store \
-      IMAGE_BUILDER__AMQP__PREFIX=$prefix IMAGE_BUILDER__DATA_DIR=$home/data \
-      "$bin/image-builder" worker >"$home/worker.log" 2>&1 &
+    CONTAINERS_STORAGE_CONF=$home/storage.conf IMAGE_BUILDER__AMQP__REPLICA=replica$i \
+      IMAGE_BUILDER__DATA_DIR=$home/data "$bin/image-builder" worker >"$home/worker.log" 2>&1 &
     workers+=($!)
     local deadline=$((SECONDS + 60))
-    until grep -q consuming "$home/worker.log"; do
+    until grep -qs consuming "$home/worker.log"; do
       [ $SECONDS -lt $deadline ] || { log "replica $i did not start:"; tail "$home/worker.log" >&2; exit 1; }
       sleep 0.2
     done
   done
-  [ "$mode" = affinity ] || args=(--prefix "$base")
   plan "$mode" >"$dir/$mode.plan"
   log "$mode: $(wc -l <"$dir/$mode.plan") requests, $replicas replicas"
-  "$bin/ib-fleet-bench" --plan "$dir/$mode.plan" --concurrency "$in_flight" "${args[@]}"
+  "$bin/ib-fleet-bench" --plan "$dir/$mode.plan" --concurrency "$in_flight"
   stop_workers
 }
 
@@ -128,7 +131,7 @@ field() { printf '%s' "$1" | sed -n "s/.*\"$2\":\([0-9.e+-]*\).*/\1/p"; }
 fmt() { awk -v v="$1" -v f="$2" 'BEGIN { printf f, v }'; }
 echo
 echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); podman $(podman --version | awk '{print $3}')"
-echo "$replicas replicas (own data_dir and podman storage each, $(printenv IMAGE_BUILDER__AMQP__PREFETCH) build slots), $repos repositories, $in_flight requests in flight"
+echo "$replicas replicas (own data_dir and podman storage each, $IMAGE_BUILDER__AMQP__PREFETCH build slots), $repos repositories, $in_flight requests in flight; affinity fallback $fallback_ms ms"
 printf '%-10s %9s %9s %7s %7s %10s %10s %9s %10s %10s\n' mode requests "builds" cached "req/s" "pickup p50" "pickup p99" "warm-hit" "mean build" "wall s"
 for mode in shared affinity; do
   figures=${!mode}

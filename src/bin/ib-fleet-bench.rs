@@ -3,12 +3,11 @@
 //! and cache affinity figures -- how many builds ran on a replica already warm for their
 //! repository, and their mean build time.
 //!
-//!   ib-fleet-bench --plan plan.jsonl --concurrency 12 [--prefix a --prefix b ...]
+//!   ib-fleet-bench --plan plan.jsonl --concurrency 12
 //!
-//! One `--prefix` (or none: `amqp.prefix`): every replica consumes the same queue. Several: the
-//! replicas each consume their own prefix and a request goes to the one its repository hashes
-//! to -- affinity as a consistent-hash exchange gives it while the replica set stays the same,
-//! without the fallback a real deployment needs when a replica dies (see docs/operating.md).
+//! The replicas and this client read the same settings (`IMAGE_BUILDER__*`): with
+//! `amqp.affinity_fallback_ms` set, requests go through the affinity exchange as the API sends
+//! them.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -31,9 +30,6 @@ struct Args {
     /// Requests in flight at once.
     #[arg(long, default_value_t = 12)]
     concurrency: usize,
-    /// AMQP prefixes of the replicas; several = static repository affinity.
-    #[arg(long)]
-    prefix: Vec<String>,
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
 }
@@ -49,25 +45,15 @@ async fn main() -> anyhow::Result<()> {
         .map(serde_json::from_str)
         .collect::<Result<_, _>>()
         .context("the plan: every line must be a JSON request")?;
-    let prefixes = match args.prefix.is_empty() {
-        true => vec![settings.amqp.prefix.clone()],
-        false => args.prefix.clone(),
-    };
-
+    let topology = Arc::new(Topology::from_settings(&settings));
     let connection = amqp::Brokers::from_settings(&settings.amqp)
         .connect("ib-fleet-bench")
         .await?;
-    let channel = connection.create_channel().await?;
-    let (mut publishers, mut subscriptions) = (Vec::new(), Vec::new());
-    for prefix in &prefixes {
-        let mut scoped = settings.clone();
-        scoped.amqp.prefix = prefix.clone();
-        let topology = Arc::new(Topology::from_settings(&scoped));
-        topology.declare(&connection).await?;
-        subscriptions.push(topology.subscribe_events(&channel).await?);
-        publishers.push(Publisher::open(&connection, topology).await?);
-    }
-    let mut events = futures_util::stream::select_all(subscriptions);
+    topology.declare(&connection).await?;
+    let mut events = topology
+        .subscribe_events(&connection.create_channel().await?)
+        .await?;
+    let publisher = Publisher::open(&connection, topology.clone()).await?;
 
     let mut fleet = Fleet::default();
     let started = Instant::now();
@@ -84,7 +70,6 @@ async fn main() -> anyhow::Result<()> {
                 request_id: Some(id.clone()),
                 ..MessageMeta::default()
             };
-            let publisher = &publishers[route(&repo, publishers.len())];
             fleet.published(id, repo);
             publisher
                 .request(&serde_json::to_vec(&body)?, meta.to_headers())
@@ -104,18 +89,10 @@ async fn main() -> anyhow::Result<()> {
     let wall = started.elapsed().as_secs_f64();
     report["wall_s"] = wall.into();
     report["per_s"] = (fleet.settled as f64 / wall).into();
-    report["replica_queues"] = prefixes.len().into();
+    report["affinity_fallback_ms"] = settings.amqp.affinity_fallback_ms.into();
     println!("{report}");
     let _ = connection.close(200, "done".into()).await;
     Ok(())
-}
-
-/// Which of `n` prefixes serves `repo`: a stable hash (FNV-1a), the same on every run.
-fn route(repo: &str, n: usize) -> usize {
-    let hash = repo.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    usize::try_from(hash % n.max(1) as u64).unwrap_or(0)
 }
 
 /// One request as the events tell it.
@@ -320,13 +297,4 @@ mod tests {
         assert!(nearest_rank(&[], 0.99).is_nan());
     }
 
-    #[test]
-    fn a_repository_always_goes_to_the_same_prefix() {
-        assert_eq!(route("git://x/a.git", 1), 0);
-        let first = route("git://x/a.git", 3);
-        assert!(first < 3);
-        assert_eq!(route("git://x/a.git", 3), first);
-        let spread: HashSet<usize> = (0..30).map(|i| route(&format!("r{i}"), 3)).collect();
-        assert_eq!(spread.len(), 3);
-    }
 }
