@@ -99,8 +99,12 @@ run_mode() { # mode -> one JSON line of figures
   local mode=$1 store
   store=$(database "$mode")
   export IMAGE_BUILDER__AMQP__PREFIX=ib-fleet-$stamp-$mode IMAGE_BUILDER__STORE__URL=$store
-  export IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=0
-  if [ "$mode" = affinity ]; then IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=$fallback_ms; fi
+  # The same deliveries held per replica in both modes (4): affinity takes `prefetch` from its
+  # own queue beyond the shared queue's prefetch + lookahead.
+  export IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=0 IMAGE_BUILDER__AMQP__LOOKAHEAD=$IMAGE_BUILDER__AMQP__PREFETCH
+  if [ "$mode" = affinity ]; then
+    IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS=$fallback_ms IMAGE_BUILDER__AMQP__LOOKAHEAD=0
+  fi
   for i in $(seq 1 $replicas); do
     local home=$dir/$mode/replica$i
     mkdir -p "$home/storage" "$home/run"

@@ -235,7 +235,10 @@ mod tests {
         let affinity = policies.last().expect("an affinity policy");
         assert_eq!(affinity.body()["pattern"], "^ib\\.x\\.affinity\\.w1$");
         assert_eq!(affinity.definition["message-ttl"], 1500);
-        assert_eq!(affinity.definition["dead-letter-routing-key"], "ib.x.builds");
+        assert_eq!(
+            affinity.definition["dead-letter-routing-key"],
+            "ib.x.builds"
+        );
         assert_eq!(affinity.definition["dead-letter-strategy"], "at-least-once");
     }
 

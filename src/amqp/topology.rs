@@ -121,7 +121,10 @@ impl Topology {
         }
         if let Some(affinity) = &self.affinity {
             let mut args = FieldTable::default();
-            args.insert("hash-header".into(), AMQPValue::LongString(AFFINITY_HEADER.into()));
+            args.insert(
+                "hash-header".into(),
+                AMQPValue::LongString(AFFINITY_HEADER.into()),
+            );
             args.insert(
                 "alternate-exchange".into(),
                 AMQPValue::LongString(self.exchange.as_str().into()),
@@ -156,6 +159,24 @@ impl Topology {
 }
 
 impl Topology {
+    /// Whether the broker moved this delivery here from an affinity queue (its fallback). It may
+    /// have been delivered there to a replica that died while building it, which only a
+    /// redelivery may take over (`BuildStore::start`): the caller counts it as one. By name,
+    /// whatever this replica's own `amqp.affinity_fallback_ms`.
+    pub fn fell_back(&self, props: &lapin::BasicProperties) -> bool {
+        let from = format!("{}.affinity.", self.exchange);
+        props.headers().as_ref().is_some_and(|headers| {
+            match headers
+                .inner()
+                .get(&lapin::types::ShortString::from("x-first-death-queue"))
+            {
+                Some(AMQPValue::LongString(queue)) => queue.as_bytes().starts_with(from.as_bytes()),
+                Some(AMQPValue::ShortString(queue)) => queue.as_str().starts_with(&from),
+                _ => false,
+            }
+        })
+    }
+
     /// This replica's affinity queue, declared and bound (weight 1) to the affinity exchange.
     /// Only workers call this: the API and `submit` publish to the exchange and consume nothing.
     pub async fn declare_affinity_queue(&self, connection: &Connection) -> lapin::Result<()> {
@@ -329,6 +350,30 @@ mod tests {
         settings.amqp.replica.clear();
         let unnamed = Topology::from_settings(&settings).affinity.expect("on");
         let host = unnamed.queue.trim_start_matches("ib.x.affinity.");
-        assert!(!host.is_empty() && host.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)));
+        assert!(
+            !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        );
+    }
+
+    #[test]
+    fn a_request_fell_back_when_it_first_died_in_an_affinity_queue() {
+        let mut settings = Settings::for_env("local").expect("local config");
+        settings.amqp.prefix = "ib.x".into();
+        let topology = Topology::from_settings(&settings);
+        let died_in = |queue: &str| {
+            let mut headers = FieldTable::default();
+            headers.insert(
+                "x-first-death-queue".into(),
+                AMQPValue::LongString(queue.into()),
+            );
+            lapin::BasicProperties::default().with_headers(headers)
+        };
+        assert!(topology.fell_back(&died_in("ib.x.affinity.w1")));
+        assert!(!topology.fell_back(&died_in("ib.x.retry.1")));
+        assert!(!topology.fell_back(&died_in("ib.y.affinity.w1")));
+        assert!(!topology.fell_back(&lapin::BasicProperties::default()));
     }
 }

@@ -296,5 +296,4 @@ mod tests {
         assert_eq!(nearest_rank(&sorted, 0.5), 100.0);
         assert!(nearest_rank(&[], 0.99).is_nan());
     }
-
 }

@@ -611,14 +611,17 @@ async fn a_replica_killed_while_holding_affinity_loses_nothing_and_waits_only_th
             ("IMAGE_BUILDER__STORE__URL", url.clone()),
             ("IMAGE_BUILDER__STORE__LEASE_SECS", "2".to_owned()),
             ("IMAGE_BUILDER__STORE__POLL_MS", "300".to_owned()),
-            ("IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS", fallback_ms.clone()),
+            (
+                "IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS",
+                fallback_ms.clone(),
+            ),
             ("IMAGE_BUILDER__AMQP__REPLICA", replica.to_owned()),
         ]
     };
     let (env_a, env_b) = (env(&names[0]), env(&names[1]));
-    let as_env = |vars: &[(&'static str, String)]| -> Vec<(&'static str, &str)> {
+    fn as_env<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
         vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
-    };
+    }
     let a = Worker::spawn(&stack, &git, &as_env(&env_a)).await;
     let b = Worker::spawn(&stack, &git, &as_env(&env_b)).await;
     let image = unique("img");
@@ -666,7 +669,10 @@ async fn a_replica_killed_while_holding_affinity_loses_nothing_and_waits_only_th
     holder.stop().await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while stack.consumer_count(&holder_queue).await > 0 {
-        assert!(Instant::now() < deadline, "the broker kept the dead consumer");
+        assert!(
+            Instant::now() < deadline,
+            "the broker kept the dead consumer"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let drained = emptied(&stack, &holder_queue, fallback + EXPIRY_SLACK).await;
@@ -680,9 +686,13 @@ async fn a_replica_killed_while_holding_affinity_loses_nothing_and_waits_only_th
     eprintln!("requests published to the dead replica's queue left it after {waited:?}");
 
     for id in &ids {
+        let outcome = stack
+            .terminal_where(|e| e.build().request_id == *id, BUILD_TIMEOUT)
+            .await;
         assert!(
-            matches!(stack.outcome(id, BUILD_TIMEOUT).await, Event::ImageUpdated(_)),
-            "{id} was not built"
+            matches!(outcome, Some(Event::ImageUpdated(_))),
+            "{id} was not built: {outcome:?}\n{}",
+            survivor.log()
         );
     }
     let events = stack.settle(&ids[0], QUIET).await;
