@@ -133,14 +133,13 @@ impl Topology {
             channel
                 .exchange_declare(affinity.exchange.as_str().into(), kind, durable, args)
                 .await
-                .map_err(|e| {
+                .inspect_err(|_| {
                     tracing::error!(
                         "declaring the affinity exchange {} failed: amqp.affinity_fallback_ms \
                          needs the broker plugin rabbitmq_consistent_hash_exchange \
                          (`rabbitmq-plugins enable rabbitmq_consistent_hash_exchange`)",
                         affinity.exchange
                     );
-                    e
                 })?;
         }
         channel
