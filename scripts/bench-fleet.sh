@@ -81,9 +81,14 @@ plan() { # mode -> JSON lines
 # Every replica its own podman storage, seeded with the base image only.
 podman save -q -o "$dir/busybox.tar" localhost/busybox:latest
 declare -a workers=()
-stop_workers() {
+stop_workers() { # SIGTERM; SIGKILL what still runs 15 s later (nothing is in flight by then)
+  local deadline=$((SECONDS + 15))
   for pid in "${workers[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-  for pid in "${workers[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for pid in "${workers[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
   workers=()
 }
 trap 'stop_workers; kill $(cat "$dir/git-daemon.pid") 2>/dev/null' EXIT

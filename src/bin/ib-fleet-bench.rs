@@ -91,7 +91,9 @@ async fn main() -> anyhow::Result<()> {
     report["per_s"] = (fleet.settled as f64 / wall).into();
     report["affinity_fallback_ms"] = settings.amqp.affinity_fallback_ms.into();
     println!("{report}");
-    let _ = connection.close(200, "done".into()).await;
+    // Bounded: a broker slow to close a connection must not hold the figures back.
+    let closing = connection.close(200, "done".into());
+    let _ = tokio::time::timeout(Duration::from_secs(5), closing).await;
     Ok(())
 }
 
