@@ -20,7 +20,11 @@ dir=$here/.run/bench-fleet
 port=${BENCH_GIT_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 log() { printf '[bench-fleet] %s\n' "$*" >&2; }
 
-scripts/services.sh up >/dev/null 2>&1
+# Started unless they answer already (services.sh asks the broker's CLI, which can be slow).
+curl -sf -m 5 -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null &&
+  curl -sf -m 5 http://127.0.0.1:5000/v2/ >/dev/null &&
+  psql -qtAc 'SELECT 1' "postgres://image_builder:image_builder@127.0.0.1:5432/image_builder" >/dev/null ||
+  scripts/services.sh up >/dev/null 2>&1
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 # The local registry speaks plain HTTP: the built-in local overlay, chosen explicitly.
