@@ -44,7 +44,7 @@ management.tcp.port = $(mgmt_port "$node")
 # As the single node: must equal the worker's amqp.consumer_timeout_secs (README).
 consumer_timeout = 3600000
 EOF
-  echo '[rabbitmq_management].' >"$dir/enabled_plugins"
+  echo '[rabbitmq_management,rabbitmq_consistent_hash_exchange].' >"$dir/enabled_plugins"
   # An env file of its own, so the single node's /etc/rabbitmq/rabbitmq-env.conf is not read.
   cat >"$dir/rabbitmq-env.conf" <<'EOF'
 # Written by image-builder's scripts/services.sh (cluster): loopback only.

@@ -133,6 +133,10 @@ start_rabbitmq() {
   if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_management; then
     rabbitmq-plugins enable rabbitmq_management >/dev/null
   fi
+  # Cache affinity (amqp.affinity_fallback_ms) hashes requests over replicas with it; online.
+  if ! rabbitmq-plugins list -e -m 2>/dev/null | grep -qx rabbitmq_consistent_hash_exchange; then
+    rabbitmq-plugins enable rabbitmq_consistent_hash_exchange >/dev/null
+  fi
   # A broker started before the line above was written: the same value, at run time (new channels).
   rabbitmqctl -q eval 'application:set_env(rabbit, consumer_timeout, 3600000).' >/dev/null ||
     log "could not set consumer_timeout at run time; it applies at the next broker start"

@@ -90,6 +90,11 @@ pub struct AmqpSettings {
     pub urls: Vec<SecretString>,
     /// Management APIs of those nodes; when it names any, `management_url` is not used.
     pub management_urls: Vec<String>,
+    /// Cache affinity (`amqp/topology.rs`): how long a request waits for the replica its
+    /// repository hashes to before any replica may take it; 0 = off.
+    pub affinity_fallback_ms: u64,
+    /// This replica's stable name, naming its affinity queue; empty = the host name.
+    pub replica: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -420,6 +425,14 @@ impl Settings {
         anyhow::ensure!(
             !self.amqp.prefix.is_empty(),
             "amqp.prefix must not be empty"
+        );
+        anyhow::ensure!(
+            self.amqp
+                .replica
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                && self.amqp.replica.len() <= 100,
+            "amqp.replica: at most 100 of A-Z a-z 0-9 - _ . (it names a queue)"
         );
         let broker_problems = self.amqp.url_problems();
         anyhow::ensure!(broker_problems.is_empty(), "{}", broker_problems.join("\n"));

@@ -57,6 +57,20 @@ impl Topology {
                 "dead-letter-routing-key": BUILD_ROUTING_KEY,
             }),
         }));
+        // This replica's affinity queue: what its replica does not take within the fallback
+        // expires into the shared queue, at least once (quorum queues default to at most once).
+        policies.extend(self.affinity.iter().map(|affinity| Policy {
+            name: affinity.queue.clone(),
+            queue: affinity.queue.clone(),
+            definition: json!({
+                "message-ttl": u64::try_from(affinity.fallback.as_millis()).unwrap_or(u64::MAX),
+                "dead-letter-exchange": "",
+                "dead-letter-routing-key": self.build_queue,
+                "dead-letter-strategy": "at-least-once",
+                "overflow": "reject-publish",
+                "delivery-limit": self.delivery_limit,
+            }),
+        }));
         policies
     }
 }
@@ -214,6 +228,18 @@ mod tests {
         assert_eq!(policies[2].queue, "ib.x.retry.2");
         assert_eq!(policies[2].definition["message-ttl"], 200);
         assert_eq!(policies[2].definition["dead-letter-exchange"], "ib.x");
+
+        settings.amqp.affinity_fallback_ms = 1500;
+        settings.amqp.replica = "w1".into();
+        let policies = Topology::from_settings(&settings).policies();
+        let affinity = policies.last().expect("an affinity policy");
+        assert_eq!(affinity.body()["pattern"], "^ib\\.x\\.affinity\\.w1$");
+        assert_eq!(affinity.definition["message-ttl"], 1500);
+        assert_eq!(
+            affinity.definition["dead-letter-routing-key"],
+            "ib.x.builds"
+        );
+        assert_eq!(affinity.definition["dead-letter-strategy"], "at-least-once");
     }
 
     #[test]

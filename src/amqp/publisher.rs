@@ -3,11 +3,12 @@
 use std::sync::Arc;
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::types::FieldTable;
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::topology::{BUILD_ROUTING_KEY, Topology};
+use super::topology::{AFFINITY_HEADER, BUILD_ROUTING_KEY, Topology};
 use crate::events::Event;
+use crate::request::RequestSummary;
 
 const PERSISTENT: u8 = 2;
 
@@ -46,10 +47,20 @@ impl Publisher {
         .await
     }
 
-    /// A build request (new, or back from a retry tier) to the build exchange.
-    pub async fn request(&self, body: &[u8], headers: FieldTable) -> anyhow::Result<()> {
+    /// A new build request: to the build exchange, or with cache affinity on, to the affinity
+    /// exchange with its repository in the header that exchange hashes.
+    pub async fn request(&self, body: &[u8], mut headers: FieldTable) -> anyhow::Result<()> {
+        let exchange = match &self.topology.affinity {
+            Some(affinity) => {
+                if let Some(repo) = RequestSummary::sniff(body).repo {
+                    headers.insert(AFFINITY_HEADER.into(), AMQPValue::LongString(repo.into()));
+                }
+                &affinity.exchange
+            }
+            None => &self.topology.exchange,
+        };
         self.publish(
-            &self.topology.exchange,
+            exchange,
             BUILD_ROUTING_KEY,
             body,
             request_props(headers),

@@ -106,7 +106,9 @@ impl Incoming {
 }
 
 pub async fn handle(shared: Arc<Shared>, delivery: lapin::message::Delivery) {
-    let (incoming, acker) = Incoming::from_delivery(delivery);
+    let fell_back = shared.topology.fell_back(&delivery.properties);
+    let (mut incoming, acker) = Incoming::from_delivery(delivery);
+    incoming.redelivered |= fell_back;
     handle_caught(&shared, incoming, &acker).await;
 }
 

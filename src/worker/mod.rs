@@ -123,6 +123,8 @@ struct Session {
     control: lapin::Consumer,
     /// Build requests the broker dead-lettered (delivery limit).
     dead_lettered: lapin::Consumer,
+    /// This replica's affinity queue (`amqp.affinity_fallback_ms`), on a channel of its own.
+    affinity: Option<(lapin::Channel, lapin::Consumer)>,
 }
 
 /// One try at a consuming session: connection, topology (and, once per process, its policies),
@@ -184,8 +186,31 @@ async fn set_up_session(
             FieldTable::default(),
         )
         .await?;
+    let affinity = match &topology.affinity {
+        Some(affinity) => {
+            topology.declare_affinity_queue(&connection).await?;
+            // Its own prefetch (per consumer): at most `prefetch` requests wait here for a slot
+            // beyond what the shared queue gives; the rest wait in the queue, at most the
+            // fallback, and then go to whichever replica is free.
+            let channel = connection.create_channel().await?;
+            channel
+                .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
+                .await?;
+            let consumer = channel
+                .basic_consume(
+                    affinity.queue.as_str().into(),
+                    "".into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Some((channel, consumer))
+        }
+        None => None,
+    };
     tracing::info!(
         queue = %topology.build_queue,
+        affinity_queue = topology.affinity.as_ref().map(|a| a.queue.as_str()),
         slots = settings.amqp.prefetch,
         lookahead = settings.amqp.lookahead,
         "consuming"
@@ -197,6 +222,7 @@ async fn set_up_session(
         channel,
         control,
         dead_lettered,
+        affinity,
     })
 }
 
@@ -238,8 +264,15 @@ async fn consume(
     slot: &PublisherSlotSetter,
 ) -> anyhow::Result<()> {
     loop {
+        let preferred = async {
+            match &mut session.affinity {
+                Some((_, consumer)) => consumer.next().await,
+                None => std::future::pending().await,
+            }
+        };
         let next = tokio::select! {
             next = session.consumer.next() => next,
+            next = preferred => next,
             dead = session.dead_lettered.next() => {
                 match dead {
                     Some(Ok(delivery)) => {
@@ -263,6 +296,9 @@ async fn consume(
                 if let Err(e) = session.channel.basic_cancel(tag, BasicCancelOptions::default()).await {
                     tracing::warn!("failed to cancel the consumer: {e}");
                 }
+                if let Some((channel, consumer)) = &session.affinity {
+                    leave_affinity(&shared.topology, channel, consumer).await;
+                }
                 // Keep the connection open while builds finish: they still ack on it.
                 drain(tracker, settings, &shared.hard_stop).await;
                 slot.set(None);
@@ -277,6 +313,19 @@ async fn consume(
             Some(Err(e)) => anyhow::bail!("consumer failed: {e}"),
             None => anyhow::bail!("the broker closed the consumer"),
         }
+    }
+}
+
+/// A graceful stop: no new requests hash to this replica, and it takes none it holds not yet.
+async fn leave_affinity(topology: &Topology, channel: &lapin::Channel, consumer: &lapin::Consumer) {
+    if let Err(e) = topology.unbind_affinity_queue(channel).await {
+        tracing::warn!("failed to unbind the affinity queue: {e}");
+    }
+    if let Err(e) = channel
+        .basic_cancel(consumer.tag(), BasicCancelOptions::default())
+        .await
+    {
+        tracing::warn!("failed to cancel the affinity consumer: {e}");
     }
 }
 

@@ -574,3 +574,168 @@ async fn a_killed_replicas_build_is_taken_over_once_its_lease_lapses() {
     b.shutdown().await;
     stack.cleanup().await;
 }
+
+/// Waits until `queue` holds no ready message; returns how long that took.
+async fn emptied(stack: &Stack, queue: &str, timeout: Duration) -> Duration {
+    let started = Instant::now();
+    while stack.ready_count(queue).await > 0 {
+        assert!(
+            started.elapsed() < timeout,
+            "{queue} still holds messages after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    started.elapsed()
+}
+
+/// Cache affinity (issue 15, item 6): the replica a repository hashes to is killed (-9) while it
+/// builds that repository's requests. What it held goes back to its queue and expires into the
+/// shared queue, and requests still hashing to it wait there no longer than the fallback: the
+/// other replica builds them all, each exactly once, none lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_while_holding_affinity_loses_nothing_and_waits_only_the_fallback() {
+    const FALLBACK_MS: u64 = 1500;
+    // Expiry is checked at the queue's head on a timer, not to the millisecond.
+    const EXPIRY_SLACK: Duration = Duration::from_millis(1000);
+    let fallback = Duration::from_millis(FALLBACK_MS);
+    let git = GitServer::start().await;
+    slow_repo(&git, "acme/affine", 3);
+    let mut settings = Stack::settings();
+    settings.amqp.affinity_fallback_ms = FALLBACK_MS;
+    let mut stack = Stack::with_settings(settings).await;
+    let url = postgres_database().await;
+    let fallback_ms = FALLBACK_MS.to_string();
+    let names = [unique("a-"), unique("b-")];
+    let env = |replica: &str| {
+        vec![
+            ("IMAGE_BUILDER__STORE__URL", url.clone()),
+            ("IMAGE_BUILDER__STORE__LEASE_SECS", "2".to_owned()),
+            ("IMAGE_BUILDER__STORE__POLL_MS", "300".to_owned()),
+            (
+                "IMAGE_BUILDER__AMQP__AFFINITY_FALLBACK_MS",
+                fallback_ms.clone(),
+            ),
+            ("IMAGE_BUILDER__AMQP__REPLICA", replica.to_owned()),
+        ]
+    };
+    let (env_a, env_b) = (env(&names[0]), env(&names[1]));
+    fn as_env<'a>(vars: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+        vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+    let a = Worker::spawn(&stack, &git, &as_env(&env_a)).await;
+    let b = Worker::spawn(&stack, &git, &as_env(&env_b)).await;
+    let image = unique("img");
+    let request = |id: &str| {
+        json!({"id": id, "repo": "acme/affine", "user_id": "demo", "image": image,
+            "build_args": {"N": id}})
+    };
+    let ids: Vec<String> = (0..7).map(|i| unique(&format!("aff{i}-"))).collect();
+
+    // The first request goes straight to the replica the repository hashes to.
+    stack.publish_json(&request(&ids[0])).await;
+    let Some(Event::Started(first)) = stack
+        .event_where(
+            0,
+            |e| matches!(e, Event::Started(s) if s.build.request_id == ids[0]),
+            BUILD_TIMEOUT,
+        )
+        .await
+    else {
+        panic!("the first build did not start");
+    };
+    let a_holds = first.host.ends_with(&format!(":{}", a.pid()));
+    let (holder, survivor, holder_name) = match a_holds {
+        true => (a, b, &names[0]),
+        false => (b, a, &names[1]),
+    };
+    let holder_queue = format!("{}.affinity.{holder_name}", stack.prefix);
+    let host = first.host.clone();
+    for id in &ids[1..4] {
+        stack.publish_json(&request(id)).await;
+    }
+    // The holder takes the second one too (two build slots): it now holds two running builds.
+    let second = stack
+        .event_where(
+            0,
+            |e| matches!(e, Event::Started(s) if s.build.request_id == ids[1]),
+            BUILD_TIMEOUT,
+        )
+        .await;
+    assert!(
+        matches!(&second, Some(Event::Started(s)) if s.host == host),
+        "the second request of the repository went elsewhere: {second:?}"
+    );
+
+    holder.stop().await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.consumer_count(&holder_queue).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the broker kept the dead consumer"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = emptied(&stack, &holder_queue, fallback + EXPIRY_SLACK).await;
+    eprintln!("the dead replica's queue emptied {drained:?} after its consumer went");
+
+    // Requests that still hash to the dead replica wait at most the fallback.
+    for id in &ids[4..] {
+        stack.publish_json(&request(id)).await;
+    }
+    let waited = emptied(&stack, &holder_queue, fallback + EXPIRY_SLACK).await;
+    eprintln!("requests published to the dead replica's queue left it after {waited:?}");
+
+    for id in &ids {
+        let outcome = stack
+            .terminal_where(|e| e.build().request_id == *id, BUILD_TIMEOUT)
+            .await;
+        assert!(
+            matches!(outcome, Some(Event::ImageUpdated(_))),
+            "{id} was not built: {outcome:?}\n{}",
+            survivor.log()
+        );
+    }
+    let events = stack.settle(&ids[0], QUIET).await;
+    for id in &ids {
+        let of = |name: &str| {
+            stack
+                .seen
+                .iter()
+                .filter(|e| e.build().request_id == *id && e.routing_key() == name)
+                .count()
+        };
+        assert_eq!(of("image.updated"), 1, "{id}: {events:?}");
+    }
+    // Everything after the kill ran on the survivor.
+    for id in &ids[2..] {
+        let on_survivor = stack.seen.iter().any(|e| {
+            matches!(e, Event::Started(s) if s.build.request_id == *id
+                && s.host.ends_with(&format!(":{}", survivor.pid())))
+        });
+        assert!(on_survivor, "{id} never started on the surviving replica");
+    }
+    assert_eq!(stack.ready_count(&stack.topology.build_queue).await, 0);
+
+    survivor.shutdown().await;
+    let channel = stack.channel().await;
+    let mut policies = Vec::new();
+    for name in &names {
+        let queue = format!("{}.affinity.{name}", stack.prefix);
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
+        policies.push(queue);
+    }
+    if let Some(affinity) = &stack.topology.affinity {
+        let _ = channel
+            .exchange_delete(affinity.exchange.as_str().into(), Default::default())
+            .await;
+    }
+    if let Ok(management) = image_builder::amqp::Management::new(
+        &stack.settings.amqp.management_url,
+        &stack.settings.amqp.url,
+    ) {
+        let _ = management.remove(&policies).await;
+    }
+    stack.cleanup().await;
+}
