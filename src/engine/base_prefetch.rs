@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
@@ -20,11 +21,18 @@ use crate::redact::Redactor;
 /// At most this many bases are recorded for a scope (a Dockerfile names few).
 const MAX_RECORDED: usize = 16;
 
+/// A base seen in the local store is not looked for again for this long: every request
+/// (cached answers too) starts a prefetch, and a podman process per request would cost cached
+/// answers their speed. A base removed meanwhile is pulled by the build, as without prefetch.
+const SEEN_FOR: Duration = Duration::from_secs(600);
+
 pub(super) struct BasePrefetch {
     /// One file per scope: the bases of its last build, one per line.
     dir: PathBuf,
     /// Per base name: held while a prefetch pulls it.
     pulling: Mutex<HashMap<String, Arc<AsyncMutex<()>>>>,
+    /// Per base name: when it was last known to be in the local store.
+    seen: Arc<Mutex<HashMap<String, Instant>>>,
 }
 
 /// One base to pull: whether it is there, and the pull.
@@ -39,12 +47,12 @@ impl BasePrefetch {
         Self {
             dir,
             pulling: Mutex::new(HashMap::new()),
+            seen: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
     fn path(&self, scope: &str) -> PathBuf {
-        self.dir
-            .join(hex::encode(Sha256::digest(scope.as_bytes())))
+        self.dir.join(hex::encode(Sha256::digest(scope.as_bytes())))
     }
 
     /// The bases the last build of `scope` used (none when it has not built here).
@@ -91,12 +99,22 @@ impl BasePrefetch {
         drop(self.lock_of(base).lock().await);
     }
 
+    /// Whether `base` was in the local store within `SEEN_FOR`.
+    pub(super) fn recently_seen(&self, base: &str) -> bool {
+        let seen = self
+            .seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        seen.get(base).is_some_and(|at| at.elapsed() < SEEN_FOR)
+    }
+
     /// Pulls, in a task of their own, the bases of `pulls` that the local store lacks and that
     /// no other prefetch is pulling. Not tied to the build: a cached answer returns without
     /// waiting, and what was pulled serves the next build.
     pub(super) fn start(&self, pulls: Vec<Pull>, log: BuildLog) {
         let held: Vec<(Pull, OwnedMutexGuard<()>)> = pulls
             .into_iter()
+            .filter(|p| !self.recently_seen(&p.base))
             .filter_map(|p| {
                 let guard = self.lock_of(&p.base).try_lock_owned().ok()?;
                 Some((p, guard))
@@ -105,23 +123,35 @@ impl BasePrefetch {
         if held.is_empty() {
             return;
         }
+        let seen = self.seen.clone();
         tokio::spawn(async move {
             let never = CancellationToken::new();
             for (Pull { base, exists, pull }, _guard) in held {
                 let quiet = BuildLog::new(Redactor::default());
                 if process::run(exists, &quiet, &never).await.is_ok() {
+                    seen_now(&seen, &base);
                     continue;
                 }
                 log.push(&format!(
                     "pulling base image {base} while the source is fetched (the last build of this repository used it)"
                 ));
-                if let Err(e) = process::run(pull, &quiet, &never).await {
+                match process::run(pull, &quiet, &never).await {
+                    Ok(()) => seen_now(&seen, &base),
                     // The build pulls it again and reports its own failure.
-                    tracing::info!("failed to prefetch base image {base}: {}", cause_chain(&e));
+                    Err(e) => {
+                        tracing::info!("failed to prefetch base image {base}: {}", cause_chain(&e))
+                    }
                 }
             }
         });
     }
+}
+
+fn seen_now(seen: &Mutex<HashMap<String, Instant>>, base: &str) {
+    let mut seen = seen
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    seen.insert(base.to_owned(), Instant::now());
 }
 
 #[cfg(test)]
@@ -138,6 +168,14 @@ mod tests {
         assert_eq!(prefetch.recorded("u\0https://a"), bases);
         assert!(prefetch.recorded("v\0https://a").is_empty());
         prefetch.record("u\0https://a", &bases[1..]);
-        assert_eq!(prefetch.recorded("u\0https://a"), vec!["busybox".to_owned()]);
+        assert_eq!(
+            prefetch.recorded("u\0https://a"),
+            vec!["busybox".to_owned()]
+        );
+        // Only a look at the local store counts as seeing a base.
+        assert!(!prefetch.recently_seen("busybox"));
+        seen_now(&prefetch.seen, "busybox");
+        assert!(prefetch.recently_seen("busybox"));
+        assert!(!prefetch.recently_seen("alpine"));
     }
 }

@@ -381,7 +381,8 @@ impl ImageEngine for Podman {
     }
 
     fn prefetch_bases(&self, scope: &str, ctx: &BuildCtx) {
-        let recorded = self.prefetch.recorded(scope);
+        let mut recorded = self.prefetch.recorded(scope);
+        recorded.retain(|base| !self.prefetch.recently_seen(base));
         if recorded.is_empty() {
             return;
         }

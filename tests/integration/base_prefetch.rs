@@ -66,9 +66,9 @@ async fn the_last_builds_base_is_pulled_though_the_next_fetch_never_delivers() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        worker
-            .log()
-            .contains(&format!("pulling base image {base} while the source is fetched")),
+        worker.log().contains(&format!(
+            "pulling base image {base} while the source is fetched"
+        )),
         "{}",
         worker.log()
     );
