@@ -89,9 +89,14 @@ async fn main() -> anyhow::Result<()> {
                 ..MessageMeta::default()
             };
             sent.insert(id, (Instant::now(), kind.clone()));
-            publisher
-                .request(&serde_json::to_vec(&body)?, meta.to_headers())
-                .await?;
+            // Bounded too: a broker that stops confirming (seen) must not hang the bench.
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::timeout(
+                left,
+                publisher.request(&serde_json::to_vec(&body)?, meta.to_headers()),
+            )
+            .await
+            .context("timed out publishing a request (is the broker confirming?)")??;
             next += 1;
         }
         let left = deadline.saturating_duration_since(Instant::now());
