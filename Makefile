@@ -41,7 +41,7 @@ down:
 status:
 	scripts/services.sh status
 
-## Worker vs raw clone+build+push: medians, cached latency/throughput, RSS.
+## Worker vs raw clone+build+push: medians, cached latency/throughput, RSS; a Debian/apt repo over smart HTTP; 8 mixed requests.
 bench:
 	scripts/bench.sh
 

@@ -12,14 +12,7 @@ tag=${2:-localhost/image-builder:test}
 base=localhost/image-builder-base/debian:bookworm
 log() { echo "[service-image] $*" >&2; }
 
-if ! podman image exists "$base"; then
-  command -v debootstrap >/dev/null || apt-get install -y -qq -o DPkg::Lock::Timeout=600 debootstrap >/dev/null
-  root=$(mktemp -d)
-  trap 'rm -rf "$root"' EXIT
-  log "debootstrap bookworm (minbase) -> $base"
-  debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >/dev/null
-  tar -C "$root" -c . | podman import - "$base" >/dev/null
-fi
+"$here/scripts/debian-base.sh" "$base" >/dev/null
 
 mkdir -p "$here/dist"
 # Debug info is most of a debug binary's size; the image does not need it.

@@ -84,10 +84,15 @@ pub async fn run(
         scratch_dir,
     };
 
+    // The bases of this repository's last build start pulling now, beside the fetch.
+    let scope = plan::cache_scope(&job.request, spec.remote.as_str());
+    env.engine.prefetch_bases(&scope, &ctx);
+    let mut stages = stages::Stages::new(&job.build_id);
     let checkout = tokio::select! {
         result = env.source.resolve(&spec, &ctx) => result?,
         _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout)),
     };
+    stages.done("resolve");
     let naming = plan::naming(
         &job.request,
         &checkout,
@@ -135,6 +140,7 @@ pub async fn run(
         }
         None => None,
     };
+    stages.done("cached check");
     if let Some(manifest) = existing {
         let names: Vec<&str> = naming.tags.iter().map(String::as_str).collect();
         env.registry.tag_all(repository, &names, &manifest).await?;
@@ -166,11 +172,13 @@ pub async fn run(
         _ = ctx.cancel.cancelled() => return Err(BuildError::Cancelled),
     };
     ctx.deadline = Instant::now() + settings.build_timeout;
+    stages.done("slot");
 
     let checkout_dir = work.path().join("src");
     env.source
         .checkout(&spec, &checkout.commit, &checkout_dir, &ctx)
         .await?;
+    stages.done("checkout");
     let build_spec = plan::plan(
         &job.request,
         &PlanInput {
@@ -197,6 +205,7 @@ pub async fn run(
         ctx: &ctx,
     };
     let (manifest, how) = produce(&attempt, job.request.no_cache, &ctx).await?;
+    stages.done("produce");
     let digest = manifest.digest.clone();
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
     for tag in tags {
@@ -209,6 +218,7 @@ pub async fn run(
             .await?;
     }
     log.push(&format!("pushed {}@{digest}", build_spec.image));
+    stages.done("tags");
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
     Ok(updated(digest, build_spec.tags, how, exported))
 }
@@ -239,7 +249,9 @@ async fn produce(
 /// The engine's build and push, labelled in the registry when the engine did not label it.
 async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Manifest, BuildError> {
     let (env, spec) = (a.env, a.spec);
+    let mut stages = stages::Stages::new(&spec.local_ref);
     env.engine.build(spec, ctx).await?;
+    stages.done("engine build");
     if env.engine.labels_at_build(spec) {
         let digest = env.engine.push(spec, a.tag, ctx).await?;
         // Only the engine's push leaves the manifest to be read back.
@@ -256,6 +268,7 @@ async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Mani
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
     // under a tag a user reads.
     let pushed = env.engine.push(spec, &spec.lineage_tag, ctx).await?;
+    stages.done("engine push");
     let labelled = image_edit::relabel(&image_edit::Relabel {
         registry: env.registry.as_ref(),
         repository: a.repository,
@@ -313,5 +326,6 @@ fn repository_path<'a>(image: &'a str, registry: &str) -> &'a str {
         .unwrap_or(image)
 }
 
+mod stages;
 #[cfg(test)]
 mod tests;

@@ -99,9 +99,14 @@ pub fn plan(
         secrets: req.secrets.clone(),
         platforms: req.platforms.clone(),
         target,
-        // A NUL cannot be in either part: two pairs never run together into one scope.
-        cache_scope: format!("{}\0{}", req.user_id.as_str(), input.source_url),
+        cache_scope: cache_scope(req, input.source_url),
     })
+}
+
+/// The scope of a request's caches (cache mounts, recorded bases): its user and repository.
+pub fn cache_scope(req: &BuildRequest, source_url: &str) -> String {
+    // A NUL cannot be in either part: two pairs never run together into one scope.
+    format!("{}\0{}", req.user_id.as_str(), source_url)
 }
 
 /// `registry/user_id/name`: the name is the request's `image` or derived from the repository.

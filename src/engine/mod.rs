@@ -2,6 +2,7 @@
 //! a Docker Engine API daemon through bollard.
 
 mod base_images;
+mod base_prefetch;
 mod base_triggers;
 mod build_net;
 mod cache_mounts;

@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 
 use super::ImageEngine;
 use super::base_images::BaseImages;
+use super::base_prefetch::{BasePrefetch, Pull};
 use super::labels::labelled_dockerfile;
 use super::podman_failure::{self, lost_cache_lookup_race};
 use super::podman_fit::Fit;
@@ -60,6 +61,8 @@ pub struct Podman {
     base_images: BaseImages,
     /// Each scope's `RUN --mount=type=cache` directories.
     cache_mounts: CacheMounts,
+    /// Each scope's last bases, pulled beside the next build's fetch.
+    prefetch: BasePrefetch,
 }
 
 impl Podman {
@@ -97,6 +100,7 @@ impl Podman {
                 settings.cache_mounts_dir(),
                 build.limits.cache_mounts_mb,
             ),
+            prefetch: BasePrefetch::new(settings.data_dir.join("podman").join("bases")),
         })
     }
 
@@ -294,6 +298,7 @@ impl Podman {
     ) -> Result<(), BuildError> {
         let bases = dockerfile.expanded_bases(|name| spec.build_args.get(name));
         for base in &bases {
+            self.prefetch.settled(base).await;
             let triggers = match self.triggers(base, ctx).await? {
                 Some(triggers) => triggers,
                 None => {
@@ -373,6 +378,34 @@ impl Podman {
 impl ImageEngine for Podman {
     fn labels_at_build(&self, spec: &BuildSpec) -> bool {
         is_multi_platform(spec)
+    }
+
+    fn prefetch_bases(&self, scope: &str, ctx: &BuildCtx) {
+        let mut recorded = self.prefetch.recorded(scope);
+        recorded.retain(|base| !self.prefetch.recently_seen(base));
+        if recorded.is_empty() {
+            return;
+        }
+        let auth = self.auth_file(&ctx.scratch_dir).ok().flatten();
+        let pulls = recorded
+            .into_iter()
+            .map(|base| {
+                let exists = self
+                    .podman(Duration::from_secs(60))
+                    .args(["image", "exists"])
+                    .arg(&base);
+                let mut pull = self
+                    .podman(self.build_timeout)
+                    .args(["pull", "--quiet"])
+                    .arg(format!("--platform={}", native_platform()));
+                if let Some(auth) = &auth {
+                    pull = pull.arg("--authfile").arg(auth);
+                }
+                let pull = pull.arg(&base);
+                Pull { base, exists, pull }
+            })
+            .collect();
+        self.prefetch.start(pulls, ctx.log.clone());
     }
 
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
@@ -489,7 +522,7 @@ impl ImageEngine for Podman {
         };
         // Another program (an operator's `podman image prune`) can still race the cache lookup:
         // the steps already built are cached, so building again costs little.
-        attempt
+        let built = attempt
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
@@ -502,7 +535,13 @@ impl ImageEngine for Podman {
                     after.as_millis()
                 ));
             })
-            .await
+            .await;
+        if built.is_ok() {
+            let named = parsed.expanded_bases(|name| spec.build_args.get(name));
+            let pullable: Vec<String> = named.into_iter().filter(|b| b != "scratch").collect();
+            self.prefetch.record(&spec.cache_scope, &pullable);
+        }
+        built
         // The image as a whole is checked against the disk limit while it is pushed.
     }
 

@@ -72,6 +72,11 @@ pub trait ImageEngine: Send + Sync {
         true
     }
 
+    /// Starts pulling, in the background, the base images the last build of `scope`
+    /// (`BuildSpec::cache_scope`) used and the engine lacks, so the pull overlaps the source
+    /// fetch; the build waits for a pull of its base in flight. Returns at once.
+    fn prefetch_bases(&self, _scope: &str, _ctx: &BuildCtx) {}
+
     /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
     /// Further tags are set through the registry API (`ImageRegistry::tag`), which moves no
     /// layer.

@@ -17,6 +17,7 @@ mod worker_probes;
 
 mod artifacts;
 mod base_images;
+mod base_prefetch;
 mod build_secrets;
 mod cache_mounts;
 mod cli;
