@@ -59,6 +59,26 @@ pub struct ImageUpdated {
     /// files no step but the final COPYs reads changed: app/main.py").
     #[serde(default)]
     pub why: String,
+    /// The base images the image was built on, as the engine resolved and pulled them (a cached
+    /// or incremental answer: those of the image it reused). Absent when unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<BaseImage>,
+}
+
+/// One stage's base image: what a base update is matched against (`store::bases`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The stage's name, or its index when it has none.
+    pub stage: String,
+    /// The stage the image is (the target, else the last).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// As the Dockerfile's FROM says it, its variables expanded.
+    pub written: String,
+    /// The full reference the engine resolved it to (`registry/repository:tag`).
+    pub reference: String,
+    /// The manifest digest of the image the build used.
+    pub digest: String,
 }
 
 /// How an image came to be.
@@ -227,6 +247,7 @@ mod tests {
             finished_at: time::OffsetDateTime::UNIX_EPOCH,
             how: Default::default(),
             why: String::new(),
+            bases: Vec::new(),
             artifacts: vec![],
         };
         let plain = serde_json::to_value(&updated).expect("json");

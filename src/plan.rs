@@ -101,6 +101,11 @@ pub fn plan(
         target,
         // A NUL cannot be in either part: two pairs never run together into one scope.
         cache_scope: format!("{}\0{}", req.user_id.as_str(), input.source_url),
+        refresh_bases: req
+            .base_update
+            .iter()
+            .map(|moved| moved.reference.clone())
+            .collect(),
     })
 }
 

@@ -2,6 +2,7 @@
 //! the value from there), registry credentials through a 0600 auth file: no secret is in argv.
 //! RUN steps run in the build's sandbox (`sandbox.rs`) unless the operator chose chroot.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -27,6 +28,7 @@ use crate::build_log::BuildLog;
 use crate::config::{Isolation, RegistryCredentials, Settings};
 use crate::dockerfile::Dockerfile;
 use crate::error::{BuildError, EngineError, cause_chain};
+use crate::events::BaseImage;
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
@@ -294,7 +296,16 @@ impl Podman {
     ) -> Result<(), BuildError> {
         let bases = dockerfile.expanded_bases(|name| spec.build_args.get(name));
         for base in &bases {
-            let triggers = match self.triggers(base, ctx).await? {
+            // A base update moved this tag: the local copy is the old image.
+            let moved = spec
+                .refresh_bases
+                .contains(&self.base_images.lookup(base).resolved);
+            let local = if moved {
+                None
+            } else {
+                self.triggers(base, ctx).await?
+            };
+            let triggers = match local {
                 Some(triggers) => triggers,
                 None => {
                     self.pull(base, &bases, checked_platform(&spec.platforms), ctx)
@@ -345,6 +356,64 @@ impl Podman {
         }
     }
 
+    /// The base image of every stage with the digest of the local image the build used (the
+    /// trigger check pulled each one, so all are in the local store).
+    async fn bases_used(
+        &self,
+        spec: &BuildSpec,
+        dockerfile: &Dockerfile,
+        ctx: &BuildCtx,
+    ) -> Result<Vec<BaseImage>, BuildError> {
+        let stages = dockerfile.stage_bases(|name| spec.build_args.get(name));
+        let last = match &spec.target {
+            Some(target) => stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(target.as_str())),
+            None => stages.len().checked_sub(1),
+        };
+        let mut digests: BTreeMap<String, String> = BTreeMap::new();
+        let mut used = Vec::new();
+        for stage in stages {
+            let Some(image) = stage.image else { continue };
+            let digest = match digests.get(&image) {
+                Some(digest) => digest.clone(),
+                None => {
+                    let digest = self.image_digest(&image, ctx).await?;
+                    digests.insert(image.clone(), digest.clone());
+                    digest
+                }
+            };
+            used.push(BaseImage {
+                stage: stage.name.unwrap_or_else(|| stage.index.to_string()),
+                is_final: Some(stage.index) == last,
+                reference: self.base_images.lookup(&image).resolved,
+                written: image,
+                digest,
+            });
+        }
+        Ok(used)
+    }
+
+    /// The manifest digest of local image `image` (the one pulled from its registry).
+    async fn image_digest(&self, image: &str, ctx: &BuildCtx) -> Result<String, BuildError> {
+        let inspect = self
+            .podman(ctx.remaining())
+            .args(["image", "inspect", "--format", "{{.Digest}}"])
+            .arg(image);
+        let out = BuildLog::new(Redactor::default());
+        process::run(inspect, &out, &ctx.cancel)
+            .await
+            .map_err(|e| {
+                super::program_failed(e, format!("reading the digest of {image}"), &out.tail(3))
+            })?;
+        let digest = out.tail(1).concat().trim().to_owned();
+        if digest.starts_with("sha256:") {
+            Ok(digest)
+        } else {
+            Err(EngineError::Said(format!("podman gave {image} no digest: {digest:?}")).into())
+        }
+    }
+
     /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
     async fn pull(
         &self,
@@ -375,7 +444,7 @@ impl ImageEngine for Podman {
         is_multi_platform(spec)
     }
 
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
         let shown = super::shown_dockerfile(source_dockerfile, context_dir);
@@ -502,8 +571,10 @@ impl ImageEngine for Podman {
                     after.as_millis()
                 ));
             })
-            .await
+            .await?;
         // The image as a whole is checked against the disk limit while it is pushed.
+        // Still under the store's turn: no prune can remove a base between build and inspect.
+        self.bases_used(spec, &parsed, ctx).await
     }
 
     async fn push(
