@@ -1,7 +1,7 @@
 -- The base image of every stage of a succeeded build, as the engine resolved and pulled it (a
 -- cached or incremental answer: those of the image it reused). `reference` is the full name
 -- (registry/repository:tag) a base update is matched against; is_final is 1 for the stage the
--- image is.
+-- image is; `also` the image's other manifest digests, space-separated (see events::BaseImage).
 CREATE TABLE build_bases (
     build_id  TEXT NOT NULL,
     stage     TEXT NOT NULL,
@@ -9,6 +9,7 @@ CREATE TABLE build_bases (
     written   TEXT NOT NULL,
     reference TEXT NOT NULL,
     digest    TEXT NOT NULL,
+    also      TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (build_id, stage)
 );
 CREATE INDEX build_bases_reference ON build_bases (reference);

@@ -77,8 +77,12 @@ pub struct BaseImage {
     pub written: String,
     /// The full reference the engine resolved it to (`registry/repository:tag`).
     pub reference: String,
-    /// The manifest digest of the image the build used.
+    /// The manifest digest of the image the build used, as the engine stored it.
     pub digest: String,
+    /// Other manifest digests of the same image (a registry may serve it converted, or another
+    /// registry under another digest): a base is up to date when its registry serves any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
 }
 
 /// How an image came to be.

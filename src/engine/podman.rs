@@ -371,34 +371,47 @@ impl Podman {
                 .position(|s| s.name.as_deref() == Some(target.as_str())),
             None => stages.len().checked_sub(1),
         };
-        let mut digests: BTreeMap<String, String> = BTreeMap::new();
+        let mut digests: BTreeMap<String, Vec<String>> = BTreeMap::new();
         let mut used = Vec::new();
         for stage in stages {
             let Some(image) = stage.image else { continue };
             let digest = match digests.get(&image) {
                 Some(digest) => digest.clone(),
                 None => {
-                    let digest = self.image_digest(&image, ctx).await?;
+                    let digest = self.image_digests(&image, ctx).await?;
                     digests.insert(image.clone(), digest.clone());
                     digest
                 }
+            };
+            // image_digests never answers an empty list.
+            let Some((first, others)) = digest.split_first() else {
+                continue;
             };
             used.push(BaseImage {
                 stage: stage.name.unwrap_or_else(|| stage.index.to_string()),
                 is_final: Some(stage.index) == last,
                 reference: self.base_images.lookup(&image).resolved,
                 written: image,
-                digest,
+                digest: first.clone(),
+                also: others.to_vec(),
             });
         }
         Ok(used)
     }
 
-    /// The manifest digest of local image `image` (the one pulled from its registry).
-    async fn image_digest(&self, image: &str, ctx: &BuildCtx) -> Result<String, BuildError> {
+    /// The manifest digests of local image `image`: its own first, then every other podman
+    /// recorded for it. An image whose layers were already local gets only a name added by a
+    /// pull, so its own digest may be another registry's (or a local build's); the digest its
+    /// registry serves is among the others.
+    async fn image_digests(&self, image: &str, ctx: &BuildCtx) -> Result<Vec<String>, BuildError> {
         let inspect = self
             .podman(ctx.remaining())
-            .args(["image", "inspect", "--format", "{{.Digest}}"])
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Digest}}\n{{json .RepoDigests}}",
+            ])
             .arg(image);
         let out = BuildLog::new(Redactor::default());
         process::run(inspect, &out, &ctx.cancel)
@@ -406,12 +419,17 @@ impl Podman {
             .map_err(|e| {
                 super::program_failed(e, format!("reading the digest of {image}"), &out.tail(3))
             })?;
-        let digest = out.tail(1).concat().trim().to_owned();
-        if digest.starts_with("sha256:") {
-            Ok(digest)
-        } else {
-            Err(EngineError::Said(format!("podman gave {image} no digest: {digest:?}")).into())
+        let lines = out.tail(2);
+        let digests = match lines.as_slice() {
+            [own, repo_digests] => known_digests(own, repo_digests),
+            _ => Vec::new(),
+        };
+        if digests.is_empty() {
+            return Err(
+                EngineError::Said(format!("podman gave {image} no digest: {lines:?}")).into(),
+            );
         }
+        Ok(digests)
     }
 
     /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
@@ -680,6 +698,24 @@ fn created_before(lines: &[String], age: Duration) -> Vec<String> {
 }
 
 /// Several platforms are built into one local manifest list and pushed as one.
+/// `own` (podman's `.Digest`), then the digests of its `RepoDigests` (a JSON list of
+/// `name@digest`: every name crossed with every digest the image is known by), each once.
+fn known_digests(own: &str, repo_digests: &str) -> Vec<String> {
+    let listed: Vec<String> = serde_json::from_str(repo_digests.trim()).unwrap_or_default();
+    let mut digests: Vec<String> = Vec::new();
+    let candidates = std::iter::once(own.trim()).chain(
+        listed
+            .iter()
+            .filter_map(|entry| entry.split_once('@').map(|(_, d)| d)),
+    );
+    for digest in candidates {
+        if digest.starts_with("sha256:") && !digests.iter().any(|d| d == digest) {
+            digests.push(digest.to_owned());
+        }
+    }
+    digests
+}
+
 fn is_multi_platform(spec: &BuildSpec) -> bool {
     spec.platforms.len() > 1
 }
@@ -728,6 +764,16 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_base_is_known_by_its_own_digest_and_every_repo_digest() {
+        let repo_digests = r#"["localhost/b@sha256:aa","127.0.0.1:5000/ns/b@sha256:bb","127.0.0.1:5000/ns/b@sha256:aa"]"#;
+        assert_eq!(
+            known_digests("sha256:aa\n", repo_digests),
+            ["sha256:aa", "sha256:bb"]
+        );
+        assert_eq!(known_digests("", "null"), Vec::<String>::new());
+    }
 
     #[test]
     fn only_containers_older_than_any_build_are_leftovers() {

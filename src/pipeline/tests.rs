@@ -185,6 +185,7 @@ fn base_image() -> crate::events::BaseImage {
         written: "reg.test/base:v1".into(),
         reference: "reg.test/base:v1".into(),
         digest: format!("sha256:{}", "1".repeat(64)),
+        also: vec![],
     }
 }
 

@@ -44,8 +44,8 @@ pub(super) async fn replace(
         .await?;
     for base in bases {
         sqlx::query(
-            "INSERT INTO build_bases (build_id, stage, is_final, written, reference, digest) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (build_id, stage) DO NOTHING",
+            "INSERT INTO build_bases (build_id, stage, is_final, written, reference, digest, \
+             also) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (build_id, stage) DO NOTHING",
         )
         .bind(build_id)
         .bind(&base.stage)
@@ -53,6 +53,7 @@ pub(super) async fn replace(
         .bind(&base.written)
         .bind(&base.reference)
         .bind(&base.digest)
+        .bind(base.also.join(" "))
         .execute(&mut *conn)
         .await?;
     }
@@ -63,7 +64,8 @@ impl BuildStore {
     /// The bases recorded for `image@digest` by its newest succeeded build.
     pub async fn bases_of(&self, image: &str, digest: &str) -> Result<Vec<BaseImage>, StoreError> {
         let rows = sqlx::query(
-            "SELECT stage, is_final, written, reference, digest FROM build_bases WHERE build_id = \
+            "SELECT stage, is_final, written, reference, digest, also FROM build_bases \
+             WHERE build_id = \
              (SELECT b.id FROM builds b WHERE b.image = $1 AND b.digest = $2 \
               AND b.state = 'succeeded' AND EXISTS \
               (SELECT 1 FROM build_bases x WHERE x.build_id = b.id) \
@@ -81,6 +83,7 @@ impl BuildStore {
                     written: row.try_get("written")?,
                     reference: row.try_get("reference")?,
                     digest: row.try_get("digest")?,
+                    also: words(&row.try_get::<String, _>("also")?),
                 })
             })
             .collect::<sqlx::Result<_>>()
@@ -108,16 +111,16 @@ impl BuildStore {
             .collect())
     }
 
-    /// The newest images of configurations built on `reference` with a digest not in
-    /// `current` (the digests the reference names now: a manifest and, for an index, its
-    /// images).
+    /// The newest images of configurations built on `reference` with none of their base's
+    /// digests in `current` (the digests the reference names now: a manifest and, for an
+    /// index, its images).
     pub async fn dependents(
         &self,
         reference: &str,
         current: &[String],
     ) -> Result<Vec<Dependent>, StoreError> {
         let rows = sqlx::query(concat!(
-            "SELECT DISTINCT b.id, b.request, b.commit_sha, b.finished_at, bb.digest \
+            "SELECT DISTINCT b.id, b.request, b.commit_sha, b.finished_at, bb.digest, bb.also \
              FROM build_bases bb JOIN builds b ON b.id = bb.build_id \
              WHERE bb.reference = $1 AND ",
             newest!(),
@@ -129,7 +132,8 @@ impl BuildStore {
         let mut dependents = Vec::new();
         for row in &rows {
             let digest: String = row.try_get("digest")?;
-            if current.contains(&digest) {
+            let also = words(&row.try_get::<String, _>("also")?);
+            if current.iter().any(|c| *c == digest || also.contains(c)) {
                 continue;
             }
             let request: Option<String> = row.try_get("request")?;
@@ -207,6 +211,10 @@ impl BuildStore {
         .await?;
         Ok(())
     }
+}
+
+fn words(text: &str) -> Vec<String> {
+    text.split_whitespace().map(str::to_owned).collect()
 }
 
 #[cfg(test)]

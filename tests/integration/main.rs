@@ -15,6 +15,7 @@ mod worker_probes;
 
 mod artifacts;
 mod base_images;
+mod base_updates;
 mod build_secrets;
 mod cache_mounts;
 mod cli;

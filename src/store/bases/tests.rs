@@ -19,6 +19,7 @@ fn base(stage: &str, is_final: bool, reference: &str, digest: &str) -> BaseImage
         written: reference.into(),
         reference: reference.into(),
         digest: digest.into(),
+        also: vec![],
     }
 }
 
@@ -90,6 +91,18 @@ async fn only_each_configurations_newest_image_on_another_digest_depends_on_a_mo
         vec![base("0", true, "reg.test/x:1", OLD)],
     )
     .await;
+    // Configuration e: on the new image, known locally by another digest first.
+    let mut known = base("0", true, BASE, OLD);
+    known.digest = "sha256:local".into();
+    known.also = vec![NEW.into()];
+    pushed(&store, "e1", "fp-e", vec![known.clone()]).await;
+    assert_eq!(
+        store
+            .bases_of("reg.test/u/app", "sha256:e1")
+            .await
+            .expect("bases"),
+        [known]
+    );
     // Pinned references are never watched.
     pushed(
         &store,
