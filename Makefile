@@ -1,5 +1,5 @@
 # Entry points for people; CI runs `make test` (see .ci/run). `make help` lists them.
-.PHONY: help run test prep services down status bench bench-api image up logs devc
+.PHONY: help run test prep services down status bench bench-api bench-bases image up logs devc
 
 # docker compose, docker-compose or podman-compose, whichever is installed.
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
@@ -44,6 +44,10 @@ status:
 ## Worker vs raw clone+build+push: medians, cached latency/throughput, RSS.
 bench:
 	scripts/bench.sh
+
+## A base image moves: time from its push to the last of 20 dependents' image.updated.
+bench-bases:
+	scripts/bench-bases.sh
 
 ## GET /v1/builds latency (p50/p99, wrk) with 10,000 stored builds, SQLite and PostgreSQL.
 bench-api:
