@@ -41,6 +41,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
+# The service first: the registry's first notifications then find it listening.
+IMAGE_BUILDER__AMQP__PREFIX=bench-bases-$(date +%s) IMAGE_BUILDER__DATA_DIR=$dir/data \
+  IMAGE_BUILDER__API__LISTEN=127.0.0.1:$api_port IMAGE_BUILDER__API__KEY_HASHES=$hash \
+  IMAGE_BUILDER__REGISTRY__HOST=$registry IMAGE_BUILDER__BASES__NOTIFY_KEY=$key \
+  IMAGE_BUILDER__BASES__POLL_INTERVAL_MS=$poll_ms IMAGE_BUILDER__LOG__LEVEL=${BENCH_LOG_LEVEL:-warn} \
+  "$bin/image-builder" run 2>"$dir/image-builder.log" &
+pids+=($!)
+api=http://127.0.0.1:$api_port
+until curl -fsS "$api/readyz" >/dev/null 2>&1; do sleep 0.2; done
 # The registry, notifying the API of every push (unless polling is measured).
 notifications=""
 if [ "$poll_ms" = 0 ]; then
@@ -89,19 +98,17 @@ cd "$here"
 git daemon --reuseaddr --export-all --base-path="$dir/git" --listen=127.0.0.1 --port="$git_port" \
   --detach --pid-file="$dir/git-daemon.pid"
 
-IMAGE_BUILDER__AMQP__PREFIX=bench-bases-$(date +%s) IMAGE_BUILDER__DATA_DIR=$dir/data \
-  IMAGE_BUILDER__API__LISTEN=127.0.0.1:$api_port IMAGE_BUILDER__API__KEY_HASHES=$hash \
-  IMAGE_BUILDER__REGISTRY__HOST=$registry IMAGE_BUILDER__BASES__NOTIFY_KEY=$key \
-  IMAGE_BUILDER__BASES__POLL_INTERVAL_MS=$poll_ms IMAGE_BUILDER__LOG__LEVEL=warn \
-  "$bin/image-builder" run 2>"$dir/image-builder.log" &
-pids+=($!)
-api=http://127.0.0.1:$api_port
-until curl -fsS "$api/readyz" >/dev/null 2>&1; do sleep 0.2; done
 builds() { # the records of user "bench", newest first
   curl -fsS -H "Authorization: Bearer $key" "$api/v1/builds?user_id=bench&limit=100"
 }
 wait_for() { # jq filter counting builds, wanted count
+  local deadline=$(( $(date +%s) + ${BENCH_TIMEOUT_SECS:-900} ))
   until [ "$(builds | jq "[.builds[] | select($1)] | length")" -ge "$2" ]; do
+    if [ "$(date +%s)" -gt "$deadline" ]; then
+      log "timed out waiting for $2 builds ($1); the registry's notification errors:"
+      grep -i 'sink' "$dir/registry.log" | tail -5 >&2 || true
+      exit 1
+    fi
     if builds | jq -e '[.builds[] | select(.state == "failed")] | length > 0' >/dev/null; then
       log "a build failed:"; builds | jq -c '.builds[] | select(.state == "failed") | {id, error}' >&2
       exit 1

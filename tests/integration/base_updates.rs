@@ -100,6 +100,9 @@ async fn base_move_rebuilds_dependents(how: How) {
         String::new()
     };
     registry.start_with(&notifications).await;
+    if how == How::Notified {
+        refuses_other_keys(&replicas[0], &key).await;
+    }
     let logs = || {
         replicas
             .iter()
@@ -196,6 +199,29 @@ async fn base_move_rebuilds_dependents(how: How) {
     }
     registry.stop();
     stack.cleanup().await;
+}
+
+/// The notification route answers 401 to a missing or wrong key, 202 to the right one.
+async fn refuses_other_keys(api: &Api, key: &str) {
+    let url = format!("{}/v1/registry-events", api.base);
+    let empty = json!({"events": []});
+    for auth in [None, Some("Bearer wrong".to_owned()), Some(key.to_owned())] {
+        let mut request = api.client.post(&url).json(&empty);
+        if let Some(auth) = &auth {
+            request = request.header("Authorization", auth);
+        }
+        let status = request.send().await.expect("API answers").status();
+        assert_eq!(status, reqwest::StatusCode::UNAUTHORIZED, "{auth:?}");
+    }
+    let right = api
+        .client
+        .post(&url)
+        .header("Authorization", format!("Bearer {key}"))
+        .json(&empty)
+        .send()
+        .await
+        .expect("API answers");
+    assert_eq!(right.status(), reqwest::StatusCode::ACCEPTED);
 }
 
 /// Whether the base image is the one the registry serves under `digest`.
