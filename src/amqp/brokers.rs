@@ -14,6 +14,11 @@ use crate::config::{AmqpSettings, broker_endpoint};
 /// How long one broker may take to accept a connection before the next is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a broker that accepted the connection may take to set up a session on it
+/// (declares, policies, consumers). Seen here: a node answering connections and quorum-queue
+/// declares while a classic declare never returned; without a bound the replica hung silently.
+pub const SESSION_SETUP_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub struct Brokers {
     urls: Vec<SecretString>,
     /// Index of the broker the next round starts with.
@@ -74,6 +79,33 @@ impl Brokers {
             });
     }
 
+    /// `setup` (the session's declares and consumers on a connection just made), bounded by
+    /// `SESSION_SETUP_TIMEOUT`: a broker that does not finish it counts as lost, so the next
+    /// round starts with another node, and the error says what hung.
+    pub async fn set_up<T>(
+        &self,
+        setup: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        self.set_up_within(SESSION_SETUP_TIMEOUT, setup).await
+    }
+
+    async fn set_up_within<T>(
+        &self,
+        limit: Duration,
+        setup: impl std::future::Future<Output = anyhow::Result<T>>,
+    ) -> anyhow::Result<T> {
+        match tokio::time::timeout(limit, setup).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.lost();
+                anyhow::bail!(
+                    "the broker accepted the connection but did not finish setting up the session \
+                     (queue declares, policies, consumers) within {limit:?}"
+                )
+            }
+        }
+    }
+
     /// The broker URL whose credentials and vhost the management API is used with: the first.
     pub fn first(&self) -> Option<&SecretString> {
         self.urls.first()
@@ -105,6 +137,32 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("topsecret"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_setup_that_hangs_fails_naming_it_and_moves_to_the_next_broker() {
+        let brokers = Brokers::new(vec![
+            "amqp://a".to_owned().into(),
+            "amqp://b".to_owned().into(),
+        ]);
+        let hung = brokers
+            .set_up_within(
+                Duration::from_millis(20),
+                std::future::pending::<anyhow::Result<()>>(),
+            )
+            .await
+            .expect_err("never finishes");
+        assert!(
+            format!("{hung:#}").contains("did not finish setting up"),
+            "{hung:#}"
+        );
+        assert_eq!(brokers.current.load(Ordering::Acquire), 1);
+        let done = brokers
+            .set_up_within(Duration::from_millis(20), async { anyhow::Ok(7) })
+            .await
+            .expect("finishes");
+        assert_eq!(done, 7);
+        assert_eq!(brokers.current.load(Ordering::Acquire), 1);
     }
 
     #[test]

@@ -113,10 +113,15 @@ async fn keep_connected(
     let brokers = &brokers;
     let open = || async {
         let connection = brokers.connect("image-builder api").await?;
-        topology.declare(&connection).await?;
-        let channel = connection.create_channel().await?;
-        let publisher = Publisher::open(&connection, topology.clone()).await?;
-        anyhow::Ok((connection, Live { publisher, channel }))
+        let live = brokers
+            .set_up(async {
+                topology.declare(&connection).await?;
+                let channel = connection.create_channel().await?;
+                let publisher = Publisher::open(&connection, topology.clone()).await?;
+                anyhow::Ok(Live { publisher, channel })
+            })
+            .await?;
+        anyhow::Ok((connection, live))
     };
     let (tx, shutdown_ref) = (&tx, &shutdown);
     let watch = |(connection, live): (lapin::Connection, Live)| async move {

@@ -6,6 +6,7 @@
 //! (`mount`), what each step reads (`reads`), ignore files (`ignore`), the base images, the
 //! escape character.
 
+mod base_use;
 mod expand;
 mod ignore;
 mod mount;

@@ -5,7 +5,7 @@ use crate::ports::content_digest;
 use serde_json::{Value, json};
 
 /// Single-image manifests we can edit (an index for several platforms is not one of them).
-const MANIFEST_TYPES: [&str; 2] = [
+pub(super) const MANIFEST_TYPES: [&str; 2] = [
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
 ];

@@ -117,6 +117,18 @@ pub trait ImageRegistry: Send + Sync {
         len: u64,
     ) -> Result<(), RegistryError>;
 
+    /// Makes the blob `digest` of `from` (a repository of the same registry) part of
+    /// `repository` without moving its bytes: a cross-repository mount. False when the registry
+    /// did not mount it (it may not know the blob, or not allow mounts); the caller copies then.
+    async fn mount_blob(
+        &self,
+        _repository: &str,
+        _digest: &str,
+        _from: &str,
+    ) -> Result<bool, RegistryError> {
+        Ok(false)
+    }
+
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
     async fn tag(
         &self,

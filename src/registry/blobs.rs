@@ -163,6 +163,45 @@ impl RegistryClient {
         self.upload(repository, digest, len, body).await
     }
 
+    /// POST an upload that names the blob in `from`: 201 is a mount. A registry that cannot
+    /// mount it answers 202 with an ordinary upload session instead, which is abandoned here.
+    pub(super) async fn mount(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        let scope = format!("repository:{repository}:pull,push");
+        let start = self.url(&format!("{repository}/blobs/uploads/"));
+        let answer = self
+            .send(&scope, || {
+                self.http
+                    .post(&start)
+                    .query(&[("mount", digest), ("from", from)])
+                    .header(CONTENT_LENGTH, 0)
+            })
+            .await?;
+        match answer.status() {
+            StatusCode::CREATED => Ok(true),
+            StatusCode::ACCEPTED => {
+                let session = answer
+                    .headers()
+                    .get(LOCATION)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|location| self.base.join(location).ok());
+                if let Some(url) = session {
+                    // Only tidiness: the registry expires abandoned uploads by itself.
+                    let _ = self.send(&scope, || self.http.delete(url.as_str())).await;
+                }
+                Ok(false)
+            }
+            status => Err(RegistryError::Status {
+                status,
+                doing: format!("when mounting {digest} from {from} into {repository}"),
+            }),
+        }
+    }
+
     /// POST an upload, PUT its bytes with the digest (a monolithic upload). The registry's
     /// announced digest of what it stored must be `digest`.
     async fn upload(

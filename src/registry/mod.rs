@@ -206,6 +206,15 @@ impl ImageRegistry for RegistryClient {
         self.put_blob_file(repository, digest, path, len).await
     }
 
+    async fn mount_blob(
+        &self,
+        repository: &str,
+        digest: &str,
+        from: &str,
+    ) -> Result<bool, RegistryError> {
+        self.mount(repository, digest, from).await
+    }
+
     async fn repositories(&self) -> Result<Vec<String>, RegistryError> {
         self.list_repositories().await
     }

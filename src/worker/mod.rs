@@ -134,6 +134,21 @@ async fn open_session(
     policies: &AtomicBool,
 ) -> anyhow::Result<Session> {
     let connection = brokers.connect("image-builder worker").await?;
+    brokers
+        .set_up(set_up_session(
+            settings, brokers, topology, policies, connection,
+        ))
+        .await
+}
+
+/// The session's declares, policies and consumers on a connection just made.
+async fn set_up_session(
+    settings: &Settings,
+    brokers: &amqp::Brokers,
+    topology: &Arc<Topology>,
+    policies: &AtomicBool,
+    connection: lapin::Connection,
+) -> anyhow::Result<Session> {
     topology.declare(&connection).await?;
     if !policies.load(Ordering::Acquire) {
         apply_policies(settings, brokers, topology).await?;

@@ -1,6 +1,7 @@
 //! Integration tests against the real RabbitMQ, registry, podman and a local git server.
 //! Start the services first: `scripts/services.sh up` (`make test` does it).
 
+mod rebase;
 mod records_api;
 mod registry_client;
 mod request_ids;

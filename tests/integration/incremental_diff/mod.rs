@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::support::image_tree::{self, podman};
+use crate::support::image_tree;
 use crate::support::{GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_image, unique};
 use corpus::{Chain, Pair, Route};
 
@@ -82,29 +82,6 @@ fn route_matches(expected: Route, log: &str, build_id: &str) -> Result<(), Strin
     } else {
         Err(format!("expected {expected:?}, took {taken}"))
     }
-}
-
-/// Every difference between the worker's image and the reference.
-fn compare(worker_image: &str, reference: &str) -> Vec<String> {
-    podman(&["pull", "-q", "--tls-verify=false", worker_image]);
-    let mut out = image_tree::differences(
-        &image_tree::tree(reference),
-        &image_tree::tree(worker_image),
-    );
-    let (want, got) = (
-        image_tree::config(reference),
-        image_tree::config(worker_image),
-    );
-    if want != got {
-        out.push(format!("config: {got:#}\n  full build: {want:#}"));
-    }
-    // Names only: removing images would race other tests' builds (podman 4.3's cache lookup
-    // fails when an image goes while it looks); the worker's prune takes them when no build runs.
-    let _ = std::process::Command::new("podman")
-        .args(["untag", worker_image])
-        .output();
-    image_tree::untag(reference);
-    out
 }
 
 /// `IBT_DIFF_CHAINS=bind,stages` runs only those chains (to look at one shape closely).
@@ -209,9 +186,10 @@ async fn incremental_edits_equal_full_builds() {
                     .expect("reference task")
                     .expect("reference build");
                 let _job = jobs.acquire_owned().await.expect("semaphore");
-                let differences = tokio::task::spawn_blocking(move || compare(&image, &tag))
-                    .await
-                    .expect("comparison");
+                let differences =
+                    tokio::task::spawn_blocking(move || image_tree::compare(&image, &tag))
+                        .await
+                        .expect("comparison");
                 (name, differences)
             }));
         }

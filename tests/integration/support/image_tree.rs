@@ -166,6 +166,23 @@ pub fn reference_build(work: &Path, commit: &str, tag: &str, extra: &[&str]) -> 
     }
 }
 
+/// Every difference between the worker's image and the reference.
+pub fn compare(worker_image: &str, reference: &str) -> Vec<String> {
+    podman(&["pull", "-q", "--tls-verify=false", worker_image]);
+    let mut out = differences(&tree(reference), &tree(worker_image));
+    let (want, got) = (config(reference), config(worker_image));
+    if want != got {
+        out.push(format!("config: {got:#}\n  full build: {want:#}"));
+    }
+    // Names only: removing images would race other tests' builds (podman 4.3's cache lookup
+    // fails when an image goes while it looks); the worker's prune takes them when no build runs.
+    let _ = std::process::Command::new("podman")
+        .args(["untag", worker_image])
+        .output();
+    untag(reference);
+    out
+}
+
 /// Removes the one name `name` (never `podman rmi`, which races other builds' cache lookups,
 /// nor `untag IMAGE` alone, which removes every name: the base image's too when a build added
 /// nothing to it).

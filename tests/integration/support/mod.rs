@@ -48,6 +48,9 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Fails loudly (with how to fix it) when a service the tests need is down.
+/// How long the broker may take to declare a test's topology.
+const BROKER_SETUP: Duration = Duration::from_secs(30);
+
 async fn require_services(settings: &Settings) {
     if let Err(e) = image_builder::amqp::connect(&settings.amqp.url, "test probe").await {
         panic!("RabbitMQ is not reachable ({e}); {SERVICES_HINT}");
@@ -101,18 +104,22 @@ impl Stack {
         let connection = image_builder::amqp::connect(&settings.amqp.url, "test")
             .await
             .expect("broker connection");
-        topology
-            .declare(&connection)
-            .await
-            .expect("declare topology");
-        let channel = connection.create_channel().await.expect("channel");
-        let events = topology
-            .subscribe_events(&channel)
-            .await
-            .expect("subscribe to events");
-        let publisher = Publisher::open(&connection, topology.clone())
-            .await
-            .expect("publisher");
+        // Bounded: a wedged broker (seen once: classic declares never answered) must fail the
+        // test with its cause, not hang the suite.
+        let set_up = async {
+            topology.declare(&connection).await?;
+            let channel = connection.create_channel().await?;
+            let events = topology.subscribe_events(&channel).await?;
+            let publisher = Publisher::open(&connection, topology.clone()).await?;
+            anyhow::Ok((events, publisher))
+        };
+        let (events, publisher) = match tokio::time::timeout(BROKER_SETUP, set_up).await {
+            Ok(set_up) => set_up.expect("declare the topology, subscribe to events, publisher"),
+            Err(_) => panic!(
+                "RabbitMQ accepted a connection but did not declare this test's queues within \
+                 {BROKER_SETUP:?}: the broker is wedged, not the code; {SERVICES_HINT}"
+            ),
+        };
         Self {
             prefix,
             settings,
