@@ -93,6 +93,9 @@ pub enum How {
     Cached,
     /// The previous image of this configuration, edited in the registry (final COPY layers).
     Incremental,
+    /// The previous image of this configuration moved onto its moved base in the registry (its
+    /// Dockerfile never reads the base).
+    Rebased,
     /// Built by the engine.
     #[default]
     Full,
@@ -103,6 +106,7 @@ impl How {
         match self {
             Self::Cached => "cached",
             Self::Incremental => "incremental",
+            Self::Rebased => "rebased",
             Self::Full => "full",
         }
     }

@@ -242,7 +242,11 @@ async fn produce(
 ) -> Result<(Manifest, (How, String), Vec<BaseImage>), BuildError> {
     let env = a.env;
     let why = if let Some(moved) = &request.base_update {
-        // The previous image is on the old base: editing it would keep that base.
+        // The incremental edit would keep the old base; a base swap moves the image onto it.
+        match incremental::swap_base(a, moved).await? {
+            Ok((edited, bases)) => return Ok((edited.manifest, (How::Rebased, edited.why), bases)),
+            Err(reason) => a.log.push(&format!("full build: no base swap ({reason})")),
+        }
         moved.why()
     } else if request.no_cache {
         "the request asked for no_cache".to_owned()

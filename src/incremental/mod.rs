@@ -15,12 +15,15 @@
 //! step), one platform. Anything else builds normally, and the build log says why in one line.
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
+mod base_swap;
 mod ignore;
 mod layer;
 mod placement;
 mod tail;
 
 use std::path::Path;
+
+pub use base_swap::swap_base;
 
 use crate::build_log::BuildLog;
 use crate::confined::Tree;

@@ -161,8 +161,10 @@ async fn base_move_rebuilds_dependents(how: How) {
             .count();
         assert_eq!(starts, 1, "{id} built once: {after:?}");
     }
+    // The RUN step reads the base: built again. The COPY-only image: moved in the registry.
+    assert_eq!(updated[0].how, image_builder::events::How::Full);
+    assert_eq!(updated[1].how, image_builder::events::How::Rebased);
     for new in &updated {
-        assert_eq!(new.how, image_builder::events::How::Full);
         assert_eq!(new.bases.len(), 1);
         let on = &new.bases[0];
         assert!(
@@ -185,6 +187,12 @@ async fn base_move_rebuilds_dependents(how: How) {
     assert_eq!(seen.as_deref(), Some("base 2\n"));
     let (latest, _) = registry_image_at(&registry.addr, &format!("{user}/run-app"), "latest").await;
     assert_eq!(latest, updated[0].digest);
+    // The swapped image has the new base's file and its own.
+    let copy = format!("{user}/copy-app");
+    let base_file = file_in_image(&registry.addr, &copy, &updated[1].digest, "base-version").await;
+    assert_eq!(base_file.as_deref(), Some("base 2\n"));
+    let own = file_in_image(&registry.addr, &copy, &updated[1].digest, "app.txt").await;
+    assert_eq!(own.as_deref(), Some("copy app\n"));
 
     // One decision, whichever replica saw it first.
     let decisions = decisions(&url).await;
