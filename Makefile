@@ -1,5 +1,5 @@
 # Entry points for people; CI runs `make test` (see .ci/run). `make help` lists them.
-.PHONY: help run test prep services down status bench bench-api bench-fleet image up logs devc
+.PHONY: help run test prep services down status bench bench-api bench-fleet bench-bases image up logs devc
 
 # docker compose, docker-compose or podman-compose, whichever is installed.
 COMPOSE ?= $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
@@ -48,6 +48,10 @@ bench:
 ## 3 replicas, 200 mixed requests: throughput, p99 pickup, warm-hit ratio with/without affinity.
 bench-fleet:
 	scripts/bench-fleet.sh
+
+## A base image moves: time from its push to the last of 20 dependents' image.updated.
+bench-bases:
+	scripts/bench-bases.sh
 
 ## GET /v1/builds latency (p50/p99, wrk) with 10,000 stored builds, SQLite and PostgreSQL.
 bench-api:

@@ -52,6 +52,18 @@ pub struct Settings {
     /// HTTP webhooks notified of every recorded event.
     pub notify: NotifySettings,
     pub artifacts: ArtifactSettings,
+    /// Rebuilds when a base image moves (`api::base_updates`).
+    pub bases: BaseUpdateSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BaseUpdateSettings {
+    /// Off: no base update publishes a rebuild.
+    pub rebuild: bool,
+    /// 0: no polling (registry notifications only).
+    pub poll_interval_ms: u64,
+    /// The registry's notifications' bearer key; empty refuses them.
+    pub notify_key: SecretString,
 }
 
 #[derive(Debug, Clone, Deserialize)]

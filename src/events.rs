@@ -59,6 +59,30 @@ pub struct ImageUpdated {
     /// files no step but the final COPYs reads changed: app/main.py").
     #[serde(default)]
     pub why: String,
+    /// The base images the image was built on, as the engine resolved and pulled them (a cached
+    /// or incremental answer: those of the image it reused). Absent when unknown.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub bases: Vec<BaseImage>,
+}
+
+/// One stage's base image: what a base update is matched against (`store::bases`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BaseImage {
+    /// The stage's name, or its index when it has none.
+    pub stage: String,
+    /// The stage the image is (the target, else the last).
+    #[serde(rename = "final")]
+    pub is_final: bool,
+    /// As the Dockerfile's FROM says it, its variables expanded.
+    pub written: String,
+    /// The full reference the engine resolved it to (`registry/repository:tag`).
+    pub reference: String,
+    /// The manifest digest of the image the build used, as the engine stored it.
+    pub digest: String,
+    /// Other manifest digests of the same image (a registry may serve it converted, or another
+    /// registry under another digest): a base is up to date when its registry serves any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub also: Vec<String>,
 }
 
 /// How an image came to be.
@@ -69,6 +93,9 @@ pub enum How {
     Cached,
     /// The previous image of this configuration, edited in the registry (final COPY layers).
     Incremental,
+    /// The previous image of this configuration moved onto its moved base in the registry (its
+    /// Dockerfile never reads the base).
+    Rebased,
     /// Built by the engine.
     #[default]
     Full,
@@ -79,6 +106,7 @@ impl How {
         match self {
             Self::Cached => "cached",
             Self::Incremental => "incremental",
+            Self::Rebased => "rebased",
             Self::Full => "full",
         }
     }
@@ -227,6 +255,7 @@ mod tests {
             finished_at: time::OffsetDateTime::UNIX_EPOCH,
             how: Default::default(),
             why: String::new(),
+            bases: Vec::new(),
             artifacts: vec![],
         };
         let plain = serde_json::to_value(&updated).expect("json");

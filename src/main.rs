@@ -203,12 +203,14 @@ async fn run(command: Command, settings: Settings) -> anyhow::Result<ExitCode> {
             )?;
             let api = serving.map(|what| {
                 let registry = startup::registry(&settings);
+                let base_registries = startup::registry_hosts(&settings);
                 image_builder::api::serve(
                     what,
                     settings,
                     store,
                     metrics,
                     registry,
+                    base_registries,
                     shutdown.clone(),
                 )
             });

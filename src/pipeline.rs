@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::build_log::BuildLog;
 use crate::error::{BuildError, RegistryError};
-use crate::events::{BuildRef, How, ImageUpdated};
+use crate::events::{BaseImage, BuildRef, How, ImageUpdated};
 use crate::plan::{self, PlanInput};
 use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
 use crate::redact::Redactor;
@@ -88,11 +88,21 @@ pub async fn run(
     let scope = plan::cache_scope(&job.request, spec.remote.as_str());
     env.engine.prefetch_bases(&scope, &ctx);
     let mut stages = stages::Stages::new(&job.build_id);
-    let checkout = tokio::select! {
+    let mut checkout = tokio::select! {
         result = env.source.resolve(&spec, &ctx) => result?,
         _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout)),
     };
     stages.done("resolve");
+    // A base update rebuilds the commit its configuration's newest image was built from.
+    if let Some(moved) = &job.request.base_update
+        && moved.commit != checkout.commit
+    {
+        log.push(&format!(
+            "{} is at {} now; building {} again, the commit of the image on the old base",
+            checkout.ref_name, checkout.commit, moved.commit
+        ));
+        checkout.commit = moved.commit.clone();
+    }
     let naming = plan::naming(
         &job.request,
         &checkout,
@@ -108,23 +118,27 @@ pub async fn run(
         .map(|p| p.as_str().to_owned())
         .collect();
     let updated =
-        |digest: String, tags: Vec<String>, (how, why): (How, String), artifacts| ImageUpdated {
-            build: job.build_ref(Some(&checkout.ref_name)),
-            commit: checkout.commit.clone(),
-            image: image.clone(),
-            tags,
-            digest,
-            platforms: platforms.clone(),
-            cached: how == How::Cached,
-            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            finished_at: time::OffsetDateTime::now_utc(),
-            artifacts,
-            how,
-            why,
+        |digest: String, tags: Vec<String>, (how, why): (How, String), artifacts, bases| {
+            ImageUpdated {
+                build: job.build_ref(Some(&checkout.ref_name)),
+                commit: checkout.commit.clone(),
+                image: image.clone(),
+                tags,
+                digest,
+                platforms: platforms.clone(),
+                cached: how == How::Cached,
+                duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                finished_at: time::OffsetDateTime::now_utc(),
+                artifacts,
+                how,
+                why,
+                bases,
+            }
         };
 
-    // Built before with this exact configuration: point the tags at it, build nothing.
-    let existing = if job.request.no_cache {
+    // Built before with this exact configuration: point the tags at it, build nothing. Not
+    // for a base update: the configuration is the same, the base is not.
+    let existing = if job.request.no_cache || job.request.base_update.is_some() {
         None
     } else {
         env.registry.manifest(repository, &naming.key_tag).await?
@@ -154,11 +168,16 @@ pub async fn run(
             "this commit and configuration were built before ({})",
             manifest.digest
         );
+        let bases = env
+            .recorded_images
+            .recorded_bases(&image, &manifest.digest)
+            .await?;
         return Ok(updated(
             manifest.digest,
             naming.tags,
             (How::Cached, why),
             exported,
+            bases,
         ));
     }
 
@@ -204,7 +223,7 @@ pub async fn run(
         log,
         ctx: &ctx,
     };
-    let (manifest, how) = produce(&attempt, job.request.no_cache, &ctx).await?;
+    let (manifest, how, bases) = produce(&attempt, &job.request, &ctx).await?;
     stages.done("produce");
     let digest = manifest.digest.clone();
     // The build key goes last (`push_tags` order): it marks a completely pushed build.
@@ -220,42 +239,59 @@ pub async fn run(
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     stages.done("tags");
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
-    Ok(updated(digest, build_spec.tags, how, exported))
+    Ok(updated(digest, build_spec.tags, how, exported, bases))
 }
 
-/// Puts the image under `a.tag` and returns its manifest with how and why it was made: edited
-/// in the registry when only files of the final COPYs changed, else built and pushed by the
-/// engine (and labelled in the registry when the engine did not label it).
+/// Puts the image under `a.tag` and returns its manifest with how and why it was made and the
+/// base images it stands on: edited in the registry when only files of the final COPYs changed,
+/// else built and pushed by the engine (and labelled in the registry when the engine did not
+/// label it).
 async fn produce(
     a: &incremental::Attempt<'_>,
-    no_cache: bool,
+    request: &BuildRequest,
     ctx: &BuildCtx,
-) -> Result<(Manifest, (How, String)), BuildError> {
+) -> Result<(Manifest, (How, String), Vec<BaseImage>), BuildError> {
     let env = a.env;
-    let why = if no_cache {
+    let why = if let Some(moved) = &request.base_update {
+        // The incremental edit would keep the old base; a base swap moves the image onto it.
+        match incremental::swap_base(a, moved).await? {
+            Ok((edited, bases)) => return Ok((edited.manifest, (How::Rebased, edited.why), bases)),
+            Err(reason) => a.log.push(&format!("full build: no base swap ({reason})")),
+        }
+        moved.why()
+    } else if request.no_cache {
         "the request asked for no_cache".to_owned()
     } else if !env.settings.incremental {
         "incremental rebuilds are off (build.incremental)".to_owned()
     } else {
         match incremental::rebuild(a).await? {
-            Ok((edited, why)) => return Ok((edited, (How::Incremental, why))),
+            Ok(edited) => {
+                let bases = env
+                    .recorded_images
+                    .recorded_bases(&a.spec.image, &edited.from)
+                    .await?;
+                return Ok((edited.manifest, (How::Incremental, edited.why), bases));
+            }
             Err(reason) => reason,
         }
     };
-    let manifest = full_build(a, ctx).await?;
-    Ok((manifest, (How::Full, why)))
+    let (manifest, bases) = full_build(a, ctx).await?;
+    Ok((manifest, (How::Full, why), bases))
 }
 
 /// The engine's build and push, labelled in the registry when the engine did not label it.
-async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Manifest, BuildError> {
+async fn full_build(
+    a: &incremental::Attempt<'_>,
+    ctx: &BuildCtx,
+) -> Result<(Manifest, Vec<BaseImage>), BuildError> {
     let (env, spec) = (a.env, a.spec);
     let mut stages = stages::Stages::new(&spec.local_ref);
-    env.engine.build(spec, ctx).await?;
+    let bases = env.engine.build(spec, ctx).await?;
     stages.done("engine build");
     if env.engine.labels_at_build(spec) {
         let digest = env.engine.push(spec, a.tag, ctx).await?;
         // Only the engine's push leaves the manifest to be read back.
-        return env
+        let manifest = env
             .registry
             .manifest(a.repository, &digest)
             .await?
@@ -263,7 +299,8 @@ async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Mani
                 BuildError::Registry(RegistryError::Protocol(format!(
                     "the registry does not know {digest} just pushed"
                 )))
-            });
+            })?;
+        return Ok((manifest, bases));
     }
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
     // under a tag a user reads.
@@ -282,7 +319,7 @@ async fn full_build(a: &incremental::Attempt<'_>, ctx: &BuildCtx) -> Result<Mani
         "labelled {pushed} in the registry: {}",
         labelled.digest
     ));
-    Ok(labelled)
+    Ok((labelled, bases))
 }
 
 /// The request's artifacts, read from the image in the registry and stored next to it.

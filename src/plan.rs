@@ -100,6 +100,11 @@ pub fn plan(
         platforms: req.platforms.clone(),
         target,
         cache_scope: cache_scope(req, input.source_url),
+        refresh_bases: req
+            .base_update
+            .iter()
+            .map(|moved| moved.reference.clone())
+            .collect(),
     })
 }
 

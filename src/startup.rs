@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use crate::config::{EngineKind, Settings};
 use crate::engine::{DockerEngine, Podman};
 use crate::metrics::Metrics;
-use crate::ports::{Environment, ImageEngine, ImageRegistry, PipelineSettings};
+use crate::ports::{Environment, ImageEngine, ImageRegistry, PipelineSettings, RegistryHosts};
 use crate::registry::RegistryClient;
 use crate::source::{ExtraRoots, GitMirrors, NetworkPolicy};
 use crate::store::BuildStore;
@@ -50,6 +50,68 @@ pub fn environment(
 /// The registry images are pushed to: the pipeline's, and the API's for artifacts.
 pub fn registry(settings: &Settings) -> Arc<dyn ImageRegistry> {
     Arc::new(RegistryClient::new(&settings.registry))
+}
+
+/// Clients of the registries base images come from: the product's own registry with its
+/// login, any other anonymously (plain HTTP where `base_images.registries` says insecure), one
+/// client per host so its tokens are reused.
+pub fn registry_hosts(settings: &Settings) -> Arc<dyn RegistryHosts> {
+    Arc::new(BaseRegistryHosts {
+        own: settings.registry.host.clone(),
+        own_client: registry(settings),
+        insecure: settings
+            .base_images
+            .registries
+            .iter()
+            .filter(|entry| entry.insecure)
+            .map(|entry| {
+                entry
+                    .prefix
+                    .split('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned()
+            })
+            .chain(
+                settings
+                    .registry
+                    .insecure
+                    .then(|| settings.registry.host.clone()),
+            )
+            .collect(),
+        clients: std::sync::Mutex::new(std::collections::HashMap::new()),
+    })
+}
+
+struct BaseRegistryHosts {
+    own: String,
+    own_client: Arc<dyn ImageRegistry>,
+    insecure: Vec<String>,
+    clients: std::sync::Mutex<std::collections::HashMap<String, Arc<dyn ImageRegistry>>>,
+}
+
+impl RegistryHosts for BaseRegistryHosts {
+    fn for_host(&self, host: &str) -> Arc<dyn ImageRegistry> {
+        if host == self.own {
+            return self.own_client.clone();
+        }
+        // A panic elsewhere while holding the map left it whole: keep using it.
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(host.to_owned())
+            .or_insert_with(|| {
+                Arc::new(RegistryClient::new(&crate::config::RegistrySettings {
+                    host: host.to_owned(),
+                    insecure: self.insecure.iter().any(|h| h == host),
+                    username: String::new(),
+                    password: secrecy::SecretString::from(String::new()),
+                }))
+            })
+            .clone()
+    }
 }
 
 /// The certificates of `request.git_ca_file`, read at start (none when it is empty).

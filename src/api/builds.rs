@@ -437,7 +437,7 @@ pub async fn rebuild(
 }
 
 /// Room for the rebuild suffix within the 128 characters of an id.
-fn truncate_id(id: &str) -> &str {
+pub(super) fn truncate_id(id: &str) -> &str {
     let mut end = id.len().min(100);
     while !id.is_char_boundary(end) {
         end -= 1;

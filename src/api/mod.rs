@@ -3,6 +3,7 @@
 
 mod artifacts;
 mod auth;
+mod base_updates;
 mod broker;
 mod builds;
 mod catalog;
@@ -12,6 +13,7 @@ mod health;
 pub mod openapi;
 mod params;
 mod registry_browser;
+mod registry_events;
 mod scope;
 mod webhooks;
 
@@ -33,7 +35,7 @@ pub use error::ApiError;
 
 use crate::config::Settings;
 use crate::metrics::Metrics;
-use crate::ports::ImageRegistry;
+use crate::ports::{ImageRegistry, RegistryHosts};
 use crate::request::RequestPolicy;
 use crate::store::BuildStore;
 
@@ -46,6 +48,8 @@ pub struct AppState {
     /// Where artifacts are read from (`registry.host`), chosen by the composition root.
     /// Also what `/v1/registry` lists.
     pub registry: Arc<dyn ImageRegistry>,
+    /// Where base images' tags are resolved (`base_updates`).
+    pub base_registries: Arc<dyn RegistryHosts>,
     /// Ends log follows, so a graceful shutdown does not wait on them.
     pub shutdown: CancellationToken,
     keys: Arc<auth::ApiKeys>,
@@ -63,6 +67,7 @@ impl AppState {
         broker: Broker,
         metrics: Arc<Metrics>,
         registry: Arc<dyn ImageRegistry>,
+        base_registries: Arc<dyn RegistryHosts>,
         shutdown: CancellationToken,
     ) -> anyhow::Result<Self> {
         Ok(Self {
@@ -79,6 +84,7 @@ impl AppState {
             broker,
             metrics,
             registry,
+            base_registries,
         })
     }
 }
@@ -112,6 +118,7 @@ fn webhook_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(webhooks::github::receive))
         .routes(routes!(webhooks::gitlab::receive))
+        .routes(routes!(registry_events::receive))
 }
 
 /// What an orchestrator and a scraper ask for.
@@ -186,6 +193,7 @@ pub async fn serve(
     store: BuildStore,
     metrics: Arc<Metrics>,
     registry: Arc<dyn ImageRegistry>,
+    base_registries: Arc<dyn RegistryHosts>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let broker = Broker::start(settings.clone(), shutdown.clone());
@@ -195,8 +203,13 @@ pub async fn serve(
         broker,
         metrics,
         registry,
+        base_registries,
         shutdown.clone(),
     )?;
+    // Beside the API, which publishes the rebuilds: every API replica polls, the store decides.
+    if what == Serving::Api && settings.bases.poll_interval_ms > 0 {
+        tokio::spawn(base_updates::poll(state.clone(), shutdown.clone()));
+    }
     let (listen, make): (&str, fn(AppState) -> Router) = match what {
         Serving::Api => (&settings.api.listen, router),
         Serving::Probes => (&settings.api.probes_listen, probes_router),

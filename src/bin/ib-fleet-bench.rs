@@ -255,6 +255,7 @@ mod tests {
             artifacts: Vec::new(),
             how,
             why: String::new(),
+            bases: Vec::new(),
         })
     }
 

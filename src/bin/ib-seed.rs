@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             finished_at: time::OffsetDateTime::now_utc(),
             how: Default::default(),
             why: String::new(),
+            bases: Vec::new(),
             artifacts: vec![],
         };
         store.succeeded(&id, 1, &out, None).await?;

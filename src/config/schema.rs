@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use super::layers::{DEFAULTS, Entry, Origin, flatten_toml};
 
 /// Keys whose values are secrets (or URLs that may carry a password): never printed.
-pub const SECRET_KEYS: [&str; 7] = [
+pub const SECRET_KEYS: [&str; 8] = [
     "amqp.url",
     "amqp.urls",
     "registry.password",
@@ -14,6 +14,7 @@ pub const SECRET_KEYS: [&str; 7] = [
     "webhooks.github_secret",
     "webhooks.gitlab_secret",
     "notify.webhooks",
+    "bases.notify_key",
 ];
 
 /// Connectors are a map of operator-chosen names; the defaults' entries name its fields.

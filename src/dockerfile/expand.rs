@@ -4,10 +4,34 @@
 
 use super::Dockerfile;
 
+/// The image a stage is built on, following `FROM <earlier stage>` to the image beneath it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StageBase {
+    pub index: usize,
+    /// As written after `AS`.
+    pub name: Option<String>,
+    /// Expanded; None for `scratch`.
+    pub image: Option<String>,
+}
+
 impl Dockerfile {
     /// The images the stages build `FROM` after expansion (stages and `scratch` left out), in
     /// order, each once. `given` answers a build arg's value by name.
     pub fn expanded_bases<'a>(&self, given: impl Fn(&str) -> Option<&'a str>) -> Vec<String> {
+        let mut images = Vec::new();
+        for stage in self.stage_bases(given) {
+            if let Some(image) = stage.image
+                && !images.contains(&image)
+            {
+                images.push(image);
+            }
+        }
+        images
+    }
+
+    /// Each stage's base image after expansion, a stage built on an earlier one given that
+    /// one's image.
+    pub fn stage_bases<'a>(&self, given: impl Fn(&str) -> Option<&'a str>) -> Vec<StageBase> {
         let value = |name: &str| -> Option<String> {
             let (_, default) = self.global_args.iter().rev().find(|(n, _)| n == name)?;
             given(name).map(str::to_owned).or_else(|| {
@@ -16,15 +40,21 @@ impl Dockerfile {
                     .map(|d| expand(d, &|_| None, self.escape))
             })
         };
-        let mut images = Vec::new();
+        let mut stages: Vec<StageBase> = Vec::with_capacity(self.stages.len());
         for (n, stage) in self.stages.iter().enumerate() {
             let image = expand(&stage.base, &value, self.escape);
-            let is_stage = self.stage_ref(n, &image).is_some();
-            if !is_stage && !image.eq_ignore_ascii_case("scratch") && !images.contains(&image) {
-                images.push(image);
-            }
+            let image = match self.stage_ref(n, &image) {
+                Some(earlier) => stages.get(earlier).and_then(|s| s.image.clone()),
+                None if image.eq_ignore_ascii_case("scratch") => None,
+                None => Some(image),
+            };
+            stages.push(StageBase {
+                index: n,
+                name: stage.written_name.clone(),
+                image,
+            });
         }
-        images
+        stages
     }
 }
 

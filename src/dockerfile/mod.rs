@@ -13,6 +13,7 @@ mod mount;
 mod parse;
 mod reads;
 
+pub use expand::StageBase;
 pub use ignore::IgnoreFile;
 pub use mount::{Mount, MountKind};
 pub use reads::{Read, context_path, overlaps};

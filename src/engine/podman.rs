@@ -2,6 +2,7 @@
 //! the value from there), registry credentials through a 0600 auth file: no secret is in argv.
 //! RUN steps run in the build's sandbox (`sandbox.rs`) unless the operator chose chroot.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
@@ -28,6 +29,7 @@ use crate::build_log::BuildLog;
 use crate::config::{Isolation, RegistryCredentials, Settings};
 use crate::dockerfile::Dockerfile;
 use crate::error::{BuildError, EngineError, cause_chain};
+use crate::events::BaseImage;
 use crate::now_and_then::NowAndThen;
 use crate::ports::{BuildCtx, BuildSpec};
 use crate::process::{self, Invocation, ProcessError};
@@ -299,7 +301,16 @@ impl Podman {
         let bases = dockerfile.expanded_bases(|name| spec.build_args.get(name));
         for base in &bases {
             self.prefetch.settled(base).await;
-            let triggers = match self.triggers(base, ctx).await? {
+            // A base update moved this tag: the local copy is the old image.
+            let moved = spec
+                .refresh_bases
+                .contains(&self.base_images.lookup(base).resolved);
+            let local = if moved {
+                None
+            } else {
+                self.triggers(base, ctx).await?
+            };
+            let triggers = match local {
                 Some(triggers) => triggers,
                 None => {
                     self.pull(base, &bases, checked_platform(&spec.platforms), ctx)
@@ -348,6 +359,82 @@ impl Podman {
                 &out.tail(3),
             )),
         }
+    }
+
+    /// The base image of every stage with the digest of the local image the build used (the
+    /// trigger check pulled each one, so all are in the local store).
+    async fn bases_used(
+        &self,
+        spec: &BuildSpec,
+        dockerfile: &Dockerfile,
+        ctx: &BuildCtx,
+    ) -> Result<Vec<BaseImage>, BuildError> {
+        let stages = dockerfile.stage_bases(|name| spec.build_args.get(name));
+        let last = match &spec.target {
+            Some(target) => stages
+                .iter()
+                .position(|s| s.name.as_deref() == Some(target.as_str())),
+            None => stages.len().checked_sub(1),
+        };
+        let mut digests: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut used = Vec::new();
+        for stage in stages {
+            let Some(image) = stage.image else { continue };
+            let digest = match digests.get(&image) {
+                Some(digest) => digest.clone(),
+                None => {
+                    let digest = self.image_digests(&image, ctx).await?;
+                    digests.insert(image.clone(), digest.clone());
+                    digest
+                }
+            };
+            // image_digests never answers an empty list.
+            let Some((first, others)) = digest.split_first() else {
+                continue;
+            };
+            used.push(BaseImage {
+                stage: stage.name.unwrap_or_else(|| stage.index.to_string()),
+                is_final: Some(stage.index) == last,
+                reference: self.base_images.lookup(&image).resolved,
+                written: image,
+                digest: first.clone(),
+                also: others.to_vec(),
+            });
+        }
+        Ok(used)
+    }
+
+    /// The manifest digests of local image `image`: its own first, then every other podman
+    /// recorded for it. An image whose layers were already local gets only a name added by a
+    /// pull, so its own digest may be another registry's (or a local build's); the digest its
+    /// registry serves is among the others.
+    async fn image_digests(&self, image: &str, ctx: &BuildCtx) -> Result<Vec<String>, BuildError> {
+        let inspect = self
+            .podman(ctx.remaining())
+            .args([
+                "image",
+                "inspect",
+                "--format",
+                "{{.Digest}}\n{{json .RepoDigests}}",
+            ])
+            .arg(image);
+        let out = BuildLog::new(Redactor::default());
+        process::run(inspect, &out, &ctx.cancel)
+            .await
+            .map_err(|e| {
+                super::program_failed(e, format!("reading the digest of {image}"), &out.tail(3))
+            })?;
+        let lines = out.tail(2);
+        let digests = match lines.as_slice() {
+            [own, repo_digests] => known_digests(own, repo_digests),
+            _ => Vec::new(),
+        };
+        if digests.is_empty() {
+            return Err(
+                EngineError::Said(format!("podman gave {image} no digest: {lines:?}")).into(),
+            );
+        }
+        Ok(digests)
     }
 
     /// `podman pull` of a base image, its failure read as a build's failure to pull would be.
@@ -408,7 +495,7 @@ impl ImageEngine for Podman {
         self.prefetch.start(pulls, ctx.log.clone());
     }
 
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
         let shown = super::shown_dockerfile(source_dockerfile, context_dir);
@@ -541,8 +628,10 @@ impl ImageEngine for Podman {
             let pullable: Vec<String> = named.into_iter().filter(|b| b != "scratch").collect();
             self.prefetch.record(&spec.cache_scope, &pullable);
         }
-        built
+        built?;
         // The image as a whole is checked against the disk limit while it is pushed.
+        // Still under the store's turn: no prune can remove a base between build and inspect.
+        self.bases_used(spec, &parsed, ctx).await
     }
 
     async fn push(
@@ -648,6 +737,24 @@ fn created_before(lines: &[String], age: Duration) -> Vec<String> {
 }
 
 /// Several platforms are built into one local manifest list and pushed as one.
+/// `own` (podman's `.Digest`), then the digests of its `RepoDigests` (a JSON list of
+/// `name@digest`: every name crossed with every digest the image is known by), each once.
+fn known_digests(own: &str, repo_digests: &str) -> Vec<String> {
+    let listed: Vec<String> = serde_json::from_str(repo_digests.trim()).unwrap_or_default();
+    let mut digests: Vec<String> = Vec::new();
+    let candidates = std::iter::once(own.trim()).chain(
+        listed
+            .iter()
+            .filter_map(|entry| entry.split_once('@').map(|(_, d)| d)),
+    );
+    for digest in candidates {
+        if digest.starts_with("sha256:") && !digests.iter().any(|d| d == digest) {
+            digests.push(digest.to_owned());
+        }
+    }
+    digests
+}
+
 fn is_multi_platform(spec: &BuildSpec) -> bool {
     spec.platforms.len() > 1
 }
@@ -696,6 +803,16 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn a_base_is_known_by_its_own_digest_and_every_repo_digest() {
+        let repo_digests = r#"["localhost/b@sha256:aa","127.0.0.1:5000/ns/b@sha256:bb","127.0.0.1:5000/ns/b@sha256:aa"]"#;
+        assert_eq!(
+            known_digests("sha256:aa\n", repo_digests),
+            ["sha256:aa", "sha256:bb"]
+        );
+        assert_eq!(known_digests("", "null"), Vec::<String>::new());
+    }
 
     #[test]
     fn only_containers_older_than_any_build_are_leftovers() {

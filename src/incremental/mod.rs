@@ -15,12 +15,15 @@
 //! step), one platform. Anything else builds normally, and the build log says why in one line.
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
+mod base_swap;
 mod ignore;
 mod layer;
 mod placement;
 mod tail;
 
 use std::path::Path;
+
+pub use base_swap::swap_base;
 
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
@@ -47,11 +50,18 @@ pub struct Attempt<'a> {
     pub ctx: &'a BuildCtx,
 }
 
+/// An image made by editing the previous one.
+pub struct Edited {
+    pub manifest: Manifest,
+    /// Why it could be edited.
+    pub why: String,
+    /// The digest of the image it was edited from (whose base images it keeps).
+    pub from: String,
+}
+
 /// The edited image, pushed under `tag`, with why it could be edited; or why this build needs
 /// the engine.
-pub async fn rebuild(
-    attempt: &Attempt<'_>,
-) -> Result<Result<(Manifest, String), String>, BuildError> {
+pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Result<Edited, String>, BuildError> {
     let outcome = try_rebuild(attempt).await?;
     if let Err(reason) = &outcome {
         attempt
@@ -78,7 +88,7 @@ fn named(paths: &[String]) -> String {
 
 /// Outer error: the registry or git failed (a service fault, as in any build). Inner error:
 /// why this build does not qualify.
-async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<(Manifest, String), String>, BuildError> {
+async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildError> {
     let spec = a.spec;
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
@@ -239,7 +249,11 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<(Manifest, String), Strin
             named(&changed)
         )
     };
-    Ok(Ok((edited, why)))
+    Ok(Ok(Edited {
+        manifest: edited,
+        why,
+        from: previous.digest,
+    }))
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

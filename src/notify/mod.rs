@@ -296,6 +296,7 @@ mod tests {
                 finished_at: time::OffsetDateTime::UNIX_EPOCH,
                 how: Default::default(),
                 why: String::new(),
+                bases: Vec::new(),
                 artifacts: Vec::new(),
             }),
             Event::Failed(failed.clone()),

@@ -177,3 +177,56 @@ async fn a_build_waiting_for_a_slot_can_be_cancelled() {
     );
     assert_eq!(f.engine.build_count(), 0);
 }
+
+fn base_image() -> crate::events::BaseImage {
+    crate::events::BaseImage {
+        stage: "0".into(),
+        is_final: true,
+        written: "reg.test/base:v1".into(),
+        reference: "reg.test/base:v1".into(),
+        digest: format!("sha256:{}", "1".repeat(64)),
+        also: vec![],
+    }
+}
+
+#[tokio::test]
+async fn the_bases_are_reported_and_a_cached_answer_carries_those_of_the_image_it_reuses() {
+    let f = fixture(1);
+    f.engine.build_on(vec![base_image()]);
+    let first = build(&f, "r1").await.expect("pushed");
+    assert_eq!(first.bases, [base_image()]);
+    f.recorded
+        .trust_on(&first.image, &first.digest, first.bases.clone());
+    f.engine.build_on(Vec::new());
+    let second = build(&f, "r2").await.expect("answered");
+    assert_eq!(second.how, crate::events::How::Cached);
+    assert_eq!(second.bases, [base_image()]);
+}
+
+#[tokio::test]
+async fn a_base_update_builds_the_same_configuration_again_and_pulls_the_moved_base() {
+    let f = fixture(1);
+    f.engine.build_on(vec![base_image()]);
+    let first = build(&f, "r1").await.expect("pushed");
+    f.recorded.trust(&first.image, &first.digest);
+    let moved = format!("sha256:{}", "2".repeat(64));
+    let mut rebuild = job("r2");
+    rebuild.request.base_update = Some(crate::request::BaseUpdate {
+        reference: "reg.test/base:v1".into(),
+        digest: moved.clone(),
+        commit: COMMIT.into(),
+    });
+    let log = BuildLog::new(Redactor::default());
+    let updated = run(&f.env, &rebuild, &log, &CancellationToken::new())
+        .await
+        .expect("rebuilt");
+    assert_eq!(f.engine.build_count(), 2, "not answered from the build key");
+    assert_eq!(updated.how, crate::events::How::Full);
+    assert_eq!(
+        updated.why,
+        format!("base reg.test/base:v1 moved to {moved}")
+    );
+    assert_eq!(updated.commit, COMMIT);
+    let refreshed = f.engine.refreshed.lock().expect("lock").clone();
+    assert_eq!(refreshed, [vec![], vec!["reg.test/base:v1".to_owned()]]);
+}

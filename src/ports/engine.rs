@@ -7,6 +7,7 @@ use async_trait::async_trait;
 
 use super::BuildCtx;
 use crate::error::BuildError;
+use crate::events::BaseImage;
 use crate::request::{BuildArgs, BuildSecrets, Platform};
 
 /// Everything an engine needs for one build.
@@ -39,6 +40,9 @@ pub struct BuildSpec {
     /// Whose `RUN --mount=type=cache` directories the build uses: one set per user and
     /// repository, so builds of one repository reuse them and no other tenant ever sees them.
     pub cache_scope: String,
+    /// Base images (resolved references) to pull again before building even when the local
+    /// store has them: a base update moved their tag.
+    pub refresh_bases: Vec<String>,
 }
 
 /// How the image is described.
@@ -62,8 +66,9 @@ impl BuildSpec {
 
 #[async_trait]
 pub trait ImageEngine: Send + Sync {
-    /// Builds the image locally under `spec.local_ref`.
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError>;
+    /// Builds the image locally under `spec.local_ref`; returns the base images it was built on
+    /// with the digests it used (empty when the engine cannot tell).
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError>;
 
     /// Whether the built image carries `spec.labels`. When it does not, the pipeline writes them
     /// into the pushed image's config through the registry (a few small requests, where a

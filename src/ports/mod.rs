@@ -16,5 +16,7 @@ pub use context::BuildCtx;
 pub use engine::{BuildSpec, ImageEngine, Recipe};
 pub use environment::{Environment, PipelineSettings, recorded};
 pub use recorded::RecordedImages;
-pub use registry::{BlobChunks, BlobStream, ImageRegistry, Manifest, content_digest};
+pub use registry::{
+    BlobChunks, BlobStream, ImageRegistry, Manifest, RegistryHosts, content_digest,
+};
 pub use source::{Checkout, SourceFetcher, SourceHold, SourceSpec};

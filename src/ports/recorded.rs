@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use crate::error::StoreError;
-use crate::events::ArtifactRef;
+use crate::events::{ArtifactRef, BaseImage};
 
 /// Whether an image digest is one of this service's finished builds.
 #[async_trait]
@@ -21,6 +21,16 @@ pub trait RecordedImages: Send + Sync {
         _image: &str,
         _digest: &str,
     ) -> Result<Vec<ArtifactRef>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    /// The base images recorded for `image@digest`: a cached or incremental answer reuses
+    /// that image's bases. None by default.
+    async fn recorded_bases(
+        &self,
+        _image: &str,
+        _digest: &str,
+    ) -> Result<Vec<BaseImage>, StoreError> {
         Ok(Vec::new())
     }
 }

@@ -164,3 +164,9 @@ pub trait ImageRegistry: Send + Sync {
         Ok(())
     }
 }
+
+/// A registry client per host, for the registries base images come from (the watcher of
+/// `api::base_updates` resolves their tags).
+pub trait RegistryHosts: Send + Sync {
+    fn for_host(&self, host: &str) -> std::sync::Arc<dyn ImageRegistry>;
+}

@@ -116,6 +116,16 @@ impl Fields {
             .collect()
     }
 
+    /// An object, handed back as its own `Fields` (errors name `name.member`).
+    pub(super) fn object(&mut self, name: &str) -> Result<Option<Fields>, Rejection> {
+        let path = self.named(name);
+        match self.take(name) {
+            None => Ok(None),
+            Some(Value::Object(map)) => Ok(Some(Fields { map, prefix: path })),
+            Some(other) => Err(wrong_type(&path, "an object", &other)),
+        }
+    }
+
     pub(super) fn string_map(
         &mut self,
         name: &str,

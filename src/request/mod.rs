@@ -2,6 +2,7 @@
 //! refusal. Nothing downstream handles unvalidated input.
 
 mod artifacts;
+mod base_update;
 mod fields;
 mod fingerprint;
 mod repo;
@@ -16,6 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 pub use artifacts::{ArtifactSpec, MAX_ARTIFACTS};
+pub use base_update::BaseUpdate;
 pub use repo::{Connector, RepoSpec, strip_userinfo};
 pub use types::{
     ArtifactName, GitRef, ImageName, ImagePath, Platform, RelPath, RequestId, StageName, Tag,
@@ -162,6 +164,10 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Paths of the built image to export as OCI artifacts after the push.
     pub artifacts: Vec<ArtifactSpec>,
+    /// Rebuild this configuration when a base image it was built on moves (default true).
+    pub rebuild_on_base_update: bool,
+    /// Set on the rebuilds a moved base image publishes.
+    pub base_update: Option<BaseUpdate>,
 }
 
 /// Best-effort identifiers of a request, for the `build.rejected` event of one that failed to parse.
@@ -231,6 +237,8 @@ impl BuildRequest {
                 .map(|a| serde_json::json!({"name": a.name.as_str(), "path": a.path.as_str()}))
                 .collect::<Vec<_>>(),
             "has_token": self.token.is_some(),
+            "rebuild_on_base_update": self.rebuild_on_base_update,
+            "base_update": self.base_update.as_ref().map(BaseUpdate::to_json),
         })
     }
 
@@ -320,6 +328,8 @@ impl BuildRequest {
         let labels = parse_labels(f.string_map("labels", MAX_MAP)?)?;
         let no_cache = f.boolean("no_cache")?.unwrap_or(false);
         let artifacts = artifacts::parse_artifacts(&mut f)?;
+        let rebuild_on_base_update = f.boolean("rebuild_on_base_update")?.unwrap_or(true);
+        let base_update = base_update::parse_base_update(&mut f)?;
         f.finish()?;
 
         Ok(Self {
@@ -342,6 +352,8 @@ impl BuildRequest {
             labels,
             no_cache,
             artifacts,
+            rebuild_on_base_update,
+            base_update,
         })
     }
 }

@@ -289,3 +289,62 @@ fn the_recorded_view_parses_back_with_its_artifacts() {
     assert_eq!(again.artifacts, req.artifacts);
     assert_eq!(again.fingerprint(), req.fingerprint());
 }
+
+#[test]
+fn rebuild_on_base_update_and_base_update_are_checked_and_named() {
+    let policy = RequestPolicy {
+        max_body_bytes: 65536,
+        allowed_schemes: vec!["https".into()],
+    };
+    let parse = |extra: &str| {
+        let body = format!(r#"{{"repo":"acme/app","user_id":"u1"{extra}}}"#);
+        BuildRequest::parse(body.as_bytes(), &policy, None)
+    };
+    let plain = parse("").expect("valid");
+    assert!(plain.rebuild_on_base_update);
+    assert!(plain.base_update.is_none());
+    let off = parse(r#","rebuild_on_base_update":false"#).expect("valid");
+    assert!(!off.rebuild_on_base_update);
+    assert_eq!(off.public_view()["rebuild_on_base_update"], false);
+    let err = parse(r#","rebuild_on_base_update":"no""#).expect_err("a string");
+    assert_eq!(err.field, "rebuild_on_base_update");
+
+    let digest = format!("sha256:{}", "a".repeat(64));
+    let commit = "b".repeat(40);
+    let update = format!(
+        r#","base_update":{{"reference":"reg.test/base:v1","digest":"{digest}","commit":"{commit}"}}"#
+    );
+    let parsed = parse(&update).expect("valid");
+    let moved = parsed.base_update.as_ref().expect("set");
+    assert_eq!(
+        moved.why(),
+        format!("base reg.test/base:v1 moved to {digest}")
+    );
+    assert_eq!(parsed.public_view()["base_update"]["commit"], commit);
+    for (body, field) in [
+        (r#","base_update":1"#.to_owned(), "base_update"),
+        (
+            r#","base_update":{"digest":"sha256:1","commit":"c"}"#.to_owned(),
+            "base_update.reference",
+        ),
+        (
+            format!(
+                r#","base_update":{{"reference":"r:1","digest":"sha256:1","commit":"{commit}"}}"#
+            ),
+            "base_update.digest",
+        ),
+        (
+            format!(r#","base_update":{{"reference":"r:1","digest":"{digest}","commit":"main"}}"#),
+            "base_update.commit",
+        ),
+        (
+            format!(
+                r#","base_update":{{"reference":"r:1","digest":"{digest}","commit":"{commit}","x":1}}"#
+            ),
+            "base_update.x",
+        ),
+    ] {
+        let err = parse(&body).expect_err(&body);
+        assert_eq!(err.field, field, "{body}: {err:?}");
+    }
+}

@@ -213,6 +213,7 @@ mod tests {
             finished_at: OffsetDateTime::now_utc(),
             how: Default::default(),
             why: String::new(),
+            bases: Vec::new(),
             artifacts,
         }
     }

@@ -3,6 +3,7 @@
 //! (shared by replicas) run the same queries and the same migrations.
 
 mod artifacts;
+mod bases;
 mod deliveries;
 mod lease;
 mod log_writer;
@@ -20,6 +21,7 @@ use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
 
 pub use artifacts::ArtifactRecord;
+pub use bases::Dependent;
 pub use lease::{CancelRequest, Lease, Renewal};
 pub use log_writer::LogWriter;
 pub use notifications::Notification;

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 
 use super::BuildStore;
 use crate::error::StoreError;
-use crate::events::ArtifactRef;
+use crate::events::{ArtifactRef, BaseImage};
 use crate::ports::RecordedImages;
 
 #[async_trait]
@@ -49,5 +49,13 @@ impl RecordedImages for BuildStore {
             })
         };
         Ok(rows.iter().map(artifact).collect::<sqlx::Result<_>>()?)
+    }
+
+    async fn recorded_bases(
+        &self,
+        image: &str,
+        digest: &str,
+    ) -> Result<Vec<BaseImage>, StoreError> {
+        self.bases_of(image, digest).await
     }
 }

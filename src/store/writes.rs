@@ -160,6 +160,7 @@ impl BuildStore {
         .execute(&mut *tx)
         .await?;
         super::artifacts::replace(&mut tx, id, &out.artifacts, now).await?;
+        super::bases::replace(&mut tx, id, &out.bases).await?;
         history(&mut tx, id, BuildState::Succeeded, attempt, None).await?;
         let wrote = self.notify.enqueue(&mut tx, event).await?;
         tx.commit().await?;
@@ -216,6 +217,10 @@ impl BuildStore {
             .await?;
         // The records only: the artifacts stay in the registry next to the image, like it.
         sqlx::query("DELETE FROM build_artifacts WHERE build_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM build_bases WHERE build_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

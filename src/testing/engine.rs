@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 
 use super::FakeRegistry;
 use crate::error::BuildError;
+use crate::events::BaseImage;
 use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Manifest, content_digest};
 
 pub struct FakeEngine {
@@ -23,6 +24,10 @@ pub struct FakeEngine {
     pub started: Notify,
     /// The next this many builds panic (a bug in an adapter).
     panics: AtomicUsize,
+    /// What every build reports it was built on.
+    bases: Mutex<Vec<BaseImage>>,
+    /// The `refresh_bases` of every build, in order.
+    pub refreshed: Mutex<Vec<Vec<String>>>,
 }
 
 impl FakeEngine {
@@ -34,6 +39,14 @@ impl FakeEngine {
             hold: AtomicBool::new(false),
             started: Notify::new(),
             panics: AtomicUsize::new(0),
+            bases: Mutex::new(Vec::new()),
+            refreshed: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn build_on(&self, bases: Vec<BaseImage>) {
+        if let Ok(mut held) = self.bases.lock() {
+            *held = bases;
         }
     }
 
@@ -58,8 +71,11 @@ impl FakeEngine {
 
 #[async_trait]
 impl ImageEngine for FakeEngine {
-    async fn build(&self, _spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError> {
         self.builds.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut refreshed) = self.refreshed.lock() {
+            refreshed.push(spec.refresh_bases.clone());
+        }
         self.started.notify_one();
         let panic = self
             .panics
@@ -73,7 +89,7 @@ impl ImageEngine for FakeEngine {
         }
         match self.failures.lock().ok().and_then(|mut f| f.pop_front()) {
             Some(error) => Err(error),
-            None => Ok(()),
+            None => Ok(self.bases.lock().map(|b| b.clone()).unwrap_or_default()),
         }
     }
 

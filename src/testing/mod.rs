@@ -5,7 +5,7 @@ mod engine;
 mod registry;
 mod source;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -19,19 +19,32 @@ pub use source::FakeSource;
 
 use crate::config::ConnectorSettings;
 use crate::error::StoreError;
+use crate::events::BaseImage;
 use crate::ports::{Environment, PipelineSettings, RecordedImages};
 
 /// The registry host fake images are named under.
 pub const REGISTRY_HOST: &str = "registry.test";
 
-/// Digests trusted as this service's own builds (the store's role, without a database).
+/// Digests trusted as this service's own builds (the store's role, without a database), with
+/// the base images recorded for them.
 #[derive(Default)]
-pub struct RecordedDigests(Mutex<HashSet<(String, String)>>);
+pub struct RecordedDigests(
+    Mutex<HashSet<(String, String)>>,
+    Mutex<HashMap<(String, String), Vec<BaseImage>>>,
+);
 
 impl RecordedDigests {
     pub fn trust(&self, image: &str, digest: &str) {
         if let Ok(mut set) = self.0.lock() {
             set.insert((image.to_owned(), digest.to_owned()));
+        }
+    }
+
+    /// Trusts `image@digest` as built on `bases`.
+    pub fn trust_on(&self, image: &str, digest: &str, bases: Vec<BaseImage>) {
+        self.trust(image, digest);
+        if let Ok(mut map) = self.1.lock() {
+            map.insert((image.to_owned(), digest.to_owned()), bases);
         }
     }
 }
@@ -43,6 +56,19 @@ impl RecordedImages for RecordedDigests {
             .0
             .lock()
             .is_ok_and(|set| set.contains(&(image.to_owned(), digest.to_owned()))))
+    }
+
+    async fn recorded_bases(
+        &self,
+        image: &str,
+        digest: &str,
+    ) -> Result<Vec<BaseImage>, StoreError> {
+        Ok(self
+            .1
+            .lock()
+            .ok()
+            .and_then(|map| map.get(&(image.to_owned(), digest.to_owned())).cloned())
+            .unwrap_or_default())
     }
 }
 

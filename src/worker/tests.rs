@@ -21,6 +21,7 @@ use crate::testing::{self, FakeEngine, FakeRegistry, FakeSource};
 
 /// What left the handler, in order.
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // a test recording: its size does not matter
 enum Sent {
     Event(Event),
     Queue {

@@ -519,6 +519,7 @@ async fn a_download_whose_blob_is_not_its_digest_is_cut_off() {
         finished_at: time::OffsetDateTime::now_utc(),
         how: Default::default(),
         why: String::new(),
+        bases: Vec::new(),
         artifacts: vec![ArtifactRef {
             name: "dist".into(),
             path: "/app/dist".into(),

@@ -18,6 +18,7 @@ mod worker_probes;
 mod artifacts;
 mod base_images;
 mod base_prefetch;
+mod base_updates;
 mod build_secrets;
 mod cache_mounts;
 mod cli;

@@ -33,6 +33,17 @@ pub enum Trigger {
     Ignored(String),
 }
 
+/// Whether `given` is the configured shared `secret`. Digests first: equal-length inputs, so
+/// neither the secret's length nor its prefix leaks through the comparison's timing.
+pub fn secret_matches(secret: &str, given: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    let (want, got) = (
+        Sha256::digest(secret.as_bytes()),
+        Sha256::digest(given.as_bytes()),
+    );
+    want.as_slice().ct_eq(got.as_slice()).into()
+}
+
 /// The body as read under the route's limit: an oversize body is refused before any
 /// signature or token is looked at.
 pub fn bounded_body(

@@ -196,10 +196,17 @@ impl DockerEngine {
 
 #[async_trait]
 impl ImageEngine for DockerEngine {
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+    /// The bases are not reported: dockerd's classic builder names no digest it pulled.
+    async fn build(
+        &self,
+        spec: &BuildSpec,
+        ctx: &BuildCtx,
+    ) -> Result<Vec<crate::events::BaseImage>, BuildError> {
         no_secrets(spec)?;
         let platform = one_platform(spec)?;
-        self.within(ctx, self.run_build(spec, ctx, platform)).await
+        self.within(ctx, self.run_build(spec, ctx, platform))
+            .await
+            .map(|()| Vec::new())
     }
 
     async fn push(

@@ -24,11 +24,17 @@ impl TestRegistry {
     }
 
     pub async fn start(&mut self) {
+        self.start_with("").await;
+    }
+
+    /// Starts it with `extra` appended to its config.yml (top-level YAML sections, such as
+    /// `notifications:`).
+    pub async fn start_with(&mut self, extra: &str) {
         let config = self.storage.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {}\n{extra}",
                 self.storage.path().join("data").display(),
                 self.addr
             ),
