@@ -223,3 +223,42 @@ async fn an_https_remote_gets_a_tls_client_hello_at_the_checked_address() {
     );
     assert_eq!(head[1], 0x03, "TLS version 3.x: {head:?}");
 }
+
+/// An http git host that redirects: libgit2 would follow a redirect to another port of its own
+/// host (for http that is the relay, on loopback) even with redirects off, past the relay and
+/// the policy. The relay answers the redirect itself: the fetch is refused naming the redirect,
+/// and the port it pointed at is never connected to.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirecting_http_host_is_refused_and_its_target_never_reached() {
+    let aside = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let aside_port = aside.local_addr().expect("addr").port();
+    let hostile = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let hostile_url = format!("http://{}", hostile.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = hostile.accept().await {
+            tokio::spawn(async move {
+                let mut head = [0u8; 4096];
+                let _ = client.read(&mut head).await;
+                let moved = format!(
+                    "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{aside_port}/acme/x.git/info/refs?service=git-upload-pack\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                );
+                let _ = client.write_all(moved.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mirrors, spec) = mirror_of(dir.path(), &format!("{hostile_url}/acme/x.git"));
+    let refused = tokio::time::timeout(OUTER, mirrors.resolve(&spec, &ctx_for(dir.path(), OUTER)))
+        .await
+        .expect("returned");
+    let err = match refused {
+        Err(err) => err,
+        Ok(resolved) => panic!("a redirect resolved to {}", resolved.commit),
+    };
+    assert_eq!(err.classify(), Fault::Rejected, "{err}");
+    assert!(err.to_string().contains("redirect (HTTP 302)"), "{err}");
+    assert!(
+        !reached_before(&aside).await,
+        "the redirect's target was connected to"
+    );
+}

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -128,8 +128,66 @@ impl Conn {
         if server.write_all(&first).await.is_err() {
             return;
         }
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+        let (mut from_client, mut to_client) = client.split();
+        let (mut from_server, mut to_server) = server.split();
+        // The request's body flows on while the answer's status line is read.
+        let upstream = async {
+            let _ = tokio::io::copy(&mut from_client, &mut to_server).await;
+            let _ = to_server.shutdown().await;
+            std::future::pending::<()>().await
+        };
+        let downstream = async {
+            let Some(start) = status_line(&mut from_server).await else {
+                return;
+            };
+            if let Some(code) = redirect(&start) {
+                if let Ok(mut slot) = self.refusal.lock() {
+                    slot.get_or_insert(format!(
+                        "{host} answered with a redirect (HTTP {code}), and redirects are not \
+                         followed: give the repository's final URL"
+                    ));
+                }
+                let _ = to_client.write_all(&status(502, "Bad Gateway")).await;
+                return;
+            }
+            if to_client.write_all(&start).await.is_ok() {
+                let _ = tokio::io::copy(&mut from_server, &mut to_client).await;
+            }
+        };
+        // One request per connection (`Connection: close`): the answer's end is the end.
+        tokio::select! {
+            _ = upstream => {}
+            _ = downstream => {}
+        }
     }
+}
+
+/// Enough of an answer to read its status code ("HTTP/1.1 302"), or all of a shorter one.
+const STATUS_START: usize = 12;
+
+/// The answer's first bytes, at least `STATUS_START` of them unless it is shorter; None when
+/// the server failed before sending any.
+async fn status_line(server: &mut (impl AsyncRead + Unpin)) -> Option<Vec<u8>> {
+    let mut start = Vec::with_capacity(256);
+    let mut chunk = [0u8; 256];
+    while start.len() < STATUS_START {
+        match server.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => start.extend_from_slice(&chunk[..n]),
+            Err(_) => return None,
+        }
+    }
+    (!start.is_empty()).then_some(start)
+}
+
+/// The status code of an answer that redirects. libgit2 follows a redirect to another port of
+/// the same host even with redirects off; its host is the relay's, on loopback, so a redirect
+/// passed on would take the fetch past the relay to any local port (the broker, the store).
+fn redirect(start: &[u8]) -> Option<u16> {
+    let line = start.get(..STATUS_START)?;
+    let code = std::str::from_utf8(line.strip_prefix(b"HTTP/1.")?.get(2..5)?).ok()?;
+    let code: u16 = code.parse().ok()?;
+    (300..400).contains(&code).then_some(code)
 }
 
 fn status(code: u16, text: &str) -> Vec<u8> {
@@ -207,14 +265,49 @@ mod tests {
         let n = server.read(&mut head).await.expect("request");
         let head = String::from_utf8_lossy(&head[..n]);
         assert!(head.contains(&format!("Host: {addr}\r\n")), "{head}");
-        server.write_all(b"hello").await.expect("write");
-        let mut got = [0; 5];
+        let answer = b"HTTP/1.1 200 OK\r\n\r\nhello";
+        server.write_all(answer).await.expect("write");
+        let mut got = [0; 24];
         client.read_exact(&mut got).await.expect("read");
-        assert_eq!(&got, b"hello");
+        assert_eq!(&got, answer);
 
         cancel.cancel();
         let mut rest = Vec::new();
         let n = client.read_to_end(&mut rest).await.unwrap_or(0);
         assert_eq!(n, 0, "the relay closed the connection on cancel");
+    }
+
+    /// A redirect never reaches libgit2, which would follow it to another port of the relay's
+    /// own host (loopback) past the policy: the fetch gets a 502 and the refusal says why.
+    #[tokio::test]
+    async fn a_redirect_is_answered_by_the_relay_and_recorded() {
+        let target = TcpListener::bind("127.0.0.1:0").await.expect("target");
+        let addr = target.local_addr().expect("addr");
+        let policy = NetworkPolicy::allowing(vec!["127.0.0.0/8".parse().expect("cidr")]);
+        let relay = Relay::start(policy, self::target(addr), stop())
+            .await
+            .expect("relay");
+        let mut client = ask(&relay).await;
+        let (mut server, _) = target.accept().await.expect("accepted");
+        let mut head = vec![0; 256];
+        let _ = server.read(&mut head).await.expect("request");
+        let moved = "HTTP/1.1 301 Moved Permanently\r\nLocation: http://127.0.0.1:5672/\r\n\r\n";
+        server.write_all(moved.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        client.read_to_end(&mut answer).await.expect("answer");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+        assert!(!answer.contains("5672"), "{answer}");
+        let refusal = relay.refusal().expect("recorded");
+        assert!(refusal.contains("redirect (HTTP 301)"), "{refusal}");
+    }
+
+    #[test]
+    fn only_3xx_answers_are_redirects() {
+        assert_eq!(redirect(b"HTTP/1.1 302 Found\r\n"), Some(302));
+        assert_eq!(redirect(b"HTTP/1.0 307 x"), Some(307));
+        assert_eq!(redirect(b"HTTP/1.1 200 OK\r\n"), None);
+        assert_eq!(redirect(b"HTTP/1.1 404 Not Found"), None);
+        assert_eq!(redirect(b"hello"), None);
     }
 }
