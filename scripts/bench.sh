@@ -9,7 +9,7 @@ runs=${BENCH_RUNS:-5}
 dir=$here/.run/bench
 port=${BENCH_GIT_PORT:-9419}
 log() { printf '[bench] %s\n' "$*" >&2; }
-parts=" ${BENCH_PARTS:-busybox debian mix} "
+parts=" ${BENCH_PARTS:-busybox debian mix bases} "
 part() { [[ $parts == *" $1 "* ]]; }
 
 scripts/services.sh up >/dev/null 2>&1
@@ -292,6 +292,13 @@ if part mix; then
     echo "  at once $(field "$at" wall_s) s wall, one after another $(field "$serial" wall_s) s"
     echo "  cached ones at once: p99 $(field "$(cached_of "$at")" p99_ms) ms; one after another: p99 $(field "$(cached_of "$serial")" p99_ms) ms"
   } >>"$report"
+fi
+# A base image moves: push to the last of 20 dependents' image.updated (its own script: it runs
+# its own registry with notifications and its own API).
+if part bases; then
+  log "base updates: 20 dependents"
+  scripts/bench-bases.sh 2>"$dir/bench-bases.log" | tail -1 >>"$report" ||
+    echo "base updates: failed (see $dir/bench-bases.log)" >>"$report"
 fi
 echo
 cat "$report"
