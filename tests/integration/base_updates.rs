@@ -5,7 +5,6 @@
 //! name so the workers' podman must pull the moved tag itself.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use image_builder::events::{Event, ImageUpdated};
@@ -13,7 +12,7 @@ use serde_json::json;
 
 use crate::support::api::postgres_database;
 use crate::support::image_blobs::valid_tar_entries;
-use crate::support::image_tree::untag;
+use crate::support::image_tree::{podman, untag};
 use crate::support::{
     Api, GitServer, RepoFixture, Stack, TestRegistry, expect_image, registry_image_at, unique,
 };
@@ -272,18 +271,6 @@ fn read_trimmed(path: &Path) -> String {
         .expect("digest file")
         .trim()
         .to_owned()
-}
-
-fn podman(args: &[&str]) {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .expect("podman runs");
-    assert!(
-        out.status.success(),
-        "podman {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The content of `path` in image `name@digest`, read from its layers (the last one wins).
