@@ -167,25 +167,11 @@ async fn set_up_session(
         )
         .await?;
     let publisher = Publisher::open(&connection, topology.clone()).await?;
-    let consumer = channel
-        .basic_consume(
-            topology.build_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let consumer = consumer_of(&channel, &topology.build_queue).await?;
     let control = topology
         .subscribe_control(&connection.create_channel().await?)
         .await?;
-    let dead_lettered = channel
-        .basic_consume(
-            topology.dead_lettered_queue.as_str().into(),
-            "".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+    let dead_lettered = consumer_of(&channel, &topology.dead_lettered_queue).await?;
     let affinity = match &topology.affinity {
         Some(affinity) => {
             topology.declare_affinity_queue(&connection).await?;
@@ -196,14 +182,7 @@ async fn set_up_session(
             channel
                 .basic_qos(settings.amqp.prefetch, BasicQosOptions::default())
                 .await?;
-            let consumer = channel
-                .basic_consume(
-                    affinity.queue.as_str().into(),
-                    "".into(),
-                    BasicConsumeOptions::default(),
-                    FieldTable::default(),
-                )
-                .await?;
+            let consumer = consumer_of(&channel, &affinity.queue).await?;
             Some((channel, consumer))
         }
         None => None,
@@ -224,6 +203,18 @@ async fn set_up_session(
         dead_lettered,
         affinity,
     })
+}
+
+/// A consumer of `queue` on `channel`, with the defaults every queue of the worker uses.
+async fn consumer_of(channel: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Consumer> {
+    channel
+        .basic_consume(
+            queue.into(),
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// This replica's retry delays and delivery limit, as policies. Once per process, not per
