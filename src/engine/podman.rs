@@ -57,6 +57,8 @@ pub struct Podman {
     pruning: NowAndThen,
     /// Builds and the prune take turns on the host's image store.
     store: StoreLock,
+    /// Tags and untags take turns on the host's image names.
+    names: StoreLock,
     /// The registries.conf every podman child reads (`CONTAINERS_REGISTRIES_CONF`).
     registries_conf: PathBuf,
     /// Where base images are looked for, named when one cannot be pulled.
@@ -96,6 +98,7 @@ impl Podman {
             leftover_age: Duration::from_secs(build.timeout_secs) + Duration::from_secs(600),
             pruning: NowAndThen::new(super::PRUNE_EVERY),
             store: StoreLock::host(),
+            names: StoreLock::names(),
             registries_conf: conf.path,
             base_images: conf.images,
             cache_mounts: CacheMounts::new(
@@ -224,17 +227,50 @@ impl Podman {
     /// removes *every* name of the image, and a build whose steps add nothing is the base image
     /// itself (seen: `localhost/busybox:latest` untagged): name the one tag to remove. On the
     /// build's path (about 50 ms): a task left running past the build dies with a stopping
-    /// worker and leaks the name (seen in tests).
+    /// worker and leaks the name (seen in tests). Not cancellable, and after a failed push too:
+    /// a name left behind keeps its image, or the base a build added nothing to, named forever
+    /// (seen: every retried push of a bare `FROM busybox` left one on busybox).
     async fn forget_local(&self, spec: &BuildSpec, ctx: &BuildCtx) {
+        const FORGET_TIMEOUT: Duration = Duration::from_secs(30);
         let forget: Vec<&str> = if is_multi_platform(spec) {
             vec!["manifest", "rm", &spec.local_ref]
         } else {
             vec!["untag", &spec.local_ref, &spec.local_ref]
         };
-        let untag = self.invocation(ctx).args(forget);
-        if let Err(e) = process::run(untag, &ctx.log, &ctx.cancel).await {
+        let untag = self.podman(FORGET_TIMEOUT).args(forget);
+        let _turn = self.names.exclusive(FORGET_TIMEOUT).await;
+        if let Err(e) = process::run(untag, &ctx.log, &CancellationToken::new()).await {
             tracing::warn!("failed to untag {}: {}", spec.local_ref, cause_chain(&e));
         }
+    }
+
+    /// Gives the built image (`--iidfile`) the build's local name. Still under the store's turn,
+    /// so no prune removes the image before it has a name.
+    async fn name_built(
+        &self,
+        spec: &BuildSpec,
+        iid_file: &Path,
+        ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
+        let id = std::fs::read_to_string(iid_file).map_err(|e| {
+            BuildError::Engine(EngineError::Said(format!(
+                "podman wrote no image id for the build: {e}"
+            )))
+        })?;
+        let tag = self
+            .invocation(ctx)
+            .args(["tag", id.trim(), spec.local_ref.as_str()]);
+        let _turn = self.names.exclusive(ctx.remaining()).await;
+        process::run(tag, &ctx.log, &ctx.cancel)
+            .await
+            .map_err(|e| {
+                super::program_failed(
+                    e,
+                    format!("naming the built image {}", spec.local_ref),
+                    &ctx.log.tail(1),
+                )
+            })?;
+        Ok(())
     }
 
     /// A step that writes quickly and exits can finish between two looks of the disk watch:
@@ -544,10 +580,13 @@ impl ImageEngine for Podman {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);
         }
         // One local name per build: concurrent builds of one image never push each other's tags.
+        // A single image is named after the build, under the names lock (`name_built`); a list
+        // is a new image of its own, named as it is made.
+        let iid_file = ctx.scratch_dir.join("image-id");
         inv = inv.arg(if is_multi_platform(spec) {
             format!("--manifest={}", spec.local_ref)
         } else {
-            format!("--tag={}", spec.local_ref)
+            format!("--iidfile={}", iid_file.display())
         });
         if !spec.platforms.is_empty() {
             let list: Vec<&str> = spec.platforms.iter().map(|p| p.as_str()).collect();
@@ -629,12 +668,39 @@ impl ImageEngine for Podman {
             self.prefetch.record(&spec.cache_scope, &pullable);
         }
         built?;
+        if !is_multi_platform(spec) {
+            self.name_built(spec, &iid_file, ctx).await?;
+        }
         // The image as a whole is checked against the disk limit while it is pushed.
         // Still under the store's turn: no prune can remove a base between build and inspect.
-        self.bases_used(spec, &parsed, ctx).await
+        let used = self.bases_used(spec, &parsed, ctx).await;
+        if used.is_err() {
+            // No push follows to forget the name.
+            self.forget_local(spec, ctx).await;
+        }
+        used
     }
 
     async fn push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<String, BuildError> {
+        let pushed = self.push_named(spec, tag, ctx).await;
+        // Pushed or not, the local name goes (its layers stay as build cache): a failed push
+        // is retried as a new build with a name of its own.
+        self.forget_local(spec, ctx).await;
+        if pushed.is_ok() {
+            self.prune_layer_cache_now_and_then();
+        }
+        pushed
+    }
+}
+
+impl Podman {
+    /// Pushes the build's local image as `spec.image:tag`; its digest.
+    async fn push_named(
         &self,
         spec: &BuildSpec,
         tag: &str,
@@ -670,24 +736,14 @@ impl ImageEngine for Podman {
             })
         };
         // The first error ends both: a push of a too-large image is dropped (killed) here.
-        if let Err(e) = tokio::try_join!(self.check_image_size(spec, ctx), pushing) {
-            if matches!(e, BuildError::LimitExceeded(_)) {
-                self.forget_local(spec, ctx).await;
-            }
-            return Err(e);
-        }
-        let digest = std::fs::read_to_string(&digest_file)
+        tokio::try_join!(self.check_image_size(spec, ctx), pushing)?;
+        std::fs::read_to_string(&digest_file)
             .map(|d| d.trim().to_owned())
             .map_err(|e| {
                 BuildError::PushFailed(EngineError::Said(format!(
                     "podman wrote no digest for {reference}: {e}"
                 )))
-            })?;
-
-        // The registry has it now; the local name goes (its layers stay as build cache).
-        self.forget_local(spec, ctx).await;
-        self.prune_layer_cache_now_and_then();
-        Ok(digest)
+            })
     }
 }
 

@@ -7,6 +7,12 @@
 //! window. Every worker on a host shares one store, so the lock is a host-wide flock: builds
 //! hold it shared, a prune holds it exclusively and therefore never overlaps a build of any
 //! worker on the host. A process that dies releases its flock with it.
+//!
+//! Names need a turn of their own: podman 4.3's `untag` reads an image's names and writes them
+//! back without the one removed, so name changes racing on one image resurrect each other's
+//! names (seen: 30 concurrent untags of one image left 29 names). Builds whose images are equal
+//! (a bare `FROM`, an `ARG` only) name one image, so every tag and untag of the host's workers
+//! takes the exclusive names lock.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -18,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const LOCK_FILE: &str = "/run/image-builder/podman-store.lock";
+const NAMES_LOCK_FILE: &str = "/run/image-builder/podman-names.lock";
 
 /// How often a waiting holder looks again: flock has no async wait, and a blocking one could
 /// not be cancelled.
@@ -39,6 +46,13 @@ impl StoreLock {
     pub(super) fn host() -> Self {
         Self {
             path: PathBuf::from(LOCK_FILE),
+        }
+    }
+
+    /// The host's lock on image names (see the module's comment).
+    pub(super) fn names() -> Self {
+        Self {
+            path: PathBuf::from(NAMES_LOCK_FILE),
         }
     }
 

@@ -80,9 +80,7 @@ fn compare(fixture: &Fixture, worker_image: &str, reference: &str) -> Vec<String
         }
     }
     // The pulled image carries a build id label: its only names are ours to remove.
-    let _ = std::process::Command::new("podman")
-        .args(["untag", worker_image])
-        .output();
+    image_tree::untag(worker_image);
     image_tree::untag(reference);
     out
 }

@@ -176,9 +176,7 @@ pub fn compare(worker_image: &str, reference: &str) -> Vec<String> {
     }
     // Names only: removing images would race other tests' builds (podman 4.3's cache lookup
     // fails when an image goes while it looks); the worker's prune takes them when no build runs.
-    let _ = std::process::Command::new("podman")
-        .args(["untag", worker_image])
-        .output();
+    untag(worker_image);
     untag(reference);
     out
 }
@@ -262,6 +260,50 @@ pub fn podman(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The names of `image`, or why podman could not tell.
+pub fn names(image: &str) -> Result<Vec<String>, String> {
+    let out = Command::new("podman")
+        .args(["image", "inspect", "--format", "{{json .RepoTags}}", image])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())
+}
+
+/// Waits until `image` carries no worker build name (`image-builder/build:*`) beyond those in
+/// `before` (another test's build may hold one for a moment), and fails naming those left; it
+/// must still carry `image` itself. An inspect can fail for a moment while another test's image
+/// goes (podman 4.3's lookup), so only the last answer before the deadline counts.
+pub async fn expect_no_new_build_names(image: &str, before: &[String]) {
+    let new = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|n| n.contains("image-builder/build") && !before.contains(n))
+            .cloned()
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let seen = loop {
+        let seen = names(image);
+        if seen.as_ref().is_ok_and(|n| new(n).is_empty()) || std::time::Instant::now() >= deadline {
+            break seen;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let seen = seen.unwrap_or_else(|e| panic!("{image} is gone: {e}"));
+    assert!(
+        seen.iter().any(|n| n == image),
+        "{image} lost its name: {seen:?}"
+    );
+    assert!(
+        new(&seen).is_empty(),
+        "build names left on {image}: {:?}",
+        new(&seen)
+    );
 }
 
 #[test]
