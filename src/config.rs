@@ -36,6 +36,9 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// Bound of the bare-mirror cache; least recently used mirrors are evicted beyond it.
     pub git_cache_max_mb: u64,
+    /// Checkouts kept for the next build of their repository (one each, least recently kept
+    /// go first); 0 keeps none.
+    pub kept_checkouts: usize,
     pub log: LogSettings,
     pub amqp: AmqpSettings,
     pub retry: RetrySettings,
@@ -545,6 +548,11 @@ impl Settings {
 
     pub fn work_dir(&self) -> PathBuf {
         self.data_dir.join("work")
+    }
+
+    /// Beside the builds' work dirs (on their filesystem: a checkout is kept by a rename).
+    pub fn kept_checkouts_dir(&self) -> PathBuf {
+        self.work_dir().join(".kept")
     }
 
     /// Each tenant's `RUN --mount=type=cache` directories, one directory per tenant.

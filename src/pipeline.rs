@@ -239,6 +239,8 @@ pub async fn run(
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     stages.done("tags");
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
+    env.source
+        .keep_checkout(&spec, &checkout.commit, &checkout_dir);
     Ok(updated(digest, build_spec.tags, how, exported, bases))
 }
 

@@ -15,7 +15,7 @@ use crate::engine::{DockerEngine, Podman};
 use crate::metrics::Metrics;
 use crate::ports::{Environment, ImageEngine, ImageRegistry, PipelineSettings, RegistryHosts};
 use crate::registry::RegistryClient;
-use crate::source::{ExtraRoots, GitMirrors, NetworkPolicy};
+use crate::source::{ExtraRoots, GitMirrors, KeptTrees, NetworkPolicy};
 use crate::store::BuildStore;
 
 /// The adapters a worker builds with, as `settings` choose them.
@@ -38,7 +38,11 @@ pub fn environment(
                 NetworkPolicy::allowing(settings.request.allowed_networks.0.clone()),
             )
             .trusting(git_roots(settings)?)
-            .counting(metrics.clone()),
+            .counting(metrics.clone())
+            .keeping(KeptTrees::new(
+                settings.kept_checkouts_dir(),
+                settings.kept_checkouts,
+            )),
         ),
         engine,
         registry: registry(settings),

@@ -25,23 +25,22 @@ pub struct Mount {
     pub target: Option<String>,
     /// A cache mount's name (BuildKit's default is the target).
     pub id: Option<String>,
+    /// `rw` / `readwrite` (or `ro=false`): steps may write to it.
+    pub writable: bool,
+}
+
+/// A BuildKit boolean option: present without a value means true.
+fn flag_value(val: &str) -> Result<bool, String> {
+    match val.to_ascii_lowercase().as_str() {
+        "" | "true" | "1" => Ok(true),
+        "false" | "0" => Ok(false),
+        other => Err(format!("{other:?} is not true or false")),
+    }
 }
 
 /// Keys BuildKit accepts besides `type`, `from`, source and target (their values change no
 /// file a step can read from the commit).
-const OTHER_KEYS: [&str; 11] = [
-    "readonly",
-    "ro",
-    "readwrite",
-    "rw",
-    "sharing",
-    "mode",
-    "uid",
-    "gid",
-    "required",
-    "size",
-    "env",
-];
+const OTHER_KEYS: [&str; 7] = ["sharing", "mode", "uid", "gid", "required", "size", "env"];
 
 impl Mount {
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -54,6 +53,7 @@ impl Mount {
             source: None,
             target: None,
             id: None,
+            writable: false,
         };
         for field in value.split(',').filter(|f| !f.is_empty()) {
             let (key, val) = field.split_once('=').unwrap_or((field, ""));
@@ -72,6 +72,8 @@ impl Mount {
                 "source" | "src" => mount.source = Some(val.to_owned()),
                 "target" | "dst" | "destination" => mount.target = Some(val.to_owned()),
                 "id" => mount.id = Some(val.to_owned()),
+                "rw" | "readwrite" => mount.writable = flag_value(val)?,
+                "ro" | "readonly" => mount.writable = !flag_value(val)?,
                 key if OTHER_KEYS.contains(&key) => {}
                 other => return Err(format!("unknown mount option {other:?}")),
             }
@@ -91,8 +93,21 @@ mod tests {
         assert_eq!(m.source.as_deref(), Some("b.txt"));
         assert_eq!(m.target.as_deref(), Some("/m.txt"));
         assert_eq!(m.from, None);
+        assert!(!m.writable);
         let m = Mount::parse("type=bind,target=/src,rw").expect("parses");
-        assert_eq!((m.kind, m.source), (MountKind::Bind, None));
+        assert_eq!(
+            (m.kind, m.source, m.writable),
+            (MountKind::Bind, None, true)
+        );
+        for (text, writable) in [
+            ("target=/s,readwrite=true", true),
+            ("target=/s,rw=false", false),
+            ("target=/s,ro=false", true),
+            ("target=/s,readonly", false),
+        ] {
+            assert_eq!(Mount::parse(text).expect(text).writable, writable, "{text}");
+        }
+        assert!(Mount::parse("target=/s,rw=maybe").is_err());
     }
 
     #[test]

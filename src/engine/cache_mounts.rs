@@ -61,6 +61,16 @@ fn step_refusal(step: &Step) -> Option<String> {
 }
 
 fn mount_refusal(mount: &Mount) -> Option<String> {
+    // podman 4.3 writes a step's changes to a writable bind back into the checkout (BuildKit
+    // discards them): past the build's disk bound, and into the tree later steps and the
+    // incremental path read.
+    if mount.kind == MountKind::Bind && mount.writable {
+        return Some(
+            "is a writable bind, whose writes podman would keep in the checkout (BuildKit \
+             discards them); drop rw, or COPY the files and write to the copy"
+                .into(),
+        );
+    }
     if mount.kind != MountKind::Cache {
         return None;
     }
@@ -189,6 +199,25 @@ mod tests {
             let why = refused(text).unwrap_or_else(|| panic!("not refused: {text}"));
             assert!(why.contains("RUN (line"), "{why}");
         }
+    }
+
+    #[test]
+    fn writable_binds_are_refused_naming_the_step() {
+        for text in [
+            "FROM a\nRUN --mount=type=bind,source=.,target=/ctx,rw touch /ctx/x\n",
+            "FROM a\nRUN --mount=target=/ctx,readwrite=true true\n",
+            "FROM a\nFROM b\nRUN --mount=type=bind,from=0,target=/s,ro=false true\n",
+        ] {
+            let why = refused(text).unwrap_or_else(|| panic!("not refused: {text}"));
+            assert!(
+                why.contains("RUN (line") && why.contains("writable bind"),
+                "{why}"
+            );
+        }
+        assert_eq!(
+            refused("FROM a\nRUN --mount=type=bind,target=/ctx,rw=false true\n"),
+            None
+        );
     }
 
     #[test]

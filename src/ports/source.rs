@@ -92,6 +92,10 @@ pub trait SourceFetcher: Send + Sync {
         dest: &Path,
         ctx: &BuildCtx,
     ) -> Result<(), BuildError>;
+
+    /// `dir`, the checkout of `commit` a build succeeded with, may serve the repository's next
+    /// build (which then writes only what changed). By default it goes with the work dir.
+    fn keep_checkout(&self, _spec: &SourceSpec, _commit: &str, _dir: &Path) {}
 }
 
 impl SourceSpec {

@@ -2,13 +2,14 @@
 //! ref listing (one round trip); the mirror is fetched under a file lock (safe across builds and
 //! replicas sharing the dir) only when it lacks that commit -- the first time just the commit
 //! (shallow), deepened when an incremental diff needs an earlier one. Then one commit is checked
-//! out, after measuring what it would write.
+//! out, after measuring what it would write: into the repository's kept tree when there is one
+//! (`kept_trees`), writing only what changed since its commit.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use git2::{Oid, Repository, build::CheckoutBuilder};
+use git2::{Delta, FileMode, Oid, Repository, Tree, build::CheckoutBuilder};
 use secrecy::ExposeSecret;
 use sha2::{Digest, Sha256};
 
@@ -16,6 +17,7 @@ use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
 use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
 use super::fetch::FetchPlan;
+use super::kept_trees::{KeptTrees, seal_of};
 use super::refs::{Listing, Refs, Wanted};
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
@@ -40,6 +42,8 @@ pub struct GitMirrors {
     eviction: NowAndThen,
     /// Counts mirrors over the cache bound, when given.
     metrics: Option<std::sync::Arc<Metrics>>,
+    /// Checkouts kept for the repositories' next builds.
+    kept: KeptTrees,
 }
 
 const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -66,7 +70,14 @@ impl GitMirrors {
             fetches: FreshGates::default(),
             eviction: NowAndThen::new(EVICTION_EVERY),
             metrics: None,
+            kept: KeptTrees::none(),
         }
+    }
+
+    /// Keeps builds' checkouts in `kept` for their repositories' next builds.
+    pub fn keeping(mut self, kept: KeptTrees) -> Self {
+        self.kept = kept;
+        self
     }
 
     /// Counts builds refused for a mirror over the cache bound in `metrics`.
@@ -255,8 +266,66 @@ impl SourceFetcher for GitMirrors {
             max_entries: MAX_CHECKOUT_ENTRIES,
         };
         let stop = Stop::new(&ctx.cancel, ctx.deadline);
-        blocking(move || checkout_commit(&mirror, &commit, &dest, &bounds, &stop)).await
+        let kept = self.kept.clone();
+        blocking(move || {
+            let key = mirror_key(&mirror);
+            let taken = kept.take(&key, &dest);
+            let updated = taken.and_then(|taken| {
+                match update_kept(&mirror, &taken.commit, &commit, &dest, &bounds, &stop) {
+                    Ok((written, removed)) => {
+                        tracing::info!(
+                            "checkout: the kept tree of {} brought to {commit} ({written} \
+                             file(s) written, {removed} removed)",
+                            taken.commit
+                        );
+                        Some(())
+                    }
+                    Err(why) => {
+                        tracing::info!("checked out afresh: {why}");
+                        let _ = std::fs::remove_dir_all(&dest);
+                        None
+                    }
+                }
+            });
+            if updated.is_none() {
+                checkout_commit(&mirror, &commit, &dest, &bounds, &stop)?;
+            }
+            // Sealed before the build runs: only a tree nothing wrote to since is kept.
+            if let Some(seal) = seal_of(&dest) {
+                let _ = std::fs::write(seal_path(&dest), seal);
+            }
+            Ok(())
+        })
+        .await
     }
+
+    fn keep_checkout(&self, spec: &SourceSpec, commit: &str, dir: &Path) {
+        let Ok(seal) = std::fs::read_to_string(seal_path(dir)) else {
+            return;
+        };
+        let Some(staged) = self.kept.stage(dir, &seal) else {
+            return;
+        };
+        let (kept, key, commit) = (
+            self.kept.clone(),
+            mirror_key(&self.mirror_path(spec)),
+            commit.to_owned(),
+        );
+        tokio::task::spawn_blocking(move || kept.publish(staged, &key, &commit));
+    }
+}
+
+/// Where a checkout's seal is written: beside it, in the build's work dir.
+fn seal_path(dest: &Path) -> PathBuf {
+    dest.with_extension("seal")
+}
+
+/// A kept tree's key: its mirror's directory name.
+fn mirror_key(mirror: &Path) -> String {
+    mirror
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 impl GitMirrors {
@@ -487,6 +556,102 @@ fn checkout_commit(
     Ok(())
 }
 
+/// Turns `dest`, a kept tree of commit `from`, into a checkout of `to`: the files that changed
+/// are removed and written again, nothing else is touched. Only plain files may have changed
+/// (a symlink, submodule or type change is left to a fresh checkout, as is anything unexpected).
+fn update_kept(
+    mirror: &Path,
+    from: &str,
+    to: &str,
+    dest: &Path,
+    bounds: &CheckoutBounds,
+    stop: &Stop,
+) -> Result<(usize, usize), String> {
+    let (_lock, repo) = open_for_reading(mirror, stop).map_err(|e| e.to_string())?;
+    let tree_of = |sha: &str| -> Result<Tree<'_>, String> {
+        Oid::from_str(sha)
+            .and_then(|oid| repo.find_commit(oid))
+            .and_then(|commit| commit.tree())
+            .map_err(|e| format!("commit {sha}: {e}"))
+    };
+    let (old, new) = (tree_of(from)?, tree_of(to)?);
+    checkout_size::ensure_fits(&repo, &new, bounds).map_err(|e| e.to_string())?;
+    let diff = repo
+        .diff_tree_to_tree(Some(&old), Some(&new), None)
+        .map_err(|e| format!("comparing {from} and {to}: {e}"))?;
+    let plain = |mode: FileMode| {
+        matches!(
+            mode,
+            FileMode::Blob | FileMode::BlobExecutable | FileMode::Unreadable
+        )
+    };
+    let (mut written, mut removed) = (Vec::new(), 0);
+    for delta in diff.deltas() {
+        let (old_file, new_file) = (delta.old_file(), delta.new_file());
+        if !plain(old_file.mode()) || !plain(new_file.mode()) {
+            return Err("a symlink, submodule or type changed".into());
+        }
+        let path = new_file
+            .path()
+            .or(old_file.path())
+            .and_then(Path::to_str)
+            .filter(|p| {
+                p.split('/')
+                    .all(|part| !matches!(part, "" | "." | ".." | ".git"))
+            })
+            .ok_or("a changed path is not plain UTF-8")?;
+        match delta.status() {
+            Delta::Deleted => {
+                remove_with_empty_parents(dest, path)?;
+                removed += 1;
+            }
+            Delta::Added | Delta::Modified => {
+                // Written anew, so that the mode is the blob's as in a fresh checkout.
+                if dest.join(path).symlink_metadata().is_ok() {
+                    std::fs::remove_file(dest.join(path)).map_err(|e| format!("{path}: {e}"))?;
+                }
+                written.push(path.to_owned());
+            }
+            other => return Err(format!("{path} is {other:?}")),
+        }
+    }
+    if written.is_empty() {
+        return Ok((0, removed));
+    }
+    let mut opts = CheckoutBuilder::new();
+    opts.target_dir(dest)
+        .force()
+        .recreate_missing(true)
+        .update_index(false)
+        .disable_filters(true)
+        .disable_pathspec_match(true);
+    for path in &written {
+        opts.path(path);
+    }
+    repo.checkout_tree(new.as_object(), Some(&mut opts))
+        .map_err(|e| format!("writing the changed files: {e}"))?;
+    Ok((written.len(), removed))
+}
+
+/// Removes the file at `path` beneath `dest`, then each parent directory left empty (a fresh
+/// checkout has no empty directories).
+fn remove_with_empty_parents(dest: &Path, path: &str) -> Result<(), String> {
+    let file = dest.join(path);
+    if !file.symlink_metadata().is_ok_and(|m| m.is_file()) {
+        return Err(format!("{path} is not the file the kept commit has"));
+    }
+    std::fs::remove_file(&file).map_err(|e| format!("{path}: {e}"))?;
+    let mut dir = Path::new(path).parent();
+    while let Some(rel) = dir.filter(|d| !d.as_os_str().is_empty()) {
+        // Fails on a directory that still has entries: it stays.
+        if std::fs::remove_dir(dest.join(rel)).is_err() {
+            break;
+        }
+        dir = rel.parent();
+    }
+    Ok(())
+}
+
 /// What comparing two commits of a mirror came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Diff {
@@ -559,6 +724,123 @@ mod tests {
         repo.commit(None, &who, &who, "one", &tree, &[])
             .expect("commit")
             .to_string()
+    }
+
+    /// A commit of `parent`'s tree with `changes` applied: (path, Some((content, mode))) upserts,
+    /// (path, None) removes.
+    fn commit_changes(
+        repo: &Repository,
+        parent: Option<&str>,
+        changes: &[(&str, Option<(&str, i32)>)],
+    ) -> String {
+        let parent = parent.map(|p| repo.find_commit(Oid::from_str(p).expect("oid")).expect("c"));
+        let base = match &parent {
+            Some(c) => c.tree().expect("tree"),
+            None => repo
+                .find_tree(repo.treebuilder(None).expect("tb").write().expect("empty"))
+                .expect("tree"),
+        };
+        let mut update = git2::build::TreeUpdateBuilder::new();
+        for (path, change) in changes {
+            match change {
+                Some((content, mode)) => {
+                    let blob = repo.blob(content.as_bytes()).expect("blob");
+                    let mode = match mode {
+                        0o100755 => FileMode::BlobExecutable,
+                        0o120000 => FileMode::Link,
+                        _ => FileMode::Blob,
+                    };
+                    update.upsert(*path, blob, mode);
+                }
+                None => {
+                    update.remove(*path);
+                }
+            }
+        }
+        let tree = repo
+            .find_tree(update.create_updated(repo, &base).expect("update"))
+            .expect("tree");
+        let who = git2::Signature::now("t", "t@example.invalid").expect("signature");
+        let parents: Vec<&git2::Commit> = parent.iter().collect();
+        repo.commit(None, &who, &who, "c", &tree, &parents)
+            .expect("commit")
+            .to_string()
+    }
+
+    /// Every entry beneath `dir`: path, mode, content (a link's target).
+    fn listing(dir: &Path) -> Vec<(String, u32, String)> {
+        use std::os::unix::fs::PermissionsExt;
+        let mut out = Vec::new();
+        let mut stack = vec![PathBuf::new()];
+        while let Some(rel) = stack.pop() {
+            for entry in std::fs::read_dir(dir.join(&rel)).expect("read_dir") {
+                let path = rel.join(entry.expect("entry").file_name());
+                let meta = std::fs::symlink_metadata(dir.join(&path)).expect("meta");
+                let content = if meta.is_file() {
+                    std::fs::read_to_string(dir.join(&path)).expect("read")
+                } else if meta.is_symlink() {
+                    std::fs::read_link(dir.join(&path))
+                        .expect("link")
+                        .display()
+                        .to_string()
+                } else {
+                    stack.push(path.clone());
+                    String::new()
+                };
+                let name = path.display().to_string();
+                out.push((name, meta.permissions().mode(), content));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_kept_tree_updated_to_a_commit_equals_a_fresh_checkout_of_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mirror = dir.path().join("m.git");
+        let repo = Repository::init_bare(&mirror).expect("bare repo");
+        let one = commit_changes(
+            &repo,
+            None,
+            &[
+                ("a.txt", Some(("a\n", 0o100644))),
+                ("gone/only.txt", Some(("only\n", 0o100644))),
+                ("keep/b.txt", Some(("b\n", 0o100644))),
+                ("keep/c.txt", Some(("c\n", 0o100644))),
+                ("run.sh", Some(("echo\n", 0o100644))),
+                ("star[*].txt", Some(("glob\n", 0o100644))),
+            ],
+        );
+        let two = commit_changes(
+            &repo,
+            Some(&one),
+            &[
+                ("a.txt", Some(("a2\n", 0o100644))),
+                ("gone/only.txt", None),
+                ("keep/c.txt", None),
+                ("new/deep/d.txt", Some(("d\n", 0o100644))),
+                ("run.sh", Some(("echo\n", 0o100755))),
+                ("star[*].txt", Some(("glob 2\n", 0o100644))),
+            ],
+        );
+        let bounds = CheckoutBounds {
+            checkout_mb: 1,
+            max_entries: 1000,
+        };
+        let stop = Stop::never();
+        let (kept, fresh) = (dir.path().join("kept"), dir.path().join("fresh"));
+        checkout_commit(&mirror, &one, &kept, &bounds, &stop).expect("checkout one");
+        update_kept(&mirror, &one, &two, &kept, &bounds, &stop).expect("updated");
+        checkout_commit(&mirror, &two, &fresh, &bounds, &stop).expect("checkout two");
+        assert_eq!(listing(&kept), listing(&fresh));
+        assert!(!kept.join("gone").exists(), "an emptied directory goes");
+
+        // A symlink is left to a fresh checkout.
+        let three = commit_changes(&repo, Some(&two), &[("link", Some(("/etc", 0o120000)))]);
+        let why = update_kept(&mirror, &two, &three, &kept, &bounds, &stop)
+            .expect_err("a symlink is not updated in place");
+        assert!(why.contains("symlink"), "{why}");
     }
 
     #[test]

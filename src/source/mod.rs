@@ -7,6 +7,7 @@ mod egress;
 mod eviction;
 mod fetch;
 mod git;
+mod kept_trees;
 mod refs;
 mod snapshot;
 mod stop;
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 pub use egress::{ExtraRoots, Lookup, NetworkPolicy};
 pub use git::GitMirrors;
+pub use kept_trees::KeptTrees;
 pub use snapshot::{SNAPSHOT_BRANCH, Snapshot, snapshot_dir};
 
 use crate::config::BuildLimits;

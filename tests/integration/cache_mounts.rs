@@ -1,5 +1,6 @@
 //! `RUN --mount=type=cache`: a hostile cache id (written out, from an ARG, or in a base image's
-//! ONBUILD trigger) reaches no host directory, and one tenant's cache is never another's.
+//! ONBUILD trigger) reaches no host directory, and one tenant's cache is never another's. A
+//! writable bind, whose writes podman 4.3 keeps in the checkout, is refused too.
 //! buildah 1.28 joins the id to its cache directory unconfined (seen: the host's /etc read from
 //! a build), and kept one cache directory for every build on the host.
 
@@ -49,6 +50,14 @@ async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
                  RUN --mount=type=cache,id=$P,target=/h touch /h/written\n"
             ),
             "names its cache id with a variable",
+        ),
+        (
+            // podman 4.3 would keep these writes in the checkout, past the disk bound.
+            "writable",
+            "FROM localhost/busybox:latest\n\
+             RUN --mount=type=bind,target=/ctx,rw sh -c 'echo pwned > /ctx/Dockerfile'\n"
+                .to_owned(),
+            "is a writable bind",
         ),
         (
             // What the parser cannot read cannot be checked, so it is not built.

@@ -345,3 +345,78 @@ async fn a_warm_rebuild_on_a_new_shallow_mirror_takes_the_incremental_path() {
     worker.stop().await;
     stack.cleanup().await;
 }
+
+/// A build's checkout is kept for the repository's next build, which writes only what its commit
+/// changed, and the image is what a fresh checkout gives: the deleted file and the directory it
+/// left empty are gone, the new file in a new directory is there, the changed one changed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_build_of_a_repository_brings_the_kept_checkout_to_its_commit() {
+    let git = GitServer::start().await;
+    let repo = RepoFixture::create(git.root.path(), "acme/kept");
+    // A RUN after the COPY: built by podman from the checkout, never edited in the registry.
+    let dockerfile = "FROM localhost/busybox:latest\nCOPY . /app\n\
+        RUN find /app | sort > /seen && cat /app/a.txt >> /seen\n";
+    repo.commit(
+        &[
+            ("Dockerfile", dockerfile),
+            ("a.txt", "one\n"),
+            ("gone/x.txt", "x\n"),
+        ],
+        "one",
+    );
+    repo.push();
+    let mut stack = Stack::new().await;
+    let worker = Worker::spawn(&stack, &git, &[]).await;
+    let user = unique("u");
+    let build = |id: &str, image: &str| json!({"id": id, "repo": "acme/kept", "user_id": user, "image": image});
+    stack.publish_json(&build("kept-1", "kept1")).await;
+    expect_image(stack.outcome("kept-1", BUILD_TIMEOUT).await);
+
+    repo.remove("gone/x.txt");
+    repo.commit(&[("a.txt", "two\n"), ("new/deep/y.txt", "y\n")], "two");
+    repo.push();
+    // The tree is kept just after the first build's outcome: wait for it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while kept_trees(&worker) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkout kept:\n{}",
+            worker.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stack.publish_json(&build("kept-2", "kept2")).await;
+    expect_image(stack.outcome("kept-2", BUILD_TIMEOUT).await);
+    let log = worker.log();
+    assert!(
+        log.contains("(2 file(s) written, 1 removed)"),
+        "the kept tree was not used:\n{log}"
+    );
+    let (_, stored) = crate::support::image_blobs::stored_images(
+        crate::support::REGISTRY,
+        &format!("{user}/kept2"),
+    )
+    .await;
+    let seen = stored
+        .iter()
+        .flat_map(|s| &s.entries)
+        .find(|(path, _)| path.trim_start_matches("./") == "seen")
+        .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
+        .expect("/seen in the image");
+    let want =
+        "/app\n/app/Dockerfile\n/app/a.txt\n/app/new\n/app/new/deep\n/app/new/deep/y.txt\ntwo\n";
+    assert_eq!(seen, want);
+    worker.stop().await;
+    stack.cleanup().await;
+}
+
+/// How many checkouts the worker keeps now.
+fn kept_trees(worker: &Worker) -> usize {
+    std::fs::read_dir(worker.data_dir.path().join("data/work/.kept"))
+        .map(|dir| {
+            dir.flatten()
+                .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+                .count()
+        })
+        .unwrap_or(0)
+}
