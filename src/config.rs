@@ -39,6 +39,8 @@ pub struct Settings {
     /// Checkouts kept for the next build of their repository (one each, least recently kept
     /// go first); 0 keeps none.
     pub kept_checkouts: usize,
+    /// What the kept checkouts may hold together.
+    pub kept_checkouts_max_mb: u64,
     pub log: LogSettings,
     pub amqp: AmqpSettings,
     pub retry: RetrySettings,

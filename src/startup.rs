@@ -42,6 +42,7 @@ pub fn environment(
             .keeping(KeptTrees::new(
                 settings.kept_checkouts_dir(),
                 settings.kept_checkouts,
+                settings.kept_checkouts_max_mb.saturating_mul(1024 * 1024),
             )),
         ),
         engine,

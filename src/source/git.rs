@@ -291,7 +291,7 @@ impl SourceFetcher for GitMirrors {
                 checkout_commit(&mirror, &commit, &dest, &bounds, &stop)?;
             }
             // Sealed before the build runs: only a tree nothing wrote to since is kept.
-            if let Some(seal) = seal_of(&dest) {
+            if let Some((seal, _)) = seal_of(&dest) {
                 let _ = std::fs::write(seal_path(&dest), seal);
             }
             Ok(())

@@ -18,8 +18,10 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone)]
 pub struct KeptTrees {
     root: PathBuf,
-    /// How many trees are kept at most; the least recently kept go first. 0: none.
+    /// How many trees are kept at most, and how many bytes they may hold together; the least
+    /// recently kept go first. 0 trees: none is kept.
     max: usize,
+    max_bytes: u64,
 }
 
 /// A tree taken for a build: it holds `commit`, sealed as it was kept.
@@ -35,12 +37,18 @@ pub(super) struct Staged {
 
 const TREE: &str = "tree";
 const SEAL: &str = "seal";
+/// The tree's size in bytes (its files' lengths), beside its seal.
+const SIZE: &str = "size";
 /// Names of entries on their way out (or in): never taken.
 const PENDING: &str = ".pending-";
 
 impl KeptTrees {
-    pub fn new(root: PathBuf, max: usize) -> Self {
-        Self { root, max }
+    pub fn new(root: PathBuf, max: usize, max_bytes: u64) -> Self {
+        Self {
+            root,
+            max,
+            max_bytes,
+        }
     }
 
     /// Keeps nothing.
@@ -48,6 +56,7 @@ impl KeptTrees {
         Self {
             root: PathBuf::new(),
             max: 0,
+            max_bytes: 0,
         }
     }
 
@@ -75,7 +84,7 @@ impl KeptTrees {
             if !moved {
                 return None;
             }
-            if seal.is_some_and(|seal| seal_of(dest).as_deref() == Some(seal.as_str())) {
+            if seal.is_some_and(|seal| seal_of(dest).is_some_and(|(now, _)| now == seal)) {
                 return Some(Taken { commit });
             }
             tracing::warn!(
@@ -111,11 +120,19 @@ impl KeptTrees {
     /// before), if nothing wrote to it since it was sealed: the build ran on it.
     pub(super) fn publish(&self, staged: Staged, key: &str, commit: &str) {
         let Staged { dir, seal } = staged;
-        let intact = seal_of(&dir.join(TREE)).is_some_and(|now| now == seal);
-        if !intact {
-            tracing::warn!("a build's checkout changed while it ran: not kept");
-        }
-        if !intact || std::fs::write(dir.join(SEAL), &seal).is_err() {
+        let size = match seal_of(&dir.join(TREE)) {
+            Some((now, size)) if now == seal => Some(size),
+            _ => {
+                tracing::warn!("a build's checkout changed while it ran: not kept");
+                None
+            }
+        };
+        let written = size.is_some_and(|size| {
+            size <= self.max_bytes
+                && std::fs::write(dir.join(SEAL), &seal).is_ok()
+                && std::fs::write(dir.join(SIZE), size.to_string()).is_ok()
+        });
+        if !written {
             let _ = std::fs::remove_dir_all(&dir);
             return;
         }
@@ -137,7 +154,9 @@ impl KeptTrees {
 
     #[cfg(test)]
     fn keep(&self, key: &str, commit: &str, dir: &Path) {
-        let Some(seal) = seal_of(dir) else { return };
+        let Some((seal, _)) = seal_of(dir) else {
+            return;
+        };
         if let Some(staged) = self.stage(dir, &seal) {
             self.publish(staged, key, commit);
         }
@@ -160,8 +179,17 @@ impl KeptTrees {
             }
         }
         kept.sort_by_key(|k| std::cmp::Reverse(k.1));
-        for (name, _) in kept.into_iter().skip(self.max) {
-            self.remove(&self.root.join(name));
+        let mut bytes = 0u64;
+        for (n, (name, _)) in kept.into_iter().enumerate() {
+            let path = self.root.join(&name);
+            let size = std::fs::read_to_string(path.join(SIZE))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(u64::MAX);
+            bytes = bytes.saturating_add(size);
+            if n >= self.max || bytes > self.max_bytes {
+                self.remove(&path);
+            }
         }
     }
 
@@ -193,11 +221,12 @@ impl KeptTrees {
     }
 }
 
-/// The change time, size, mode and kind of every entry beneath `dir` (not `dir` itself, whose
-/// change time a rename moves), hashed. None when it cannot be read whole.
-pub(super) fn seal_of(dir: &Path) -> Option<String> {
+/// The change time, size, mode and inode of every entry beneath `dir` (not `dir` itself, whose
+/// change time a rename moves), hashed; and the files' bytes. None when it cannot be read whole.
+pub(super) fn seal_of(dir: &Path) -> Option<(String, u64)> {
     let mut entries = BTreeMap::new();
-    walk(dir, Path::new(""), &mut entries).ok()?;
+    let mut bytes = 0;
+    walk(dir, Path::new(""), &mut entries, &mut bytes).ok()?;
     let mut hash = Sha256::new();
     for (path, line) in entries {
         hash.update(path.as_os_str().as_encoded_bytes());
@@ -205,10 +234,15 @@ pub(super) fn seal_of(dir: &Path) -> Option<String> {
         hash.update(line.as_bytes());
         hash.update(b"\n");
     }
-    Some(hex::encode(hash.finalize()))
+    Some((hex::encode(hash.finalize()), bytes))
 }
 
-fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) -> std::io::Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &Path,
+    out: &mut BTreeMap<PathBuf, String>,
+    bytes: &mut u64,
+) -> std::io::Result<()> {
     for entry in std::fs::read_dir(dir.join(rel))? {
         let entry = entry?;
         let path = rel.join(entry.file_name());
@@ -226,7 +260,9 @@ fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<PathBuf, String>) -> std::io:
             ),
         );
         if meta.is_dir() {
-            walk(dir, &path, out)?;
+            walk(dir, &path, out, bytes)?;
+        } else {
+            *bytes = bytes.saturating_add(meta.size());
         }
     }
     Ok(())
@@ -247,7 +283,7 @@ mod tests {
     #[test]
     fn a_kept_tree_is_taken_once_with_its_commit() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let kept = KeptTrees::new(tmp.path().join("kept"), 4);
+        let kept = KeptTrees::new(tmp.path().join("kept"), 4, 1 << 20);
         let dir = tree(tmp.path(), "build1");
         kept.keep("repo", "c1", &dir);
         assert!(!dir.exists(), "moved, not copied");
@@ -265,7 +301,7 @@ mod tests {
     #[test]
     fn a_tree_written_to_after_it_was_kept_is_not_taken() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let kept = KeptTrees::new(tmp.path().join("kept"), 4);
+        let kept = KeptTrees::new(tmp.path().join("kept"), 4, 1 << 20);
         type Touch = fn(&Path);
         let cases: [(&str, Touch); 4] = [
             ("rewritten", |t| {
@@ -303,9 +339,9 @@ mod tests {
     #[test]
     fn a_tree_written_to_while_its_build_ran_is_not_kept() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let kept = KeptTrees::new(tmp.path().join("kept"), 4);
+        let kept = KeptTrees::new(tmp.path().join("kept"), 4, 1 << 20);
         let dir = tree(tmp.path(), "b");
-        let seal = seal_of(&dir).expect("sealed");
+        let (seal, _) = seal_of(&dir).expect("sealed");
         std::fs::write(dir.join("src/a.txt"), "written by the build\n").expect("write");
         let staged = kept.stage(&dir, &seal).expect("staged");
         kept.publish(staged, "repo", "c1");
@@ -316,7 +352,7 @@ mod tests {
     #[test]
     fn keeping_replaces_the_older_tree_and_the_bound_holds() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let kept = KeptTrees::new(tmp.path().join("kept"), 2);
+        let kept = KeptTrees::new(tmp.path().join("kept"), 2, 1 << 20);
         kept.keep("repo", "c1", &tree(tmp.path(), "b1"));
         kept.keep("repo", "c2", &tree(tmp.path(), "b2"));
         let taken = kept.take("repo", &tmp.path().join("d1")).expect("taken");
@@ -328,6 +364,24 @@ mod tests {
         let names: Vec<String> = kept.entries().into_iter().map(|(n, _)| n).collect();
         assert_eq!(names.len(), 2, "{names:?}");
         assert!(!names.contains(&"x@c".to_owned()), "{names:?}");
+    }
+
+    #[test]
+    fn trees_past_the_byte_bound_go_least_recently_kept_first() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        // Each test tree holds 15 bytes: room for two.
+        let kept = KeptTrees::new(tmp.path().join("kept"), 8, 40);
+        for (n, key) in ["x", "y", "z"].into_iter().enumerate() {
+            kept.keep(key, "c", &tree(tmp.path(), &format!("t{n}")));
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let mut names: Vec<String> = kept.entries().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        assert_eq!(names, ["y@c", "z@c"]);
+        // One tree alone past the bound is not kept at all.
+        let small = KeptTrees::new(tmp.path().join("small"), 8, 10);
+        small.keep("x", "c", &tree(tmp.path(), "big"));
+        assert!(small.entries().is_empty());
     }
 
     #[test]

@@ -10,11 +10,9 @@ use std::time::Duration;
 use image_builder::error::Fault;
 use serde_json::json;
 
-use crate::support::image_blobs::stored_images;
+use crate::support::image_blobs::file_of;
 use crate::support::image_tree;
-use crate::support::{
-    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_failed, expect_image, unique,
-};
+use crate::support::{GitServer, RepoFixture, Stack, Worker, expect_failed, expect_image, unique};
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -122,13 +120,10 @@ async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
 
 /// A file `/seen` written by the build, from the pushed image `<user>/<name>`.
 async fn seen(user: &str, name: &str) -> String {
-    let (_, stored) = stored_images(REGISTRY, &format!("{user}/{name}")).await;
-    stored
-        .iter()
-        .flat_map(|s| &s.entries)
-        .find(|(path, _)| path.trim_start_matches("./") == "seen")
-        .map(|(_, data)| String::from_utf8_lossy(data).trim().to_owned())
-        .unwrap_or_else(|| panic!("no /seen in {user}/{name}"))
+    file_of(&format!("{user}/{name}"), "seen")
+        .await
+        .trim()
+        .to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -392,17 +392,7 @@ async fn the_next_build_of_a_repository_brings_the_kept_checkout_to_its_commit()
         log.contains("(2 file(s) written, 1 removed)"),
         "the kept tree was not used:\n{log}"
     );
-    let (_, stored) = crate::support::image_blobs::stored_images(
-        crate::support::REGISTRY,
-        &format!("{user}/kept2"),
-    )
-    .await;
-    let seen = stored
-        .iter()
-        .flat_map(|s| &s.entries)
-        .find(|(path, _)| path.trim_start_matches("./") == "seen")
-        .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
-        .expect("/seen in the image");
+    let seen = crate::support::image_blobs::file_of(&format!("{user}/kept2"), "seen").await;
     let want =
         "/app\n/app/Dockerfile\n/app/a.txt\n/app/new\n/app/new/deep\n/app/new/deep/y.txt\ntwo\n";
     assert_eq!(seen, want);

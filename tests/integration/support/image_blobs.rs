@@ -31,6 +31,18 @@ impl Stored {
     }
 }
 
+/// The file `path` (from the root, no leading "/") of an image stored as `name` in the test
+/// registry, as text; panics when no stored image has it.
+pub async fn file_of(name: &str, path: &str) -> String {
+    let (_, stored) = stored_images(super::REGISTRY, name).await;
+    stored
+        .iter()
+        .flat_map(|s| &s.entries)
+        .find(|(entry, _)| entry.trim_start_matches("./") == path)
+        .map(|(_, data)| String::from_utf8_lossy(data).into_owned())
+        .unwrap_or_else(|| panic!("no /{path} in {name}"))
+}
+
 /// Every tag of `registry/name`, and everything they reference. Panics on a layer that is not
 /// a valid tar (an entry whose data disagrees with its header's size, bytes after the end).
 pub async fn stored_images(registry: &str, name: &str) -> (Vec<String>, Vec<Stored>) {
