@@ -26,7 +26,7 @@ export IMAGE_BUILDER__AMQP__PREFIX=bench-$(date +%s) IMAGE_BUILDER__DATA_DIR=$di
 slots=4 lookahead=${BENCH_LOOKAHEAD:-12}
 export IMAGE_BUILDER__AMQP__PREFETCH=$slots IMAGE_BUILDER__AMQP__LOOKAHEAD=$lookahead
 # Stage timings (pipeline, info) show where a build's time goes.
-export IMAGE_BUILDER__LOG__LEVEL=warn,image_builder::pipeline=info
+export IMAGE_BUILDER__LOG__LEVEL=warn,image_builder::pipeline=info,image_builder::engine::podman=info,image_builder::source=info
 
 # The repository: a dependency step (expensive RUN) before the source copy, as real apps do.
 cd "$dir/src"

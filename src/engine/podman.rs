@@ -616,12 +616,15 @@ impl ImageEngine for Podman {
         fit.log(&ctx.log);
         // The labels add no FROM: the original names the same base images.
         let bases = parsed.base_images();
+        let mut lap = Lap::new(&spec.local_ref);
         let _turn = self
             .store
             .shared(&ctx.cancel)
             .await
             .ok_or(BuildError::Cancelled)?;
+        lap.done("store turn");
         self.check_base_triggers(spec, &parsed, ctx).await?;
+        lap.done("base triggers");
         // The build's own TMPDIR: buildah keeps cache mounts beneath it, and the run
         // directories a killed step leaves go with the build's scratch directory.
         let cache = self
@@ -630,6 +633,7 @@ impl ImageEngine for Podman {
             .await?;
         let inv = inv.env("TMPDIR", cache.tmpdir.to_string_lossy());
         let also = vec![cache.dir.clone()];
+        lap.done("cache mounts");
         let attempt = || async {
             let mut inv = inv.clone();
             inv.timeout = ctx.remaining();
@@ -648,7 +652,7 @@ impl ImageEngine for Podman {
         };
         // Another program (an operator's `podman image prune`) can still race the cache lookup:
         // the steps already built are cached, so building again costs little.
-        let built = attempt
+        let building = attempt
             .retry(
                 ExponentialBuilder::default()
                     .with_min_delay(Duration::from_millis(200))
@@ -660,20 +664,26 @@ impl ImageEngine for Podman {
                     "podman's layer cache lookup raced with an image removal; building again in {} ms",
                     after.as_millis()
                 ));
-            })
-            .await;
+            });
+        // The bases' digests are read while podman builds (a podman start each, ~200 ms): the
+        // trigger check left every base in the local store, where the build takes it from, and
+        // the store's turn keeps a prune from removing one meanwhile. Boxed: unboxed, the retried
+        // closure's future is not general enough for the trait's `Send` bound.
+        let building: std::pin::Pin<Box<dyn Future<Output = Result<(), BuildError>> + Send + '_>> =
+            Box::pin(async move { building.await.map(|_| ()) });
+        let (built, used) = tokio::join!(building, self.bases_used(spec, &parsed, ctx));
         if built.is_ok() {
             let named = parsed.expanded_bases(|name| spec.build_args.get(name));
             let pullable: Vec<String> = named.into_iter().filter(|b| b != "scratch").collect();
             self.prefetch.record(&spec.cache_scope, &pullable);
         }
         built?;
+        lap.done("podman build and bases used");
         if !is_multi_platform(spec) {
             self.name_built(spec, &iid_file, ctx).await?;
+            lap.done("name");
         }
         // The image as a whole is checked against the disk limit while it is pushed.
-        // Still under the store's turn: no prune can remove a base between build and inspect.
-        let used = self.bases_used(spec, &parsed, ctx).await;
         if used.is_err() {
             // No push follows to forget the name.
             self.forget_local(spec, ctx).await;
@@ -744,6 +754,28 @@ impl Podman {
                     "podman wrote no digest for {reference}: {e}"
                 )))
             })
+    }
+}
+
+/// How long each part of a build took, logged at info (target `image_builder::engine::podman`):
+/// where the engine's time goes beside the pipeline's stages.
+struct Lap<'a> {
+    build: &'a str,
+    since: std::time::Instant,
+}
+
+impl<'a> Lap<'a> {
+    fn new(build: &'a str) -> Self {
+        Self {
+            build,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    fn done(&mut self, part: &str) {
+        let ms = self.since.elapsed().as_millis();
+        tracing::info!(build = self.build, part, ms, "engine part done");
+        self.since = std::time::Instant::now();
     }
 }
 
