@@ -9,6 +9,7 @@
 #   scripts/services.sh status   say what runs
 #   scripts/services.sh cluster up|down|status
 #                                a 3-node RabbitMQ cluster beside the single node (failover tests)
+#   scripts/services.sh sweep    delete the broker topology tests and benches left behind
 #
 # Must run as root (it installs packages and starts system services without systemd).
 set -euo pipefail
@@ -271,8 +272,62 @@ status() {
   return $ok
 }
 
+# Queues, exchanges and policies of tests (`ibt-`) and benches (`bench-`, `ib-fleet-`) that a
+# failed or killed run left on the single node: each leftover quorum queue keeps a Raft member,
+# its files and handles (300 of them once used up the handle cache and wedged the node). A prefix
+# with a consumer on any of its queues is in use and left alone, and so is everything else
+# (`image-builder.*` of `make run`, an operator's own prefixes).
+sweep() {
+  rabbit_running || { log "rabbitmq: stopped, nothing to sweep"; return 0; }
+  python3 - <<'PYEOF'
+import json, sys, urllib.parse, urllib.request
+
+API = "http://127.0.0.1:15672/api"
+LEFTOVER = ("ibt-", "bench-", "ib-fleet-")
+auth = urllib.request.HTTPPasswordMgrWithDefaultRealm()
+auth.add_password(None, API, "guest", "guest")
+opener = urllib.request.build_opener(urllib.request.HTTPBasicAuthHandler(auth))
+
+
+def call(method, path):
+    req = urllib.request.Request(API + path, method=method)
+    with opener.open(req, timeout=30) as res:
+        body = res.read()
+    return json.loads(body) if body else None
+
+
+def delete(kind, name):
+    call("DELETE", f"/{kind}/%2f/{urllib.parse.quote(name, safe='')}")
+
+
+def prefix(name):
+    return name.split(".")[0]
+
+
+swept = {"queues": 0, "exchanges": 0, "policies": 0}
+queues = [q for q in call("GET", "/queues/%2f?columns=name,consumers")
+          if q["name"].startswith(LEFTOVER)]
+# A prefix with a consumer anywhere is in use (its retry queues never have consumers), and so is
+# one whose queue the broker has no statistics for yet (just declared).
+busy = {prefix(q["name"]) for q in queues if (q.get("consumers") is None or q["consumers"] > 0)}
+for q in queues:
+    if prefix(q["name"]) not in busy:
+        delete("queues", q["name"])
+        swept["queues"] += 1
+for kind, path in (("exchanges", "/exchanges/%2f?columns=name"), ("policies", "/policies/%2f")):
+    for item in call("GET", path):
+        name = item["name"]
+        if name.startswith(LEFTOVER) and prefix(name) not in busy:
+            delete(kind, name)
+            swept[kind] += 1
+print("[services] swept leftover broker topology: "
+      + ", ".join(f"{n} {k}" for k, n in swept.items()), file=sys.stderr)
+PYEOF
+}
+
 case "${1:-}" in
   up) up ;;
+  sweep) sweep ;;
   down) down ;;
   status) status ;;
   cluster)
@@ -284,5 +339,5 @@ case "${1:-}" in
       *) echo "usage: $0 cluster up|down|status" >&2; exit 2 ;;
     esac
     ;;
-  *) echo "usage: $0 up|down|status|cluster up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|sweep|cluster up|down|status" >&2; exit 2 ;;
 esac

@@ -5,6 +5,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cd "$here"
 scripts/services.sh up
+# What an earlier, failed or killed run left on the broker (no test runs yet).
+scripts/services.sh sweep
 # The cluster test starts a 3-node RabbitMQ cluster beside the single node: not left running.
 trap 'scripts/services.sh cluster down >/dev/null 2>&1 || true' EXIT
 # Debian's chromium and playwright-core for the web console's browser test.
