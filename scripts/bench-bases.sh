@@ -16,6 +16,7 @@ now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
 scripts/services.sh up >/dev/null 2>&1
+scripts/services.sh sweep 2>/dev/null || true # topology earlier runs left (in-use prefixes stay)
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 export IMAGE_BUILDER_ENV=local
 if [ "${BENCH_PROFILE:-release}" = release ]; then

@@ -25,6 +25,7 @@ curl -sf -m 5 -u guest:guest http://127.0.0.1:15672/api/overview >/dev/null &&
   curl -sf -m 5 http://127.0.0.1:5000/v2/ >/dev/null &&
   psql -qtAc 'SELECT 1' "postgres://image_builder:image_builder@127.0.0.1:5432/image_builder" >/dev/null ||
   scripts/services.sh up >/dev/null 2>&1
+  scripts/services.sh sweep 2>/dev/null || true
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 # The local registry speaks plain HTTP: the built-in local overlay, chosen explicitly.

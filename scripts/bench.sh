@@ -13,6 +13,7 @@ parts=" ${BENCH_PARTS:-busybox debian mix bases} "
 part() { [[ $parts == *" $1 "* ]]; }
 
 scripts/services.sh up >/dev/null 2>&1
+scripts/services.sh sweep 2>/dev/null || true # topology earlier runs left (in-use prefixes stay)
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
 # The local registry speaks plain HTTP: the built-in local overlay, chosen explicitly.
