@@ -12,7 +12,8 @@ use image_builder::events::Event;
 use serde_json::json;
 
 use crate::support::{
-    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_failed, expect_image, unique,
+    GitServer, REGISTRY, RepoFixture, Stack, Worker, expect_failed, expect_image, image_tree,
+    unique,
 };
 
 const BUILD_TIMEOUT: Duration = Duration::from_secs(240);
@@ -34,13 +35,6 @@ fn seed(path: &str) {
         "seeding {path}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// Drops the local name a build's pull left (never `rmi`: it races other builds' layers). The
-/// name is given twice: `untag IMAGE` alone removes every name of the image, and a base pulled
-/// from a seeded copy *is* `localhost/busybox:latest` (same image id).
-fn forget(name: &str) {
-    let _ = Command::new("podman").args(["untag", name, name]).output();
 }
 
 /// A config file (TOML) in its own temp dir, for `IMAGE_BUILDER_CONFIG`.
@@ -108,7 +102,7 @@ async fn a_short_name_builds_from_the_mapped_location() {
         .await;
     let event = stack.outcome("short", BUILD_TIMEOUT).await;
     let log = worker.log();
-    forget(&format!("docker.io/library/{name}:1"));
+    image_tree::untag(&format!("docker.io/library/{name}:1"));
     let updated = expect_image(event);
     assert!(!updated.digest.is_empty());
     // podman named the image as docker would, and took it from the mapped location.
@@ -150,7 +144,7 @@ async fn a_configured_mirror_is_used_and_nothing_else_is_asked() {
         .publish_json(&json!({"id": "mirrored", "repo": "acme/mirrored", "user_id": user}))
         .await;
     let event = stack.outcome("mirrored", BUILD_TIMEOUT).await;
-    forget(&format!("docker.io/library/{name}:1"));
+    image_tree::untag(&format!("docker.io/library/{name}:1"));
     expect_image(event);
 
     // An image in neither place: podman's own words list every endpoint it tried, and they
@@ -262,7 +256,7 @@ async fn a_base_the_product_pushed_to_its_own_insecure_registry_builds_from_ther
         .publish_json(&json!({"id": "two", "repo": "acme/layer-two", "user_id": user}))
         .await;
     let event = stack.outcome("two", BUILD_TIMEOUT).await;
-    forget(&base);
+    image_tree::untag(&base);
     let second = expect_image(event);
     assert_ne!(second.digest, first.digest);
     worker.stop().await;

@@ -113,9 +113,7 @@ async fn cache_ids_that_climb_out_are_refused_before_podman_mounts_them() {
     );
     worker.stop().await;
     stack.cleanup().await;
-    let _ = std::process::Command::new("podman")
-        .args(["untag", &base, &base])
-        .output();
+    image_tree::untag(&base);
 }
 
 /// A file `/seen` written by the build, from the pushed image `<user>/<name>`.

@@ -4,7 +4,6 @@
 //! (`support::image_tree`). A new base whose settings a full build would inherit differently
 //! is refused.
 
-use std::process::Command;
 use std::time::Duration;
 
 use image_builder::image_edit::{self, BaseImage, Rebase};
@@ -143,7 +142,5 @@ async fn a_copy_only_image_moved_onto_its_new_base_equals_a_full_build_on_it() {
         .expect("registry")
         .expect_err("the new base's Env differs");
     assert!(refused.contains("config Env"), "{refused}");
-    let _ = Command::new("podman")
-        .args(["untag", &base, &base])
-        .output();
+    image_tree::untag(&base);
 }
