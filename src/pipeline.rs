@@ -10,7 +10,7 @@ use crate::build_log::BuildLog;
 use crate::error::{BuildError, RegistryError};
 use crate::events::{BaseImage, BuildRef, How, ImageUpdated};
 use crate::plan::{self, PlanInput};
-use crate::ports::{BuildCtx, Environment, Manifest, SourceSpec, recorded};
+use crate::ports::{BuildCtx, BuildSpec, Environment, Manifest, SourceSpec, recorded};
 use crate::redact::Redactor;
 use crate::request::BuildRequest;
 use crate::{artifacts, image_edit, incremental};
@@ -287,6 +287,25 @@ async fn full_build(
     ctx: &BuildCtx,
 ) -> Result<(Manifest, Vec<BaseImage>), BuildError> {
     let (env, spec) = (a.env, a.spec);
+    // The final plain COPYs made here, the engine building the rest; else every step.
+    if let Ok(split) = incremental::split::plan(a) {
+        let mut stages = stages::Stages::new(&spec.local_ref);
+        let without = BuildSpec {
+            omitted_steps: split.lines(),
+            ..spec.clone()
+        };
+        let bases = env.engine.build(&without, ctx).await?;
+        stages.done("engine build");
+        // Under the internal lineage tag, never a tag a user reads (as below).
+        let pushed = env.engine.push(&without, &spec.lineage_tag, ctx).await?;
+        stages.done("engine push");
+        match incremental::split::finish(a, split, &pushed).await? {
+            Ok(manifest) => return Ok((manifest, bases)),
+            Err(why) => a
+                .log
+                .push(&format!("the engine builds every step after all: {why}")),
+        }
+    }
     let mut stages = stages::Stages::new(&spec.local_ref);
     let bases = env.engine.build(spec, ctx).await?;
     stages.done("engine build");

@@ -105,6 +105,7 @@ pub fn plan(
             .iter()
             .map(|moved| moved.reference.clone())
             .collect(),
+        omitted_steps: Vec::new(),
     })
 }
 

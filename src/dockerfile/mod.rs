@@ -10,6 +10,7 @@ mod base_use;
 mod expand;
 mod ignore;
 mod mount;
+mod omit;
 mod parse;
 mod reads;
 
@@ -53,6 +54,8 @@ pub struct Stage {
 pub struct Step {
     /// 1-based line of the instruction's keyword.
     pub line: usize,
+    /// The line an ADD or COPY ends on (its destination's); None for other instructions.
+    pub end_line: Option<usize>,
     pub keyword: Keyword,
     pub flags: Vec<Flag>,
     pub body: Body,

@@ -196,8 +196,14 @@ fn step(instruction: &Instruction<'_>, lines: &LineIndex) -> Result<Step, String
             ));
         }
     };
+    let end_line = match instruction {
+        Instruction::Add(i) => Some(at(&(i.dest.span.end.saturating_sub(1)..i.dest.span.end))),
+        Instruction::Copy(i) => Some(at(&(i.dest.span.end.saturating_sub(1)..i.dest.span.end))),
+        _ => None,
+    };
     Ok(Step {
         line,
+        end_line,
         keyword,
         flags: flag_list,
         body,

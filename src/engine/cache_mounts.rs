@@ -151,7 +151,14 @@ impl CacheMounts {
         let tmpdir = scratch.join("tmp");
         std::fs::create_dir_all(&tmpdir)
             .map_err(|e| internal(format!("failed to create {}: {e}", tmpdir.display())))?;
-        std::os::unix::fs::symlink(&dir, tmpdir.join("buildah-cache"))
+        let link = tmpdir.join("buildah-cache");
+        // An earlier engine run of this build left its link (the worker made the final COPYs
+        // and could not after all): the same scope, linked again.
+        if std::fs::symlink_metadata(&link).is_ok_and(|m| m.file_type().is_symlink()) {
+            std::fs::remove_file(&link)
+                .map_err(|e| internal(format!("failed to replace the cache mounts link: {e}")))?;
+        }
+        std::os::unix::fs::symlink(&dir, &link)
             .map_err(|e| internal(format!("failed to link the tenant's cache mounts: {e}")))?;
         Ok(TenantCache {
             tmpdir,

@@ -503,6 +503,10 @@ impl ImageEngine for Podman {
         is_multi_platform(spec)
     }
 
+    fn omits_steps(&self) -> bool {
+        true
+    }
+
     fn prefetch_bases(&self, scope: &str, ctx: &BuildCtx) {
         let mut recorded = self.prefetch.recorded(scope);
         recorded.retain(|base| !self.prefetch.recently_seen(base));
@@ -542,12 +546,25 @@ impl ImageEngine for Podman {
         if let Some(why) = cache_mounts::refusal(&parsed) {
             return Err(BuildError::Unsupported(format!("{shown}: {why}")));
         }
+        // The steps the pipeline makes itself are blanked, every other line where it was.
+        let (text, parsed) = if spec.omitted_steps.is_empty() {
+            (input.text.clone(), parsed)
+        } else {
+            let text = parsed
+                .without_steps(&input.text, &spec.omitted_steps)
+                .map_err(|why| BuildError::Internal(anyhow::anyhow!("{shown}: {why}")))?;
+            let parsed = Dockerfile::parse(&text)
+                .map_err(|why| BuildError::Internal(anyhow::anyhow!("{shown}: {why}")))?;
+            (text, parsed)
+        };
         // What podman 4.3 cannot build is refused, dropped or built in docker format.
-        let fit = Fit::of(&parsed, &input.text)?;
+        let fit = Fit::of(&parsed, &text)?;
         // A manifest list cannot be relabelled in the registry as cheaply: label while building,
         // in the last stage (appended) or, for a target stage, with podman's `--label`.
         let dockerfile = if self.labels_at_build(spec) && spec.target.is_none() {
-            labelled_dockerfile(fit.text(&input.text), &spec.labels, &ctx.scratch_dir)?
+            labelled_dockerfile(fit.text(&text), &spec.labels, &ctx.scratch_dir)?
+        } else if !spec.omitted_steps.is_empty() {
+            labelled_dockerfile(fit.text(&text), &[], &ctx.scratch_dir)?
         } else {
             fit.dockerfile(source_dockerfile, &ctx.scratch_dir)?
         };

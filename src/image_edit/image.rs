@@ -17,6 +17,15 @@ pub(crate) struct NewLayer {
     pub size: u64,
 }
 
+/// A layer added after an image's own, and the history entry of the step that made it.
+pub(crate) struct Appended {
+    pub layer: NewLayer,
+    /// As buildah writes it: `/bin/sh -c #(nop) COPY dir:<hex> in <dest> `.
+    pub created_by: String,
+    /// How many history entries (metadata steps) followed the step in the Dockerfile.
+    pub followed_by: usize,
+}
+
 /// The config and manifest of the previous image, checked to end in `replaced` COPY layers.
 pub(crate) struct Previous {
     pub manifest: Value,
@@ -132,14 +141,8 @@ impl Previous {
         note: &str,
     ) -> Result<(Vec<u8>, Vec<u8>), String> {
         let k = layers.len();
+        self.stamp(labels, created);
         let config = &mut self.config;
-        config["created"] = json!(created);
-        if !config["config"]["Labels"].is_object() {
-            config["config"]["Labels"] = json!({});
-        }
-        for (key, value) in labels {
-            config["config"]["Labels"][key] = json!(value);
-        }
         let diff_ids = config["rootfs"]["diff_ids"]
             .as_array_mut()
             .ok_or_else(broken)?;
@@ -172,6 +175,63 @@ impl Previous {
             entry["created"] = json!(created);
         }
         self.finish(layers)
+    }
+
+    /// New (config bytes, manifest bytes) with `layers` after the image's own, each with its
+    /// history entry placed as the engine would have: before the metadata steps that followed
+    /// its COPY (`Appended::followed_by`), which the image's history must end with.
+    pub(crate) fn append(
+        mut self,
+        layers: &[Appended],
+        labels: &[(String, String)],
+        created: &str,
+        note: &str,
+    ) -> Result<(Vec<u8>, Vec<u8>), String> {
+        self.stamp(labels, created);
+        let layer_type = if self.manifest["mediaType"].as_str() == Some(MANIFEST_TYPES[1]) {
+            "application/vnd.docker.image.rootfs.diff.tar.gzip"
+        } else {
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        };
+        let history = self.config["history"]
+            .as_array_mut()
+            .ok_or("the image has no history to add the COPY steps to")?;
+        for appended in layers {
+            let at = history
+                .len()
+                .checked_sub(appended.followed_by)
+                .filter(|&at| {
+                    history[at..]
+                        .iter()
+                        .all(|e| e["empty_layer"].as_bool().unwrap_or(false))
+                })
+                .ok_or("the image's history does not end in the steps after its COPYs")?;
+            history.insert(
+                at,
+                json!({"created": created, "created_by": appended.created_by, "comment": note}),
+            );
+        }
+        let diff_ids = self.config["rootfs"]["diff_ids"]
+            .as_array_mut()
+            .ok_or_else(broken)?;
+        diff_ids.extend(layers.iter().map(|a| json!(a.layer.diff_id)));
+        let entries = self.manifest["layers"].as_array_mut().ok_or_else(broken)?;
+        entries.extend(layers.iter().map(
+            |a| json!({"mediaType": layer_type, "digest": a.layer.digest, "size": a.layer.size}),
+        ));
+        self.finish(&[])
+    }
+
+    /// The creation time, and `labels` over the image's own.
+    fn stamp(&mut self, labels: &[(String, String)], created: &str) {
+        let config = &mut self.config;
+        config["created"] = json!(created);
+        if !config["config"]["Labels"].is_object() {
+            config["config"]["Labels"] = json!({});
+        }
+        for (key, value) in labels {
+            config["config"]["Labels"][key] = json!(value);
+        }
     }
 
     /// Serialises the config, then the manifest pointing at it, its last `layers.len()` layers
@@ -277,6 +337,100 @@ mod tests {
             manifest["config"]["digest"],
             json!(content_digest(&config_bytes))
         );
+    }
+
+    #[test]
+    fn appended_layers_go_last_and_their_steps_before_the_metadata_that_followed_them() {
+        let (manifest, config) = previous();
+        let image = Previous::parse(OCI, &manifest, &config, 0).expect("editable");
+        let layer = |n: &str| NewLayer {
+            digest: format!("sha256:l{n}"),
+            diff_id: format!("sha256:d{n}"),
+            size: 7,
+        };
+        let appended = [
+            Appended {
+                layer: layer("4"),
+                created_by: "COPY a".into(),
+                followed_by: 1,
+            },
+            Appended {
+                layer: layer("5"),
+                created_by: "COPY b".into(),
+                followed_by: 0,
+            },
+        ];
+        let labels = [(
+            "org.opencontainers.image.revision".to_owned(),
+            "c2".to_owned(),
+        )];
+        let (config, manifest) = image
+            .append(&appended, &labels, "2026-02-02T00:00:00Z", "made here")
+            .expect("appended");
+        let config: Value = serde_json::from_slice(&config).expect("json");
+        let manifest: Value = serde_json::from_slice(&manifest).expect("json");
+        let steps: Vec<&str> = config["history"]
+            .as_array()
+            .expect("history")
+            .iter()
+            .map(|e| e["created_by"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            steps[2..],
+            [
+                "/bin/sh -c #(nop) COPY dir:abc in /app/src/ ",
+                "COPY a",
+                "/bin/sh -c #(nop) LABEL a=b",
+                "COPY b"
+            ]
+        );
+        assert_eq!(config["history"][3]["comment"], "made here");
+        assert_eq!(
+            config["rootfs"]["diff_ids"],
+            json!([
+                "sha256:base",
+                "sha256:run",
+                "sha256:old",
+                "sha256:d4",
+                "sha256:d5"
+            ])
+        );
+        assert_eq!(
+            config["config"]["Labels"]["org.opencontainers.image.revision"],
+            "c2"
+        );
+        let layers = manifest["layers"].as_array().expect("layers");
+        assert_eq!(layers.len(), 5);
+        assert_eq!(layers[3]["digest"], "sha256:l4");
+        assert_eq!(
+            layers[4]["mediaType"],
+            "application/vnd.oci.image.layer.v1.tar+gzip"
+        );
+        assert_eq!(layers[2]["digest"], "sha256:l3", "the image's own stay");
+        let config_bytes = serde_json::to_vec(&config).expect("json");
+        assert_eq!(
+            manifest["config"]["digest"],
+            json!(content_digest(&config_bytes))
+        );
+        // The edited image is one the next incremental rebuild can edit again.
+        let manifest_bytes = serde_json::to_vec(&manifest).expect("json");
+        assert!(Previous::parse(OCI, &manifest_bytes, &config_bytes, 2).is_ok());
+    }
+
+    #[test]
+    fn a_step_cannot_go_before_layers() {
+        let (manifest, config) = previous();
+        let image = Previous::parse(OCI, &manifest, &config, 0).expect("editable");
+        let appended = [Appended {
+            layer: NewLayer {
+                digest: "sha256:x".into(),
+                diff_id: "sha256:y".into(),
+                size: 1,
+            },
+            created_by: "COPY a".into(),
+            followed_by: 2,
+        }];
+        assert!(image.append(&appended, &[], "now", "").is_err());
     }
 
     #[test]

@@ -6,7 +6,7 @@
 mod image;
 mod rebase;
 
-pub(crate) use image::{NewLayer, Previous};
+pub(crate) use image::{Appended, NewLayer, Previous};
 use rebase::{Parsed, Swap};
 
 use crate::error::{BuildError, RegistryError};

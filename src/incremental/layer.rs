@@ -256,6 +256,8 @@ mod tests {
             line: 1,
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),
             dest: dest.into(),
+            written_dest: dest.into(),
+            followed_by: 0,
         }
     }
 

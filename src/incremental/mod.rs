@@ -19,6 +19,7 @@ mod base_swap;
 mod ignore;
 mod layer;
 mod placement;
+pub mod split;
 mod tail;
 
 use std::path::Path;
@@ -185,39 +186,10 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
             Err(reason) => return Ok(Err(reason)),
         };
 
-    let scratch = a.scratch_dir.to_owned();
-    // The commit's time in every entry: see `layer`.
-    let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
-    let layers = tokio::task::spawn_blocking(move || {
-        copies
-            .iter()
-            .enumerate()
-            .map(|(n, step)| {
-                let out = scratch.join(format!("layer-{n}.tar.gz"));
-                layer::build(&context, &ignore.file, step, mtime, &out)
-            })
-            .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
-    let layers = match layers {
-        Ok(layers) => layers,
+    let (new_layers, files) = match made_layers(a, context, ignore, copies).await? {
+        Ok(made) => made,
         Err(reason) => return Ok(Err(reason)),
     };
-    let files: usize = layers.iter().map(|l| l.files).sum();
-    let mut new_layers = Vec::with_capacity(layers.len());
-    for built in layers {
-        store
-            .upload_blob_file(a.repository, &built.digest, &built.path, built.size)
-            .await?;
-        // Uploaded: the scratch disk need not hold it until the build ends.
-        let _ = std::fs::remove_file(&built.path);
-        new_layers.push(NewLayer {
-            digest: built.digest,
-            diff_id: built.diff_id,
-            size: built.size,
-        });
-    }
 
     let created = rfc3339(a.created);
     let note = format!("image-builder: rebuilt from {}", previous.digest);
@@ -254,6 +226,51 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
         why,
         from: previous.digest,
     }))
+}
+
+/// The COPY steps' layers, made from the context in the build's scratch dir and uploaded, and
+/// how many files they hold. Inner error: a step this service cannot make (the engine must).
+async fn made_layers(
+    a: &Attempt<'_>,
+    context: Tree,
+    ignore: ignore::Ignore,
+    copies: Vec<tail::CopyStep>,
+) -> Result<Result<(Vec<NewLayer>, usize), String>, BuildError> {
+    let scratch = a.scratch_dir.to_owned();
+    // The commit's time in every entry: see `layer`.
+    let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
+    let layers = tokio::task::spawn_blocking(move || {
+        copies
+            .iter()
+            .enumerate()
+            .map(|(n, step)| {
+                let out = scratch.join(format!("layer-{n}.tar.gz"));
+                layer::build(&context, &ignore.file, step, mtime, &out)
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
+    let layers = match layers {
+        Ok(layers) => layers,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let files: usize = layers.iter().map(|l| l.files).sum();
+    let mut new_layers = Vec::with_capacity(layers.len());
+    for built in layers {
+        a.env
+            .registry
+            .upload_blob_file(a.repository, &built.digest, &built.path, built.size)
+            .await?;
+        // Uploaded: the scratch disk need not hold it until the build ends.
+        let _ = std::fs::remove_file(&built.path);
+        new_layers.push(NewLayer {
+            digest: built.digest,
+            diff_id: built.diff_id,
+            size: built.size,
+        });
+    }
+    Ok(Ok((new_layers, files)))
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

@@ -73,7 +73,7 @@ pub(super) async fn place(
 
 /// `dest` made absolute against `workdir` and cleaned; a trailing "/" (or "." as the last
 /// part) means a directory. None for ".." or a working directory that is not absolute.
-fn absolute(dest: &str, workdir: &str) -> Option<String> {
+pub(super) fn absolute(dest: &str, workdir: &str) -> Option<String> {
     let joined = if dest.starts_with('/') {
         dest.to_owned()
     } else if workdir.starts_with('/') {

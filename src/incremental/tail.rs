@@ -11,8 +11,12 @@ pub(super) struct CopyStep {
     /// Relative to the context, normalised ("." = the whole context, no "./", no trailing "/").
     pub sources: Vec<String>,
     /// As written (absolute, or relative to the working directory); a trailing "/" means
-    /// "into this directory".
+    /// "into this directory" (added when there are several sources).
     pub dest: String,
+    /// The destination exactly as written (buildah's history entry shows it).
+    pub written_dest: String,
+    /// How many metadata steps (each a history entry of its own) follow it in the stage.
+    pub followed_by: usize,
 }
 
 /// The layers an incremental rebuild may replace, and what the steps before them read.
@@ -62,13 +66,15 @@ pub(super) fn analyse(text: &str) -> Result<Tail, String> {
     let mut copies = Vec::new();
     let mut tail_start = steps.len();
     let mut stop = "the final stage makes no layer".to_owned();
+    let mut metadata_after = 0;
     for (n, step) in steps.iter().enumerate().rev() {
         if METADATA.contains(&step.keyword) {
             tail_start = n;
+            metadata_after += 1;
             continue;
         }
         let copy = match step.keyword {
-            Keyword::Copy => plain_copy(step),
+            Keyword::Copy => plain_copy(step, metadata_after),
             _ => Err(format!("{} makes a layer", step.shown())),
         };
         match copy {
@@ -158,7 +164,7 @@ fn is_plain(path: &str) -> bool {
     !path.contains(['$', '*', '?', '[', ']', '\\'])
 }
 
-fn plain_copy(step: &Step) -> Result<CopyStep, String> {
+fn plain_copy(step: &Step, followed_by: usize) -> Result<CopyStep, String> {
     let shown = step.shown();
     if let Some(flag) = step.flags.first() {
         return Err(format!("{shown} has --{}", flag.name));
@@ -166,6 +172,7 @@ fn plain_copy(step: &Step) -> Result<CopyStep, String> {
     let Body::Transfer { sources, dest } = &step.body else {
         return Err(format!("{shown} has no sources"));
     };
+    let dest_written = dest;
     if !is_plain(dest) {
         return Err(format!("{shown} destination {dest} is not a plain path"));
     }
@@ -190,6 +197,8 @@ fn plain_copy(step: &Step) -> Result<CopyStep, String> {
         line: step.line,
         sources,
         dest,
+        written_dest: dest_written.clone(),
+        followed_by,
     })
 }
 
@@ -225,19 +234,20 @@ mod tests {
             line,
             sources: sources.iter().map(|s| (*s).to_owned()).collect(),
             dest: dest.into(),
+            written_dest: dest.into(),
+            followed_by: 0,
         }
     }
 
     #[test]
     fn a_plain_copy_tail_is_found_with_what_earlier_steps_read() {
         let tail = analyse(APP).expect("eligible");
-        assert_eq!(
-            tail.copies,
-            [
-                copy(6, &["src"], "/app/src/"),
-                copy(7, &["a.txt", "b.txt"], "/app/")
-            ]
-        );
+        let mut src = copy(6, &["src"], "/app/src/");
+        src.followed_by = 1;
+        let mut two = copy(7, &["a.txt", "b.txt"], "/app/");
+        two.written_dest = "/app".into();
+        two.followed_by = 1;
+        assert_eq!(tail.copies, [src, two]);
         assert_eq!(tail.earlier_reads, ["deps.txt"]);
     }
 

@@ -43,6 +43,10 @@ pub struct BuildSpec {
     /// Base images (resolved references) to pull again before building even when the local
     /// store has them: a base update moved their tag.
     pub refresh_bases: Vec<String>,
+    /// Lines of the final stage's trailing plain COPY steps the engine leaves out: the
+    /// pipeline makes their layers from the checkout and appends them in the registry. Empty
+    /// unless `ImageEngine::omits_steps`.
+    pub omitted_steps: Vec<usize>,
 }
 
 /// How the image is described.
@@ -75,6 +79,11 @@ pub trait ImageEngine: Send + Sync {
     /// podman LABEL step costs a whole commit).
     fn labels_at_build(&self, _spec: &BuildSpec) -> bool {
         true
+    }
+
+    /// Whether the engine builds without `BuildSpec::omitted_steps` when asked to.
+    fn omits_steps(&self) -> bool {
+        false
     }
 
     /// Starts pulling, in the background, the base images the last build of `scope`

@@ -1,0 +1,226 @@
+//! A full build whose final plain COPYs the worker makes itself. The engine builds the
+//! Dockerfile without them (`BuildSpec::omitted_steps`); their layers are made from the
+//! checkout as an incremental rebuild makes them (`layer`) and appended to the engine's image
+//! in the registry, each history entry where the engine would have written it. podman's COPY
+//! of a 2,000-file context and its commit cost about a second; the layer costs milliseconds.
+//!
+//! It runs under the same proof as an incremental rebuild's tail (`tail::analyse`), minus the
+//! diff: the engine still reads every file the earlier steps read. A source that is or passes
+//! through a symlink, a single file copied to a path without a trailing "/" (a directory there
+//! or not is the engine's to see), a final stage `FROM scratch` and one with no step but its
+//! COPYs (podman commits nothing then) go to the engine whole.
+
+use std::path::Path;
+
+use super::ignore::{self, Ignore};
+use super::tail::{self, CopyStep};
+use super::{Attempt, placement, relative};
+use crate::confined::{Entry, Kind, Node, Refused, Tree};
+use crate::error::BuildError;
+use crate::image_edit::{Appended, Previous, config_digest, publish, rfc3339};
+use crate::ports::{Manifest, Recipe};
+
+/// What the worker makes of a build the engine builds the rest of.
+pub struct Split {
+    copies: Vec<CopyStep>,
+    context: Tree,
+    ignore: Ignore,
+}
+
+impl Split {
+    /// The lines of the steps the engine leaves out.
+    pub fn lines(&self) -> Vec<usize> {
+        self.copies.iter().map(|c| c.line).collect()
+    }
+}
+
+/// The final COPYs of this build the worker can make, or why the engine builds every step.
+pub fn plan(a: &Attempt<'_>) -> Result<Split, String> {
+    let (env, spec) = (a.env, a.spec);
+    if !env.settings.incremental {
+        return Err("incremental rebuilds are off (build.incremental)".into());
+    }
+    if !env.engine.omits_steps() || env.engine.labels_at_build(spec) {
+        return Err("the engine labels while building".into());
+    }
+    if spec.platforms.len() > 1 {
+        return Err("several platforms".into());
+    }
+    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
+        return Err("nixpacks generates the Dockerfile".into());
+    };
+    if let Some(target) = &spec.target {
+        return Err(format!("the target stage '{target}' is built"));
+    }
+    let tree = Tree::open(&spec.checkout_dir)
+        .map_err(|e| format!("the checkout cannot be opened: {e}"))?;
+    let inside = |path: &Path| relative(&spec.checkout_dir, path).map_err(|e| e.to_string());
+    let context = tree
+        .subtree(&inside(&spec.context_dir)?)
+        .map_err(|why| format!("the context cannot be read: {why}"))?;
+    let ignore = ignore::read(&context)?;
+    let text = tree
+        .read_to_string(
+            &inside(dockerfile)?,
+            crate::dockerfile::MAX_DOCKERFILE_BYTES,
+        )
+        .map_err(|why| format!("the Dockerfile cannot be read: {why}"))?;
+    let tail = tail::analyse(&text)?;
+    let parsed = crate::dockerfile::Dockerfile::parse(&text)?;
+    let Some(last) = parsed.stages.last() else {
+        return Err("the Dockerfile has no FROM".into());
+    };
+    if last.base == "scratch" {
+        return Err("the final stage is FROM scratch".into());
+    }
+    // With nothing else to do, podman hands back the base itself, without the PATH and
+    // label its commit would add.
+    if last.steps.len() == tail.copies.len() {
+        return Err("the final stage has no step but its COPYs".into());
+    }
+    for copy in &tail.copies {
+        let mut single_file = copy.sources.len() == 1;
+        for source in &copy.sources {
+            match context.open_nofollow(Path::new(source)) {
+                // What `layer` refuses, found before the engine runs (ignored or not).
+                Ok(Node::Dir(dir)) => {
+                    single_file = false;
+                    dir.walk(&mut |rel: &Path, entry| match entry {
+                        Entry::Symlink(_) => Err(Unmade(format!("{} is a symlink", rel.display()))),
+                        _ => Ok(()),
+                    })
+                    .map_err(|Unmade(why)| {
+                        format!("COPY (line {}) source {source}: {why}", copy.line)
+                    })?;
+                }
+                Ok(Node::File(_)) => {}
+                Err(Refused::Missing(_)) => {
+                    return Err(format!("COPY (line {}): {source} is missing", copy.line));
+                }
+                Err(why) => {
+                    return Err(format!("COPY (line {}) source {source}: {why}", copy.line));
+                }
+            }
+        }
+        let into_dir = copy.dest.ends_with('/') || copy.dest == "." || copy.dest.ends_with("/.");
+        if single_file && !into_dir {
+            return Err(format!(
+                "COPY (line {}) writes one file to {}, which may be a directory",
+                copy.line, copy.dest
+            ));
+        }
+    }
+    Ok(Split {
+        copies: tail.copies,
+        context,
+        ignore,
+    })
+}
+
+/// The engine's image `pushed` (built without the split's steps) with their layers appended,
+/// put under `a.tag`. Outer error: the registry failed; inner: why the engine must build
+/// every step after all.
+pub async fn finish(
+    a: &Attempt<'_>,
+    split: Split,
+    pushed: &str,
+) -> Result<Result<Manifest, String>, BuildError> {
+    let store = &a.env.registry;
+    let Some(built) = store.manifest(a.repository, pushed).await? else {
+        return Ok(Err(format!(
+            "the registry does not know {pushed} just pushed"
+        )));
+    };
+    let Some(config) = config_digest(&built) else {
+        return Ok(Err("the engine's image has no config".into()));
+    };
+    let Some(config) = store.blob(a.repository, &config).await? else {
+        return Ok(Err("the engine's image's config is missing".into()));
+    };
+    let image = match Previous::parse(&built.media_type, &built.bytes, &config, 0) {
+        Ok(image) => image,
+        Err(why) => return Ok(Err(why)),
+    };
+    let workdir = image.working_dir().to_owned();
+    let mut copies = split.copies;
+    for copy in &mut copies {
+        copy.dest = match placement::absolute(&copy.dest, &workdir) {
+            Some(dest) => dest,
+            None => {
+                return Ok(Err(format!(
+                    "COPY (line {}) destination {} in working directory {workdir:?} is not modelled",
+                    copy.line, copy.dest
+                )));
+            }
+        };
+    }
+    let steps: Vec<(&str, String, usize)> = copies
+        .iter()
+        .map(|c| {
+            (
+                kind(&split.context, c),
+                c.written_dest.clone(),
+                c.followed_by,
+            )
+        })
+        .collect();
+    let (layers, files) = match super::made_layers(a, split.context, split.ignore, copies).await? {
+        Ok(made) => made,
+        Err(why) => return Ok(Err(why)),
+    };
+    let appended: Vec<Appended> = layers
+        .into_iter()
+        .zip(steps)
+        .map(|(layer, (kind, dest, followed_by))| Appended {
+            created_by: format!(
+                "/bin/sh -c #(nop) COPY {kind}:{} in {dest} ",
+                layer.diff_id.trim_start_matches("sha256:")
+            ),
+            layer,
+            followed_by,
+        })
+        .collect();
+    let count = appended.len();
+    let media_type = image.media_type(&built.media_type);
+    let note = "image-builder: made from the checkout";
+    let (config, manifest) =
+        match image.append(&appended, &a.spec.labels, &rfc3339(a.created), note) {
+            Ok(edited) => edited,
+            Err(why) => return Ok(Err(why)),
+        };
+    let manifest = publish(
+        store.as_ref(),
+        a.repository,
+        a.tag,
+        media_type,
+        config,
+        manifest,
+    )
+    .await?;
+    a.log.push(&format!(
+        "the final {count} COPY layer(s) made from {files} file(s) of the checkout, the \
+         engine's image {pushed} beneath them"
+    ));
+    Ok(Ok(manifest))
+}
+
+/// Why a source's layer cannot be made here.
+struct Unmade(String);
+
+impl From<Refused> for Unmade {
+    fn from(why: Refused) -> Self {
+        Self(why.to_string())
+    }
+}
+
+/// How buildah names a COPY's sources in its history entry: one file, one directory, or
+/// several sources.
+fn kind(context: &Tree, copy: &CopyStep) -> &'static str {
+    match copy.sources.as_slice() {
+        [one] => match context.kind(Path::new(one)) {
+            Ok(Some(Kind::File)) => "file",
+            _ => "dir",
+        },
+        _ => "multi",
+    }
+}
