@@ -294,53 +294,57 @@ async fn full_build(
             omitted_steps: split.lines(),
             ..spec.clone()
         };
-        let bases = env.engine.build(&without, ctx).await?;
-        stages.done("engine build");
         // Under the internal lineage tag, never a tag a user reads (as below).
-        let pushed = env.engine.push(&without, &spec.lineage_tag, ctx).await?;
-        stages.done("engine push");
-        match incremental::split::finish(a, split, &pushed).await? {
-            Ok(manifest) => return Ok((manifest, bases)),
+        let built = env
+            .engine
+            .build_and_push(&without, &spec.lineage_tag, ctx)
+            .await?;
+        stages.done("engine build and push");
+        match incremental::split::finish(a, split, &built.digest).await? {
+            Ok(manifest) => return Ok((manifest, built.bases)),
             Err(why) => a
                 .log
                 .push(&format!("the engine builds every step after all: {why}")),
         }
     }
     let mut stages = stages::Stages::new(&spec.local_ref);
-    let bases = env.engine.build(spec, ctx).await?;
-    stages.done("engine build");
     if env.engine.labels_at_build(spec) {
-        let digest = env.engine.push(spec, a.tag, ctx).await?;
+        let built = env.engine.build_and_push(spec, a.tag, ctx).await?;
+        stages.done("engine build and push");
         // Only the engine's push leaves the manifest to be read back.
         let manifest = env
             .registry
-            .manifest(a.repository, &digest)
+            .manifest(a.repository, &built.digest)
             .await?
             .ok_or_else(|| {
                 BuildError::Registry(RegistryError::Protocol(format!(
-                    "the registry does not know {digest} just pushed"
+                    "the registry does not know {} just pushed",
+                    built.digest
                 )))
             })?;
-        return Ok((manifest, bases));
+        return Ok((manifest, built.bases));
     }
     // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
     // under a tag a user reads.
-    let pushed = env.engine.push(spec, &spec.lineage_tag, ctx).await?;
-    stages.done("engine push");
+    let built = env
+        .engine
+        .build_and_push(spec, &spec.lineage_tag, ctx)
+        .await?;
+    stages.done("engine build and push");
     let labelled = image_edit::relabel(&image_edit::Relabel {
         registry: env.registry.as_ref(),
         repository: a.repository,
-        digest: &pushed,
+        digest: &built.digest,
         labels: &spec.labels,
         tag: a.tag,
         created: a.created,
     })
     .await?;
     a.log.push(&format!(
-        "labelled {pushed} in the registry: {}",
-        labelled.digest
+        "labelled {} in the registry: {}",
+        built.digest, labelled.digest
     ));
-    Ok((labelled, bases))
+    Ok((labelled, built.bases))
 }
 
 /// The request's artifacts, read from the image in the registry and stored next to it.

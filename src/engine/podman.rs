@@ -31,7 +31,7 @@ use crate::dockerfile::Dockerfile;
 use crate::error::{BuildError, EngineError, cause_chain};
 use crate::events::BaseImage;
 use crate::now_and_then::NowAndThen;
-use crate::ports::{BuildCtx, BuildSpec};
+use crate::ports::{BuildCtx, BuildSpec, Built};
 use crate::process::{self, Invocation, ProcessError};
 use crate::redact::Redactor;
 
@@ -223,71 +223,52 @@ impl Podman {
         }
     }
 
-    /// Removes the build's local name (its layers stay as build cache). `untag IMAGE` alone
-    /// removes *every* name of the image, and a build whose steps add nothing is the base image
-    /// itself (seen: `localhost/busybox:latest` untagged): name the one tag to remove. On the
-    /// build's path (about 50 ms): a task left running past the build dies with a stopping
-    /// worker and leaks the name (seen in tests). Not cancellable, and after a failed push too:
-    /// a name left behind keeps its image, or the base a build added nothing to, named forever
-    /// (seen: every retried push of a bare `FROM busybox` left one on busybox).
-    async fn forget_local(&self, spec: &BuildSpec, ctx: &BuildCtx) {
+    /// Removes the build's manifest list (its images stay as build cache). Not cancellable,
+    /// and after a failed push too: a list left behind keeps its images named forever.
+    async fn forget_list(&self, spec: &BuildSpec, ctx: &BuildCtx) {
         const FORGET_TIMEOUT: Duration = Duration::from_secs(30);
-        let forget: Vec<&str> = if is_multi_platform(spec) {
-            vec!["manifest", "rm", &spec.local_ref]
-        } else {
-            vec!["untag", &spec.local_ref, &spec.local_ref]
-        };
-        let untag = self.podman(FORGET_TIMEOUT).args(forget);
+        let remove = self
+            .podman(FORGET_TIMEOUT)
+            .args(["manifest", "rm", &spec.local_ref]);
         let _turn = self.names.exclusive(FORGET_TIMEOUT).await;
-        if let Err(e) = process::run(untag, &ctx.log, &CancellationToken::new()).await {
-            tracing::warn!("failed to untag {}: {}", spec.local_ref, cause_chain(&e));
+        if let Err(e) = process::run(remove, &ctx.log, &CancellationToken::new()).await {
+            tracing::warn!("failed to remove {}: {}", spec.local_ref, cause_chain(&e));
         }
     }
 
-    /// Gives the built image (`--iidfile`) the build's local name. Still under the store's turn,
-    /// so no prune removes the image before it has a name.
-    async fn name_built(
-        &self,
-        spec: &BuildSpec,
-        iid_file: &Path,
-        ctx: &BuildCtx,
-    ) -> Result<(), BuildError> {
+    /// The image a single-platform build made (`--iidfile`), pushed by its id: it has no
+    /// name, so no other build's untag can race it (podman 4.3's untag rewrites names from a
+    /// stale read) and none is left behind. The store's turn, held from the build through the
+    /// push, keeps the prune away from it meanwhile.
+    fn built_id(iid_file: &Path) -> Result<String, BuildError> {
         let id = std::fs::read_to_string(iid_file).map_err(|e| {
             BuildError::Engine(EngineError::Said(format!(
                 "podman wrote no image id for the build: {e}"
             )))
         })?;
-        let tag = self
-            .invocation(ctx)
-            .args(["tag", id.trim(), spec.local_ref.as_str()]);
-        let _turn = self.names.exclusive(ctx.remaining()).await;
-        process::run(tag, &ctx.log, &ctx.cancel)
-            .await
-            .map_err(|e| {
-                super::program_failed(
-                    e,
-                    format!("naming the built image {}", spec.local_ref),
-                    &ctx.log.tail(1),
-                )
-            })?;
-        Ok(())
+        Ok(id.trim().to_owned())
     }
 
     /// A step that writes quickly and exits can finish between two looks of the disk watch:
     /// the built image as a whole is bounded too. Checked while the push runs (podman's start
     /// alone is ~70 ms): what a push writes first goes under the internal lineage tag, which
     /// nothing trusts until the build is recorded, and a failed check stops the push.
-    async fn check_image_size(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<(), BuildError> {
+    async fn check_image_size(
+        &self,
+        spec: &BuildSpec,
+        image: &str,
+        ctx: &BuildCtx,
+    ) -> Result<(), BuildError> {
         if self.isolation == Isolation::Chroot || is_multi_platform(spec) {
             return Ok(());
         }
-        let size = match self.image_size(spec, ctx).await {
+        let size = match self.image_size(image, ctx).await {
             Ok(size) => size,
             // Seen once under the full test suite (exit 125, message not kept), likely a reader
             // racing podman's repair of a store a killed build left half-written: look again.
             Err(first) => {
                 tracing::warn!("inspecting the built image again: {first}");
-                self.image_size(spec, ctx).await?
+                self.image_size(image, ctx).await?
             }
         };
         let limit_mb = self.sandbox.limits.disk_mb;
@@ -301,11 +282,11 @@ impl Podman {
     }
 
     /// The built image's size as podman stores it (uncompressed).
-    async fn image_size(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<u64, BuildError> {
+    async fn image_size(&self, image: &str, ctx: &BuildCtx) -> Result<u64, BuildError> {
         let inspect = self
             .invocation(ctx)
             .args(["image", "inspect", "--format", "{{.Size}}"])
-            .arg(&spec.local_ref);
+            .arg(image);
         // Its own log: the one line it prints is a number, not build output.
         let out = BuildLog::new(Redactor::default());
         process::run(inspect, &out, &ctx.cancel)
@@ -535,7 +516,47 @@ impl ImageEngine for Podman {
         self.prefetch.start(pulls, ctx.log.clone());
     }
 
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError> {
+    async fn build_and_push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<Built, BuildError> {
+        // Held from the build through the push: no prune removes the built image meanwhile.
+        let turn = self
+            .store
+            .shared(&ctx.cancel)
+            .await
+            .ok_or(BuildError::Cancelled)?;
+        let built = self.build_image(spec, ctx).await;
+        let pushed = match built {
+            Ok((bases, image)) => self
+                .push_image(spec, &image, tag, ctx)
+                .await
+                .map(|digest| Built { bases, digest }),
+            Err(e) => Err(e),
+        };
+        // Pushed or not, a list goes (its images stay as build cache): a failed push is
+        // retried as a new build with a list of its own.
+        if is_multi_platform(spec) {
+            self.forget_list(spec, ctx).await;
+        }
+        drop(turn);
+        if pushed.is_ok() {
+            self.prune_layer_cache_now_and_then();
+        }
+        pushed
+    }
+}
+
+impl Podman {
+    /// Builds the image under the caller's store turn; the bases it used and the local image
+    /// to push (its id, or the list's name for several platforms).
+    async fn build_image(
+        &self,
+        spec: &BuildSpec,
+        ctx: &BuildCtx,
+    ) -> Result<(Vec<BaseImage>, String), BuildError> {
         let input = super::Input::new(spec, &self.nixpacks, ctx).await?;
         let (source_dockerfile, context_dir) = (&input.dockerfile, &input.context);
         let shown = super::shown_dockerfile(source_dockerfile, context_dir);
@@ -596,10 +617,11 @@ impl ImageEngine for Podman {
         for (key, value) in spec.build_args.iter() {
             inv = inv.arg(format!("--build-arg={key}")).env(key, value);
         }
-        // One local name per build: concurrent builds of one image never push each other's tags.
-        // A single image is named after the build, under the names lock (`name_built`); a list
-        // is a new image of its own, named as it is made.
+        // A single image is pushed by its id and never named (`built_id`); a list is a new
+        // image of its own, named for this build as it is made.
         let iid_file = ctx.scratch_dir.join("image-id");
+        // An earlier engine run of this build (see `BuildSpec::omitted_steps`) wrote one.
+        let _ = std::fs::remove_file(&iid_file);
         inv = inv.arg(if is_multi_platform(spec) {
             format!("--manifest={}", spec.local_ref)
         } else {
@@ -634,12 +656,6 @@ impl ImageEngine for Podman {
         // The labels add no FROM: the original names the same base images.
         let bases = parsed.base_images();
         let mut lap = Lap::new(&spec.local_ref);
-        let _turn = self
-            .store
-            .shared(&ctx.cancel)
-            .await
-            .ok_or(BuildError::Cancelled)?;
-        lap.done("store turn");
         self.check_base_triggers(spec, &parsed, ctx).await?;
         lap.done("base triggers");
         // The build's own TMPDIR: buildah keeps cache mounts beneath it, and the run
@@ -696,40 +712,19 @@ impl ImageEngine for Podman {
         }
         built?;
         lap.done("podman build and bases used");
-        if !is_multi_platform(spec) {
-            self.name_built(spec, &iid_file, ctx).await?;
-            lap.done("name");
-        }
-        // The image as a whole is checked against the disk limit while it is pushed.
-        if used.is_err() {
-            // No push follows to forget the name.
-            self.forget_local(spec, ctx).await;
-        }
-        used
+        let image = if is_multi_platform(spec) {
+            spec.local_ref.clone()
+        } else {
+            Self::built_id(&iid_file)?
+        };
+        Ok((used?, image))
     }
 
-    async fn push(
+    /// Pushes the build's local `image` as `spec.image:tag`; its digest.
+    async fn push_image(
         &self,
         spec: &BuildSpec,
-        tag: &str,
-        ctx: &BuildCtx,
-    ) -> Result<String, BuildError> {
-        let pushed = self.push_named(spec, tag, ctx).await;
-        // Pushed or not, the local name goes (its layers stay as build cache): a failed push
-        // is retried as a new build with a name of its own.
-        self.forget_local(spec, ctx).await;
-        if pushed.is_ok() {
-            self.prune_layer_cache_now_and_then();
-        }
-        pushed
-    }
-}
-
-impl Podman {
-    /// Pushes the build's local image as `spec.image:tag`; its digest.
-    async fn push_named(
-        &self,
-        spec: &BuildSpec,
+        image: &str,
         tag: &str,
         ctx: &BuildCtx,
     ) -> Result<String, BuildError> {
@@ -749,9 +744,7 @@ impl Podman {
         if let Some(auth) = &auth {
             inv = inv.arg("--authfile").arg(auth);
         }
-        inv = inv
-            .arg(&spec.local_ref)
-            .arg(format!("docker://{reference}"));
+        inv = inv.arg(image).arg(format!("docker://{reference}"));
         ctx.log.push(&format!("pushing {reference}"));
         let pushing = async {
             process::run(inv, &ctx.log, &ctx.cancel).await.map_err(|e| {
@@ -763,7 +756,7 @@ impl Podman {
             })
         };
         // The first error ends both: a push of a too-large image is dropped (killed) here.
-        tokio::try_join!(self.check_image_size(spec, ctx), pushing)?;
+        tokio::try_join!(self.check_image_size(spec, image, ctx), pushing)?;
         std::fs::read_to_string(&digest_file)
             .map(|d| d.trim().to_owned())
             .map_err(|e| {

@@ -68,11 +68,27 @@ impl BuildSpec {
     }
 }
 
+/// What an engine built and pushed.
+#[derive(Debug, Clone)]
+pub struct Built {
+    /// The base images it was built on, with the digests it used (empty when the engine
+    /// cannot tell).
+    pub bases: Vec<BaseImage>,
+    /// The digest the registry stores.
+    pub digest: String,
+}
+
 #[async_trait]
 pub trait ImageEngine: Send + Sync {
-    /// Builds the image locally under `spec.local_ref`; returns the base images it was built on
-    /// with the digests it used (empty when the engine cannot tell).
-    async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError>;
+    /// Builds the image and pushes it as `spec.image:tag`. One call, so the engine can keep
+    /// what it built from its own cache's pruning until the push is done. Further tags are set
+    /// through the registry API (`ImageRegistry::tag`), which moves no layer.
+    async fn build_and_push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<Built, BuildError>;
 
     /// Whether the built image carries `spec.labels`. When it does not, the pipeline writes them
     /// into the pushed image's config through the registry (a few small requests, where a
@@ -90,10 +106,4 @@ pub trait ImageEngine: Send + Sync {
     /// (`BuildSpec::cache_scope`) used and the engine lacks, so the pull overlaps the source
     /// fetch; the build waits for a pull of its base in flight. Returns at once.
     fn prefetch_bases(&self, _scope: &str, _ctx: &BuildCtx) {}
-
-    /// Pushes the built image as `spec.image:tag`; returns the digest the registry stores.
-    /// Further tags are set through the registry API (`ImageRegistry::tag`), which moves no
-    /// layer.
-    async fn push(&self, spec: &BuildSpec, tag: &str, ctx: &BuildCtx)
-    -> Result<String, BuildError>;
 }

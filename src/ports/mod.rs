@@ -13,7 +13,7 @@ mod registry;
 mod source;
 
 pub use context::BuildCtx;
-pub use engine::{BuildSpec, ImageEngine, Recipe};
+pub use engine::{BuildSpec, Built, ImageEngine, Recipe};
 pub use environment::{Environment, PipelineSettings, recorded};
 pub use recorded::RecordedImages;
 pub use registry::{

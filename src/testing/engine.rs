@@ -11,7 +11,7 @@ use tokio::sync::Notify;
 use super::FakeRegistry;
 use crate::error::BuildError;
 use crate::events::BaseImage;
-use crate::ports::{BuildCtx, BuildSpec, ImageEngine, Manifest, content_digest};
+use crate::ports::{BuildCtx, BuildSpec, Built, ImageEngine, Manifest, content_digest};
 
 pub struct FakeEngine {
     registry: Arc<FakeRegistry>,
@@ -71,6 +71,19 @@ impl FakeEngine {
 
 #[async_trait]
 impl ImageEngine for FakeEngine {
+    async fn build_and_push(
+        &self,
+        spec: &BuildSpec,
+        tag: &str,
+        ctx: &BuildCtx,
+    ) -> Result<Built, BuildError> {
+        let bases = self.build(spec, ctx).await?;
+        let digest = self.push(spec, tag).await?;
+        Ok(Built { bases, digest })
+    }
+}
+
+impl FakeEngine {
     async fn build(&self, spec: &BuildSpec, ctx: &BuildCtx) -> Result<Vec<BaseImage>, BuildError> {
         self.builds.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut refreshed) = self.refreshed.lock() {
@@ -93,12 +106,7 @@ impl ImageEngine for FakeEngine {
         }
     }
 
-    async fn push(
-        &self,
-        spec: &BuildSpec,
-        tag: &str,
-        _ctx: &BuildCtx,
-    ) -> Result<String, BuildError> {
+    async fn push(&self, spec: &BuildSpec, tag: &str) -> Result<String, BuildError> {
         // Content that differs per build configuration and commit, like a real image's.
         let bytes = serde_json::to_vec(&serde_json::json!({
             "schemaVersion": 2,

@@ -26,7 +26,7 @@ use super::ImageEngine;
 use crate::config::{BuildSettings, DockerHost, RegistryCredentials, RegistrySettings};
 use crate::error::{BuildError, EngineError};
 use crate::now_and_then::NowAndThen;
-use crate::ports::{BuildCtx, BuildSpec};
+use crate::ports::{BuildCtx, BuildSpec, Built};
 use crate::request::Rejection;
 
 /// Builds and pushes through one Docker Engine API daemon. Holds the registry password, so it
@@ -197,18 +197,25 @@ impl DockerEngine {
 #[async_trait]
 impl ImageEngine for DockerEngine {
     /// The bases are not reported: dockerd's classic builder names no digest it pulled.
-    async fn build(
+    async fn build_and_push(
         &self,
         spec: &BuildSpec,
+        tag: &str,
         ctx: &BuildCtx,
-    ) -> Result<Vec<crate::events::BaseImage>, BuildError> {
+    ) -> Result<Built, BuildError> {
         no_secrets(spec)?;
         let platform = one_platform(spec)?;
         self.within(ctx, self.run_build(spec, ctx, platform))
-            .await
-            .map(|()| Vec::new())
+            .await?;
+        let digest = self.push(spec, tag, ctx).await?;
+        Ok(Built {
+            bases: Vec::new(),
+            digest,
+        })
     }
+}
 
+impl DockerEngine {
     async fn push(
         &self,
         spec: &BuildSpec,
