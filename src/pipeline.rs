@@ -226,9 +226,17 @@ pub async fn run(
     let (manifest, how, bases) = produce(&attempt, &job.request, &ctx).await?;
     stages.done("produce");
     let digest = manifest.digest.clone();
-    // The build key goes last (`push_tags` order): it marks a completely pushed build.
-    for tag in tags {
-        env.registry.tag(repository, tag, &manifest).await?;
+    // The build key goes last (`push_tags` order): it marks a completely pushed build. The
+    // others, each one request, go at once.
+    let mut tags: Vec<&str> = tags.collect();
+    let key = tags.pop();
+    futures_util::future::try_join_all(
+        tags.iter()
+            .map(|tag| env.registry.tag(repository, tag, &manifest)),
+    )
+    .await?;
+    if let Some(key) = key {
+        env.registry.tag(repository, key, &manifest).await?;
     }
     // After the build key: the base of the next commit's incremental rebuild.
     if build_spec.platforms.len() <= 1 {

@@ -57,7 +57,7 @@ pub struct Podman {
     pruning: NowAndThen,
     /// Builds and the prune take turns on the host's image store.
     store: StoreLock,
-    /// Tags and untags take turns on the host's image names.
+    /// Manifest list removals take turns on the host's image names.
     names: StoreLock,
     /// The registries.conf every podman child reads (`CONTAINERS_REGISTRIES_CONF`).
     registries_conf: PathBuf,

@@ -10,9 +10,9 @@
 //!
 //! Names need a turn of their own: podman 4.3's `untag` reads an image's names and writes them
 //! back without the one removed, so name changes racing on one image resurrect each other's
-//! names (seen: 30 concurrent untags of one image left 29 names). Builds whose images are equal
-//! (a bare `FROM`, an `ARG` only) name one image, so every tag and untag of the host's workers
-//! takes the exclusive names lock.
+//! names (seen: 30 concurrent untags of one image left 29 names). A single-platform build is
+//! therefore never named (it is pushed by id); the manifest lists of multi-platform builds, which
+//! equal builds could make equal, are removed under the exclusive names lock.
 
 use std::fs::File;
 use std::path::PathBuf;

@@ -106,25 +106,9 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
     if let Some(target) = &spec.target {
         return Ok(Err(format!("the target stage '{target}' is built")));
     }
-    let tree = match Tree::open(&spec.checkout_dir) {
-        Ok(tree) => tree,
-        Err(e) => return Ok(Err(format!("the checkout cannot be opened: {e}"))),
-    };
-    let context_rel = relative(&spec.checkout_dir, &spec.context_dir)?;
-    let context = match tree.subtree(&context_rel) {
-        Ok(tree) => tree,
-        Err(why) => return Ok(Err(format!("the context cannot be read: {why}"))),
-    };
-    let ignore = match ignore::read(&context) {
-        Ok(ignore) => ignore,
+    let (context, ignore, text) = match read_inputs(spec, dockerfile)? {
+        Ok(inputs) => inputs,
         Err(reason) => return Ok(Err(reason)),
-    };
-    let text = match tree.read_to_string(
-        &relative(&spec.checkout_dir, dockerfile)?,
-        crate::dockerfile::MAX_DOCKERFILE_BYTES,
-    ) {
-        Ok(text) => text,
-        Err(why) => return Ok(Err(format!("the Dockerfile cannot be read: {why}"))),
     };
     let tail = match tail::analyse(&text) {
         Ok(tail) => tail,
@@ -317,6 +301,33 @@ fn changes_fit_the_tail(
         }
     }
     Ok(())
+}
+
+/// The context, its ignore file and the Dockerfile's text, read beneath the checkout. Inner
+/// error: why they cannot be read here (the engine then reads them itself).
+fn read_inputs(
+    spec: &BuildSpec,
+    dockerfile: &Path,
+) -> Result<Result<(Tree, ignore::Ignore, String), String>, BuildError> {
+    let tree = match Tree::open(&spec.checkout_dir) {
+        Ok(tree) => tree,
+        Err(e) => return Ok(Err(format!("the checkout cannot be opened: {e}"))),
+    };
+    let context = match tree.subtree(&relative(&spec.checkout_dir, &spec.context_dir)?) {
+        Ok(tree) => tree,
+        Err(why) => return Ok(Err(format!("the context cannot be read: {why}"))),
+    };
+    let ignore = match ignore::read(&context) {
+        Ok(ignore) => ignore,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let read = tree.read_to_string(
+        &relative(&spec.checkout_dir, dockerfile)?,
+        crate::dockerfile::MAX_DOCKERFILE_BYTES,
+    );
+    Ok(read
+        .map(|text| (context, ignore, text))
+        .map_err(|why| format!("the Dockerfile cannot be read: {why}")))
 }
 
 /// `path` (inside the checkout, as `plan` resolved it) relative to the checkout.

@@ -12,9 +12,9 @@
 
 use std::path::Path;
 
-use super::ignore::{self, Ignore};
+use super::ignore::Ignore;
 use super::tail::{self, CopyStep};
-use super::{Attempt, placement, relative};
+use super::{Attempt, placement};
 use crate::confined::{Entry, Kind, Node, Refused, Tree};
 use crate::error::BuildError;
 use crate::image_edit::{Appended, Previous, config_digest, publish, rfc3339};
@@ -52,21 +52,19 @@ pub fn plan(a: &Attempt<'_>) -> Result<Split, String> {
     if let Some(target) = &spec.target {
         return Err(format!("the target stage '{target}' is built"));
     }
-    let tree = Tree::open(&spec.checkout_dir)
-        .map_err(|e| format!("the checkout cannot be opened: {e}"))?;
-    let inside = |path: &Path| relative(&spec.checkout_dir, path).map_err(|e| e.to_string());
-    let context = tree
-        .subtree(&inside(&spec.context_dir)?)
-        .map_err(|why| format!("the context cannot be read: {why}"))?;
-    let ignore = ignore::read(&context)?;
-    let text = tree
-        .read_to_string(
-            &inside(dockerfile)?,
-            crate::dockerfile::MAX_DOCKERFILE_BYTES,
-        )
-        .map_err(|why| format!("the Dockerfile cannot be read: {why}"))?;
-    let tail = tail::analyse(&text)?;
-    let parsed = crate::dockerfile::Dockerfile::parse(&text)?;
+    let (context, ignore, text) =
+        super::read_inputs(spec, dockerfile).map_err(|e| e.to_string())??;
+    Ok(Split {
+        copies: final_copies(&text, &context)?,
+        context,
+        ignore,
+    })
+}
+
+/// The Dockerfile's final plain COPYs when the worker can make their layers from `context`.
+fn final_copies(text: &str, context: &Tree) -> Result<Vec<CopyStep>, String> {
+    let tail = tail::analyse(text)?;
+    let parsed = crate::dockerfile::Dockerfile::parse(text)?;
     let Some(last) = parsed.stages.last() else {
         return Err("the Dockerfile has no FROM".into());
     };
@@ -110,11 +108,7 @@ pub fn plan(a: &Attempt<'_>) -> Result<Split, String> {
             ));
         }
     }
-    Ok(Split {
-        copies: tail.copies,
-        context,
-        ignore,
-    })
+    Ok(tail.copies)
 }
 
 /// The engine's image `pushed` (built without the split's steps) with their layers appended,
@@ -222,5 +216,53 @@ fn kind(context: &Tree, copy: &CopyStep) -> &'static str {
             _ => "dir",
         },
         _ => "multi",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn context() -> (tempfile::TempDir, Tree) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("src/sub")).expect("dirs");
+        std::fs::write(dir.path().join("src/sub/a.txt"), "a").expect("write");
+        std::fs::write(dir.path().join("one.txt"), "1").expect("write");
+        let tree = Tree::open(dir.path()).expect("tree");
+        (dir, tree)
+    }
+
+    const FROM: &str = "FROM localhost/busybox:latest\nRUN make\n";
+
+    #[test]
+    fn directory_and_into_directory_copies_are_made_here() {
+        let (_dir, tree) = context();
+        let text = format!("{FROM}COPY src/ /app/\nCMD run\nCOPY one.txt .\n");
+        let copies = final_copies(&text, &tree).expect("split");
+        let lines: Vec<usize> = copies.iter().map(|c| c.line).collect();
+        assert_eq!(lines, [3, 5]);
+        assert_eq!(copies[0].followed_by, 1);
+    }
+
+    #[test]
+    fn what_only_the_engine_can_tell_is_left_to_it() {
+        let (dir, tree) = context();
+        let refused = |text: String| final_copies(&text, &tree).expect_err("engine");
+        assert!(refused(format!("{FROM}COPY one.txt /etc/one\n")).contains("may be a directory"));
+        assert!(refused(format!("{FROM}COPY gone/ /app/\n")).contains("missing"));
+        assert!(refused("FROM scratch\nCOPY src/ /\n".into()).contains("scratch"));
+        assert!(
+            refused("FROM localhost/busybox:latest\nCOPY src/ /app/\n".into())
+                .contains("no step but its COPYs")
+        );
+        assert!(refused(format!("{FROM}RUN late\n")).contains("not a plain COPY"));
+        std::os::unix::fs::symlink("a.txt", dir.path().join("src/sub/link")).expect("symlink");
+        let tree = Tree::open(dir.path()).expect("tree");
+        let text = format!("{FROM}COPY src/ /app/\n");
+        assert!(
+            final_copies(&text, &tree)
+                .expect_err("engine")
+                .contains("sub/link is a symlink")
+        );
     }
 }

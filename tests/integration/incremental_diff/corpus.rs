@@ -376,6 +376,18 @@ pub fn chains() -> Vec<Chain> {
             ],
         },
         Chain {
+            // Climbs out of the working directory: the split full build finds that only after
+            // the engine built the rest, and builds every step after all.
+            name: "updir",
+            dockerfile: "FROM localhost/busybox:latest\nWORKDIR /srv/www\nCOPY site/ ../data/\n",
+            files: vec![("site/index.html", "<p>1</p>\n")],
+            symlinks: vec![],
+            pairs: vec![
+                pair("a page changes", Full("is not modelled"))
+                    .write("site/index.html", "<p>2</p>\n"),
+            ],
+        },
+        Chain {
             name: "add",
             dockerfile: "FROM localhost/busybox:latest\nADD notes.txt /notes.txt\nCOPY a.txt /a.txt\n",
             files: vec![("notes.txt", "n1\n"), ("a.txt", "a1\n")],

@@ -182,6 +182,17 @@ async fn incremental_edits_equal_full_builds() {
                 .lines()
                 .any(|l| l.contains(build_id.as_str()) && l.contains("COPY layer(s) made from"));
             split += usize::from(made_here);
+            // `updir`'s destination is found out of reach only once the engine built the rest.
+            if chain.name == "updir"
+                && !log.lines().any(|l| {
+                    l.contains(build_id.as_str())
+                        && l.contains("the engine builds every step after all")
+                })
+            {
+                failures.push(format!(
+                    "{name}: the engine did not build every step after all"
+                ));
+            }
             eprintln!(
                 "{name}: {}{}",
                 route_taken(&log, build_id),
