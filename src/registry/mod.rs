@@ -20,11 +20,13 @@ mod blobs;
 mod catalog;
 mod digest;
 mod manifests;
+mod small_blobs;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{ExponentialBuilder, Retryable};
+use bytes::Bytes;
 use reqwest::StatusCode;
 use reqwest::header::{AUTHORIZATION, WWW_AUTHENTICATE};
 
@@ -43,6 +45,8 @@ pub struct RegistryClient {
     digests: FreshGates<Option<String>>,
     /// Names asked for per page of a catalog or tag listing (`catalog`).
     listing_page: usize,
+    /// Configs uploaded or read, not fetched again.
+    small_blobs: small_blobs::SmallBlobs,
 }
 
 impl RegistryClient {
@@ -63,6 +67,7 @@ impl RegistryClient {
             manifests: FreshGates::default(),
             digests: FreshGates::default(),
             listing_page: catalog::PAGE,
+            small_blobs: small_blobs::SmallBlobs::default(),
         }
     }
 
@@ -176,7 +181,14 @@ impl ImageRegistry for RegistryClient {
     }
 
     async fn blob(&self, repository: &str, digest: &str) -> Result<Option<Vec<u8>>, RegistryError> {
-        self.get_blob(repository, digest).await
+        if let Some(bytes) = self.small_blobs.get(repository, digest) {
+            return Ok(Some(bytes));
+        }
+        let blob = self.get_blob(repository, digest).await?;
+        if let Some(bytes) = &blob {
+            self.small_blobs.put(repository, digest, bytes);
+        }
+        Ok(blob)
     }
 
     async fn blob_stream(
@@ -193,7 +205,10 @@ impl ImageRegistry for RegistryClient {
         digest: &str,
         bytes: Vec<u8>,
     ) -> Result<(), RegistryError> {
-        self.put_blob(repository, digest, bytes.into()).await
+        let bytes = Bytes::from(bytes);
+        self.put_blob(repository, digest, bytes.clone()).await?;
+        self.small_blobs.put(repository, digest, &bytes);
+        Ok(())
     }
 
     async fn upload_blob_file(
