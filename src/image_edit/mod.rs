@@ -237,9 +237,27 @@ pub(crate) async fn publish(
     config: Vec<u8>,
     manifest: Vec<u8>,
 ) -> Result<Manifest, BuildError> {
-    store
-        .upload_blob(repository, &content_digest(&config), config)
-        .await?;
+    let image = (media_type, config, manifest);
+    publish_beside(store, repository, tag, image, async { Ok(()) }).await
+}
+
+/// As `publish`, the config uploaded while `blobs` (the uploads of the image's new layers)
+/// run; the manifest goes when both are done.
+pub(crate) async fn publish_beside(
+    store: &dyn ImageRegistry,
+    repository: &str,
+    tag: &str,
+    (media_type, config, manifest): (String, Vec<u8>, Vec<u8>),
+    blobs: impl Future<Output = Result<(), BuildError>>,
+) -> Result<Manifest, BuildError> {
+    let config_digest = content_digest(&config);
+    let config = async {
+        store
+            .upload_blob(repository, &config_digest, config)
+            .await
+            .map_err(BuildError::from)
+    };
+    tokio::try_join!(config, blobs)?;
     let manifest = Manifest {
         media_type,
         digest: content_digest(&manifest),

@@ -31,7 +31,7 @@ use crate::confined::Tree;
 use crate::error::BuildError;
 use crate::ports::{BuildCtx, BuildSpec, Checkout, Environment, Manifest, Recipe, SourceSpec};
 
-use crate::image_edit::{NewLayer, Previous, config_digest, publish, rfc3339};
+use crate::image_edit::{NewLayer, Previous, config_digest, publish_beside, rfc3339};
 
 /// What the pipeline knows when it may try an incremental rebuild.
 pub struct Attempt<'a> {
@@ -170,7 +170,11 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
             Err(reason) => return Ok(Err(reason)),
         };
 
-    let (new_layers, files) = match made_layers(a, context, ignore, copies).await? {
+    let Made {
+        layers: new_layers,
+        files,
+        written,
+    } = match made_layers(a, context, ignore, copies).await? {
         Ok(made) => made,
         Err(reason) => return Ok(Err(reason)),
     };
@@ -183,13 +187,12 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
         Ok(edited) => edited,
         Err(reason) => return Ok(Err(reason)),
     };
-    let edited = publish(
+    let edited = publish_beside(
         store.as_ref(),
         a.repository,
         a.tag,
-        media_type,
-        config,
-        manifest,
+        (media_type, config, manifest),
+        upload_layers(a, written),
     )
     .await?;
     a.log.push(&format!(
@@ -212,14 +215,22 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
     }))
 }
 
-/// The COPY steps' layers, made from the context in the build's scratch dir and uploaded, and
-/// how many files they hold. Inner error: a step this service cannot make (the engine must).
+/// The COPY steps' layers, made from the context in the build's scratch dir, to upload.
+struct Made {
+    layers: Vec<NewLayer>,
+    /// How many files they hold.
+    files: usize,
+    written: Vec<layer::Layer>,
+}
+
+/// Makes the COPY steps' layers. Inner error: a step this service cannot make (the engine
+/// must).
 async fn made_layers(
     a: &Attempt<'_>,
     context: Tree,
     ignore: ignore::Ignore,
     copies: Vec<tail::CopyStep>,
-) -> Result<Result<(Vec<NewLayer>, usize), String>, BuildError> {
+) -> Result<Result<Made, String>, BuildError> {
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
     let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
@@ -235,26 +246,35 @@ async fn made_layers(
     })
     .await
     .map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
-    let layers = match layers {
+    let written = match layers {
         Ok(layers) => layers,
         Err(reason) => return Ok(Err(reason)),
     };
-    let files: usize = layers.iter().map(|l| l.files).sum();
-    let mut new_layers = Vec::with_capacity(layers.len());
-    for built in layers {
+    Ok(Ok(Made {
+        layers: written
+            .iter()
+            .map(|built| NewLayer {
+                digest: built.digest.clone(),
+                diff_id: built.diff_id.clone(),
+                size: built.size,
+            })
+            .collect(),
+        files: written.iter().map(|l| l.files).sum(),
+        written,
+    }))
+}
+
+/// Uploads the made layers, each file removed once the registry has it.
+async fn upload_layers(a: &Attempt<'_>, written: Vec<layer::Layer>) -> Result<(), BuildError> {
+    for built in written {
         a.env
             .registry
             .upload_blob_file(a.repository, &built.digest, &built.path, built.size)
             .await?;
         // Uploaded: the scratch disk need not hold it until the build ends.
         let _ = std::fs::remove_file(&built.path);
-        new_layers.push(NewLayer {
-            digest: built.digest,
-            diff_id: built.diff_id,
-            size: built.size,
-        });
     }
-    Ok(Ok((new_layers, files)))
+    Ok(())
 }
 
 /// Every changed file the image can see must be read by the tail's COPYs only.

@@ -17,7 +17,7 @@ use super::tail::{self, CopyStep};
 use super::{Attempt, placement};
 use crate::confined::{Entry, Kind, Node, Refused, Tree};
 use crate::error::BuildError;
-use crate::image_edit::{Appended, Previous, config_digest, publish, rfc3339};
+use crate::image_edit::{Appended, Previous, config_digest, publish_beside, rfc3339};
 use crate::ports::{Manifest, Recipe};
 
 /// What the worker makes of a build the engine builds the rest of.
@@ -158,11 +158,13 @@ pub async fn finish(
             )
         })
         .collect();
-    let (layers, files) = match super::made_layers(a, split.context, split.ignore, copies).await? {
+    let made = match super::made_layers(a, split.context, split.ignore, copies).await? {
         Ok(made) => made,
         Err(why) => return Ok(Err(why)),
     };
-    let appended: Vec<Appended> = layers
+    let (files, written) = (made.files, made.written);
+    let appended: Vec<Appended> = made
+        .layers
         .into_iter()
         .zip(steps)
         .map(|(layer, (kind, dest, followed_by))| Appended {
@@ -182,13 +184,12 @@ pub async fn finish(
             Ok(edited) => edited,
             Err(why) => return Ok(Err(why)),
         };
-    let manifest = publish(
+    let manifest = publish_beside(
         store.as_ref(),
         a.repository,
         a.tag,
-        media_type,
-        config,
-        manifest,
+        (media_type, config, manifest),
+        super::upload_layers(a, written),
     )
     .await?;
     a.log.push(&format!(
