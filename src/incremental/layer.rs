@@ -130,7 +130,7 @@ pub(super) fn build(
         .map_err(|e| format!("failed to write the layer: {e}"))?;
     let (buffered, blob) = compressed.into_parts();
     // No fsync: the file is uploaded from the page cache and removed, and a worker that
-    // dies before the upload builds again (it cost ~8 ms a layer here).
+    // dies before the upload builds again.
     buffered
         .into_inner()
         .map_err(|e| format!("failed to write the layer: {e}"))?;

@@ -10,13 +10,13 @@ use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
 use tokio_util::io::ReaderStream;
 
 use super::{RegistryClient, digest};
+use crate::error::RegistryError;
+use crate::ports::BlobStream;
 
 /// Blobs up to this size are uploaded from memory.
 const IN_MEMORY_UPLOAD: u64 = 16 * 1024 * 1024;
 /// The read size of a larger blob's upload stream.
 const STREAM_CHUNK: usize = 1024 * 1024;
-use crate::error::RegistryError;
-use crate::ports::BlobStream;
 
 /// The state of a digest-checked blob stream: the chunk held back and the running hash (taken
 /// when the stream has ended).
@@ -157,7 +157,7 @@ impl RegistryClient {
         len: u64,
     ) -> Result<(), RegistryError> {
         // A small layer (a COPY made from the checkout) is read at once: streamed, tokio's
-        // file reads hop through the blocking pool 4 KiB at a time (~8 ms for 150 KiB here).
+        // file reads hop through the blocking pool one small chunk at a time.
         if len <= IN_MEMORY_UPLOAD {
             let bytes = Bytes::from(tokio::fs::read(path).await.map_err(|e| {
                 RegistryError::Protocol(format!("failed to read {}: {e}", path.display()))

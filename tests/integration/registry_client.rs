@@ -220,16 +220,17 @@ async fn bearer_tokens_are_sent_first_and_refreshed_before_they_expire() {
         "the login goes to the realm on the registry's host"
     );
     // Still valid: reused, nothing fetched.
+    // The layer, not the config: the client keeps small blobs it uploaded and sends no request.
     client.digest(repo, "v1").await.expect("head");
     client
-        .blob(repo, &content_digest(&image.config))
+        .blob(repo, &content_digest(&image.layer))
         .await
         .expect("blob");
     assert_eq!(tokens.tokens(), fetched);
     // Past its refresh point (2 s less a tenth): a new token before the request, no 401.
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     client
-        .blob(repo, &content_digest(&image.config))
+        .blob(repo, &content_digest(&image.layer))
         .await
         .expect("blob after expiry");
     assert_eq!(tokens.tokens(), fetched + 1, "refreshed once");
@@ -257,12 +258,13 @@ async fn a_cached_token_the_registry_rejects_is_replaced_once() {
     write_file(registry.dir.path(), "root.pem", &tokens.cert_pem());
     registry.start().await;
     let before = proxy.counts.unauthorized();
+    // The layer, not the config: the client keeps small blobs it uploaded and sends no request.
     let read = client
-        .blob(repo, &content_digest(&image.config))
+        .blob(repo, &content_digest(&image.layer))
         .await
         .expect("blob with a replaced token")
         .expect("exists");
-    assert_eq!(read, image.config);
+    assert_eq!(read, image.layer);
     assert_eq!(proxy.counts.unauthorized(), before + 1, "one rejection");
     assert_eq!(tokens.tokens(), fetched + 1, "one new token");
     // The replacement is cached in its turn.
