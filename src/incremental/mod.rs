@@ -99,13 +99,10 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
     let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
         return Ok(Err("first build of this configuration".into()));
     };
-    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
-        return Ok(Err("nixpacks generates the Dockerfile".into()));
+    let dockerfile = match last_stage_dockerfile(spec) {
+        Ok(dockerfile) => dockerfile,
+        Err(reason) => return Ok(Err(reason)),
     };
-    // The tail analysis reads the last stage as the image; a target may be an earlier one.
-    if let Some(target) = &spec.target {
-        return Ok(Err(format!("the target stage '{target}' is built")));
-    }
     let (context, ignore, text) = match read_inputs(spec, dockerfile)? {
         Ok(inputs) => inputs,
         Err(reason) => return Ok(Err(reason)),
@@ -321,6 +318,18 @@ fn changes_fit_the_tail(
         }
     }
     Ok(())
+}
+
+/// The request's own Dockerfile when the image is its last stage (what the tail analysis
+/// reads as the image; a target may be an earlier one), or why not.
+fn last_stage_dockerfile(spec: &BuildSpec) -> Result<&Path, String> {
+    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
+        return Err("nixpacks generates the Dockerfile".into());
+    };
+    if let Some(target) = &spec.target {
+        return Err(format!("the target stage '{target}' is built"));
+    }
+    Ok(dockerfile)
 }
 
 /// The context, its ignore file and the Dockerfile's text, read beneath the checkout. Inner

@@ -18,7 +18,7 @@ use super::{Attempt, placement};
 use crate::confined::{Entry, Kind, Node, Refused, Tree};
 use crate::error::BuildError;
 use crate::image_edit::{Appended, Previous, config_digest, publish_beside, rfc3339};
-use crate::ports::{Manifest, Recipe};
+use crate::ports::Manifest;
 
 /// What the worker makes of a build the engine builds the rest of.
 pub struct Split {
@@ -40,18 +40,16 @@ pub fn plan(a: &Attempt<'_>) -> Result<Split, String> {
     if !env.settings.incremental {
         return Err("incremental rebuilds are off (build.incremental)".into());
     }
-    if !env.engine.omits_steps() || env.engine.labels_at_build(spec) {
+    if !env.engine.omits_steps() {
+        return Err("the engine cannot leave steps out".into());
+    }
+    if env.engine.labels_at_build(spec) {
         return Err("the engine labels while building".into());
     }
     if spec.platforms.len() > 1 {
         return Err("several platforms".into());
     }
-    let Recipe::Dockerfile(dockerfile) = &spec.recipe else {
-        return Err("nixpacks generates the Dockerfile".into());
-    };
-    if let Some(target) = &spec.target {
-        return Err(format!("the target stage '{target}' is built"));
-    }
+    let dockerfile = super::last_stage_dockerfile(spec)?;
     let (context, ignore, text) =
         super::read_inputs(spec, dockerfile).map_err(|e| e.to_string())??;
     Ok(Split {
@@ -63,8 +61,8 @@ pub fn plan(a: &Attempt<'_>) -> Result<Split, String> {
 
 /// The Dockerfile's final plain COPYs when the worker can make their layers from `context`.
 fn final_copies(text: &str, context: &Tree) -> Result<Vec<CopyStep>, String> {
-    let tail = tail::analyse(text)?;
     let parsed = crate::dockerfile::Dockerfile::parse(text)?;
+    let tail = tail::analyse_parsed(&parsed)?;
     let Some(last) = parsed.stages.last() else {
         return Err("the Dockerfile has no FROM".into());
     };

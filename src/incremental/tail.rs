@@ -45,7 +45,11 @@ const METADATA: [Keyword; 9] = [
 
 /// The tail of the final stage, or why there is none this service can rebuild alone.
 pub(super) fn analyse(text: &str) -> Result<Tail, String> {
-    let dockerfile = Dockerfile::parse(text)?;
+    analyse_parsed(&Dockerfile::parse(text)?)
+}
+
+/// `analyse` of a Dockerfile already parsed.
+pub(super) fn analyse_parsed(dockerfile: &Dockerfile) -> Result<Tail, String> {
     for stage in &dockerfile.stages {
         if let Some(flag) = stage.flags.iter().find(|f| f.name != "platform") {
             return Err(format!(
