@@ -235,15 +235,15 @@ pub async fn run(
             .map(|tag| env.registry.tag(repository, tag, &manifest)),
     )
     .await?;
-    if let Some(key) = key {
-        env.registry.tag(repository, key, &manifest).await?;
-    }
-    // After the build key: the base of the next commit's incremental rebuild.
-    if build_spec.platforms.len() <= 1 {
-        env.registry
-            .tag(repository, &build_spec.lineage_tag, &manifest)
-            .await?;
-    }
+    // The lineage tag (the base of the next commit's incremental rebuild) goes beside the key:
+    // an edit starts only from an image recorded as built, and the record follows both.
+    let lineage = (build_spec.platforms.len() <= 1).then_some(build_spec.lineage_tag.as_str());
+    futures_util::future::try_join_all(
+        key.into_iter()
+            .chain(lineage)
+            .map(|tag| env.registry.tag(repository, tag, &manifest)),
+    )
+    .await?;
     log.push(&format!("pushed {}@{digest}", build_spec.image));
     stages.done("tags");
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
@@ -332,7 +332,7 @@ async fn full_build(
             })?;
         return Ok((manifest, built.bases));
     }
-    // Unlabelled, so under the internal lineage tag (rewritten after the build key), never
+    // Unlabelled, so under the internal lineage tag (rewritten beside the build key), never
     // under a tag a user reads.
     let built = env
         .engine

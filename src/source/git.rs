@@ -15,10 +15,12 @@ use sha2::{Digest, Sha256};
 
 use super::GitLimits;
 use super::checkout_size::{self, CheckoutBounds, MAX_CHECKOUT_ENTRIES};
+use super::early_claims::EarlyClaims;
 use super::egress::{self, ExtraRoots, NetworkPolicy, Route};
 use super::fetch::FetchPlan;
-use super::kept_trees::{KeptTrees, seal_of};
+use super::kept_trees::KeptTrees;
 use super::refs::{Listing, Refs, Wanted};
+use super::seal::Seal;
 use super::stop::Stop;
 use crate::error::{BuildError, GitError};
 use crate::fresh::FreshGates;
@@ -44,6 +46,8 @@ pub struct GitMirrors {
     metrics: Option<std::sync::Arc<Metrics>>,
     /// Checkouts kept for the repositories' next builds.
     kept: KeptTrees,
+    /// Kept trees claimed while their builds fetch.
+    claims: EarlyClaims,
 }
 
 const EVICTION_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
@@ -71,6 +75,7 @@ impl GitMirrors {
             eviction: NowAndThen::new(EVICTION_EVERY),
             metrics: None,
             kept: KeptTrees::none(),
+            claims: EarlyClaims::default(),
         }
     }
 
@@ -174,6 +179,7 @@ impl SourceFetcher for GitMirrors {
             let (mirror, stop) = (mirror.clone(), stop.clone());
             blocking(move || committed_at(&mirror, oid, &stop)).await?
         };
+        let mut claim = None;
         let (commit, committed_at) = match found {
             Some(at) => {
                 ctx.log
@@ -181,6 +187,12 @@ impl SourceFetcher for GitMirrors {
                 (oid, at)
             }
             None => {
+                // A commit to fetch is most likely one to build: its kept tree is claimed
+                // (and its seal checked) while the fetch waits on the network.
+                claim = Some(
+                    self.claims
+                        .start(&self.kept, mirror_key(&mirror), &ctx.scratch_dir),
+                );
                 let target = listed.refname.clone();
                 let shallow = spec.remote.scheme() != "file";
                 let plan = move |repo: &Repository| match &target {
@@ -200,7 +212,7 @@ impl SourceFetcher for GitMirrors {
             ref_name: listed.name,
             is_default_branch: listed.is_default_branch,
             committed_at,
-            hold: SourceHold::new(hold),
+            hold: SourceHold::new((hold, claim)),
         };
         self.evict_now_and_then();
         ctx.log
@@ -267,18 +279,25 @@ impl SourceFetcher for GitMirrors {
         };
         let stop = Stop::new(&ctx.cancel, ctx.deadline);
         let kept = self.kept.clone();
+        let claimed = self.claims.finish(&ctx.scratch_dir).await;
         blocking(move || {
-            let key = mirror_key(&mirror);
-            let taken = kept.take(&key, &dest);
+            let taken = match claimed {
+                Some(claimed) => claimed.into(&dest),
+                None => kept.take(&mirror_key(&mirror), &dest),
+            };
             let updated = taken.and_then(|taken| {
                 match update_kept(&mirror, &taken.commit, &commit, &dest, &bounds, &stop) {
-                    Ok((written, removed)) => {
+                    Ok(changed) => {
                         tracing::info!(
-                            "checkout: the kept tree of {} brought to {commit} ({written} \
-                             file(s) written, {removed} removed)",
-                            taken.commit
+                            "checkout: the kept tree of {} brought to {commit} ({} \
+                             file(s) written, {} removed)",
+                            taken.commit,
+                            changed.written,
+                            changed.removed
                         );
-                        Some(())
+                        // Only what was written or removed is sealed again.
+                        let mut seal = taken.seal;
+                        Some(seal.reseal(&dest, &changed.paths).ok().map(|()| seal))
                     }
                     Err(why) => {
                         tracing::info!("checked out afresh: {why}");
@@ -287,12 +306,16 @@ impl SourceFetcher for GitMirrors {
                     }
                 }
             });
-            if updated.is_none() {
-                checkout_commit(&mirror, &commit, &dest, &bounds, &stop)?;
-            }
+            let seal = match updated {
+                Some(resealed) => resealed.or_else(|| Seal::of(&dest)),
+                None => {
+                    checkout_commit(&mirror, &commit, &dest, &bounds, &stop)?;
+                    Seal::of(&dest)
+                }
+            };
             // Sealed before the build runs: only a tree nothing wrote to since is kept.
-            if let Some((seal, _)) = seal_of(&dest) {
-                let _ = std::fs::write(seal_path(&dest), seal);
+            if let Some(seal) = seal {
+                let _ = std::fs::write(seal_path(&dest), seal.digest());
             }
             Ok(())
         })
@@ -556,6 +579,15 @@ fn checkout_commit(
     Ok(())
 }
 
+/// What bringing a kept tree to another commit wrote and removed.
+#[derive(Debug)]
+struct Changed {
+    written: usize,
+    removed: usize,
+    /// The paths written or removed.
+    paths: Vec<String>,
+}
+
 /// Turns `dest`, a kept tree of commit `from`, into a checkout of `to`: the files that changed
 /// are removed and written again, nothing else is touched. Only plain files may have changed
 /// (a symlink, submodule or type change is left to a fresh checkout, as is anything unexpected).
@@ -566,7 +598,7 @@ fn update_kept(
     dest: &Path,
     bounds: &CheckoutBounds,
     stop: &Stop,
-) -> Result<(usize, usize), String> {
+) -> Result<Changed, String> {
     let (_lock, repo) = open_for_reading(mirror, stop).map_err(|e| e.to_string())?;
     let tree_of = |sha: &str| -> Result<Tree<'_>, String> {
         Oid::from_str(sha)
@@ -585,7 +617,7 @@ fn update_kept(
             FileMode::Blob | FileMode::BlobExecutable | FileMode::Unreadable
         )
     };
-    let (mut written, mut removed) = (Vec::new(), 0);
+    let (mut written, mut removed) = (Vec::new(), Vec::new());
     for delta in diff.deltas() {
         let (old_file, new_file) = (delta.old_file(), delta.new_file());
         if !plain(old_file.mode()) || !plain(new_file.mode()) {
@@ -603,7 +635,7 @@ fn update_kept(
         match delta.status() {
             Delta::Deleted => {
                 remove_with_empty_parents(dest, path)?;
-                removed += 1;
+                removed.push(path.to_owned());
             }
             Delta::Added | Delta::Modified => {
                 // Written anew, so that the mode is the blob's as in a fresh checkout.
@@ -615,8 +647,13 @@ fn update_kept(
             other => return Err(format!("{path} is {other:?}")),
         }
     }
+    let changed = |written: Vec<String>, removed: Vec<String>| Changed {
+        written: written.len(),
+        removed: removed.len(),
+        paths: written.into_iter().chain(removed).collect(),
+    };
     if written.is_empty() {
-        return Ok((0, removed));
+        return Ok(changed(written, removed));
     }
     let mut opts = CheckoutBuilder::new();
     opts.target_dir(dest)
@@ -630,7 +667,7 @@ fn update_kept(
     }
     repo.checkout_tree(new.as_object(), Some(&mut opts))
         .map_err(|e| format!("writing the changed files: {e}"))?;
-    Ok((written.len(), removed))
+    Ok(changed(written, removed))
 }
 
 /// Removes the file at `path` beneath `dest`, then each parent directory left empty (a fresh
@@ -831,10 +868,15 @@ mod tests {
         let stop = Stop::never();
         let (kept, fresh) = (dir.path().join("kept"), dir.path().join("fresh"));
         checkout_commit(&mirror, &one, &kept, &bounds, &stop).expect("checkout one");
-        update_kept(&mirror, &one, &two, &kept, &bounds, &stop).expect("updated");
+        let mut seal = Seal::of(&kept).expect("sealed");
+        let changed = update_kept(&mirror, &one, &two, &kept, &bounds, &stop).expect("updated");
         checkout_commit(&mirror, &two, &fresh, &bounds, &stop).expect("checkout two");
         assert_eq!(listing(&kept), listing(&fresh));
         assert!(!kept.join("gone").exists(), "an emptied directory goes");
+        assert_eq!((changed.written, changed.removed), (4, 2));
+        // Sealing what the update wrote and removed seals the tree as a whole walk does.
+        seal.reseal(&kept, &changed.paths).expect("resealed");
+        assert_eq!(seal, Seal::of(&kept).expect("sealed"));
 
         // A symlink is left to a fresh checkout.
         let three = commit_changes(&repo, Some(&two), &[("link", Some(("/etc", 0o120000)))]);

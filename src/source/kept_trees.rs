@@ -8,11 +8,9 @@
 //! which nothing can set back. A taken tree whose seal no longer matches was written to after it
 //! was kept (nothing the worker runs should, a writable bind is refused) and is not used.
 
-use std::collections::BTreeMap;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use sha2::{Digest, Sha256};
+use super::seal::Seal;
 
 /// Where the trees are kept: `<root>/<key>@<commit>/{tree,seal}`.
 #[derive(Debug, Clone)]
@@ -27,6 +25,40 @@ pub struct KeptTrees {
 /// A tree taken for a build: it holds `commit`, sealed as it was kept.
 pub(super) struct Taken {
     pub commit: String,
+    pub seal: Seal,
+}
+
+/// A kept tree claimed for a build and found sealed, not yet moved into the build's work dir
+/// (`into`). Claimed early, while the commit is fetched; kept again when dropped unused.
+pub(super) struct Claimed {
+    /// The claimed entry (`tree` and `seal` beneath it), under a pending name.
+    dir: PathBuf,
+    /// Where it was kept, and goes back to when unused.
+    kept_as: PathBuf,
+    commit: String,
+    seal: Option<Seal>,
+}
+
+impl Claimed {
+    /// Moves the tree to `dest` (which must not exist yet).
+    pub(super) fn into(mut self, dest: &Path) -> Option<Taken> {
+        let seal = self.seal.take()?;
+        let moved = std::fs::rename(self.dir.join(TREE), dest).is_ok();
+        let _ = std::fs::remove_dir_all(&self.dir);
+        moved.then(|| Taken {
+            commit: self.commit.clone(),
+            seal,
+        })
+    }
+}
+
+impl Drop for Claimed {
+    fn drop(&mut self) {
+        if self.seal.is_some() && std::fs::rename(&self.dir, &self.kept_as).is_err() {
+            // A newer tree was kept meanwhile: this one stays pending, and `trim` removes it.
+            tracing::debug!("a claimed tree was not kept again: another took its place");
+        }
+    }
 }
 
 /// A build's tree moved out of its work dir, on its way to being kept.
@@ -63,6 +95,12 @@ impl KeptTrees {
     /// Moves the kept tree of `key` to `dest` (which must not exist yet) if its seal still
     /// holds. None when there is none, another build took it first, or it was touched.
     pub(super) fn take(&self, key: &str, dest: &Path) -> Option<Taken> {
+        self.claim(key)?.into(dest)
+    }
+
+    /// Claims the kept tree of `key` if its seal still holds (a tree that was touched is
+    /// removed). None when there is none, or another build claimed it first.
+    pub(super) fn claim(&self, key: &str) -> Option<Claimed> {
         if self.max == 0 {
             return None;
         }
@@ -78,20 +116,26 @@ impl KeptTrees {
             if std::fs::rename(entry.path(), &claimed).is_err() {
                 continue;
             }
-            let seal = std::fs::read_to_string(claimed.join(SEAL)).ok();
-            let moved = std::fs::rename(claimed.join(TREE), dest).is_ok();
-            let _ = std::fs::remove_dir_all(&claimed);
-            if !moved {
-                return None;
-            }
-            if seal.is_some_and(|seal| seal_of(dest).is_some_and(|(now, _)| now == seal)) {
-                return Some(Taken { commit });
+            // Pending entries are trimmed by age: this one is new, whenever it was kept.
+            let _ = std::fs::File::open(&claimed)
+                .and_then(|dir| dir.set_modified(std::time::SystemTime::now()));
+            let kept_seal = std::fs::read_to_string(claimed.join(SEAL)).ok();
+            let seal = Seal::of(&claimed.join(TREE));
+            if let (Some(kept_seal), Some(seal)) = (kept_seal, seal)
+                && seal.digest() == kept_seal
+            {
+                return Some(Claimed {
+                    dir: claimed,
+                    kept_as: entry.path(),
+                    commit,
+                    seal: Some(seal),
+                });
             }
             tracing::warn!(
                 "the kept checkout {} changed after it was kept: checked out afresh",
                 name.to_string_lossy()
             );
-            let _ = std::fs::remove_dir_all(dest);
+            let _ = std::fs::remove_dir_all(&claimed);
             return None;
         }
         None
@@ -120,8 +164,8 @@ impl KeptTrees {
     /// before), if nothing wrote to it since it was sealed: the build ran on it.
     pub(super) fn publish(&self, staged: Staged, key: &str, commit: &str) {
         let Staged { dir, seal } = staged;
-        let size = match seal_of(&dir.join(TREE)) {
-            Some((now, size)) if now == seal => Some(size),
+        let size = match Seal::of(&dir.join(TREE)) {
+            Some(now) if now.digest() == seal => Some(now.bytes()),
             _ => {
                 tracing::warn!("a build's checkout changed while it ran: not kept");
                 None
@@ -153,11 +197,11 @@ impl KeptTrees {
     }
 
     #[cfg(test)]
-    fn keep(&self, key: &str, commit: &str, dir: &Path) {
-        let Some((seal, _)) = seal_of(dir) else {
+    pub(super) fn keep(&self, key: &str, commit: &str, dir: &Path) {
+        let Some(seal) = Seal::of(dir) else {
             return;
         };
-        if let Some(staged) = self.stage(dir, &seal) {
+        if let Some(staged) = self.stage(dir, &seal.digest()) {
             self.publish(staged, key, commit);
         }
     }
@@ -219,53 +263,6 @@ impl KeptTrees {
         self.root
             .join(format!("{PENDING}{}", uuid::Uuid::new_v4().simple()))
     }
-}
-
-/// The change time, size, mode and inode of every entry beneath `dir` (not `dir` itself, whose
-/// change time a rename moves), hashed; and the files' bytes. None when it cannot be read whole.
-pub(super) fn seal_of(dir: &Path) -> Option<(String, u64)> {
-    let mut entries = BTreeMap::new();
-    let mut bytes = 0;
-    walk(dir, Path::new(""), &mut entries, &mut bytes).ok()?;
-    let mut hash = Sha256::new();
-    for (path, line) in entries {
-        hash.update(path.as_os_str().as_encoded_bytes());
-        hash.update(b"\0");
-        hash.update(line.as_bytes());
-        hash.update(b"\n");
-    }
-    Some((hex::encode(hash.finalize()), bytes))
-}
-
-fn walk(
-    dir: &Path,
-    rel: &Path,
-    out: &mut BTreeMap<PathBuf, String>,
-    bytes: &mut u64,
-) -> std::io::Result<()> {
-    for entry in std::fs::read_dir(dir.join(rel))? {
-        let entry = entry?;
-        let path = rel.join(entry.file_name());
-        // symlink_metadata: a link is sealed as itself, never followed.
-        let meta = std::fs::symlink_metadata(dir.join(&path))?;
-        out.insert(
-            path.clone(),
-            format!(
-                "{} {} {} {} {}",
-                meta.ctime(),
-                meta.ctime_nsec(),
-                meta.size(),
-                meta.mode(),
-                meta.ino()
-            ),
-        );
-        if meta.is_dir() {
-            walk(dir, &path, out, bytes)?;
-        } else {
-            *bytes = bytes.saturating_add(meta.size());
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -341,7 +338,7 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let kept = KeptTrees::new(tmp.path().join("kept"), 4, 1 << 20);
         let dir = tree(tmp.path(), "b");
-        let (seal, _) = seal_of(&dir).expect("sealed");
+        let seal = Seal::of(&dir).expect("sealed").digest();
         std::fs::write(dir.join("src/a.txt"), "written by the build\n").expect("write");
         let staged = kept.stage(&dir, &seal).expect("staged");
         kept.publish(staged, "repo", "c1");

@@ -3,12 +3,14 @@
 
 mod checkout_size;
 mod credentials;
+mod early_claims;
 mod egress;
 mod eviction;
 mod fetch;
 mod git;
 mod kept_trees;
 mod refs;
+mod seal;
 mod snapshot;
 mod stop;
 
