@@ -100,9 +100,39 @@ pub(super) fn fetch(
     let token = Arc::new(Token::new(spec, &route.fetch_url));
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
-    let mut callbacks = offering(&token);
+    let (mut opts, refspecs) = fetch_options(repo, spec, plan, limits, stop, &token, &aborted);
+    // The transport libgit2 creates on this thread connects to the checked addresses.
+    let entered = route.enter(&token);
+    let fetched = remote.fetch(&refspecs, Some(&mut opts), None);
+    drop(entered);
+    if let Err(err) = fetched {
+        return Err(failure(err, &aborted, &token, route, stop, limits, spec));
+    }
+    // Available after the fetch has disconnected.
+    let default = remote
+        .default_branch()
+        .ok()
+        .and_then(|b| b.as_str().ok().map(str::to_owned));
+    if let Some(branch) = &default {
+        let _ = repo.set_head(branch);
+    }
+    Ok(default)
+}
+
+/// The options and refspecs of one fetch: bounded by `limits` and `stop` (a callback that
+/// aborts says why in `aborted`), offering `token`.
+fn fetch_options<'a>(
+    repo: &Repository,
+    spec: &'a SourceSpec,
+    plan: &FetchPlan,
+    limits: &'a GitLimits,
+    stop: &'a Stop,
+    token: &'a Token,
+    aborted: &'a RefCell<Option<BuildError>>,
+) -> (FetchOptions<'a>, Vec<String>) {
+    let mut callbacks = offering(token);
     let max_bytes = limits.fetch_bytes();
-    callbacks.transfer_progress(|progress| {
+    callbacks.transfer_progress(move |progress| {
         let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
         let too_big = (received > max_bytes).then(|| {
             BuildError::LimitExceeded(format!(
@@ -110,10 +140,10 @@ pub(super) fn fetch(
                 spec.remote, limits.fetch_mb
             ))
         });
-        keep_going(&aborted, stop.stopped().or(too_big))
+        keep_going(aborted, stop.stopped().or(too_big))
     });
     // A host may send progress messages only, forever: that is no reason to outlive the build.
-    callbacks.sideband_progress(|_| keep_going(&aborted, stop.stopped()));
+    callbacks.sideband_progress(move |_| keep_going(aborted, stop.stopped()));
     let mut opts = FetchOptions::new();
     opts.remote_callbacks(callbacks)
         .prune(FetchPrune::On)
@@ -142,34 +172,22 @@ pub(super) fn fetch(
     // pinned transports follow only those that stay on the checked host).
     opts.proxy_options(ProxyOptions::new())
         .follow_redirects(RemoteRedirect::None);
-    // The transport libgit2 creates on this thread connects to the checked addresses.
-    let entered = route.enter(&token);
-    let fetched = remote.fetch(&refspecs, Some(&mut opts), None);
-    drop(entered);
-    if let Err(err) = fetched {
-        return Err(failure(err, &aborted, &token, route, stop, limits, spec));
-    }
-    // Available after the fetch has disconnected.
-    let default = remote
-        .default_branch()
-        .ok()
-        .and_then(|b| b.as_str().ok().map(str::to_owned));
-    if let Some(branch) = &default {
-        let _ = repo.set_head(branch);
-    }
-    Ok(default)
+    (opts, refspecs)
 }
 
-/// The remote's refs and default branch, from one connection that fetches nothing (for http,
-/// one request). `repo` is the mirror: its config keeps libgit2 from following redirects,
-/// which would go around the relay (see `forbid_redirects`).
-pub(super) fn list(
+/// The remote's refs and default branch, from one connection (for http, one request). When
+/// `then` answers with a plan (and a guard held until it is done: the mirror's lock), that
+/// fetch goes over the same connection: a ref that moved costs no second listing. `repo` is
+/// the mirror: its config keeps libgit2 from following redirects, which would go around the
+/// relay (see `forbid_redirects`).
+pub(super) fn list<G>(
     repo: &Repository,
     spec: &SourceSpec,
     limits: &GitLimits,
     stop: &Stop,
     route: &Route,
-) -> Result<Listing, BuildError> {
+    then: impl FnOnce(&Repository, &Listing) -> Result<Option<(FetchPlan, G)>, BuildError>,
+) -> Result<(Listing, bool), BuildError> {
     let mut remote = repo
         .remote_anonymous(route.fetch_url.as_str())
         .map_err(GitError::git("set up the remote"))?;
@@ -181,7 +199,9 @@ pub(super) fn list(
         Some(offering(&token)),
         Some(ProxyOptions::new()),
     );
-    let listed = connected.and_then(|connection| {
+    let mut connection =
+        connected.map_err(|err| failure(err, &aborted, &token, route, stop, limits, spec))?;
+    let listed = (|| {
         let mut listing = Listing {
             head: connection
                 .default_branch()
@@ -193,10 +213,38 @@ pub(super) fn list(
             listing.refs.insert(head.name().to_owned(), head.oid());
         }
         Ok(listing)
+    })();
+    let listing =
+        listed.map_err(|err| failure(err, &aborted, &token, route, stop, limits, spec))?;
+    let Some((plan, _guard)) = then(repo, &listing)? else {
         // Dropping the connection disconnects (for git://, a flush; for http, nothing).
-    });
+        return Ok((listing, false));
+    };
+    let (mut opts, refspecs) = fetch_options(repo, spec, &plan, limits, stop, &token, &aborted);
+    // Connected already: libgit2 fetches over this connection.
+    let fetched = connection.remote().fetch(&refspecs, Some(&mut opts), None);
+    drop(connection);
     drop(entered);
-    listed.map_err(|err| failure(err, &aborted, &token, route, stop, limits, spec))
+    if let Err(err) = fetched {
+        if let Some(why) = route
+            .refused()
+            .or_else(|| aborted.take())
+            .or_else(|| stop.stopped())
+        {
+            return Err(why);
+        }
+        // The ref may have moved since it was listed (a server may refuse a want that is no
+        // longer a tip): the caller fetches again on a connection of its own.
+        tracing::info!(
+            "fetching over the listing's connection failed: {}",
+            err.message()
+        );
+        return Ok((listing, false));
+    }
+    if let Some(branch) = &listing.head {
+        let _ = repo.set_head(branch);
+    }
+    Ok((listing, true))
 }
 
 /// Keeps libgit2 from following http redirects when it only lists (`connect` has no option

@@ -37,7 +37,7 @@ pub struct GitMirrors {
     /// Trusted for https hosts besides the system's roots (`request.git_ca_file`).
     roots: ExtraRoots,
     /// Concurrent lookups of one remote (with the same credentials) share fresh listings...
-    listings: FreshGates<Listing>,
+    listings: FreshGates<(Listing, bool)>,
     /// ...and fresh fetches of the same refs into one mirror.
     fetches: FreshGates<()>,
     /// Sizing the cache walks it: not more often than this.
@@ -166,8 +166,27 @@ impl SourceFetcher for GitMirrors {
             })
             .await?
         };
-        // One listing round trip says which commit the ref names; most answers stop there.
-        let listing = self.listing(&mirror, spec, &stop, ctx).await?;
+        // One listing round trip says which commit the ref names; most answers stop there. A
+        // commit the mirror lacks is fetched over the same connection.
+        let (fetching, mut fetch_started) = tokio::sync::oneshot::channel();
+        let listed = self.listing(&mirror, spec, &stop, ctx, fetching);
+        tokio::pin!(listed);
+        let mut claim = None;
+        let mut hearing = true;
+        let (listing, fetched) = loop {
+            tokio::select! {
+                listed = &mut listed => break listed?,
+                started = &mut fetch_started, if hearing => {
+                    hearing = false;
+                    if started.is_ok() {
+                        claim = Some(self.claim_early(&mirror, ctx));
+                    }
+                }
+            }
+        };
+        if fetched {
+            self.ensure_fits_cache(&mirror, spec).await?;
+        }
         let wanted = Wanted {
             git_ref: spec.git_ref.clone(),
             kind: spec.ref_kind,
@@ -179,20 +198,18 @@ impl SourceFetcher for GitMirrors {
             let (mirror, stop) = (mirror.clone(), stop.clone());
             blocking(move || committed_at(&mirror, oid, &stop)).await?
         };
-        let mut claim = None;
         let (commit, committed_at) = match found {
             Some(at) => {
-                ctx.log
-                    .push(&format!("{oid} is in the mirror already: no fetch"));
+                ctx.log.push(&if fetched {
+                    format!("{oid} fetched over the listing's connection")
+                } else {
+                    format!("{oid} is in the mirror already: no fetch")
+                });
                 (oid, at)
             }
             None => {
-                // A commit to fetch is most likely one to build: its kept tree is claimed
-                // (and its seal checked) while the fetch waits on the network.
-                claim = Some(
-                    self.claims
-                        .start(&self.kept, mirror_key(&mirror), &ctx.scratch_dir),
-                );
+                // The listing was another lookup's (shared), or fetching over it failed.
+                claim = claim.or_else(|| Some(self.claim_early(&mirror, ctx)));
                 let target = listed.refname.clone();
                 let shallow = spec.remote.scheme() != "file";
                 let plan = move |repo: &Repository| match &target {
@@ -353,14 +370,16 @@ fn mirror_key(mirror: &Path) -> String {
 
 impl GitMirrors {
     /// The remote's refs, from a listing that started after this call (shared with identical
-    /// lookups in flight).
+    /// lookups in flight), and whether it fetched: when the mirror lacks the commit the request
+    /// names, the listing's connection fetches it (`fetching` hears of it first).
     async fn listing(
         &self,
         mirror: &Path,
         spec: &SourceSpec,
         stop: &Stop,
         ctx: &BuildCtx,
-    ) -> Result<Listing, BuildError> {
+        fetching: tokio::sync::oneshot::Sender<()>,
+    ) -> Result<(Listing, bool), BuildError> {
         let list = {
             let (mirror, spec, limits, stop) =
                 (mirror.to_owned(), spec.clone(), self.limits, stop.clone());
@@ -370,7 +389,10 @@ impl GitMirrors {
                 blocking(move || {
                     let repo =
                         Repository::open_bare(&mirror).map_err(GitError::git("open the mirror"))?;
-                    super::fetch::list(&repo, &spec, &limits, &stop, &route)
+                    let then = |repo: &Repository, listing: &Listing| {
+                        fetch_if_missing(&mirror, &spec, repo, listing, &stop, fetching)
+                    };
+                    super::fetch::list(&repo, &spec, &limits, &stop, &route, then)
                 })
                 .await
             }
@@ -380,6 +402,14 @@ impl GitMirrors {
             listed = self.listings.fresh(&key, list) => listed,
             _ = ctx.cancel.cancelled() => Err(BuildError::Cancelled),
         }
+    }
+
+    /// Claims the mirror's kept tree for this build while its commit is fetched: a commit to
+    /// fetch is most likely one to build, and checking the tree's seal then overlaps the
+    /// network wait.
+    fn claim_early(&self, mirror: &Path, ctx: &BuildCtx) -> super::early_claims::ClaimGuard {
+        self.claims
+            .start(&self.kept, mirror_key(mirror), &ctx.scratch_dir)
     }
 
     /// Fetches into the mirror what `plan` (decided under the mirror's lock) asks for; fetches
@@ -499,6 +529,42 @@ fn fetch_mirror(
     let repo = Repository::open_bare(mirror).map_err(GitError::git("open the mirror"))?;
     let plan = plan(&repo);
     super::fetch::fetch(&repo, spec, &plan, limits, stop, route).map(drop)
+}
+
+/// The fetch a listing calls for: of the commit the request names, when the mirror lacks it,
+/// with the mirror's exclusive lock to hold until the fetch is done. `fetching` hears of it
+/// before the lock is waited for.
+fn fetch_if_missing(
+    mirror: &Path,
+    spec: &SourceSpec,
+    repo: &Repository,
+    listing: &Listing,
+    stop: &Stop,
+    fetching: tokio::sync::oneshot::Sender<()>,
+) -> Result<Option<(FetchPlan, File)>, BuildError> {
+    let wanted = Wanted {
+        git_ref: spec.git_ref.clone(),
+        kind: spec.ref_kind,
+        default_branch: listing.head.clone(),
+    };
+    // A ref the listing lacks is reported by the caller, which resolves it again.
+    let Ok(listed) = super::refs::resolve(listing, &wanted) else {
+        return Ok(None);
+    };
+    if committed_at(mirror, listed.oid, stop)?.is_some() {
+        return Ok(None);
+    }
+    let _ = fetching.send(());
+    let lock = lock_mirror(mirror, true, stop)?;
+    // Another fetch may have brought it while this one waited for the lock.
+    if repo.find_commit(listed.oid).is_ok() {
+        return Ok(None);
+    }
+    let plan = match &listed.refname {
+        Some(refname) => FetchPlan::one_ref(refname, repo, spec.remote.scheme() != "file"),
+        None => FetchPlan::everything(),
+    };
+    Ok(Some((plan, lock)))
 }
 
 /// The committer time of `oid` when the mirror has that commit. Shared lock: another fetch

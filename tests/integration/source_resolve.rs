@@ -127,6 +127,17 @@ async fn an_unchanged_ref_is_answered_from_one_listing_and_a_moved_one_is_fetche
         after_move.negotiations > after_first.negotiations,
         "{after_move:?}"
     );
+    // The fetch went over the listing's connection: no second listing.
+    assert_eq!(
+        after_move.listings,
+        after_first.listings + 4,
+        "one listing for the moved ref: {after_move:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with("fetched over the listing's connection")),
+        "{log:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
