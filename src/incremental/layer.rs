@@ -11,15 +11,13 @@
 //! The layer is a pure function of the commit: fixed owner (0:0, no names), modes reduced to
 //! what git records (0644, 0755 if executable; directories 0755), every mtime the commit's
 //! committer time, entries in name order, gzip without a timestamp. The same commit gives the
-//! same digest on any worker. It is written to the build's scratch dir and uploaded from there.
+//! same digest on any worker. It is written to the build's scratch dir and uploaded from there,
+//! compressed on a second thread while the tar is made (`compressing`).
 
 use std::fs::File;
-use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-
+use super::compressing::Compressing;
 use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
 use crate::digest_writer::DigestWriter;
@@ -63,7 +61,7 @@ impl Why {
     }
 }
 
-type LayerTar = tar::Builder<DigestWriter<GzEncoder<DigestWriter<BufWriter<File>>>>>;
+type LayerTar = tar::Builder<DigestWriter<Compressing>>;
 
 /// Writes the layer of `step` to `out`. `mtime` goes into every entry.
 pub(super) fn build(
@@ -74,8 +72,7 @@ pub(super) fn build(
     out: &Path,
 ) -> Result<Layer, String> {
     let file = File::create(out).map_err(|e| format!("failed to create the layer file: {e}"))?;
-    let compressed = DigestWriter::new(BufWriter::new(file));
-    let gz = GzEncoder::new(compressed, Compression::fast());
+    let gz = Compressing::new(file).map_err(|e| format!("failed to start compressing: {e}"))?;
     let mut tar = tar::Builder::new(DigestWriter::new(gz));
     tar.follow_symlinks(false);
     let mut state = Walk {
@@ -122,18 +119,9 @@ pub(super) fn build(
         .into_inner()
         .map_err(|e| format!("failed to finish the layer: {e}"))?;
     let (gz, uncompressed) = hashing.into_parts();
-    let mut compressed = gz
+    let blob = gz
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
-    compressed
-        .flush()
-        .map_err(|e| format!("failed to write the layer: {e}"))?;
-    let (buffered, blob) = compressed.into_parts();
-    // No fsync: the file is uploaded from the page cache and removed, and a worker that
-    // dies before the upload builds again.
-    buffered
-        .into_inner()
-        .map_err(|e| format!("failed to write the layer: {e}"))?;
     Ok(Layer {
         path: out.to_owned(),
         digest: blob.digest,

@@ -16,6 +16,7 @@
 //! `tests/integration/incremental_diff` checks a corpus of such pairs against podman.
 
 mod base_swap;
+mod compressing;
 mod ignore;
 mod layer;
 mod placement;
@@ -231,7 +232,12 @@ async fn made_layers(
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
     let mtime = u64::try_from(a.checkout.committed_at).unwrap_or(0);
-    let layers = tokio::task::spawn_blocking(move || {
+    // The uploads' sessions start while the layers are made: one for each, one for the config.
+    let sessions = a
+        .env
+        .registry
+        .prepare_uploads(a.repository, copies.len() + 1);
+    let making = tokio::task::spawn_blocking(move || {
         copies
             .iter()
             .enumerate()
@@ -240,9 +246,10 @@ async fn made_layers(
                 layer::build(&context, &ignore.file, step, mtime, &out)
             })
             .collect::<Result<Vec<_>, _>>()
-    })
-    .await
-    .map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
+    });
+    let (layers, ()) = tokio::join!(making, sessions);
+    let layers =
+        layers.map_err(|e| BuildError::Internal(anyhow::anyhow!("layer task failed: {e}")))?;
     let written = match layers {
         Ok(layers) => layers,
         Err(reason) => return Ok(Err(reason)),

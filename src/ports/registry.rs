@@ -129,6 +129,10 @@ pub trait ImageRegistry: Send + Sync {
         Ok(false)
     }
 
+    /// Starts `n` upload sessions in `repository` for uploads that follow soon, so that each
+    /// of those is one round trip instead of two. Best effort: doing nothing is correct.
+    async fn prepare_uploads(&self, _repository: &str, _n: usize) {}
+
     /// Points `repository:tag` at `manifest` (same digest; no layer moves).
     async fn tag(
         &self,

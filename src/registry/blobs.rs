@@ -220,7 +220,22 @@ impl RegistryClient {
         }
     }
 
-    /// POST an upload, PUT its bytes with the digest (a monolithic upload). The registry's
+    /// Starts `n` upload sessions in `repository` for uploads to come (`upload_sessions`).
+    /// Best effort: an upload without one starts its own.
+    pub(super) async fn start_sessions(&self, repository: &str, n: usize) {
+        let scope = format!("repository:{repository}:pull,push");
+        let starts = (0..n).map(|_| self.start_upload(&scope, repository));
+        for session in futures_util::future::join_all(starts)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            self.upload_sessions.keep(repository, session);
+        }
+    }
+
+    /// PUTs the bytes with their digest into an upload session (a monolithic upload): one
+    /// started ahead when there is one the registry still knows, else a new one. The registry's
     /// announced digest of what it stored must be `digest`.
     async fn upload(
         &self,
@@ -230,8 +245,41 @@ impl RegistryClient {
         body: impl Fn() -> reqwest::Body,
     ) -> Result<(), RegistryError> {
         let scope = format!("repository:{repository}:pull,push");
+        let response = match self.upload_sessions.take(repository) {
+            Some(session) => {
+                let response = self
+                    .finish_upload(&scope, session, digest, len, &body)
+                    .await?;
+                // Expired or purged by the registry: a new session below.
+                (response.status() != StatusCode::NOT_FOUND).then_some(response)
+            }
+            None => None,
+        };
+        let response = match response {
+            Some(response) => response,
+            None => {
+                let session = self.start_upload(&scope, repository).await?;
+                self.finish_upload(&scope, session, digest, len, &body)
+                    .await?
+            }
+        };
+        if response.status() != StatusCode::CREATED {
+            return Err(RegistryError::Status {
+                status: response.status(),
+                doing: format!("when uploading {digest} to {repository}"),
+            });
+        }
+        let announced = response
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok());
+        digest::check_announced(&format!("blob uploaded to {repository}"), digest, announced)
+    }
+
+    /// POSTs a new upload session: its URL.
+    async fn start_upload(&self, scope: &str, repository: &str) -> Result<url::Url, RegistryError> {
         let start = self.url(&format!("{repository}/blobs/uploads/"));
-        let started = self.send(&scope, || self.http.post(&start)).await?;
+        let started = self.send(scope, || self.http.post(&start)).await?;
         if started.status() != StatusCode::ACCEPTED {
             return Err(RegistryError::Status {
                 status: started.status(),
@@ -248,32 +296,31 @@ impl RegistryClient {
                 ))
             })?;
         // The location may be relative and may carry its own query (upload state).
-        let mut url = self.base.join(location).map_err(|e| {
+        self.base.join(location).map_err(|e| {
             RegistryError::Protocol(format!("the registry gave a bad upload location: {e}"))
-        })?;
-        url.query_pairs_mut().append_pair("digest", digest);
+        })
+    }
+
+    /// PUTs the blob's `len` bytes with `digest` to `session`; the registry's answer.
+    async fn finish_upload(
+        &self,
+        scope: &str,
+        mut session: url::Url,
+        digest: &str,
+        len: u64,
+        body: &impl Fn() -> reqwest::Body,
+    ) -> Result<reqwest::Response, RegistryError> {
+        session.query_pairs_mut().append_pair("digest", digest);
         // The client's 30 s covers small requests; a layer gets a second per MiB on top.
         let timeout = Duration::from_secs(30 + (len >> 20));
-        let response = self
-            .send(&scope, || {
-                self.http
-                    .put(url.as_str())
-                    .timeout(timeout)
-                    .header(CONTENT_TYPE, "application/octet-stream")
-                    .header(CONTENT_LENGTH, len)
-                    .body(body())
-            })
-            .await?;
-        if response.status() != StatusCode::CREATED {
-            return Err(RegistryError::Status {
-                status: response.status(),
-                doing: format!("when uploading {digest} to {repository}"),
-            });
-        }
-        let announced = response
-            .headers()
-            .get("docker-content-digest")
-            .and_then(|v| v.to_str().ok());
-        digest::check_announced(&format!("blob uploaded to {repository}"), digest, announced)
+        self.send(scope, || {
+            self.http
+                .put(session.as_str())
+                .timeout(timeout)
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_LENGTH, len)
+                .body(body())
+        })
+        .await
     }
 }

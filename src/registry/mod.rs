@@ -21,6 +21,7 @@ mod catalog;
 mod digest;
 mod manifests;
 mod small_blobs;
+mod upload_sessions;
 
 use std::time::Duration;
 
@@ -47,6 +48,8 @@ pub struct RegistryClient {
     listing_page: usize,
     /// Configs uploaded or read, not fetched again.
     small_blobs: small_blobs::SmallBlobs,
+    /// Upload sessions started ahead of their uploads.
+    upload_sessions: upload_sessions::UploadSessions,
 }
 
 impl RegistryClient {
@@ -68,6 +71,7 @@ impl RegistryClient {
             digests: FreshGates::default(),
             listing_page: catalog::PAGE,
             small_blobs: small_blobs::SmallBlobs::default(),
+            upload_sessions: upload_sessions::UploadSessions::default(),
         }
     }
 
@@ -228,6 +232,10 @@ impl ImageRegistry for RegistryClient {
         from: &str,
     ) -> Result<bool, RegistryError> {
         self.mount(repository, digest, from).await
+    }
+
+    async fn prepare_uploads(&self, repository: &str, n: usize) {
+        self.start_sessions(repository, n).await;
     }
 
     async fn repositories(&self) -> Result<Vec<String>, RegistryError> {

@@ -405,3 +405,73 @@ async fn a_retried_file_upload_sends_the_whole_file_again() {
         "both tries sent the whole file"
     );
 }
+
+/// Sessions started ahead (`prepare_uploads`) make each upload one request, the PUT; a
+/// session the registry no longer knows is replaced by a new one, and the upload succeeds.
+#[tokio::test]
+async fn uploads_use_sessions_started_ahead_and_replace_ones_the_registry_forgot() {
+    let (registry, proxy) = basic_registry().await;
+    let client = client(&proxy.addr, PASSWORD);
+    let dir = tempfile::tempdir().expect("dir");
+    let image = image();
+    // The first request learns the auth scheme (one 401): not part of what is counted.
+    client.prepare_uploads("ahead", 2).await;
+    let before = proxy.counts.requests();
+    client
+        .upload_blob(
+            "ahead",
+            &content_digest(&image.config),
+            image.config.clone(),
+        )
+        .await
+        .expect("config upload");
+    let layer = write_file(dir.path(), "layer", &image.layer);
+    client
+        .upload_blob_file(
+            "ahead",
+            &content_digest(&image.layer),
+            &layer,
+            image.layer.len() as u64,
+        )
+        .await
+        .expect("layer upload");
+    assert_eq!(
+        proxy.counts.requests() - before,
+        2,
+        "one PUT for each blob, no POST"
+    );
+    client
+        .tag("ahead", "v1", &image.manifest)
+        .await
+        .expect("the manifest names blobs the registry has");
+
+    // The registry forgets its upload sessions (as when it purges old ones).
+    client.prepare_uploads("forgot", 1).await;
+    std::fs::remove_dir_all(
+        registry
+            .dir
+            .path()
+            .join("data/docker/registry/v2/repositories/forgot/_uploads"),
+    )
+    .expect("the registry's upload sessions");
+    let before = proxy.counts.requests();
+    client
+        .upload_blob(
+            "forgot",
+            &content_digest(&image.config),
+            image.config.clone(),
+        )
+        .await
+        .expect("uploaded through a new session");
+    assert_eq!(
+        proxy.counts.requests() - before,
+        3,
+        "the forgotten session's PUT, a new session, its PUT"
+    );
+    // Read by another client: this one keeps the small blobs it uploaded.
+    let read = self::client(&proxy.addr, PASSWORD)
+        .blob("forgot", &content_digest(&image.config))
+        .await
+        .expect("blob");
+    assert_eq!(read, Some(image.config));
+}
