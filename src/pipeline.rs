@@ -209,8 +209,8 @@ pub async fn run(
         },
         naming,
     )?;
-    let mut tags = build_spec.push_tags();
-    let first = tags.next().unwrap_or(&build_spec.key_tag);
+    // The tags a user reads go at once, with the image (`produce`); the build key after them.
+    let user_tags: Vec<&str> = build_spec.tags.iter().map(String::as_str).collect();
     let attempt = incremental::Attempt {
         env,
         spec: &build_spec,
@@ -218,7 +218,7 @@ pub async fn run(
         checkout: &checkout,
         scratch_dir: &ctx.scratch_dir,
         repository,
-        tag: first,
+        tags: &user_tags,
         created: time::OffsetDateTime::now_utc(),
         log,
         ctx: &ctx,
@@ -226,20 +226,12 @@ pub async fn run(
     let (manifest, how, bases) = produce(&attempt, &job.request, &ctx).await?;
     stages.done("produce");
     let digest = manifest.digest.clone();
-    // The build key goes last (`push_tags` order): it marks a completely pushed build. The
-    // others, each one request, go at once.
-    let mut tags: Vec<&str> = tags.collect();
-    let key = tags.pop();
-    futures_util::future::try_join_all(
-        tags.iter()
-            .map(|tag| env.registry.tag(repository, tag, &manifest)),
-    )
-    .await?;
-    // The lineage tag (the base of the next commit's incremental rebuild) goes beside the key:
-    // an edit starts only from an image recorded as built, and the record follows both.
+    // The build key goes last: it marks a completely pushed build. The lineage tag (the base of
+    // the next commit's incremental rebuild) goes beside it: an edit starts only from an image
+    // recorded as built, and the record follows both.
     let lineage = (build_spec.platforms.len() <= 1).then_some(build_spec.lineage_tag.as_str());
     futures_util::future::try_join_all(
-        key.into_iter()
+        std::iter::once(build_spec.key_tag.as_str())
             .chain(lineage)
             .map(|tag| env.registry.tag(repository, tag, &manifest)),
     )
@@ -252,7 +244,7 @@ pub async fn run(
     Ok(updated(digest, build_spec.tags, how, exported, bases))
 }
 
-/// Puts the image under `a.tag` and returns its manifest with how and why it was made and the
+/// Puts the image under `a.tags` and returns its manifest with how and why it was made and the
 /// base images it stands on: edited in the registry when only files of the final COPYs changed,
 /// else built and pushed by the engine (and labelled in the registry when the engine did not
 /// label it).
@@ -317,7 +309,12 @@ async fn full_build(
     }
     let mut stages = stages::Stages::new(&spec.local_ref);
     if env.engine.labels_at_build(spec) {
-        let built = env.engine.build_and_push(spec, a.tag, ctx).await?;
+        // The engine pushes under the first tag; the others follow through the registry.
+        let (first, others) = match a.tags.split_first() {
+            Some((first, others)) => (*first, others),
+            None => (spec.lineage_tag.as_str(), &[][..]),
+        };
+        let built = env.engine.build_and_push(spec, first, ctx).await?;
         stages.done("engine build and push");
         // Only the engine's push leaves the manifest to be read back.
         let manifest = env
@@ -330,6 +327,7 @@ async fn full_build(
                     built.digest
                 )))
             })?;
+        image_edit::put_under(env.registry.as_ref(), a.repository, others, &manifest).await?;
         return Ok((manifest, built.bases));
     }
     // Unlabelled, so under the internal lineage tag (rewritten beside the build key), never
@@ -344,7 +342,7 @@ async fn full_build(
         repository: a.repository,
         digest: &built.digest,
         labels: &spec.labels,
-        tag: a.tag,
+        tags: a.tags,
         created: a.created,
     })
     .await?;

@@ -19,12 +19,12 @@ pub struct Relabel<'a> {
     /// The pushed, unlabelled image.
     pub digest: &'a str,
     pub labels: &'a [(String, String)],
-    /// Where the labelled image goes.
-    pub tag: &'a str,
+    /// Where the labelled image goes (all at once).
+    pub tags: &'a [&'a str],
     pub created: time::OffsetDateTime,
 }
 
-/// Writes `labels` into the config of `digest` and pushes the result under `tag`: a new config
+/// Writes `labels` into the config of `digest` and pushes the result under `tags`: a new config
 /// blob and manifest, no layer moves. Returns the labelled image.
 pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
     // What the registry just took must read back whole: anything less is the registry's failure.
@@ -54,7 +54,7 @@ pub async fn relabel(r: &Relabel<'_>) -> Result<Manifest, BuildError> {
     publish(
         r.registry,
         r.repository,
-        r.tag,
+        r.tags,
         media_type,
         config,
         manifest,
@@ -78,14 +78,14 @@ pub struct Rebase<'a> {
     pub old_base: BaseImage<'a>,
     pub new_base: BaseImage<'a>,
     pub labels: &'a [(String, String)],
-    /// Where the rebased image goes.
-    pub tag: &'a str,
+    /// Where the rebased image goes (all at once).
+    pub tags: &'a [&'a str],
     pub created: time::OffsetDateTime,
     /// Base layers the registry will not mount are copied through here.
     pub scratch_dir: &'a std::path::Path,
 }
 
-/// `r.image` with its old base's layers replaced by the new base's, pushed under `r.tag`: the
+/// `r.image` with its old base's layers replaced by the new base's, pushed under `r.tags`: the
 /// new base's layers are mounted into the image's repository (copied when the registry will
 /// not), a new config and manifest written; no layer of the image's own moves. `Ok(Err(why))`
 /// when the images show it cannot be done (not built on that base, the new base's settings
@@ -141,7 +141,7 @@ pub async fn rebase(r: &Rebase<'_>) -> Result<Result<Manifest, String>, BuildErr
     publish(
         r.registry,
         r.repository,
-        r.tag,
+        r.tags,
         media_type,
         config,
         manifest,
@@ -228,25 +228,26 @@ async fn bring_layer(r: &Rebase<'_>, from: &str, digest: &str) -> Result<(), Bui
     uploaded.map_err(BuildError::from)
 }
 
-/// Uploads an edited image's config, puts its manifest under `tag`; returns the manifest.
+/// Uploads an edited image's config, puts its manifest under `tags`; returns the manifest.
 pub(crate) async fn publish(
     store: &dyn ImageRegistry,
     repository: &str,
-    tag: &str,
+    tags: &[&str],
     media_type: String,
     config: Vec<u8>,
     manifest: Vec<u8>,
 ) -> Result<Manifest, BuildError> {
     let image = (media_type, config, manifest);
-    publish_beside(store, repository, tag, image, async { Ok(()) }).await
+    publish_beside(store, repository, tags, image, async { Ok(()) }).await
 }
 
 /// As `publish`, the config uploaded while `blobs` (the uploads of the image's new layers)
-/// run; the manifest goes when both are done.
+/// run; the manifest goes when both are done, under every tag at once (by its digest when
+/// there is none).
 pub(crate) async fn publish_beside(
     store: &dyn ImageRegistry,
     repository: &str,
-    tag: &str,
+    tags: &[&str],
     (media_type, config, manifest): (String, Vec<u8>, Vec<u8>),
     blobs: impl Future<Output = Result<(), BuildError>>,
 ) -> Result<Manifest, BuildError> {
@@ -263,8 +264,32 @@ pub(crate) async fn publish_beside(
         digest: content_digest(&manifest),
         bytes: manifest,
     };
-    store.tag(repository, tag, &manifest).await?;
+    let by_digest = [manifest.digest.as_str()];
+    let tags = if tags.is_empty() {
+        &by_digest[..]
+    } else {
+        tags
+    };
+    put_under(store, repository, tags, &manifest).await?;
     Ok(manifest)
+}
+
+/// Puts `manifest` under each of `tags` at once, each tag once (concurrent writes of one tag
+/// race in some registries).
+pub(crate) async fn put_under(
+    store: &dyn ImageRegistry,
+    repository: &str,
+    tags: &[&str],
+    manifest: &Manifest,
+) -> Result<(), RegistryError> {
+    let distinct: std::collections::BTreeSet<&str> = tags.iter().copied().collect();
+    futures_util::future::try_join_all(
+        distinct
+            .into_iter()
+            .map(|tag| store.tag(repository, tag, manifest)),
+    )
+    .await?;
+    Ok(())
 }
 
 pub(crate) fn config_digest(manifest: &Manifest) -> Option<String> {

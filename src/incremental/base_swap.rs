@@ -104,7 +104,7 @@ pub async fn swap_base(
                 digest: &moved.digest,
             },
             labels: &spec.labels,
-            tag: a.tag,
+            tags: a.tags,
             created: a.created,
             scratch_dir: a.scratch_dir,
         };

@@ -44,8 +44,9 @@ pub struct Attempt<'a> {
     pub scratch_dir: &'a Path,
     /// The registry's name for the image (`ns/name`).
     pub repository: &'a str,
-    /// The first tag to write; the pipeline writes the others as after a push.
-    pub tag: &'a str,
+    /// The tags a user reads, all written at once; the pipeline writes the build key and the
+    /// lineage tag after them.
+    pub tags: &'a [&'a str],
     pub created: time::OffsetDateTime,
     pub log: &'a BuildLog,
     /// Bounds what the attempt fetches (a shallow mirror deepened for the diff).
@@ -188,7 +189,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
     let edited = publish_beside(
         store.as_ref(),
         a.repository,
-        a.tag,
+        a.tags,
         (media_type, config, manifest),
         upload_layers(a, written),
     )

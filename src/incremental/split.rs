@@ -110,7 +110,7 @@ fn final_copies(text: &str, context: &Tree) -> Result<Vec<CopyStep>, String> {
 }
 
 /// The engine's image `pushed` (built without the split's steps) with their layers appended,
-/// put under `a.tag`. Outer error: the registry failed; inner: why the engine must build
+/// put under `a.tags`. Outer error: the registry failed; inner: why the engine must build
 /// every step after all.
 pub async fn finish(
     a: &Attempt<'_>,
@@ -185,7 +185,7 @@ pub async fn finish(
     let manifest = publish_beside(
         store.as_ref(),
         a.repository,
-        a.tag,
+        a.tags,
         (media_type, config, manifest),
         super::upload_layers(a, written),
     )

@@ -7,15 +7,19 @@
 //! tree.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Seal {
-    /// Path beneath the directory -> (its sealed line, its bytes when a file).
-    entries: BTreeMap<PathBuf, (String, u64)>,
+    /// Path beneath the directory, its components joined by NUL (which sorts before any byte
+    /// of a name, so the order is the paths' component order, compared as plain bytes) ->
+    /// (its sealed line, its bytes when a file).
+    entries: BTreeMap<Vec<u8>, (String, u64)>,
 }
 
 impl Seal {
@@ -24,15 +28,15 @@ impl Seal {
         let mut seal = Self {
             entries: BTreeMap::new(),
         };
-        seal.walk(dir, Path::new("")).ok()?;
+        seal.walk(dir, &[]).ok()?;
         Some(seal)
     }
 
     /// The seal as written beside a kept tree.
     pub(super) fn digest(&self) -> String {
         let mut hash = Sha256::new();
-        for (path, (line, _)) in &self.entries {
-            hash.update(path.as_os_str().as_encoded_bytes());
+        for (key, (line, _)) in &self.entries {
+            hash.update(slashed(key));
             hash.update(b"\0");
             hash.update(line.as_bytes());
             hash.update(b"\n");
@@ -54,12 +58,13 @@ impl Seal {
                 if rel.as_os_str().is_empty() {
                     break;
                 }
+                let key = keyed(rel.as_os_str().as_bytes());
                 match std::fs::symlink_metadata(dir.join(rel)) {
                     Ok(meta) => {
-                        self.entries.insert(rel.to_owned(), sealed(&meta));
+                        self.entries.insert(key, sealed(&meta));
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                        self.entries.remove(rel);
+                        self.entries.remove(&key);
                     }
                     Err(e) => return Err(e),
                 }
@@ -68,18 +73,38 @@ impl Seal {
         Ok(())
     }
 
-    fn walk(&mut self, dir: &Path, rel: &Path) -> std::io::Result<()> {
-        for entry in std::fs::read_dir(dir.join(rel))? {
-            let path = rel.join(entry?.file_name());
-            // symlink_metadata: a link is sealed as itself, never followed.
-            let meta = std::fs::symlink_metadata(dir.join(&path))?;
-            self.entries.insert(path.clone(), sealed(&meta));
-            if meta.is_dir() {
-                self.walk(dir, &path)?;
+    /// The entries beneath `dir`/`rel` (`rel` a key).
+    fn walk(&mut self, dir: &Path, rel: &[u8]) -> std::io::Result<()> {
+        let here = dir.join(OsStr::from_bytes(&slashed(rel)));
+        for entry in std::fs::read_dir(here)? {
+            let entry = entry?;
+            // Stat'ed through the open directory (not the whole path again), never following
+            // a link: a link is sealed as itself.
+            let meta = entry.metadata()?;
+            let mut key = rel.to_vec();
+            if !key.is_empty() {
+                key.push(0);
             }
+            key.extend_from_slice(entry.file_name().as_bytes());
+            if meta.is_dir() {
+                self.walk(dir, &key)?;
+            }
+            self.entries.insert(key, sealed(&meta));
         }
         Ok(())
     }
+}
+
+/// A relative path as a key: `/` becomes NUL.
+fn keyed(path: &[u8]) -> Vec<u8> {
+    path.iter()
+        .map(|&b| if b == b'/' { 0 } else { b })
+        .collect()
+}
+
+/// A key as the relative path it is.
+fn slashed(key: &[u8]) -> Vec<u8> {
+    key.iter().map(|&b| if b == 0 { b'/' } else { b }).collect()
 }
 
 fn sealed(meta: &std::fs::Metadata) -> (String, u64) {
@@ -126,6 +151,49 @@ mod tests {
         assert_eq!(seal, whole);
         assert_ne!(before, whole.digest());
         assert_eq!(seal.bytes(), 8 + 1 + 13);
+    }
+
+    /// The seal as kept trees were sealed before entries were keyed by bytes: whole paths,
+    /// ordered by component. Trees kept then must still be taken.
+    fn path_ordered_digest(dir: &Path) -> String {
+        fn walk(dir: &Path, rel: &Path, out: &mut BTreeMap<std::path::PathBuf, String>) {
+            for entry in std::fs::read_dir(dir.join(rel)).expect("dir") {
+                let path = rel.join(entry.expect("entry").file_name());
+                let meta = std::fs::symlink_metadata(dir.join(&path)).expect("meta");
+                out.insert(path.clone(), sealed(&meta).0);
+                if meta.is_dir() {
+                    walk(dir, &path, out);
+                }
+            }
+        }
+        let mut entries = BTreeMap::new();
+        walk(dir, Path::new(""), &mut entries);
+        let mut hash = Sha256::new();
+        for (path, line) in entries {
+            hash.update(path.as_os_str().as_encoded_bytes());
+            hash.update(b"\0");
+            hash.update(line.as_bytes());
+            hash.update(b"\n");
+        }
+        hex::encode(hash.finalize())
+    }
+
+    #[test]
+    fn the_digest_is_the_one_kept_trees_were_sealed_with() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let dir = tmp.path();
+        tree(dir);
+        // Names whose byte order differs from their component order.
+        for name in ["a.b", "a-", "a0", "src.txt", "src-1"] {
+            std::fs::write(dir.join(name), name).expect("write");
+        }
+        std::fs::create_dir_all(dir.join("a/b")).expect("dirs");
+        std::fs::write(dir.join("a/b/c"), "c").expect("write");
+        std::os::unix::fs::symlink("/etc/passwd", dir.join("link")).expect("symlink");
+        assert_eq!(
+            Seal::of(dir).expect("sealed").digest(),
+            path_ordered_digest(dir)
+        );
     }
 
     #[test]

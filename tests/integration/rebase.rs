@@ -106,7 +106,7 @@ async fn a_copy_only_image_moved_onto_its_new_base_equals_a_full_build_on_it() {
             digest: &v2,
         },
         labels: &labels,
-        tag: "rebased",
+        tags: &["rebased"],
         created: time::OffsetDateTime::now_utc(),
         scratch_dir: scratch.path(),
     };
@@ -134,7 +134,7 @@ async fn a_copy_only_image_moved_onto_its_new_base_equals_a_full_build_on_it() {
             repository: &base_repo,
             digest: &v3,
         },
-        tag: "refused",
+        tags: &["refused"],
         ..onto_v2
     };
     let refused = image_edit::rebase(&onto_v3)
