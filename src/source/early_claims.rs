@@ -84,7 +84,7 @@ mod tests {
         let claimed = claims.finish(&one).await.expect("claimed");
         assert!(claims.finish(&one).await.is_none(), "finished once");
         let dest = tmp.path().join("dest");
-        let taken = claimed.into(&dest).expect("taken");
+        let taken = claimed.move_to(&dest).expect("taken");
         assert_eq!(taken.commit, "c1");
         assert!(dest.join("src/a.txt").exists());
         drop(guard);

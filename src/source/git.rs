@@ -299,7 +299,7 @@ impl SourceFetcher for GitMirrors {
         let claimed = self.claims.finish(&ctx.scratch_dir).await;
         blocking(move || {
             let taken = match claimed {
-                Some(claimed) => claimed.into(&dest),
+                Some(claimed) => claimed.move_to(&dest),
                 None => kept.take(&mirror_key(&mirror), &dest),
             };
             let updated = taken.and_then(|taken| {

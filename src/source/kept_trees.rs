@@ -29,7 +29,7 @@ pub(super) struct Taken {
 }
 
 /// A kept tree claimed for a build and found sealed, not yet moved into the build's work dir
-/// (`into`). Claimed early, while the commit is fetched; kept again when dropped unused.
+/// (`move_to`). Claimed early, while the commit is fetched; kept again when dropped unused.
 pub(super) struct Claimed {
     /// The claimed entry (`tree` and `seal` beneath it), under a pending name.
     dir: PathBuf,
@@ -41,7 +41,7 @@ pub(super) struct Claimed {
 
 impl Claimed {
     /// Moves the tree to `dest` (which must not exist yet).
-    pub(super) fn into(mut self, dest: &Path) -> Option<Taken> {
+    pub(super) fn move_to(mut self, dest: &Path) -> Option<Taken> {
         let seal = self.seal.take()?;
         let moved = std::fs::rename(self.dir.join(TREE), dest).is_ok();
         let _ = std::fs::remove_dir_all(&self.dir);
@@ -95,7 +95,7 @@ impl KeptTrees {
     /// Moves the kept tree of `key` to `dest` (which must not exist yet) if its seal still
     /// holds. None when there is none, another build took it first, or it was touched.
     pub(super) fn take(&self, key: &str, dest: &Path) -> Option<Taken> {
-        self.claim(key)?.into(dest)
+        self.claim(key)?.move_to(dest)
     }
 
     /// Claims the kept tree of `key` if its seal still holds (a tree that was touched is
