@@ -168,6 +168,8 @@ try {
 
   // Registry: this key's namespace only, the one image that was pushed, and its tags.
   await page.getByRole("link", { name: "Registry", exact: true }).click();
+  // The view switches after the click: until then "tbody a" still finds the last page's links.
+  await page.getByRole("heading", { name: "Registry", exact: true }).waitFor({ timeout: STEP_MS });
   const images = page.locator("tbody a");
   await images.first().waitFor({ timeout: STEP_MS });
   const names = await images.allTextContents();
