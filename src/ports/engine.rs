@@ -58,16 +58,6 @@ pub enum Recipe {
     Nixpacks,
 }
 
-impl BuildSpec {
-    /// Every tag to push, the build key last.
-    pub fn push_tags(&self) -> impl Iterator<Item = &str> {
-        self.tags
-            .iter()
-            .map(String::as_str)
-            .chain(std::iter::once(self.key_tag.as_str()))
-    }
-}
-
 /// What an engine built and pushed.
 #[derive(Debug, Clone)]
 pub struct Built {
