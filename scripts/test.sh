@@ -13,6 +13,13 @@ trap 'scripts/services.sh cluster down >/dev/null 2>&1 || true' EXIT
 scripts/browser-deps.sh
 scripts/toolchain.sh
 if [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+# A clean build and its tests need about 3 GB under target/; rustc fails with a bare exit status 101
+# when the disk fills, so say how much there is before it starts.
+free_kb=$(df -Pk "$here" | awk 'NR==2 {print $4}')
+echo "test.sh: $((free_kb / 1024 / 1024)) GB free on the disk holding $here"
+if [ "$free_kb" -lt $((4 * 1024 * 1024)) ]; then
+  echo "test.sh: warning: under 4 GB free; the build may fail for want of disk (README, Tests)" >&2
+fi
 cargo fmt --check
 cargo clippy --all-targets --quiet -- -D warnings
 # The tests set IMAGE_BUILDER_ENV=local on every worker and API they start (tests/integration/
