@@ -94,6 +94,7 @@ impl Opened {
     pub fn exact(self) -> Exact {
         Exact {
             left: self.meta.len(),
+            ended: false,
             file: self.file,
             path: self.path,
         }
@@ -104,24 +105,32 @@ impl Opened {
 pub struct Exact {
     file: std::fs::File,
     left: u64,
+    /// The end was seen with the last bytes: no read of its own needed.
+    ended: bool,
     path: String,
 }
 
 impl Read for Exact {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let changed = || io::Error::other(Refused::Changed(self.path.clone()));
-        if self.left == 0 {
-            let mut probe = [0u8; 1];
-            return match self.file.read(&mut probe)? {
-                0 => Ok(0),
-                _ => Err(changed()),
-            };
+        if self.ended || buf.is_empty() {
+            return Ok(0);
         }
-        let want = usize::try_from(self.left)
-            .unwrap_or(usize::MAX)
-            .min(buf.len());
-        let got = self.file.read(&mut buf[..want])?;
-        if got == 0 && want > 0 {
+        let left = usize::try_from(self.left).unwrap_or(usize::MAX);
+        if left < buf.len() {
+            // The rest and one byte more, in one read: a regular file gives fewer bytes than
+            // asked only at its end, so one that goes on shows here, and the end costs no read
+            // of its own (a small file is one read, not two).
+            let got = self.file.read(&mut buf[..=left])?;
+            if got > left || (got == 0 && left > 0) {
+                return Err(changed());
+            }
+            self.left -= got as u64;
+            self.ended = got == left;
+            return Ok(got);
+        }
+        let got = self.file.read(buf)?;
+        if got == 0 {
             return Err(changed());
         }
         self.left -= got as u64;

@@ -209,8 +209,18 @@ pub async fn run(
         },
         naming,
     )?;
-    // The tags a user reads go at once, with the image (`produce`); the build key after them.
-    let user_tags: Vec<&str> = build_spec.tags.iter().map(String::as_str).collect();
+    // Every tag goes at once, with the image (`produce`): the user's, the build key and the
+    // lineage tag (the base of the next commit's incremental rebuild). Neither internal tag needs
+    // the others first: a build key is answered from only once its digest is recorded, and an
+    // edit starts only from a recorded image; the record follows the push.
+    let lineage = (build_spec.platforms.len() <= 1).then_some(build_spec.lineage_tag.as_str());
+    let all_tags: Vec<&str> = build_spec
+        .tags
+        .iter()
+        .map(String::as_str)
+        .chain(std::iter::once(build_spec.key_tag.as_str()))
+        .chain(lineage)
+        .collect();
     let attempt = incremental::Attempt {
         env,
         spec: &build_spec,
@@ -218,7 +228,7 @@ pub async fn run(
         checkout: &checkout,
         scratch_dir: &ctx.scratch_dir,
         repository,
-        tags: &user_tags,
+        tags: &all_tags,
         created: time::OffsetDateTime::now_utc(),
         log,
         ctx: &ctx,
@@ -226,18 +236,7 @@ pub async fn run(
     let (manifest, how, bases) = produce(&attempt, &job.request, &ctx).await?;
     stages.done("produce");
     let digest = manifest.digest.clone();
-    // The build key goes last: it marks a completely pushed build. The lineage tag (the base of
-    // the next commit's incremental rebuild) goes beside it: an edit starts only from an image
-    // recorded as built, and the record follows both.
-    let lineage = (build_spec.platforms.len() <= 1).then_some(build_spec.lineage_tag.as_str());
-    futures_util::future::try_join_all(
-        std::iter::once(build_spec.key_tag.as_str())
-            .chain(lineage)
-            .map(|tag| env.registry.tag(repository, tag, &manifest)),
-    )
-    .await?;
     log.push(&format!("pushed {}@{digest}", build_spec.image));
-    stages.done("tags");
     let exported = export(env, job, (&build_spec.image, repository), &manifest, &ctx).await?;
     env.source
         .keep_checkout(&spec, &checkout.commit, &checkout_dir);

@@ -183,6 +183,37 @@ fn a_file_that_grows_while_read_is_an_error() {
 }
 
 #[test]
+fn exact_reads_give_the_measured_bytes_and_refuse_a_file_that_shrank_or_grew() {
+    let (_tmp, tree) = fixture();
+    let big: Vec<u8> = (0..100_000u32).map(|n| (n % 251) as u8).collect();
+    std::fs::write(tree.path().join("big.bin"), &big).expect("write");
+    // Read in the tar writer's way (8 KiB at a time): every byte, then the end.
+    let opened = tree.open_file(Path::new("big.bin")).expect("open");
+    let mut out = Vec::new();
+    std::io::copy(&mut opened.exact(), &mut out).expect("read");
+    assert_eq!(out, big);
+
+    // Grown by a byte past the last full buffer, or shrunk: each is an error, not a short file.
+    for (changed, what) in [
+        (&big[..big.len() - 1], "shrank"),
+        (&[&big[..], b"x"].concat()[..], "grew"),
+    ] {
+        let opened = tree.open_file(Path::new("big.bin")).expect("open");
+        std::fs::write(tree.path().join("big.bin"), changed).expect("change");
+        let err = std::io::copy(&mut opened.exact(), &mut std::io::sink()).expect_err(what);
+        assert!(err.to_string().contains("changed size"), "{what}: {err}");
+        std::fs::write(tree.path().join("big.bin"), &big).expect("restore");
+    }
+
+    // An empty file reads as empty.
+    std::fs::write(tree.path().join("empty"), "").expect("write");
+    let mut out = Vec::new();
+    let opened = tree.open_file(Path::new("empty")).expect("open");
+    std::io::copy(&mut opened.exact(), &mut out).expect("read");
+    assert!(out.is_empty());
+}
+
+#[test]
 fn walks_in_order_without_following_links() {
     let (_tmp, tree) = fixture();
     std::fs::create_dir(tree.path().join("b")).expect("dir");

@@ -44,8 +44,8 @@ pub struct Attempt<'a> {
     pub scratch_dir: &'a Path,
     /// The registry's name for the image (`ns/name`).
     pub repository: &'a str,
-    /// The tags a user reads, all written at once; the pipeline writes the build key and the
-    /// lineage tag after them.
+    /// Every tag of the image, written at once: the user's, then the build key and (one
+    /// platform) the lineage tag.
     pub tags: &'a [&'a str],
     pub created: time::OffsetDateTime,
     pub log: &'a BuildLog,

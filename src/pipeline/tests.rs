@@ -73,7 +73,7 @@ async fn build(f: &Fixture, id: &str) -> Result<crate::events::ImageUpdated, Bui
 }
 
 #[tokio::test]
-async fn a_build_is_pushed_under_every_tag_with_the_build_key_then_the_lineage_tag_last() {
+async fn a_build_is_pushed_under_every_tag_the_build_key_and_the_lineage_tag_each_once() {
     let f = fixture(1);
     let updated = build(&f, "r1").await.expect("pushed");
     assert!(!updated.cached);
@@ -84,7 +84,7 @@ async fn a_build_is_pushed_under_every_tag_with_the_build_key_then_the_lineage_t
     assert_eq!(updated.tags, ["0123456789ab", "main", "latest", "v1"]);
     assert_eq!(f.engine.build_count(), 1);
 
-    let written: Vec<String> = f
+    let mut written: Vec<String> = f
         .registry
         .tags_written()
         .into_iter()
@@ -93,10 +93,23 @@ async fn a_build_is_pushed_under_every_tag_with_the_build_key_then_the_lineage_t
             tag
         })
         .collect();
-    let n = written.len();
-    assert!(n >= 3, "{written:?}");
-    assert!(written[n - 2].starts_with("ib-") && !written[n - 2].starts_with("ib-line-"));
-    assert!(written[n - 1].starts_with("ib-line-"), "{written:?}");
+    written.sort();
+    let keys: Vec<&String> = written
+        .iter()
+        .filter(|t| t.starts_with("ib-") && !t.starts_with("ib-line-"))
+        .collect();
+    let lineage: Vec<&String> = written
+        .iter()
+        .filter(|t| t.starts_with("ib-line-"))
+        .collect();
+    assert_eq!((keys.len(), lineage.len()), (1, 1), "{written:?}");
+    for tag in &updated.tags {
+        assert_eq!(
+            written.iter().filter(|t| *t == tag).count(),
+            1,
+            "{written:?}"
+        );
+    }
     assert!(
         std::fs::read_dir(f.work.path())
             .expect("work dir")
