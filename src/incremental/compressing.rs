@@ -1,6 +1,7 @@
 //! A writer that gzips on a thread of its own: a layer's tar is made (the files walked and read)
-//! on the caller's thread while the previous chunks are compressed, hashed and written on this
-//! one, so a layer costs about the longer of the two rather than their sum.
+//! on the caller's thread while the previous chunks are hashed (the diff_id), compressed, hashed
+//! again (the blob's digest) and written on this one, so a layer costs about the longer of the
+//! two rather than their sum.
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
@@ -20,7 +21,15 @@ const QUEUED: usize = 4;
 pub(super) struct Compressing {
     buf: Vec<u8>,
     chunks: Option<SyncSender<Vec<u8>>>,
-    thread: Option<JoinHandle<io::Result<Digested>>>,
+    thread: Option<JoinHandle<io::Result<Compressed>>>,
+}
+
+/// What a `Compressing` wrote.
+pub(super) struct Compressed {
+    /// The gzip file: the blob's digest and size.
+    pub blob: Digested,
+    /// What went in: the layer's diff_id.
+    pub uncompressed: Digested,
 }
 
 impl Compressing {
@@ -31,10 +40,12 @@ impl Compressing {
             .name("layer-gzip".into())
             .spawn(move || {
                 let compressed = DigestWriter::new(BufWriter::new(file));
-                let mut gz = GzEncoder::new(compressed, Compression::fast());
+                let mut hashing =
+                    DigestWriter::new(GzEncoder::new(compressed, Compression::fast()));
                 for chunk in received {
-                    gz.write_all(&chunk)?;
+                    hashing.write_all(&chunk)?;
                 }
+                let (gz, uncompressed) = hashing.into_parts();
                 let mut compressed = gz.finish()?;
                 compressed.flush()?;
                 let (buffered, digested) = compressed.into_parts();
@@ -43,7 +54,10 @@ impl Compressing {
                 buffered
                     .into_inner()
                     .map_err(io::IntoInnerError::into_error)?;
-                Ok(digested)
+                Ok(Compressed {
+                    blob: digested,
+                    uncompressed,
+                })
             })?;
         Ok(Self {
             buf: Vec::with_capacity(CHUNK),
@@ -52,8 +66,9 @@ impl Compressing {
         })
     }
 
-    /// Compresses what is left and waits for the file: the digest and size of the gzip blob.
-    pub(super) fn finish(mut self) -> io::Result<Digested> {
+    /// Compresses what is left and waits for the file: the digests and sizes of the gzip blob
+    /// and of what went in.
+    pub(super) fn finish(mut self) -> io::Result<Compressed> {
         self.hand_over()?;
         self.chunks = None;
         self.join()
@@ -76,7 +91,7 @@ impl Compressing {
         }
     }
 
-    fn join(&mut self) -> io::Result<Digested> {
+    fn join(&mut self) -> io::Result<Compressed> {
         let thread = self
             .thread
             .take()
@@ -125,10 +140,12 @@ mod tests {
         for piece in data.chunks(1000) {
             writer.write_all(piece).expect("write");
         }
-        let digested = writer.finish().expect("finish");
+        let Compressed { blob, uncompressed } = writer.finish().expect("finish");
         let file = std::fs::read(&path).expect("read");
-        assert_eq!(digested.size, file.len() as u64);
-        assert_eq!(digested.digest, crate::ports::content_digest(&file));
+        assert_eq!(blob.size, file.len() as u64);
+        assert_eq!(blob.digest, crate::ports::content_digest(&file));
+        assert_eq!(uncompressed.size, data.len() as u64);
+        assert_eq!(uncompressed.digest, crate::ports::content_digest(&data));
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(file.as_slice())
             .read_to_end(&mut out)

@@ -17,10 +17,9 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
-use super::compressing::Compressing;
+use super::compressing::{Compressed, Compressing};
 use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
-use crate::digest_writer::DigestWriter;
 use crate::dockerfile::IgnoreFile;
 
 /// Sources above this size are built by the engine instead (the layer goes through the
@@ -61,7 +60,7 @@ impl Why {
     }
 }
 
-type LayerTar = tar::Builder<DigestWriter<Compressing>>;
+type LayerTar = tar::Builder<Compressing>;
 
 /// Writes the layer of `step` to `out`. `mtime` goes into every entry.
 pub(super) fn build(
@@ -73,7 +72,7 @@ pub(super) fn build(
 ) -> Result<Layer, String> {
     let file = File::create(out).map_err(|e| format!("failed to create the layer file: {e}"))?;
     let gz = Compressing::new(file).map_err(|e| format!("failed to start compressing: {e}"))?;
-    let mut tar = tar::Builder::new(DigestWriter::new(gz));
+    let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut state = Walk {
         files: 0,
@@ -115,11 +114,10 @@ pub(super) fn build(
             }
         }
     }
-    let hashing = tar
+    let gz = tar
         .into_inner()
         .map_err(|e| format!("failed to finish the layer: {e}"))?;
-    let (gz, uncompressed) = hashing.into_parts();
-    let blob = gz
+    let Compressed { blob, uncompressed } = gz
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
     Ok(Layer {
