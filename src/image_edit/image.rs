@@ -107,6 +107,11 @@ impl Previous {
         ))
     }
 
+    /// `sha256:` of layer `index` uncompressed (the config's `rootfs.diff_ids`).
+    pub(crate) fn diff_id(&self, index: usize) -> Option<&str> {
+        self.config["rootfs"]["diff_ids"][index].as_str()
+    }
+
     /// The first ONBUILD trigger this image's build saw: buildah records a base's triggers as
     /// `#(nop) ONBUILD` history entries (and a docker-format config keeps them in `OnBuild`).
     /// A trigger runs in the child's build and may read any file of its context.

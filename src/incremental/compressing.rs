@@ -20,6 +20,8 @@ const QUEUED: usize = 4;
 
 pub(super) struct Compressing {
     buf: Vec<u8>,
+    /// Bytes taken so far (where the next one lands in the uncompressed stream).
+    written: u64,
     chunks: Option<SyncSender<Vec<u8>>>,
     thread: Option<JoinHandle<io::Result<Compressed>>>,
 }
@@ -30,11 +32,14 @@ pub(super) struct Compressed {
     pub blob: Digested,
     /// What went in: the layer's diff_id.
     pub uncompressed: Digested,
+    /// What went in, when it was asked for and no larger than asked.
+    pub kept: Option<Vec<u8>>,
 }
 
 impl Compressing {
-    /// Writes what it is given to `file`, gzip-compressed (fast, no timestamp).
-    pub(super) fn new(file: File) -> io::Result<Self> {
+    /// Writes what it is given to `file`, gzip-compressed (fast, no timestamp), and keeps it
+    /// uncompressed too while it is no larger than `keep_up_to` bytes.
+    pub(super) fn new(file: File, keep_up_to: usize) -> io::Result<Self> {
         let (chunks, received) = sync_channel::<Vec<u8>>(QUEUED);
         let thread = std::thread::Builder::new()
             .name("layer-gzip".into())
@@ -42,8 +47,15 @@ impl Compressing {
                 let compressed = DigestWriter::new(BufWriter::new(file));
                 let mut hashing =
                     DigestWriter::new(GzEncoder::new(compressed, Compression::fast()));
+                let mut kept = Some(Vec::new());
                 for chunk in received {
                     hashing.write_all(&chunk)?;
+                    kept = kept
+                        .filter(|k: &Vec<u8>| k.len() + chunk.len() <= keep_up_to)
+                        .map(|mut k| {
+                            k.extend_from_slice(&chunk);
+                            k
+                        });
                 }
                 let (gz, uncompressed) = hashing.into_parts();
                 let mut compressed = gz.finish()?;
@@ -57,13 +69,20 @@ impl Compressing {
                 Ok(Compressed {
                     blob: digested,
                     uncompressed,
+                    kept,
                 })
             })?;
         Ok(Self {
             buf: Vec::with_capacity(CHUNK),
+            written: 0,
             chunks: Some(chunks),
             thread: Some(thread),
         })
+    }
+
+    /// How many bytes it was given so far.
+    pub(super) fn written(&self) -> u64 {
+        self.written
     }
 
     /// Compresses what is left and waits for the file: the digests and sizes of the gzip blob
@@ -105,6 +124,7 @@ impl Compressing {
 impl Write for Compressing {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
         self.buf.extend_from_slice(data);
+        self.written += data.len() as u64;
         if self.buf.len() >= CHUNK {
             self.hand_over()?;
         }
@@ -135,12 +155,19 @@ mod tests {
     fn what_goes_in_comes_out_of_the_file_gunzipped_with_the_file_s_digest() {
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("out.gz");
-        let mut writer = Compressing::new(File::create(&path).expect("create")).expect("writer");
+        let mut writer =
+            Compressing::new(File::create(&path).expect("create"), 4 * CHUNK).expect("writer");
         let data: Vec<u8> = (0..3 * CHUNK + 17).map(|i| (i % 251) as u8).collect();
         for piece in data.chunks(1000) {
             writer.write_all(piece).expect("write");
         }
-        let Compressed { blob, uncompressed } = writer.finish().expect("finish");
+        assert_eq!(writer.written(), data.len() as u64);
+        let Compressed {
+            blob,
+            uncompressed,
+            kept,
+        } = writer.finish().expect("finish");
+        assert_eq!(kept.as_deref(), Some(&data[..]), "kept while it fits");
         let file = std::fs::read(&path).expect("read");
         assert_eq!(blob.size, file.len() as u64);
         assert_eq!(blob.digest, crate::ports::content_digest(&file));
@@ -151,5 +178,12 @@ mod tests {
             .read_to_end(&mut out)
             .expect("gunzip");
         assert_eq!(out, data);
+
+        // Larger than asked: nothing kept, the file as before.
+        let mut writer = Compressing::new(File::create(&path).expect("create"), CHUNK).expect("w");
+        writer.write_all(&data).expect("write");
+        let done = writer.finish().expect("finish");
+        assert!(done.kept.is_none());
+        assert_eq!(done.uncompressed.size, data.len() as u64);
     }
 }

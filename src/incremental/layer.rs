@@ -14,10 +14,13 @@
 //! same digest on any worker. It is written to the build's scratch dir and uploaded from there,
 //! compressed on a second thread while the tar is made (`compressing`).
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::compressing::{Compressed, Compressing};
+use super::layer_memo::{self, KeptFile, KeptLayer};
 use super::tail::CopyStep;
 use crate::confined::{Entry, Node, Opened, Refused, Tree};
 use crate::dockerfile::IgnoreFile;
@@ -36,6 +39,8 @@ pub(super) struct Layer {
     /// `sha256:` of the uncompressed tar (the config's `rootfs.diff_ids`).
     pub diff_id: String,
     pub files: usize,
+    /// Files whose bytes came from the layer it replaces, as this worker kept it.
+    pub reused: usize,
 }
 
 /// Why a step cannot be made here (the build then goes to the engine).
@@ -62,22 +67,37 @@ impl Why {
 
 type LayerTar = tar::Builder<Compressing>;
 
-/// Writes the layer of `step` to `out`. `mtime` goes into every entry.
+/// The layer being replaced, as this worker kept it (`layer_memo`), and the context files that
+/// changed since the commit it was made from: every other file's bytes and mode are taken from
+/// it unread. Only when nothing outside the files changes what a checkout holds (the caller
+/// leaves it out when `.gitattributes` changed).
+pub(super) struct Earlier<'a> {
+    pub layer: Arc<KeptLayer>,
+    /// Relative to the context.
+    pub changed: &'a HashSet<String>,
+}
+
+/// Writes the layer of `step` to `out`. `mtime` goes into every entry. The layer is kept in
+/// `layer_memo` for the next edit.
 pub(super) fn build(
     context: &Tree,
     ignore: &IgnoreFile,
     step: &CopyStep,
-    mtime: u64,
+    (mtime, earlier): (u64, Option<&Earlier<'_>>),
     out: &Path,
 ) -> Result<Layer, String> {
     let file = File::create(out).map_err(|e| format!("failed to create the layer file: {e}"))?;
-    let gz = Compressing::new(file).map_err(|e| format!("failed to start compressing: {e}"))?;
+    let gz = Compressing::new(file, layer_memo::MAX_LAYER_BYTES)
+        .map_err(|e| format!("failed to start compressing: {e}"))?;
     let mut tar = tar::Builder::new(gz);
     tar.follow_symlinks(false);
     let mut state = Walk {
         files: 0,
         bytes: 0,
         mtime,
+        earlier,
+        appended: Vec::new(),
+        reused: 0,
     };
     let into_dir = step.dest.ends_with('/');
     let dest = step.dest.trim_matches('/');
@@ -93,11 +113,7 @@ pub(super) fn build(
             })?;
         match node {
             Node::Dir(tree) => {
-                let ignored = |rel: &str| match source.as_str() {
-                    "." => ignore.ignores(rel),
-                    dir => ignore.ignores(&format!("{dir}/{rel}")),
-                };
-                add_tree(&mut tar, &tree, dest, &ignored, &mut state)
+                add_tree(&mut tar, &tree, (source, dest), ignore, &mut state)
                     .map_err(|w| w.about(source))?;
             }
             Node::File(opened) => {
@@ -110,45 +126,82 @@ pub(super) fn build(
                 } else {
                     dest.to_owned()
                 };
-                add_file(&mut tar, opened, &target, &mut state).map_err(|w| w.about(source))?;
+                add_file(
+                    &mut tar,
+                    Source::Opened(opened),
+                    (&target, source),
+                    &mut state,
+                )
+                .map_err(|w| w.about(source))?;
             }
         }
     }
     let gz = tar
         .into_inner()
         .map_err(|e| format!("failed to finish the layer: {e}"))?;
-    let Compressed { blob, uncompressed } = gz
+    let Compressed {
+        blob,
+        uncompressed,
+        kept,
+    } = gz
         .finish()
         .map_err(|e| format!("failed to compress the layer: {e}"))?;
+    if let Some(layer) = kept.and_then(|tar| KeptLayer::new(tar, state.appended)) {
+        layer_memo::keep(&uncompressed.digest, layer);
+    }
     Ok(Layer {
         path: out.to_owned(),
         digest: blob.digest,
         size: blob.size,
         diff_id: uncompressed.digest,
         files: state.files,
+        reused: state.reused,
     })
 }
 
-struct Walk {
+struct Walk<'a> {
     files: usize,
     bytes: u64,
     mtime: u64,
+    earlier: Option<&'a Earlier<'a>>,
+    /// Each file appended: its entry name, where it came from, where its bytes went.
+    appended: Vec<(String, KeptFile)>,
+    /// Files whose bytes came from the earlier layer.
+    reused: usize,
 }
 
-/// The contents of `tree` under `dest`, in name order, directories before what they hold;
-/// what `ignored` names (relative to `tree`) left out.
+impl Walk<'_> {
+    /// The earlier layer, unless `source` changed since it was made.
+    fn earlier_for(&self, source: &str) -> Option<Arc<KeptLayer>> {
+        let earlier = self.earlier?;
+        (!earlier.changed.contains(source)).then(|| Arc::clone(&earlier.layer))
+    }
+}
+
+/// Where a file's bytes come from.
+enum Source<'a> {
+    Opened(Opened),
+    Kept { mode: u32, bytes: &'a [u8] },
+}
+
+/// The contents of `tree` (the context's `source`) under `dest`, in name order, directories
+/// before what they hold; what the ignore file names left out.
 fn add_tree(
     tar: &mut LayerTar,
     tree: &Tree,
-    dest: &str,
-    ignored: &dyn Fn(&str) -> bool,
+    (source, dest): (&str, &str),
+    ignore: &IgnoreFile,
     state: &mut Walk,
 ) -> Result<(), Why> {
-    tree.walk(&mut |rel: &Path, entry| {
+    tree.walk_unopened(&mut |rel: &Path, entry| {
         let rel = rel
             .to_str()
             .ok_or_else(|| Why::Other(format!("{} is not a UTF-8 name", rel.display())))?;
-        if ignored(rel) {
+        let in_context = match source {
+            "." => rel.to_owned(),
+            dir => format!("{dir}/{rel}"),
+        };
+        if ignore.ignores(&in_context) {
             return Ok(());
         }
         let target = if dest.is_empty() {
@@ -162,15 +215,33 @@ fn add_tree(
                 tar.append_data(&mut header, format!("{target}/"), std::io::empty())
                     .map_err(|e| Why::Other(format!("failed to add {target}: {e}")))
             }
-            Entry::File(opened) => add_file(tar, opened, &target, state),
+            Entry::File(unopened) => {
+                let place = (target.as_str(), in_context.as_str());
+                if let Some(earlier) = state.earlier_for(&in_context)
+                    && let Some((mode, bytes)) = earlier.file(&target, &in_context)
+                {
+                    return add_file(tar, Source::Kept { mode, bytes }, place, state);
+                }
+                add_file(tar, Source::Opened(unopened.open()?), place, state)
+            }
             Entry::Symlink(_) => Err(Refused::Symlink(rel.to_owned()).into()),
         }
     })
 }
 
-fn add_file(tar: &mut LayerTar, opened: Opened, target: &str, state: &mut Walk) -> Result<(), Why> {
+/// Appends the file read from `source` (in the context) as `target`, and notes where its bytes
+/// went for `layer_memo`.
+fn add_file(
+    tar: &mut LayerTar,
+    from: Source<'_>,
+    (target, source): (&str, &str),
+    state: &mut Walk,
+) -> Result<(), Why> {
     use std::os::unix::fs::MetadataExt;
-    let size = opened.meta.len();
+    let size = match &from {
+        Source::Opened(opened) => opened.meta.len(),
+        Source::Kept { bytes, .. } => bytes.len() as u64,
+    };
     state.files += 1;
     state.bytes += size;
     if state.bytes > MAX_SOURCE_BYTES {
@@ -179,15 +250,35 @@ fn add_file(tar: &mut LayerTar, opened: Opened, target: &str, state: &mut Walk) 
             MAX_SOURCE_BYTES >> 20
         )));
     }
-    let mode = if opened.meta.mode() & 0o111 == 0 {
-        0o644
-    } else {
-        0o755
+    let failed = |e: std::io::Error| Why::Other(format!("failed to add {target}: {e}"));
+    let mode = match &from {
+        Source::Opened(opened) if opened.meta.mode() & 0o111 == 0 => 0o644,
+        Source::Opened(_) => 0o755,
+        Source::Kept { mode, .. } => *mode,
     };
     let mut header = header(tar::EntryType::Regular, mode, size, state.mtime);
-    // Exactly `size` bytes or an error: the header never disagrees with the data.
-    tar.append_data(&mut header, target, opened.exact())
-        .map_err(|e| Why::Other(format!("failed to add {target}: {e}")))
+    match from {
+        // Exactly `size` bytes or an error: the header never disagrees with the data.
+        Source::Opened(opened) => tar.append_data(&mut header, target, opened.exact()),
+        Source::Kept { bytes, .. } => {
+            state.reused += 1;
+            tar.append_data(&mut header, target, bytes)
+        }
+    }
+    .map_err(failed)?;
+    // The data ends the entry, padded to a whole block.
+    let end = usize::try_from(tar.get_ref().written()).map_err(|e| Why::Other(e.to_string()))?;
+    let len = usize::try_from(size).map_err(|e| Why::Other(e.to_string()))?;
+    let start = end - len.next_multiple_of(512);
+    state.appended.push((
+        target.to_owned(),
+        KeptFile {
+            source: source.to_owned(),
+            mode,
+            data: start..start + len,
+        },
+    ));
+    Ok(())
 }
 
 fn header(kind: tar::EntryType, mode: u32, size: u64, mtime: u64) -> tar::Header {
@@ -232,7 +323,7 @@ mod tests {
             &tree,
             &IgnoreFile::default(),
             step,
-            1_700_000_000,
+            (1_700_000_000, None),
             &dir.join(out),
         )
     }
@@ -270,7 +361,8 @@ mod tests {
         let tree = Tree::open(&ctx).expect("tree");
         let out = tmp.path().join("layer.tar.gz");
         let none = IgnoreFile::default();
-        let built = build(&tree, &none, &step(&["src"], "/app/src/"), 7, &out).expect("layer");
+        let built =
+            build(&tree, &none, &step(&["src"], "/app/src/"), (7, None), &out).expect("layer");
         let listed = entries(&built);
         let names: Vec<&str> = listed.iter().map(|(p, _, _)| p.as_str()).collect();
         assert_eq!(
@@ -287,10 +379,87 @@ mod tests {
         assert_eq!(built.digest, crate::ports::content_digest(&bytes));
         assert!(built.diff_id.starts_with("sha256:") && built.diff_id != built.digest);
 
-        let listed =
-            entries(&build(&tree, &none, &step(&["a.txt"], "/etc/b.txt"), 7, &out).expect("layer"));
+        let listed = entries(
+            &build(
+                &tree,
+                &none,
+                &step(&["a.txt"], "/etc/b.txt"),
+                (7, None),
+                &out,
+            )
+            .expect("layer"),
+        );
         assert_eq!(listed[0].0, "etc/b.txt");
         assert_eq!(listed[0].2, "a");
+    }
+
+    #[test]
+    fn an_edit_takes_unchanged_files_from_the_layer_it_replaces_and_reads_the_changed_ones() {
+        let (tmp, ctx) = context();
+        std::fs::write(ctx.join("src/exec.sh"), "x").expect("write");
+        let set_mode = |path: &str, mode: u32| {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(ctx.join(path), std::fs::Permissions::from_mode(mode))
+                .expect("chmod");
+        };
+        set_mode("src/exec.sh", 0o755);
+        let tree = Tree::open(&ctx).expect("tree");
+        let none = IgnoreFile::default();
+        let copy = step(&["src", "a.txt"], "/app/");
+        let first = build(&tree, &none, &copy, (7, None), &tmp.path().join("1.gz")).expect("1");
+        let kept = layer_memo::find(&first.diff_id).expect("the layer is kept");
+
+        // The next commit changed main.txt only. sub/run.sh also differs on disk but not in git:
+        // its bytes come from the kept layer, which is how the test sees they were not read.
+        std::fs::write(ctx.join("src/main.txt"), "main, edited").expect("edit");
+        std::fs::write(ctx.join("src/sub/run.sh"), "tampered").expect("tamper");
+        set_mode("src/exec.sh", 0o644);
+        let changed: HashSet<String> = ["src/main.txt".to_owned()].into();
+        let earlier = Earlier {
+            layer: kept,
+            changed: &changed,
+        };
+        let out = tmp.path().join("2.gz");
+        let second = build(&tree, &none, &copy, (8, Some(&earlier)), &out).expect("2");
+        // a.txt, a source of its own, is opened to learn what it is: it is read as well.
+        assert_eq!((second.files, second.reused), (4, 2));
+        let listed = entries(&second);
+        let find = |name: &str| {
+            listed
+                .iter()
+                .find(|(p, _, _)| p == name)
+                .cloned()
+                .expect(name)
+        };
+        assert_eq!(find("app/main.txt").2, "main, edited", "changed: read");
+        assert_eq!(
+            find("app/sub/run.sh").2,
+            "run",
+            "unchanged: taken from the kept layer"
+        );
+        assert_eq!(find("app/exec.sh").1, 0o755, "the kept mode too");
+        assert_eq!(find("app/a.txt").2, "a");
+
+        // Read entirely, the same tree gives the tampered bytes: the difference is the memo's.
+        let read = build(&tree, &none, &copy, (8, None), &tmp.path().join("3.gz")).expect("3");
+        assert_eq!(read.reused, 0);
+        assert_ne!(read.diff_id, second.diff_id);
+        // And with run.sh and exec.sh named as changed too, every byte is read again.
+        let changed: HashSet<String> = ["src/main.txt", "src/sub/run.sh", "src/exec.sh"]
+            .map(str::to_owned)
+            .into();
+        let earlier = Earlier {
+            layer: layer_memo::find(&first.diff_id).expect("kept"),
+            changed: &changed,
+        };
+        let again = build(
+            &tree,
+            &none,
+            &copy,
+            (8, Some(&earlier)),
+            &tmp.path().join("4.gz"),
+        );
+        assert_eq!(again.expect("4").diff_id, read.diff_id);
     }
 
     #[test]
@@ -299,10 +468,10 @@ mod tests {
         let tree = Tree::open(&ctx).expect("tree");
         let ignore = IgnoreFile::parse("src/sub\na.txt\n").expect("literal");
         let out = tmp.path().join("layer.tar.gz");
-        let built = build(&tree, &ignore, &step(&["."], "/app/"), 7, &out).expect("layer");
+        let built = build(&tree, &ignore, &step(&["."], "/app/"), (7, None), &out).expect("layer");
         let names: Vec<String> = entries(&built).into_iter().map(|(p, _, _)| p).collect();
         assert_eq!(names, ["app/src/", "app/src/main.txt"]);
-        let err = build(&tree, &ignore, &step(&["a.txt"], "/a"), 7, &out).err();
+        let err = build(&tree, &ignore, &step(&["a.txt"], "/a"), (7, None), &out).err();
         assert!(err.is_some_and(|e| e.contains("a.txt is in the ignore file")));
     }
 

@@ -19,10 +19,12 @@ mod base_swap;
 mod compressing;
 mod ignore;
 mod layer;
+mod layer_memo;
 mod placement;
 pub mod split;
 mod tail;
 
+use std::collections::HashSet;
 use std::path::Path;
 
 pub use base_swap::swap_base;
@@ -169,11 +171,13 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
             Err(reason) => return Ok(Err(reason)),
         };
 
+    let earlier = Earlier::of(a, &prev, &changed, copies.len());
     let Made {
         layers: new_layers,
         files,
+        unread,
         written,
-    } = match made_layers(a, context, ignore, copies).await? {
+    } = match made_layers(a, context, ignore, copies, earlier).await? {
         Ok(made) => made,
         Err(reason) => return Ok(Err(reason)),
     };
@@ -196,7 +200,8 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
     .await?;
     a.log.push(&format!(
         "incremental rebuild of {}@{} (commit {prev_commit}): {replaced} COPY layer(s) \
-         replaced from {files} file(s), every other layer reused",
+         replaced from {files} file(s) ({unread} unchanged, taken unread from the layers \
+         they replace), every other layer reused",
         spec.image, previous.digest
     ));
     let why = if changed.is_empty() {
@@ -219,16 +224,62 @@ struct Made {
     layers: Vec<NewLayer>,
     /// How many files they hold.
     files: usize,
+    /// How many of them were taken from the layers they replace, unread.
+    unread: usize,
     written: Vec<layer::Layer>,
 }
 
-/// Makes the COPY steps' layers. Inner error: a step this service cannot make (the engine
-/// must).
+/// What an edit may take from the layers it replaces (`layer_memo`).
+pub(crate) struct Earlier {
+    /// Per COPY step: the diff_id of the layer it replaces.
+    diff_ids: Vec<Option<String>>,
+    /// The context files changed since the previous image's commit.
+    changed: HashSet<String>,
+}
+
+impl Earlier {
+    /// None when a changed `.gitattributes` may change what the checkout holds of files that
+    /// did not change, or when the context is not beneath the checkout.
+    fn of(a: &Attempt<'_>, prev: &Previous, changed: &[String], copies: usize) -> Option<Self> {
+        if changed
+            .iter()
+            .any(|path| path.rsplit('/').next() == Some(".gitattributes"))
+        {
+            return None;
+        }
+        let context = a.spec.context_dir.strip_prefix(&a.spec.checkout_dir).ok()?;
+        let context = context.to_str()?;
+        let changed = changed
+            .iter()
+            .filter_map(|path| in_context(context, path))
+            .map(str::to_owned)
+            .collect();
+        let first_replaced = prev.layer_count().saturating_sub(copies);
+        let diff_ids = (0..copies)
+            .map(|n| prev.diff_id(first_replaced + n).map(str::to_owned))
+            .collect();
+        Some(Self { diff_ids, changed })
+    }
+}
+
+/// `path` (relative to the checkout) relative to the context at `context`, when inside it.
+fn in_context<'p>(context: &str, path: &'p str) -> Option<&'p str> {
+    if context.is_empty() {
+        Some(path)
+    } else {
+        path.strip_prefix(context)
+            .and_then(|rest| rest.strip_prefix('/'))
+    }
+}
+
+/// Makes the COPY steps' layers, each from the files that changed and what `earlier` finds of
+/// the layer it replaces. Inner error: a step this service cannot make (the engine must).
 async fn made_layers(
     a: &Attempt<'_>,
     context: Tree,
     ignore: ignore::Ignore,
     copies: Vec<tail::CopyStep>,
+    earlier: Option<Earlier>,
 ) -> Result<Result<Made, String>, BuildError> {
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
@@ -244,7 +295,14 @@ async fn made_layers(
             .enumerate()
             .map(|(n, step)| {
                 let out = scratch.join(format!("layer-{n}.tar.gz"));
-                layer::build(&context, &ignore.file, step, mtime, &out)
+                let kept = earlier.as_ref().and_then(|e| {
+                    let diff_id = e.diff_ids.get(n)?.as_deref()?;
+                    Some(layer::Earlier {
+                        layer: layer_memo::find(diff_id)?,
+                        changed: &e.changed,
+                    })
+                });
+                layer::build(&context, &ignore.file, step, (mtime, kept.as_ref()), &out)
             })
             .collect::<Result<Vec<_>, _>>()
     });
@@ -265,6 +323,7 @@ async fn made_layers(
             })
             .collect(),
         files: written.iter().map(|l| l.files).sum(),
+        unread: written.iter().map(|l| l.reused).sum(),
         written,
     }))
 }
@@ -303,13 +362,7 @@ fn changes_fit_the_tail(
         if *path == dockerfile {
             return Err("the Dockerfile changed".into());
         }
-        let in_context = if context.is_empty() {
-            Some(path.as_str())
-        } else {
-            path.strip_prefix(&context)
-                .and_then(|rest| rest.strip_prefix('/'))
-        };
-        let Some(in_context) = in_context else {
+        let Some(in_context) = in_context(&context, path) else {
             continue;
         };
         if ignore.name.as_deref() == Some(in_context) {

@@ -156,7 +156,7 @@ pub async fn finish(
             )
         })
         .collect();
-    let made = match super::made_layers(a, split.context, split.ignore, copies).await? {
+    let made = match super::made_layers(a, split.context, split.ignore, copies, None).await? {
         Ok(made) => made,
         Err(why) => return Ok(Err(why)),
     };

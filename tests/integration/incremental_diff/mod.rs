@@ -139,6 +139,8 @@ async fn incremental_edits_equal_full_builds() {
     let mut failures = Vec::new();
     let mut checks = Vec::new();
     let mut split = 0;
+    // Edits that took unchanged files from the layer they replace (`incremental::layer_memo`).
+    let mut unread_edits = 0;
     for round in 0..=rounds {
         let mut published = Vec::new();
         for (chain, repo) in chains.iter().zip(&repos) {
@@ -182,6 +184,15 @@ async fn incremental_edits_equal_full_builds() {
                 .lines()
                 .any(|l| l.contains(build_id.as_str()) && l.contains("COPY layer(s) made from"));
             split += usize::from(made_here);
+            let unread = log
+                .lines()
+                .filter(|l| l.contains(build_id.as_str()))
+                .find_map(|l| {
+                    let after = l.split(" file(s) (").nth(1)?;
+                    after.split(' ').next()?.parse::<usize>().ok()
+                })
+                .unwrap_or(0);
+            unread_edits += usize::from(unread > 0);
             // `updir`'s destination is found out of reach only once the engine built the rest.
             if chain.name == "updir"
                 && !log.lines().any(|l| {
@@ -194,12 +205,17 @@ async fn incremental_edits_equal_full_builds() {
                 ));
             }
             eprintln!(
-                "{name}: {}{}",
+                "{name}: {}{}{}",
                 route_taken(&log, build_id),
                 if made_here {
                     " (final COPYs made by the worker)"
                 } else {
                     ""
+                },
+                if unread > 0 {
+                    format!(" ({unread} files taken unread)")
+                } else {
+                    String::new()
                 }
             );
             if let Some(pair) = pair
@@ -241,6 +257,11 @@ async fn incremental_edits_equal_full_builds() {
         assert!(
             split >= 5,
             "only {split} full builds had their final COPYs made here"
+        );
+        eprintln!("{unread_edits} edits took unchanged files from the layer they replace");
+        assert!(
+            unread_edits >= 5,
+            "only {unread_edits} edits took unchanged files from the layers they replace"
         );
     }
     assert!(
