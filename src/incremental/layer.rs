@@ -6,7 +6,9 @@
 //! The context is read through `confined::Tree` and no symlink is followed, not even one that
 //! stays inside (the engine's COPY has its own rules for them): a source that is or passes
 //! through a symlink, or a special file, leaves the build to the engine. Each file is read from
-//! the descriptor that was measured, exactly as many bytes as the header says.
+//! the descriptor that was measured, exactly as many bytes as the header says; or, when git says
+//! it did not change since the layer this one replaces and this worker kept that layer
+//! (`layer_memo`), its bytes and mode are taken from there unread.
 //!
 //! The layer is a pure function of the commit: fixed owner (0:0, no names), modes reduced to
 //! what git records (0644, 0755 if executable; directories 0755), every mtime the commit's
@@ -269,7 +271,9 @@ fn add_file(
     // The data ends the entry, padded to a whole block.
     let end = usize::try_from(tar.get_ref().written()).map_err(|e| Why::Other(e.to_string()))?;
     let len = usize::try_from(size).map_err(|e| Why::Other(e.to_string()))?;
-    let start = end - len.next_multiple_of(512);
+    let start = end
+        .checked_sub(len.next_multiple_of(512))
+        .ok_or_else(|| Why::Other(format!("failed to add {target}: the tar is shorter")))?;
     state.appended.push((
         target.to_owned(),
         KeptFile {
