@@ -171,7 +171,7 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
             Err(reason) => return Ok(Err(reason)),
         };
 
-    let earlier = Earlier::of(a, &prev, &changed, copies.len());
+    let earlier = EarlierLayers::of(a, &prev, &changed, copies.len());
     let Made {
         layers: new_layers,
         files,
@@ -230,14 +230,14 @@ struct Made {
 }
 
 /// What an edit may take from the layers it replaces (`layer_memo`).
-pub(crate) struct Earlier {
+struct EarlierLayers {
     /// Per COPY step: the diff_id of the layer it replaces.
     diff_ids: Vec<Option<String>>,
     /// The context files changed since the previous image's commit.
     changed: HashSet<String>,
 }
 
-impl Earlier {
+impl EarlierLayers {
     /// None when a changed `.gitattributes` may change what the checkout holds of files that
     /// did not change, or when the context is not beneath the checkout.
     fn of(a: &Attempt<'_>, prev: &Previous, changed: &[String], copies: usize) -> Option<Self> {
@@ -279,7 +279,7 @@ async fn made_layers(
     context: Tree,
     ignore: ignore::Ignore,
     copies: Vec<tail::CopyStep>,
-    earlier: Option<Earlier>,
+    earlier: Option<EarlierLayers>,
 ) -> Result<Result<Made, String>, BuildError> {
     let scratch = a.scratch_dir.to_owned();
     // The commit's time in every entry: see `layer`.
