@@ -79,6 +79,17 @@ pub(super) struct Earlier<'a> {
     pub changed: &'a HashSet<String>,
 }
 
+impl Earlier<'_> {
+    /// The mode and bytes the earlier layer holds for `target` from context file `source`,
+    /// unless that file changed since.
+    fn unchanged(&self, target: &str, source: &str) -> Option<(u32, &[u8])> {
+        if self.changed.contains(source) {
+            return None;
+        }
+        self.layer.file(target, source)
+    }
+}
+
 /// Writes the layer of `step` to `out`. `mtime` goes into every entry. The layer is kept in
 /// `layer_memo` for the next edit.
 pub(super) fn build(
@@ -172,14 +183,6 @@ struct Walk<'a> {
     reused: usize,
 }
 
-impl Walk<'_> {
-    /// The earlier layer, unless `source` changed since it was made.
-    fn earlier_for(&self, source: &str) -> Option<Arc<KeptLayer>> {
-        let earlier = self.earlier?;
-        (!earlier.changed.contains(source)).then(|| Arc::clone(&earlier.layer))
-    }
-}
-
 /// Where a file's bytes come from.
 enum Source<'a> {
     Opened(Opened),
@@ -218,13 +221,12 @@ fn add_tree(
                     .map_err(|e| Why::Other(format!("failed to add {target}: {e}")))
             }
             Entry::File(unopened) => {
-                let place = (target.as_str(), in_context.as_str());
-                if let Some(earlier) = state.earlier_for(&in_context)
-                    && let Some((mode, bytes)) = earlier.file(&target, &in_context)
-                {
-                    return add_file(tar, Source::Kept { mode, bytes }, place, state);
-                }
-                add_file(tar, Source::Opened(unopened.open()?), place, state)
+                let earlier = state.earlier;
+                let from = match earlier.and_then(|e| e.unchanged(&target, &in_context)) {
+                    Some((mode, bytes)) => Source::Kept { mode, bytes },
+                    None => Source::Opened(unopened.open()?),
+                };
+                add_file(tar, from, (&target, &in_context), state)
             }
             Entry::Symlink(_) => Err(Refused::Symlink(rel.to_owned()).into()),
         }

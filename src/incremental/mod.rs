@@ -247,7 +247,7 @@ impl EarlierLayers {
         {
             return None;
         }
-        let context = a.spec.context_dir.strip_prefix(&a.spec.checkout_dir).ok()?;
+        let context = relative(&a.spec.checkout_dir, &a.spec.context_dir).ok()?;
         let context = context.to_str()?;
         let changed = changed
             .iter()
