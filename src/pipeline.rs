@@ -87,6 +87,15 @@ pub async fn run(
     // The bases of this repository's last build start pulling now, beside the fetch.
     let scope = plan::cache_scope(&job.request, spec.remote.as_str());
     env.engine.prefetch_bases(&scope, &ctx);
+    // The image an incremental rebuild would edit is read while the source is fetched.
+    let looking_up = plan::image_name(&job.request, &settings.registry_host)
+        .ok()
+        .filter(|_| edits_tried(&job.request, settings))
+        .map(|image| {
+            let lineage_tag = plan::lineage_tag(&job.request, spec.remote.as_str());
+            let repository = repository_path(&image, &settings.registry_host);
+            incremental::lineage::look_up(env, &image, repository, &lineage_tag)
+        });
     let mut stages = stages::Stages::new(&job.build_id);
     let mut checkout = tokio::select! {
         result = env.source.resolve(&spec, &ctx) => result?,
@@ -233,7 +242,7 @@ pub async fn run(
         log,
         ctx: &ctx,
     };
-    let (manifest, how, bases) = produce(&attempt, &job.request, &ctx).await?;
+    let (manifest, how, bases) = produce(&attempt, &job.request, looking_up).await?;
     stages.done("produce");
     let digest = manifest.digest.clone();
     log.push(&format!("pushed {}@{digest}", build_spec.image));
@@ -250,7 +259,7 @@ pub async fn run(
 async fn produce(
     a: &incremental::Attempt<'_>,
     request: &BuildRequest,
-    ctx: &BuildCtx,
+    looking_up: Option<incremental::LookingUp>,
 ) -> Result<(Manifest, (How, String), Vec<BaseImage>), BuildError> {
     let env = a.env;
     let why = if let Some(moved) = &request.base_update {
@@ -265,7 +274,12 @@ async fn produce(
     } else if !env.settings.incremental {
         "incremental rebuilds are off (build.incremental)".to_owned()
     } else {
-        match incremental::rebuild(a).await? {
+        // Started with the fetch (`edits_tried`); here only should the two ever disagree.
+        let looking_up = looking_up.unwrap_or_else(|| {
+            let spec = a.spec;
+            incremental::lineage::look_up(env, &spec.image, a.repository, &spec.lineage_tag)
+        });
+        match incremental::rebuild(a, looking_up).await? {
             Ok(edited) => {
                 let bases = env
                     .recorded_images
@@ -276,8 +290,13 @@ async fn produce(
             Err(reason) => reason,
         }
     };
-    let (manifest, bases) = full_build(a, ctx).await?;
+    let (manifest, bases) = full_build(a, a.ctx).await?;
     Ok((manifest, (How::Full, why), bases))
+}
+
+/// Whether `produce` tries an incremental rebuild (when the tail analysis allows it).
+fn edits_tried(request: &BuildRequest, settings: &crate::ports::PipelineSettings) -> bool {
+    request.base_update.is_none() && !request.no_cache && settings.incremental
 }
 
 /// The engine's build and push, labelled in the registry when the engine did not label it.

@@ -116,7 +116,7 @@ pub fn cache_scope(req: &BuildRequest, source_url: &str) -> String {
 }
 
 /// `registry/user_id/name`: the name is the request's `image` or derived from the repository.
-fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> {
+pub fn image_name(req: &BuildRequest, registry: &str) -> Result<String, BuildError> {
     let name = match &req.image {
         Some(name) => name.clone(),
         None => ImageName::from_repo_name(req.repo.name()).ok_or_else(|| {

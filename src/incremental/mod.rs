@@ -20,6 +20,7 @@ mod compressing;
 mod ignore;
 mod layer;
 mod layer_memo;
+pub mod lineage;
 mod placement;
 pub mod split;
 mod tail;
@@ -28,13 +29,14 @@ use std::collections::HashSet;
 use std::path::Path;
 
 pub use base_swap::swap_base;
+pub use lineage::LookingUp;
 
 use crate::build_log::BuildLog;
 use crate::confined::Tree;
 use crate::error::BuildError;
 use crate::ports::{BuildCtx, BuildSpec, Checkout, Environment, Manifest, Recipe, SourceSpec};
 
-use crate::image_edit::{NewLayer, Previous, config_digest, publish_beside, rfc3339};
+use crate::image_edit::{NewLayer, Previous, publish_beside, rfc3339};
 
 /// What the pipeline knows when it may try an incremental rebuild.
 pub struct Attempt<'a> {
@@ -66,8 +68,11 @@ pub struct Edited {
 
 /// The edited image, pushed under `tag`, with why it could be edited; or why this build needs
 /// the engine.
-pub async fn rebuild(attempt: &Attempt<'_>) -> Result<Result<Edited, String>, BuildError> {
-    let outcome = try_rebuild(attempt).await?;
+pub async fn rebuild(
+    attempt: &Attempt<'_>,
+    looking_up: LookingUp,
+) -> Result<Result<Edited, String>, BuildError> {
+    let outcome = try_rebuild(attempt, looking_up).await?;
     if let Err(reason) = &outcome {
         attempt
             .log
@@ -93,16 +98,20 @@ fn named(paths: &[String]) -> String {
 
 /// Outer error: the registry or git failed (a service fault, as in any build). Inner error:
 /// why this build does not qualify.
-async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildError> {
+async fn try_rebuild(
+    a: &Attempt<'_>,
+    looking_up: LookingUp,
+) -> Result<Result<Edited, String>, BuildError> {
     let spec = a.spec;
     if spec.platforms.len() > 1 {
         return Ok(Err("several platforms".into()));
     }
     // First: of all the reasons a build is full, this one says the most.
     let store = &a.env.registry;
-    let Some(previous) = store.manifest(a.repository, &spec.lineage_tag).await? else {
+    let Some(lineage) = lineage::found(looking_up).await? else {
         return Ok(Err("first build of this configuration".into()));
     };
+    let previous = lineage.manifest;
     let dockerfile = match last_stage_dockerfile(spec) {
         Ok(dockerfile) => dockerfile,
         Err(reason) => return Ok(Err(reason)),
@@ -123,16 +132,16 @@ async fn try_rebuild(a: &Attempt<'_>) -> Result<Result<Edited, String>, BuildErr
         )));
     }
 
-    if !crate::ports::recorded(a.env, &spec.image, &previous.digest).await? {
+    if !lineage.recorded {
         return Ok(Err(format!(
             "the lineage tag points at {}, which this service did not record building",
             previous.digest
         )));
     }
-    let Some(config_digest) = config_digest(&previous) else {
+    let Some(config) = lineage.config else {
         return Ok(Err("the earlier image has no config".into()));
     };
-    let Some(config) = store.blob(a.repository, &config_digest).await? else {
+    let Some(config) = config else {
         return Ok(Err("the earlier image's config is gone".into()));
     };
     let prev = match Previous::parse(

@@ -39,6 +39,12 @@ pub(super) struct FetchPlan {
 pub(super) enum Depth {
     /// Only the wanted commit: its tree, none of its history.
     Tip,
+    /// The wanted commit and its history down to the commits the mirror's refs name, which
+    /// become the mirror's shallow boundary. For the usual push, which extends a ref the mirror
+    /// holds, this is the same few objects as `Tip` in one request instead of two: libgit2
+    /// spends a round of its own on a depth. A pack of more than `max_objects` (a rewritten
+    /// history brings all of it) is refused, and the caller fetches the tip alone.
+    OntoTips { max_objects: u32 },
     /// As deep as the history the mirror already has (all of it, unless it is shallow).
     AsIs,
     /// All of the history: a shallow mirror is made whole.
@@ -48,15 +54,26 @@ pub(super) enum Depth {
 impl FetchPlan {
     /// The ref a request resolved to in the listing; a mirror that holds no history yet (or
     /// only tips) gets just the tip, when the remote can send that (`shallow`: libgit2's
-    /// file:// transport cannot).
-    pub(super) fn one_ref(refname: &str, mirror: &Repository, shallow: bool) -> Self {
+    /// file:// transport cannot). `onto_tips`: a shallow mirror that holds the ref may take it
+    /// as `Depth::OntoTips` (the caller falls back to the tip alone if that is refused).
+    pub(super) fn one_ref(
+        refname: &str,
+        mirror: &Repository,
+        shallow: bool,
+        onto_tips: bool,
+    ) -> Self {
         let no_refs = mirror
             .references()
             .map_or(true, |mut refs| refs.next().is_none());
-        let depth = if shallow && (mirror.is_shallow() || no_refs) {
-            Depth::Tip
-        } else {
+        let depth = if !shallow || !(mirror.is_shallow() || no_refs) {
             Depth::AsIs
+        } else if let Some(max_objects) = onto_tips
+            .then(|| tip_fetch_bound(mirror, refname))
+            .flatten()
+        {
+            Depth::OntoTips { max_objects }
+        } else {
+            Depth::Tip
         };
         Self {
             refname: Some(refname.to_owned()),
@@ -73,6 +90,14 @@ impl FetchPlan {
         }
     }
 
+    /// The same ref, its tip alone: what follows an `OntoTips` fetch that failed.
+    fn tip_alone(&self) -> Option<Self> {
+        matches!(self.depth, Depth::OntoTips { .. }).then(|| Self {
+            refname: self.refname.clone(),
+            depth: Depth::Tip,
+        })
+    }
+
     /// The whole history of one ref (a shallow mirror lacks an earlier commit of it).
     pub(super) fn deepen(refname: &str) -> Self {
         Self {
@@ -80,6 +105,59 @@ impl FetchPlan {
             depth: Depth::Whole,
         }
     }
+}
+
+/// How many objects a fetch of `refname`'s next commit alone could bring at most, judged by
+/// the commit the mirror holds for it: every object of its tree, twice over, and some slack.
+/// None when the mirror has no such ref (or no whole tree of it).
+fn tip_fetch_bound(mirror: &Repository, refname: &str) -> Option<u32> {
+    const SLACK: u32 = 256;
+    let tree = mirror
+        .find_reference(refname)
+        .ok()?
+        .peel_to_commit()
+        .ok()?
+        .tree()
+        .ok()?;
+    let mut objects: u32 = 1;
+    let walked = tree.walk(git2::TreeWalkMode::PreOrder, |_, _| {
+        objects = objects.saturating_add(1);
+        git2::TreeWalkResult::Ok
+    });
+    walked.ok()?;
+    Some(objects.saturating_mul(2).saturating_add(SLACK))
+}
+
+/// What the mirror needs before `plan`'s fetch.
+fn prepare(repo: &Repository, plan: &FetchPlan) -> Result<(), BuildError> {
+    match plan.depth {
+        Depth::OntoTips { .. } => mark_tips_shallow(repo),
+        Depth::Tip | Depth::AsIs | Depth::Whole => Ok(()),
+    }
+}
+
+/// Makes the commits the mirror's refs name its shallow boundary (`Depth::OntoTips`): libgit2
+/// then offers the server those commits alone, and one request settles the fetch (it offers
+/// its history in rounds of 20). Commits past the boundary stay in the mirror; only its
+/// history walk stops there. Written under the mirror's exclusive lock, replacing the file
+/// whole (libgit2 rereads it by content before each fetch).
+fn mark_tips_shallow(repo: &Repository) -> Result<(), BuildError> {
+    let mut tips: Vec<String> = repo
+        .references()
+        .map_err(GitError::git("list the mirror's refs"))?
+        .flatten()
+        .filter_map(|r| r.peel_to_commit().ok().map(|c| c.id().to_string()))
+        .collect();
+    tips.sort_unstable();
+    tips.dedup();
+    let mut text = tips.join("\n");
+    text.push('\n');
+    let path = repo.path().join("shallow");
+    let written = path.with_extension("new");
+    std::fs::write(&written, text)
+        .and_then(|()| std::fs::rename(&written, &path))
+        .map_err(GitError::io("write the mirror's shallow boundary"))?;
+    Ok(())
 }
 
 /// Fetches what `plan` asks for along `route`; returns the remote's default branch
@@ -100,12 +178,21 @@ pub(super) fn fetch(
     let token = Arc::new(Token::new(spec, &route.fetch_url));
     // Why a callback aborted the fetch, if one did.
     let aborted: RefCell<Option<BuildError>> = RefCell::new(None);
+    prepare(repo, plan)?;
     let (mut opts, refspecs) = fetch_options(repo, spec, plan, limits, stop, &token, &aborted);
     // The transport libgit2 creates on this thread connects to the checked addresses.
     let entered = route.enter(&token);
     let fetched = remote.fetch(&refspecs, Some(&mut opts), None);
     drop(entered);
     if let Err(err) = fetched {
+        if let Some(tip) = plan.tip_alone()
+            && route.refused().is_none()
+            && aborted.borrow().is_none()
+            && stop.stopped().is_none()
+        {
+            tracing::info!("fetching onto the mirror's tips failed: {}", err.message());
+            return fetch(repo, spec, &tip, limits, stop, route);
+        }
         return Err(failure(err, &aborted, &token, route, stop, limits, spec));
     }
     // Available after the fetch has disconnected.
@@ -132,7 +219,16 @@ fn fetch_options<'a>(
 ) -> (FetchOptions<'a>, Vec<String>) {
     let mut callbacks = offering(token);
     let max_bytes = limits.fetch_bytes();
+    let max_objects = match plan.depth {
+        Depth::OntoTips { max_objects } => usize::try_from(max_objects).unwrap_or(usize::MAX),
+        _ => usize::MAX,
+    };
     callbacks.transfer_progress(move |progress| {
+        // Known from the pack's header, before its objects come: no reason to record, the
+        // caller fetches the tip alone.
+        if progress.total_objects() > max_objects {
+            return false;
+        }
         let received = u64::try_from(progress.received_bytes()).unwrap_or(u64::MAX);
         let too_big = (received > max_bytes).then(|| {
             BuildError::LimitExceeded(format!(
@@ -166,7 +262,7 @@ fn fetch_options<'a>(
         Depth::Whole if repo.is_shallow() => {
             opts.depth(UNSHALLOW);
         }
-        Depth::Whole | Depth::AsIs => {}
+        Depth::Whole | Depth::AsIs | Depth::OntoTips { .. } => {}
     }
     // No proxy from the environment or git config, and no redirect around the relay (the
     // pinned transports follow only those that stay on the checked host).
@@ -220,6 +316,7 @@ pub(super) fn list<G>(
         // Dropping the connection disconnects (for git://, a flush; for http, nothing).
         return Ok((listing, false));
     };
+    prepare(repo, &plan)?;
     let (mut opts, refspecs) = fetch_options(repo, spec, &plan, limits, stop, &token, &aborted);
     // Connected already: libgit2 fetches over this connection.
     let fetched = connection.remote().fetch(&refspecs, Some(&mut opts), None);
@@ -234,7 +331,8 @@ pub(super) fn list<G>(
             return Err(why);
         }
         // The ref may have moved since it was listed (a server may refuse a want that is no
-        // longer a tip): the caller fetches again on a connection of its own.
+        // longer a tip), or a fetch onto the mirror's tips was refused (too much history): the
+        // caller fetches again on a connection of its own, the tip alone.
         tracing::info!(
             "fetching over the listing's connection failed: {}",
             err.message()

@@ -1,7 +1,8 @@
 //! git2 adapter: one bare mirror per remote in the cache dir. A ref is resolved from the remote's
 //! ref listing (one round trip); the mirror is fetched under a file lock (safe across builds and
 //! replicas sharing the dir) only when it lacks that commit -- the first time just the commit
-//! (shallow), deepened when an incremental diff needs an earlier one. Then one commit is checked
+//! (shallow), later what a push added onto the mirror's tips (one request; `fetch::Depth`),
+//! deepened when an incremental diff needs an earlier one. Then one commit is checked
 //! out, after measuring what it would write: into the repository's kept tree when there is one
 //! (`kept_trees`), writing only what changed since its commit.
 
@@ -208,12 +209,13 @@ impl SourceFetcher for GitMirrors {
                 (oid, at)
             }
             None => {
-                // The listing was another lookup's (shared), or fetching over it failed.
+                // The listing was another lookup's (shared), or fetching over it failed: the
+                // tip alone, as a fetch onto the mirror's tips may be what failed.
                 claim = claim.or_else(|| Some(self.claim_early(&mirror, ctx)));
                 let target = listed.refname.clone();
                 let shallow = spec.remote.scheme() != "file";
                 let plan = move |repo: &Repository| match &target {
-                    Some(refname) => FetchPlan::one_ref(refname, repo, shallow),
+                    Some(refname) => FetchPlan::one_ref(refname, repo, shallow, false),
                     None => FetchPlan::everything(),
                 };
                 let key = listed.refname.as_deref().unwrap_or("*").to_owned();
@@ -561,7 +563,7 @@ fn fetch_if_missing(
         return Ok(None);
     }
     let plan = match &listed.refname {
-        Some(refname) => FetchPlan::one_ref(refname, repo, spec.remote.scheme() != "file"),
+        Some(refname) => FetchPlan::one_ref(refname, repo, spec.remote.scheme() != "file", true),
         None => FetchPlan::everything(),
     };
     Ok(Some((plan, lock)))

@@ -302,6 +302,81 @@ async fn a_first_fetch_is_shallow_and_an_incremental_diff_deepens_it() {
     assert_eq!(changed.expect("diff"), None);
 }
 
+/// A push that extends the ref a shallow mirror holds is fetched onto the mirror's tips: one
+/// request, however many builds came before (libgit2 offers history in rounds of 20), and the
+/// mirror stays shallow. A rewritten history is not fetched whole: the pack's header shows too
+/// many objects, that fetch stops, and the tip alone comes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_onto_the_mirrors_tip_is_one_request_and_a_rewritten_history_is_not_fetched_whole() {
+    let git = GitServer::start().await;
+    let name = "acme/ontotips";
+    let fixture = RepoFixture::create(git.root.path(), name);
+    let one = fixture.commit(&[("a", "1\n")], "one");
+    let two = fixture.commit(&[("b", "2\n")], "two");
+    fixture.push();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mirrors = mirrors(dir.path());
+    let spec = spec(
+        &format!("{}/{name}.git", git.base_url),
+        Some("main"),
+        RefKind::Repo,
+        None,
+    );
+    let (first, _) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(first.expect("resolves").commit, two);
+    let mirror = mirror_dir(dir.path());
+    assert!(!has_commit(&mirror, &one), "a shallow first fetch");
+
+    for n in 0..25 {
+        let before = git.requests_for(name);
+        let next = fixture.commit(&[("a", &format!("{n}\n"))], "next");
+        fixture.push();
+        let (resolved, log) = resolve(&mirrors, &spec, dir.path()).await;
+        assert_eq!(resolved.expect("resolves").commit, next, "{log:?}");
+        let after = git.requests_for(name);
+        assert_eq!(
+            after.negotiations,
+            before.negotiations + 1,
+            "push {n}: one fetch request: {log:?}"
+        );
+    }
+    // Two commits in one push: both come, in one request.
+    let before = git.requests_for(name);
+    let between = fixture.commit(&[("b", "between\n")], "between");
+    let last = fixture.commit(&[("b", "last\n")], "last");
+    fixture.push();
+    let (resolved, _) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(resolved.expect("resolves").commit, last);
+    assert!(has_commit(&mirror, &between), "the history onto the tip");
+    assert_eq!(git.requests_for(name).negotiations, before.negotiations + 1);
+    assert!(!has_commit(&mirror, &one), "still shallow");
+    assert!(mirror.join("shallow").is_file());
+
+    // A history with nothing in common, 120 commits long, force-pushed over main.
+    let work = fixture.work_dir();
+    let git_in_work = |args: &[&str]| {
+        let status = std::process::Command::new("git")
+            .args(args)
+            .current_dir(work)
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?}");
+    };
+    git_in_work(&["checkout", "-q", "--orphan", "rewritten"]);
+    let root = fixture.commit(&[("c/0", "0\n")], "root");
+    for n in 1..120 {
+        fixture.commit(&[(&format!("c/{n}"), &format!("{n}\n"))], "more");
+    }
+    let rewritten = fixture.head();
+    git_in_work(&["push", "-q", "-f", "origin", "rewritten:main"]);
+    let (resolved, log) = resolve(&mirrors, &spec, dir.path()).await;
+    assert_eq!(resolved.expect("resolves").commit, rewritten, "{log:?}");
+    assert!(
+        !has_commit(&mirror, &root),
+        "the rewritten history was fetched whole: {log:?}"
+    );
+}
+
 /// A worker whose mirror of the repository is gone (evicted, or a new replica sharing the store)
 /// fetches it anew, shallow, and still edits the image it built before instead of building it
 /// again: the diff fetches the history it needs.
