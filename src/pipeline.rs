@@ -87,20 +87,38 @@ pub async fn run(
     // The bases of this repository's last build start pulling now, beside the fetch.
     let scope = plan::cache_scope(&job.request, spec.remote.as_str());
     env.engine.prefetch_bases(&scope, &ctx);
-    // The image an incremental rebuild would edit is read while the source is fetched.
-    let looking_up = plan::image_name(&job.request, &settings.registry_host)
-        .ok()
+    // The image's name is known before the commit (`naming` reports a bad one): the image an
+    // incremental rebuild would edit is read while the source is fetched, and so is the build
+    // key of a commit being fetched.
+    let early_image = plan::image_name(&job.request, &settings.registry_host).ok();
+    let looking_up = early_image
+        .as_deref()
         .filter(|_| edits_tried(&job.request, settings))
         .map(|image| {
             let lineage_tag = plan::lineage_tag(&job.request, spec.remote.as_str());
-            let repository = repository_path(&image, &settings.registry_host);
-            incremental::lineage::look_up(env, &image, repository, &lineage_tag)
+            let repository = repository_path(image, &settings.registry_host);
+            incremental::lineage::look_up(env, image, repository, &lineage_tag)
         });
     let mut stages = stages::Stages::new(&job.build_id);
-    let mut checkout = tokio::select! {
-        result = env.source.resolve(&spec, &ctx) => result?,
-        _ = tokio::time::sleep(ctx.remaining()) => return Err(BuildError::TimedOut(settings.build_timeout)),
+    let (fetching, fetched_commit) = tokio::sync::oneshot::channel();
+    let resolving = async {
+        tokio::select! {
+            result = env.source.resolve_telling(&spec, &ctx, fetching) => result,
+            _ = tokio::time::sleep(ctx.remaining()) => Err(BuildError::TimedOut(settings.build_timeout)),
+        }
     };
+    let checking_early = async {
+        let commit = fetched_commit.await.ok()?;
+        let image = early_image
+            .as_deref()
+            .filter(|_| key_checked(&job.request))?;
+        let key_tag = plan::build_key(&job.request, spec.remote.as_str(), &commit);
+        let repository = repository_path(image, &settings.registry_host);
+        let built = built_before(env, (image, repository), &key_tag, log).await;
+        Some((commit, built))
+    };
+    let (resolved, checked_early) = tokio::join!(resolving, checking_early);
+    let mut checkout = resolved?;
     stages.done("resolve");
     // A base update rebuilds the commit its configuration's newest image was built from.
     if let Some(moved) = &job.request.base_update
@@ -147,21 +165,10 @@ pub async fn run(
 
     // Built before with this exact configuration: point the tags at it, build nothing. Not
     // for a base update: the configuration is the same, the base is not.
-    let existing = if job.request.no_cache || job.request.base_update.is_some() {
-        None
-    } else {
-        env.registry.manifest(repository, &naming.key_tag).await?
-    };
-    let existing = match existing {
-        Some(manifest) if recorded(env, &image, &manifest.digest).await? => Some(manifest),
-        Some(manifest) => {
-            log.push(&format!(
-                "{image}:{} points at {}, which this service did not record building: built again",
-                naming.key_tag, manifest.digest
-            ));
-            None
-        }
-        None => None,
+    let existing = match checked_early {
+        Some((commit, built)) if commit == checkout.commit => built?,
+        _ if !key_checked(&job.request) => None,
+        _ => built_before(env, (&image, repository), &naming.key_tag, log).await?,
     };
     stages.done("cached check");
     if let Some(manifest) = existing {
@@ -292,6 +299,31 @@ async fn produce(
     };
     let (manifest, bases) = full_build(a, a.ctx).await?;
     Ok((manifest, (How::Full, why), bases))
+}
+
+/// Whether a build key's image answers the request (`no_cache` and base updates build).
+fn key_checked(request: &BuildRequest) -> bool {
+    !request.no_cache && request.base_update.is_none()
+}
+
+/// The image `repository:key_tag` names, when this service recorded building it (of `image`).
+async fn built_before(
+    env: &Environment,
+    (image, repository): (&str, &str),
+    key_tag: &str,
+    log: &BuildLog,
+) -> Result<Option<Manifest>, BuildError> {
+    let Some(manifest) = env.registry.manifest(repository, key_tag).await? else {
+        return Ok(None);
+    };
+    if recorded(env, image, &manifest.digest).await? {
+        return Ok(Some(manifest));
+    }
+    log.push(&format!(
+        "{image}:{key_tag} points at {}, which this service did not record building: built again",
+        manifest.digest
+    ));
+    Ok(None)
 }
 
 /// Whether `produce` tries an incremental rebuild (when the tail analysis allows it).

@@ -139,6 +139,47 @@ async fn an_identical_recorded_build_is_answered_from_the_registry_without_a_bui
 }
 
 #[tokio::test]
+async fn the_build_key_of_a_commit_being_fetched_is_checked_beside_the_fetch_once() {
+    let mut f = fixture(1);
+    let first = build(&f, "r1").await.expect("pushed");
+    f.recorded.trust(&first.image, &first.digest);
+    let key = f
+        .registry
+        .tags_written()
+        .into_iter()
+        .map(|(_, tag)| tag)
+        .find(|t| t.starts_with("ib-") && !t.starts_with("ib-line-"))
+        .expect("the build key was written");
+    let looked_up = f.registry.lookups_of(&key);
+    *f.source.fetching.lock().expect("lock") = Some(COMMIT.to_owned());
+    f.env.build_slots = Arc::new(tokio::sync::Semaphore::new(0));
+    let second = build(&f, "r2").await.expect("answered");
+    assert!(second.cached);
+    assert_eq!(f.registry.lookups_of(&key), looked_up + 1, "checked once");
+}
+
+#[tokio::test]
+async fn a_build_key_checked_for_another_commit_than_the_one_resolved_is_not_the_answer() {
+    let f = fixture(1);
+    let first = build(&f, "r1").await.expect("pushed");
+    f.recorded.trust(&first.image, &first.digest);
+    // The fetch announced the commit built before; the ref names another one by now.
+    let other = "fedcba9876543210fedcba9876543210fedcba98";
+    let source = Arc::new(FakeSource::new(other));
+    *source.fetching.lock().expect("lock") = Some(COMMIT.to_owned());
+    let mut g = fixture(1);
+    g.env = Environment {
+        source: source.clone(),
+        ..f.env.clone()
+    };
+    g.engine = f.engine.clone();
+    let second = build(&g, "r2").await.expect("pushed");
+    assert!(!second.cached, "{}", second.why);
+    assert_eq!(second.commit, other);
+    assert_eq!(f.engine.build_count(), 2);
+}
+
+#[tokio::test]
 async fn a_tag_this_service_did_not_record_is_built_again() {
     let f = fixture(1);
     build(&f, "r1").await.expect("pushed");

@@ -73,6 +73,19 @@ pub trait SourceFetcher: Send + Sync {
     /// Fetches `spec.remote` (incrementally) and resolves the requested ref to a commit.
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError>;
 
+    /// As `resolve`, sending `fetching` the commit the ref names when the mirror lacks it,
+    /// before fetching it: what depends on the commit alone can run beside the fetch. Nothing
+    /// is sent by default (nor when no fetch is needed).
+    async fn resolve_telling(
+        &self,
+        spec: &SourceSpec,
+        ctx: &BuildCtx,
+        fetching: tokio::sync::oneshot::Sender<String>,
+    ) -> Result<Checkout, BuildError> {
+        drop(fetching);
+        self.resolve(spec, ctx).await
+    }
+
     /// Paths (from the repository root) that differ between two commits of the mirror, or None
     /// when either commit is not there (or a path is not UTF-8). A mirror fetched shallow is
     /// deepened first when `from` is not in it (so `ctx` bounds a fetch).

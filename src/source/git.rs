@@ -151,92 +151,16 @@ impl GitMirrors {
 #[async_trait]
 impl SourceFetcher for GitMirrors {
     async fn resolve(&self, spec: &SourceSpec, ctx: &BuildCtx) -> Result<Checkout, BuildError> {
-        let mirror = self.mirror_path(spec);
-        ctx.log.push(&format!("fetching {}", spec.remote));
-        // The blocking fetch stops by itself on cancel and at the deadline: dropping the
-        // future awaiting it (below, or the pipeline's timeout) would not.
-        let stop = Stop::new(&ctx.cancel, ctx.deadline);
-        // Held before the fetch and until the build drops the checkout: eviction cannot remove
-        // the mirror between this fetch and the checkout (or the incremental diff) that read it.
-        let hold = {
-            let (mirror, stop) = (mirror.clone(), stop.clone());
-            blocking(move || {
-                let hold = super::eviction::hold(&mirror, &stop)?;
-                prepare_mirror(&mirror, &stop)?;
-                Ok(hold)
-            })
-            .await?
-        };
-        // One listing round trip says which commit the ref names; most answers stop there. A
-        // commit the mirror lacks is fetched over the same connection.
-        let (fetching, mut fetch_started) = tokio::sync::oneshot::channel();
-        let listed = self.listing(&mirror, spec, &stop, ctx, fetching);
-        tokio::pin!(listed);
-        let mut claim = None;
-        let mut hearing = true;
-        let (listing, fetched) = loop {
-            tokio::select! {
-                listed = &mut listed => break listed?,
-                started = &mut fetch_started, if hearing => {
-                    hearing = false;
-                    if started.is_ok() {
-                        claim = Some(self.claim_early(&mirror, ctx));
-                    }
-                }
-            }
-        };
-        if fetched {
-            self.ensure_fits_cache(&mirror, spec).await?;
-        }
-        let wanted = Wanted {
-            git_ref: spec.git_ref.clone(),
-            kind: spec.ref_kind,
-            default_branch: listing.head.clone(),
-        };
-        let listed = super::refs::resolve(&listing, &wanted)?;
-        let oid = listed.oid;
-        let found = {
-            let (mirror, stop) = (mirror.clone(), stop.clone());
-            blocking(move || committed_at(&mirror, oid, &stop)).await?
-        };
-        let (commit, committed_at) = match found {
-            Some(at) => {
-                ctx.log.push(&if fetched {
-                    format!("{oid} fetched over the listing's connection")
-                } else {
-                    format!("{oid} is in the mirror already: no fetch")
-                });
-                (oid, at)
-            }
-            None => {
-                // The listing was another lookup's (shared), or fetching over it failed: the
-                // tip alone, as a fetch onto the mirror's tips may be what failed.
-                claim = claim.or_else(|| Some(self.claim_early(&mirror, ctx)));
-                let target = listed.refname.clone();
-                let shallow = spec.remote.scheme() != "file";
-                let plan = move |repo: &Repository| match &target {
-                    Some(refname) => FetchPlan::one_ref(refname, repo, shallow, false),
-                    None => FetchPlan::everything(),
-                };
-                let key = listed.refname.as_deref().unwrap_or("*").to_owned();
-                self.fetch(&mirror, spec, &key, plan, &stop, ctx).await?;
-                self.ensure_fits_cache(&mirror, spec).await?;
-                let (mirror, stop) = (mirror.clone(), stop.clone());
-                let refname = listed.refname.clone();
-                blocking(move || fetched_commit(&mirror, oid, refname.as_deref(), &stop)).await?
-            }
-        };
-        let resolved = Checkout {
-            commit: commit.to_string(),
-            ref_name: listed.name,
-            is_default_branch: listed.is_default_branch,
-            committed_at,
-            hold: SourceHold::new((hold, claim)),
-        };
-        self.evict_now_and_then();
-        ctx.log
-            .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
-        Ok(resolved)
+        self.resolve_and_tell(spec, ctx, None).await
+    }
+
+    async fn resolve_telling(
+        &self,
+        spec: &SourceSpec,
+        ctx: &BuildCtx,
+        fetching: tokio::sync::oneshot::Sender<String>,
+    ) -> Result<Checkout, BuildError> {
+        self.resolve_and_tell(spec, ctx, Some(fetching)).await
     }
 
     async fn changed_paths(
@@ -371,6 +295,107 @@ fn mirror_key(mirror: &Path) -> String {
 }
 
 impl GitMirrors {
+    /// `resolve`, telling `tell` (when given) the commit it is about to fetch.
+    async fn resolve_and_tell(
+        &self,
+        spec: &SourceSpec,
+        ctx: &BuildCtx,
+        mut tell: Option<tokio::sync::oneshot::Sender<String>>,
+    ) -> Result<Checkout, BuildError> {
+        let mirror = self.mirror_path(spec);
+        ctx.log.push(&format!("fetching {}", spec.remote));
+        // The blocking fetch stops by itself on cancel and at the deadline: dropping the
+        // future awaiting it (below, or the pipeline's timeout) would not.
+        let stop = Stop::new(&ctx.cancel, ctx.deadline);
+        // Held before the fetch and until the build drops the checkout: eviction cannot remove
+        // the mirror between this fetch and the checkout (or the incremental diff) that read it.
+        let hold = {
+            let (mirror, stop) = (mirror.clone(), stop.clone());
+            blocking(move || {
+                let hold = super::eviction::hold(&mirror, &stop)?;
+                prepare_mirror(&mirror, &stop)?;
+                Ok(hold)
+            })
+            .await?
+        };
+        // One listing round trip says which commit the ref names; most answers stop there. A
+        // commit the mirror lacks is fetched over the same connection.
+        let (fetching, mut fetch_started) = tokio::sync::oneshot::channel();
+        let listed = self.listing(&mirror, spec, &stop, ctx, fetching);
+        tokio::pin!(listed);
+        let mut claim = None;
+        let mut hearing = true;
+        let (listing, fetched) = loop {
+            tokio::select! {
+                listed = &mut listed => break listed?,
+                started = &mut fetch_started, if hearing => {
+                    hearing = false;
+                    if let Ok(oid) = started {
+                        claim = Some(self.claim_early(&mirror, ctx));
+                        if let Some(tell) = tell.take() {
+                            let _ = tell.send(oid.to_string());
+                        }
+                    }
+                }
+            }
+        };
+        if fetched {
+            self.ensure_fits_cache(&mirror, spec).await?;
+        }
+        let wanted = Wanted {
+            git_ref: spec.git_ref.clone(),
+            kind: spec.ref_kind,
+            default_branch: listing.head.clone(),
+        };
+        let listed = super::refs::resolve(&listing, &wanted)?;
+        let oid = listed.oid;
+        let found = {
+            let (mirror, stop) = (mirror.clone(), stop.clone());
+            blocking(move || committed_at(&mirror, oid, &stop)).await?
+        };
+        let (commit, committed_at) = match found {
+            Some(at) => {
+                ctx.log.push(&if fetched {
+                    format!("{oid} fetched over the listing's connection")
+                } else {
+                    format!("{oid} is in the mirror already: no fetch")
+                });
+                (oid, at)
+            }
+            None => {
+                // The listing was another lookup's (shared), or fetching over it failed: the
+                // tip alone, as a fetch onto the mirror's tips may be what failed.
+                claim = claim.or_else(|| Some(self.claim_early(&mirror, ctx)));
+                if let Some(tell) = tell.take() {
+                    let _ = tell.send(oid.to_string());
+                }
+                let target = listed.refname.clone();
+                let shallow = spec.remote.scheme() != "file";
+                let plan = move |repo: &Repository| match &target {
+                    Some(refname) => FetchPlan::one_ref(refname, repo, shallow, false),
+                    None => FetchPlan::everything(),
+                };
+                let key = listed.refname.as_deref().unwrap_or("*").to_owned();
+                self.fetch(&mirror, spec, &key, plan, &stop, ctx).await?;
+                self.ensure_fits_cache(&mirror, spec).await?;
+                let (mirror, stop) = (mirror.clone(), stop.clone());
+                let refname = listed.refname.clone();
+                blocking(move || fetched_commit(&mirror, oid, refname.as_deref(), &stop)).await?
+            }
+        };
+        let resolved = Checkout {
+            commit: commit.to_string(),
+            ref_name: listed.name,
+            is_default_branch: listed.is_default_branch,
+            committed_at,
+            hold: SourceHold::new((hold, claim)),
+        };
+        self.evict_now_and_then();
+        ctx.log
+            .push(&format!("{} is {}", resolved.ref_name, resolved.commit));
+        Ok(resolved)
+    }
+
     /// The remote's refs, from a listing that started after this call (shared with identical
     /// lookups in flight), and whether it fetched: when the mirror lacks the commit the request
     /// names, the listing's connection fetches it (`fetching` hears of it first).
@@ -380,7 +405,7 @@ impl GitMirrors {
         spec: &SourceSpec,
         stop: &Stop,
         ctx: &BuildCtx,
-        fetching: tokio::sync::oneshot::Sender<()>,
+        fetching: tokio::sync::oneshot::Sender<Oid>,
     ) -> Result<(Listing, bool), BuildError> {
         let list = {
             let (mirror, spec, limits, stop) =
@@ -542,7 +567,7 @@ fn fetch_if_missing(
     repo: &Repository,
     listing: &Listing,
     stop: &Stop,
-    fetching: tokio::sync::oneshot::Sender<()>,
+    fetching: tokio::sync::oneshot::Sender<Oid>,
 ) -> Result<Option<(FetchPlan, File)>, BuildError> {
     let wanted = Wanted {
         git_ref: spec.git_ref.clone(),
@@ -556,7 +581,7 @@ fn fetch_if_missing(
     if committed_at(mirror, listed.oid, stop)?.is_some() {
         return Ok(None);
     }
-    let _ = fetching.send(());
+    let _ = fetching.send(listed.oid);
     let lock = lock_mirror(mirror, true, stop)?;
     // Another fetch may have brought it while this one waited for the lock.
     if repo.find_commit(listed.oid).is_ok() {

@@ -19,6 +19,8 @@ pub struct FakeRegistry {
     pub tag_writes: Mutex<Vec<(String, String)>>,
     /// Returned by the next manifest lookups, first in first out.
     failures: Mutex<VecDeque<RegistryError>>,
+    /// The references manifests were looked up by, in order.
+    pub lookups: Mutex<Vec<String>>,
 }
 
 impl FakeRegistry {
@@ -38,6 +40,14 @@ impl FakeRegistry {
         }
     }
 
+    /// How many times a manifest was looked up by `reference`.
+    pub fn lookups_of(&self, reference: &str) -> usize {
+        self.lookups
+            .lock()
+            .map(|l| l.iter().filter(|r| *r == reference).count())
+            .unwrap_or(0)
+    }
+
     pub fn tags_written(&self) -> Vec<(String, String)> {
         self.tag_writes
             .lock()
@@ -53,6 +63,9 @@ impl ImageRegistry for FakeRegistry {
         repository: &str,
         reference: &str,
     ) -> Result<Option<Manifest>, RegistryError> {
+        if let Ok(mut lookups) = self.lookups.lock() {
+            lookups.push(reference.to_owned());
+        }
         if let Some(error) = self.failures.lock().ok().and_then(|mut f| f.pop_front()) {
             return Err(error);
         }

@@ -16,6 +16,8 @@ pub struct FakeSource {
     /// Returned by the next calls of `resolve`, first in first out.
     failures: Mutex<VecDeque<BuildError>>,
     pub checkouts: AtomicUsize,
+    /// Told by `resolve_telling` as the commit it fetches (the mirror "lacks" it).
+    pub fetching: Mutex<Option<String>>,
 }
 
 impl FakeSource {
@@ -32,6 +34,7 @@ impl FakeSource {
             files: vec![("Dockerfile".into(), "FROM scratch\n".into())],
             failures: Mutex::new(VecDeque::new()),
             checkouts: AtomicUsize::new(0),
+            fetching: Mutex::new(None),
         }
     }
 
@@ -49,6 +52,21 @@ impl SourceFetcher for FakeSource {
             return Err(error);
         }
         Ok(self.checkout.clone())
+    }
+
+    async fn resolve_telling(
+        &self,
+        spec: &SourceSpec,
+        ctx: &BuildCtx,
+        fetching: tokio::sync::oneshot::Sender<String>,
+    ) -> Result<Checkout, BuildError> {
+        let told = self.fetching.lock().ok().and_then(|f| f.clone());
+        if let Some(commit) = told {
+            let _ = fetching.send(commit);
+            // The "fetch": whatever was started beside it gets to run.
+            tokio::task::yield_now().await;
+        }
+        self.resolve(spec, ctx).await
     }
 
     async fn changed_paths(
