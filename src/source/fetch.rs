@@ -109,9 +109,11 @@ impl FetchPlan {
 
 /// How many objects a fetch of `refname`'s next commit alone could bring at most, judged by
 /// the commit the mirror holds for it: every object of its tree, twice over, and some slack.
-/// None when the mirror has no such ref (or no whole tree of it).
+/// A huge tree is counted up to `COUNTED` entries only, so the count stays cheap (a push
+/// never brings that many). None when the mirror has no such ref (or no whole tree of it).
 fn tip_fetch_bound(mirror: &Repository, refname: &str) -> Option<u32> {
     const SLACK: u32 = 256;
+    const COUNTED: u32 = 50_000;
     let tree = mirror
         .find_reference(refname)
         .ok()?
@@ -122,9 +124,15 @@ fn tip_fetch_bound(mirror: &Repository, refname: &str) -> Option<u32> {
     let mut objects: u32 = 1;
     let walked = tree.walk(git2::TreeWalkMode::PreOrder, |_, _| {
         objects = objects.saturating_add(1);
-        git2::TreeWalkResult::Ok
+        if objects < COUNTED {
+            git2::TreeWalkResult::Ok
+        } else {
+            git2::TreeWalkResult::Abort
+        }
     });
-    walked.ok()?;
+    if walked.is_err() && objects < COUNTED {
+        return None;
+    }
     Some(objects.saturating_mul(2).saturating_add(SLACK))
 }
 
