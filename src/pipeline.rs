@@ -87,18 +87,6 @@ pub async fn run(
     // The bases of this repository's last build start pulling now, beside the fetch.
     let scope = plan::cache_scope(&job.request, spec.remote.as_str());
     env.engine.prefetch_bases(&scope, &ctx);
-    // The image's name is known before the commit (`naming` reports a bad one): the image an
-    // incremental rebuild would edit is read while the source is fetched, and so is the build
-    // key of a commit being fetched.
-    let early_image = plan::image_name(&job.request, &settings.registry_host).ok();
-    let looking_up = early_image
-        .as_deref()
-        .filter(|_| edits_tried(&job.request, settings))
-        .map(|image| {
-            let lineage_tag = plan::lineage_tag(&job.request, spec.remote.as_str());
-            let repository = repository_path(image, &settings.registry_host);
-            incremental::lineage::look_up(env, image, repository, &lineage_tag)
-        });
     let mut stages = stages::Stages::new(&job.build_id);
     let (fetching, fetched_commit) = tokio::sync::oneshot::channel();
     let resolving = async {
@@ -107,17 +95,11 @@ pub async fn run(
             _ = tokio::time::sleep(ctx.remaining()) => Err(BuildError::TimedOut(settings.build_timeout)),
         }
     };
-    let checking_early = async {
+    let beside = async {
         let commit = fetched_commit.await.ok()?;
-        let image = early_image
-            .as_deref()
-            .filter(|_| key_checked(&job.request))?;
-        let key_tag = plan::build_key(&job.request, spec.remote.as_str(), &commit);
-        let repository = repository_path(image, &settings.registry_host);
-        let built = built_before(env, (image, repository), &key_tag, log).await;
-        Some((commit, built))
+        Some(beside_the_fetch(env, job, spec.remote.as_str(), commit, log).await)
     };
-    let (resolved, checked_early) = tokio::join!(resolving, checking_early);
+    let (resolved, beside) = tokio::join!(resolving, beside);
     let mut checkout = resolved?;
     stages.done("resolve");
     // A base update rebuilds the commit its configuration's newest image was built from.
@@ -165,10 +147,14 @@ pub async fn run(
 
     // Built before with this exact configuration: point the tags at it, build nothing. Not
     // for a base update: the configuration is the same, the base is not.
-    let existing = match checked_early {
-        Some((commit, built)) if commit == checkout.commit => built?,
-        _ if !key_checked(&job.request) => None,
-        _ => built_before(env, (&image, repository), &naming.key_tag, log).await?,
+    let (checked, looking_up) = match beside {
+        Some(b) if b.commit == checkout.commit => (b.built, b.looking_up),
+        _ => (None, None),
+    };
+    let existing = match checked {
+        Some(built) => built?,
+        None if !key_checked(&job.request) => None,
+        None => built_before(env, (&image, repository), &naming.key_tag, log).await?,
     };
     stages.done("cached check");
     if let Some(manifest) = existing {
@@ -281,7 +267,7 @@ async fn produce(
     } else if !env.settings.incremental {
         "incremental rebuilds are off (build.incremental)".to_owned()
     } else {
-        // Started with the fetch (`edits_tried`); here only should the two ever disagree.
+        // Read beside the fetch when there was one; else now.
         let looking_up = looking_up.unwrap_or_else(|| {
             let spec = a.spec;
             incremental::lineage::look_up(env, &spec.image, a.repository, &spec.lineage_tag)
@@ -299,6 +285,52 @@ async fn produce(
     };
     let (manifest, bases) = full_build(a, a.ctx).await?;
     Ok((manifest, (How::Full, why), bases))
+}
+
+/// What ran while the commit was fetched.
+struct BesideTheFetch {
+    /// The commit fetched: what follows holds for it alone.
+    commit: String,
+    /// The build key's image (`built_before`), when the request may be answered by one.
+    built: Option<Result<Option<Manifest>, BuildError>>,
+    /// The image an incremental edit would start from, still being read.
+    looking_up: Option<incremental::LookingUp>,
+}
+
+/// The registry lookups that need only the commit, started while it is fetched (a commit in
+/// the mirror already is most likely a cached answer, which needs neither the edit's image
+/// nor anything beside a fetch). None of it when the image name is bad: `naming` says so.
+async fn beside_the_fetch(
+    env: &Environment,
+    job: &Job,
+    source_url: &str,
+    commit: String,
+    log: &BuildLog,
+) -> BesideTheFetch {
+    let (request, host) = (&job.request, &env.settings.registry_host);
+    let Ok(image) = plan::image_name(request, host) else {
+        return BesideTheFetch {
+            commit,
+            built: None,
+            looking_up: None,
+        };
+    };
+    let repository = repository_path(&image, host);
+    let looking_up = edits_tried(request, &env.settings).then(|| {
+        let lineage_tag = plan::lineage_tag(request, source_url);
+        incremental::lineage::look_up(env, &image, repository, &lineage_tag)
+    });
+    let built = if key_checked(request) {
+        let key_tag = plan::build_key(request, source_url, &commit);
+        Some(built_before(env, (&image, repository), &key_tag, log).await)
+    } else {
+        None
+    };
+    BesideTheFetch {
+        commit,
+        built,
+        looking_up,
+    }
 }
 
 /// Whether a build key's image answers the request (`no_cache` and base updates build).

@@ -159,6 +159,30 @@ async fn the_build_key_of_a_commit_being_fetched_is_checked_beside_the_fetch_onc
 }
 
 #[tokio::test]
+async fn the_image_an_edit_starts_from_is_read_once_beside_the_fetch_or_after_it() {
+    for fetched in [true, false] {
+        let mut f = fixture(1);
+        f.env.settings = Arc::new(crate::ports::PipelineSettings {
+            incremental: true,
+            ..(*f.env.settings).clone()
+        });
+        if fetched {
+            *f.source.fetching.lock().expect("lock") = Some(COMMIT.to_owned());
+        }
+        build(&f, "r1").await.expect("pushed");
+        let lineage = f
+            .registry
+            .lookups
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|r| r.starts_with("ib-line-"))
+            .count();
+        assert_eq!(lineage, 1, "fetched: {fetched}");
+    }
+}
+
+#[tokio::test]
 async fn a_build_key_checked_for_another_commit_than_the_one_resolved_is_not_the_answer() {
     let f = fixture(1);
     let first = build(&f, "r1").await.expect("pushed");
