@@ -1,6 +1,6 @@
-//! The image an incremental rebuild edits, read while the source is fetched: the lineage tag
-//! names the configuration without the commit, so it is known before the ref resolves, and the
-//! three lookups it takes (manifest, record, config) leave the build's critical path.
+//! The image an incremental rebuild edits, read while a new commit is fetched: the lineage tag
+//! names the configuration without the commit, so it is known before the commit arrives, and
+//! the three lookups it takes (manifest, record, config) leave the build's critical path.
 
 use tokio_util::task::AbortOnDropHandle;
 
