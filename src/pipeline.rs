@@ -360,7 +360,7 @@ async fn built_before(
 
 /// Whether `produce` tries an incremental rebuild (when the tail analysis allows it).
 fn edits_tried(request: &BuildRequest, settings: &crate::ports::PipelineSettings) -> bool {
-    request.base_update.is_none() && !request.no_cache && settings.incremental
+    key_checked(request) && settings.incremental
 }
 
 /// The engine's build and push, labelled in the registry when the engine did not label it.

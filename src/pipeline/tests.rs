@@ -184,20 +184,15 @@ async fn the_image_an_edit_starts_from_is_read_once_beside_the_fetch_or_after_it
 
 #[tokio::test]
 async fn a_build_key_checked_for_another_commit_than_the_one_resolved_is_not_the_answer() {
-    let f = fixture(1);
+    let mut f = fixture(1);
     let first = build(&f, "r1").await.expect("pushed");
     f.recorded.trust(&first.image, &first.digest);
     // The fetch announced the commit built before; the ref names another one by now.
     let other = "fedcba9876543210fedcba9876543210fedcba98";
     let source = Arc::new(FakeSource::new(other));
     *source.fetching.lock().expect("lock") = Some(COMMIT.to_owned());
-    let mut g = fixture(1);
-    g.env = Environment {
-        source: source.clone(),
-        ..f.env.clone()
-    };
-    g.engine = f.engine.clone();
-    let second = build(&g, "r2").await.expect("pushed");
+    f.env.source = source;
+    let second = build(&f, "r2").await.expect("pushed");
     assert!(!second.cached, "{}", second.why);
     assert_eq!(second.commit, other);
     assert_eq!(f.engine.build_count(), 2);
