@@ -43,7 +43,8 @@ pub(super) enum Depth {
     /// become the mirror's shallow boundary. For the usual push, which extends a ref the mirror
     /// holds, this is the same few objects as `Tip` in one request instead of two: libgit2
     /// spends a round of its own on a depth. A pack of more than `max_objects` (a rewritten
-    /// history brings all of it) is refused, and the caller fetches the tip alone.
+    /// history brings all of it) is refused. Only the listing's connection fetches so (`list`),
+    /// and whatever fails there is fetched again on a connection of its own, the tip alone.
     OntoTips { max_objects: u32 },
     /// As deep as the history the mirror already has (all of it, unless it is shallow).
     AsIs,
@@ -55,7 +56,7 @@ impl FetchPlan {
     /// The ref a request resolved to in the listing; a mirror that holds no history yet (or
     /// only tips) gets just the tip, when the remote can send that (`shallow`: libgit2's
     /// file:// transport cannot). `onto_tips`: a shallow mirror that holds the ref may take it
-    /// as `Depth::OntoTips` (the caller falls back to the tip alone if that is refused).
+    /// as `Depth::OntoTips` (for a fetch over the listing's connection, see `list`).
     pub(super) fn one_ref(
         refname: &str,
         mirror: &Repository,
@@ -88,14 +89,6 @@ impl FetchPlan {
             refname: None,
             depth: Depth::Whole,
         }
-    }
-
-    /// The same ref, its tip alone: what follows an `OntoTips` fetch that failed.
-    fn tip_alone(&self) -> Option<Self> {
-        matches!(self.depth, Depth::OntoTips { .. }).then(|| Self {
-            refname: self.refname.clone(),
-            depth: Depth::Tip,
-        })
     }
 
     /// The whole history of one ref (a shallow mirror lacks an earlier commit of it).
@@ -193,14 +186,6 @@ pub(super) fn fetch(
     let fetched = remote.fetch(&refspecs, Some(&mut opts), None);
     drop(entered);
     if let Err(err) = fetched {
-        if let Some(tip) = plan.tip_alone()
-            && route.refused().is_none()
-            && aborted.borrow().is_none()
-            && stop.stopped().is_none()
-        {
-            tracing::info!("fetching onto the mirror's tips failed: {}", err.message());
-            return fetch(repo, spec, &tip, limits, stop, route);
-        }
         return Err(failure(err, &aborted, &token, route, stop, limits, spec));
     }
     // Available after the fetch has disconnected.
